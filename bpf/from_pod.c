@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* from_pod: tc ingress on a pod's host-side veth, i.e. every packet a pod
+ * sends. Decides, in order:
+ *   1. malformed or non-IPv4/ARP frames are dropped with a reason;
+ *   2. the source must be the endpoint that owns this veth (IP and MAC),
+ *      otherwise the packet is a spoof and is dropped;
+ *   3. a destination that is a pod on this node is routed straight into that
+ *      pod's namespace (TTL decremented, MACs rewritten, bpf_redirect_peer),
+ *      never touching a bridge or the host's routing;
+ *   4. everything else goes to the host stack. */
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/endpoints.h"
+#include "lib/counters.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int verdict(struct __sk_buff *skb, enum reason reason, int action)
+{
+	count(reason, HOOK_FROM_POD, skb->len);
+	return action;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, enum reason reason)
+{
+	return verdict(skb, reason, TC_ACT_SHOT);
+}
+
+static __always_inline int from_pod_arp(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep;
+	struct ethhdr *eth;
+	struct arp_ipv4 *arp;
+
+	if (skb_linearize_headers(skb, ETH_HLEN + sizeof(*arp)) < 0)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	eth = header_at(skb, 0, struct ethhdr);
+	arp = header_at(skb, ETH_HLEN, struct arp_ipv4);
+	if (!eth || !arp)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) ||
+	    arp->ar_pro != bpf_htons(ETH_P_IP) ||
+	    arp->ar_hln != 6 || arp->ar_pln != 4)
+		return drop(skb, REASON_DROP_UNSUPPORTED_L3);
+
+	/* An ARP reply naming another pod's IP would poison the node's
+	 * neighbour table: the sender must be this veth's endpoint. */
+	ep = endpoint_lookup4(arp->sip);
+	if (!ep || !endpoint_owns(ep, skb->ingress_ifindex, arp->sha) ||
+	    !mac_equal(eth->h_source, arp->sha))
+		return drop(skb, REASON_DROP_SPOOFED_ARP);
+	return verdict(skb, REASON_ARP_TO_STACK, TC_ACT_OK);
+}
+
+static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
+{
+	struct endpoint_info *src, *dst;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u32 hlen;
+
+	if (skb_linearize_headers(skb, ETH_HLEN + sizeof(*ip)) < 0)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	eth = header_at(skb, 0, struct ethhdr);
+	ip = header_at(skb, ETH_HLEN, struct iphdr);
+	if (!eth || !ip)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	if (ip->version != 4 || ip->ihl < 5)
+		return drop(skb, REASON_DROP_BAD_IP_HEADER);
+	hlen = ip->ihl * 4;
+	if (bpf_ntohs(ip->tot_len) < hlen)
+		return drop(skb, REASON_DROP_BAD_IP_HEADER);
+	if (ETH_HLEN + bpf_ntohs(ip->tot_len) > skb->len)
+		return drop(skb, REASON_DROP_TRUNCATED);
+
+	src = endpoint_lookup4(ip->saddr);
+	if (!src || src->ifindex != skb->ingress_ifindex)
+		return drop(skb, REASON_DROP_SPOOFED_IP);
+	if (!mac_equal(src->mac, eth->h_source))
+		return drop(skb, REASON_DROP_SPOOFED_MAC);
+
+	dst = endpoint_lookup4(ip->daddr);
+	if (!dst)
+		return verdict(skb, REASON_TO_STACK, TC_ACT_OK);
+
+	/* Routed one hop, like the node would: TTL down, gateway MAC as source. */
+	if (ip->ttl <= 1)
+		return drop(skb, REASON_DROP_TTL_EXCEEDED);
+	ipv4_decrease_ttl(ip);
+	mac_copy(eth->h_dest, dst->mac);
+	mac_copy(eth->h_source, dst->node_mac);
+
+	count(REASON_FORWARD_LOCAL, HOOK_FROM_POD, skb->len);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	struct ethhdr *eth;
+
+	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	eth = header_at(skb, 0, struct ethhdr);
+	if (!eth)
+		return drop(skb, REASON_DROP_TRUNCATED);
+
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_IP):
+		return from_pod_ipv4(skb);
+	case bpf_htons(ETH_P_ARP):
+		return from_pod_arp(skb);
+	default:
+		return drop(skb, REASON_DROP_UNSUPPORTED_L3);
+	}
+}

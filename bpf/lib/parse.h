@@ -1,0 +1,40 @@
+/* Header access that never reads past the end of the packet. */
+#pragma once
+
+#include "common.h"
+
+#define ARPHRD_ETHER 1
+
+/* An ARP packet for IPv4 over Ethernet, the only kind a pod may send.
+ * (linux/if_arp.h drags in libc headers, so the header is spelled here.) */
+struct arp_ipv4 {
+	__be16 ar_hrd;
+	__be16 ar_pro;
+	__u8 ar_hln;
+	__u8 ar_pln;
+	__be16 ar_op;
+	__u8 sha[6];
+	__be32 sip;
+	__u8 tha[6];
+	__be32 tip;
+} __attribute__((packed));
+
+/* Make the first len bytes directly readable. Headers of a locally built
+ * packet are almost always linear already; this only pulls when they are not. */
+static __always_inline int skb_linearize_headers(struct __sk_buff *skb, __u32 len)
+{
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	if (skb->len < len)
+		return -1;
+	return bpf_skb_pull_data(skb, len);
+}
+
+/* Bounds-checked pointer to a header at offset off. */
+#define header_at(skb, off, type)                                              \
+	({                                                                     \
+		void *__data = (void *)(long)(skb)->data;                      \
+		void *__end = (void *)(long)(skb)->data_end;                   \
+		type *__h = __data + (off);                                    \
+		((void *)(__h + 1) > __end) ? (type *)0 : __h;                 \
+	})

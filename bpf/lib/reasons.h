@@ -1,0 +1,30 @@
+/* Why a packet was handled the way it was. Every program counts each packet
+ * under exactly one reason and the hook it was seen at. The user-space side
+ * reads these names from BTF, so this enum is the one place they are defined:
+ * values named REASON_DROP_* are drops, everything else is a verdict that lets
+ * the packet live. Append only; never renumber (counters are pinned). */
+#pragma once
+
+enum reason {
+	REASON_UNSPEC = 0,
+	REASON_FORWARD_LOCAL = 1,	/* redirected into a pod on this node */
+	REASON_TO_STACK = 2,		/* handed to the host's network stack */
+	REASON_ARP_TO_STACK = 3,	/* a pod's own ARP, checked and passed */
+
+	REASON_DROP_TRUNCATED = 64,	/* shorter than the headers it claims */
+	REASON_DROP_BAD_IP_HEADER = 65,	/* IHL below 5 or not IPv4 */
+	REASON_DROP_SPOOFED_IP = 66,	/* source IP is not this endpoint's */
+	REASON_DROP_SPOOFED_MAC = 67,	/* source MAC is not this endpoint's */
+	REASON_DROP_SPOOFED_ARP = 68,	/* ARP sender is not this endpoint */
+	REASON_DROP_UNSUPPORTED_L3 = 69,/* neither IPv4 nor ARP (IPv6 pods come later) */
+	REASON_DROP_TTL_EXCEEDED = 70,	/* TTL would reach zero when routed */
+};
+
+/* Where a packet was seen. */
+enum hook {
+	HOOK_FROM_POD = 0,	/* tc ingress of a pod's host-side veth */
+	HOOK_TO_POD = 1,	/* tc egress of a pod's host-side veth */
+	HOOK_FROM_NETDEV = 2,	/* tc ingress of the node's uplink */
+	HOOK_TO_NETDEV = 3,	/* tc egress of the node's uplink */
+	HOOK_XDP = 4,		/* XDP on the node's uplink */
+};

@@ -1,0 +1,142 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotLoaded means the node's datapath is not pinned at the given root.
+var ErrNotLoaded = errors.New("podpath datapath not loaded")
+
+// ErrMapFull means a map has no room for another entry.
+var ErrMapFull = errors.New("map full")
+
+// OpenPinned opens a pinned map by name.
+func OpenPinned(root, name string) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(MapPath(root, name), nil)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, fmt.Errorf("%w: no map %s under %s (run `podpath node init`)", ErrNotLoaded, name, root)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pinned map %s: %w", MapPath(root, name), err)
+	}
+	return m, nil
+}
+
+// Endpoint is a pod on this node as the datapath sees it.
+type Endpoint struct {
+	IP   netip.Addr
+	Info EndpointInfo
+}
+
+// Endpoints is the typed view of the endpoints map.
+type Endpoints struct{ m *ebpf.Map }
+
+// OpenEndpoints opens the pinned endpoints map under root.
+func OpenEndpoints(root string) (*Endpoints, error) {
+	m, err := OpenPinned(root, MapEndpoints)
+	if err != nil {
+		return nil, err
+	}
+	return &Endpoints{m}, nil
+}
+
+// NewEndpoints wraps an already open endpoints map.
+func NewEndpoints(m *ebpf.Map) *Endpoints { return &Endpoints{m} }
+
+// Close releases the map.
+func (e *Endpoints) Close() error { return e.m.Close() }
+
+// Put creates or replaces the endpoint of ip.
+func (e *Endpoints) Put(ip netip.Addr, info EndpointInfo) error {
+	key := NewEndpointKey(ip)
+	if err := e.m.Update(&key, &info, ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) {
+			return fmt.Errorf("register endpoint %s: %w (%d entries)", ip, ErrMapFull, e.m.MaxEntries())
+		}
+		return fmt.Errorf("register endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Lookup returns the endpoint of ip; ok is false when there is none.
+func (e *Endpoints) Lookup(ip netip.Addr) (info EndpointInfo, ok bool, err error) {
+	key := NewEndpointKey(ip)
+	err = e.m.Lookup(&key, &info)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return info, false, nil
+	}
+	if err != nil {
+		return info, false, fmt.Errorf("look up endpoint %s: %w", ip, err)
+	}
+	return info, true, nil
+}
+
+// Delete removes the endpoint of ip. Deleting a missing endpoint is not an
+// error: DEL must be idempotent.
+func (e *Endpoints) Delete(ip netip.Addr) error {
+	key := NewEndpointKey(ip)
+	if err := e.m.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// List returns every endpoint, sorted by address.
+func (e *Endpoints) List() ([]Endpoint, error) {
+	var (
+		out  []Endpoint
+		key  EndpointKey
+		info EndpointInfo
+	)
+	it := e.m.Iterate()
+	for it.Next(&key, &info) {
+		out = append(out, Endpoint{IP: key.IP(), Info: info})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate endpoints: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
+	return out, nil
+}
+
+// Counter is one (reason, hook) total summed over CPUs.
+type Counter struct {
+	Reason  Reason
+	Hook    Hook
+	Packets uint64
+	Bytes   uint64
+}
+
+// ReadCounters sums the per-CPU counters map, sorted by hook then reason.
+func ReadCounters(m *ebpf.Map) ([]Counter, error) {
+	var (
+		out    []Counter
+		key    CounterKey
+		perCPU []CounterValue
+	)
+	it := m.Iterate()
+	for it.Next(&key, &perCPU) {
+		c := Counter{Reason: Reason(key.Reason), Hook: Hook(key.Hook)}
+		for _, v := range perCPU {
+			c.Packets += v.Packets
+			c.Bytes += v.Bytes
+		}
+		out = append(out, c)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate counters: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Hook != out[j].Hook {
+			return out[i].Hook < out[j].Hook
+		}
+		return out[i].Reason < out[j].Reason
+	})
+	return out, nil
+}

@@ -1,0 +1,10 @@
+package maps
+
+// The BPF objects and the Go mirrors of their map keys and values are
+// generated from bpf/ by bpf2go and committed, so `go build` needs no clang.
+// `make generate` rebuilds them and records the sources' digest in
+// generated.sum; TestGeneratedUpToDate fails when that digest is stale.
+
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel fromPod ../bpf/from_pod.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -no-global-types xdpNetdev ../bpf/xdp_netdev.c
+//go:generate go run ./internal/gensum -o generated.sum ../bpf

@@ -1,0 +1,36 @@
+package maps
+
+import "path/filepath"
+
+// DefaultPinRoot is where a node's maps, programs and links are pinned.
+// Several simulated nodes on one machine each use their own root.
+const DefaultPinRoot = "/sys/fs/bpf/podpath"
+
+// Map names, as declared in bpf/lib/maps.h and pinned under the root.
+const (
+	MapEndpoints = "endpoints"
+	MapCounters  = "counters"
+)
+
+// Program names, as the entry functions in bpf/*.c.
+const (
+	ProgFromPod   = "from_pod"
+	ProgXDPNetdev = "xdp_netdev"
+)
+
+// AllMaps lists every pinned map.
+var AllMaps = []string{MapEndpoints, MapCounters}
+
+// MapPath is the pin of a map.
+func MapPath(root, name string) string { return filepath.Join(root, name) }
+
+// ProgDir holds the pinned programs, so short-lived processes (the CNI
+// plugin) can attach the node's current programs.
+func ProgDir(root string) string { return filepath.Join(root, "progs") }
+
+// ProgPath is the pin of a program.
+func ProgPath(root, name string) string { return filepath.Join(ProgDir(root), name) }
+
+// LinkDir holds the pinned bpf_links (tcx, XDP) that keep programs attached
+// after the process that attached them exits.
+func LinkDir(root string) string { return filepath.Join(root, "links") }

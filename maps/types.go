@@ -1,0 +1,136 @@
+package maps
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+)
+
+// Go mirrors of the C map keys and values. They are generated from the
+// objects' BTF by bpf2go, so they cannot drift from bpf/lib/maps.h.
+type (
+	EndpointKey  = fromPodEndpointKey
+	EndpointInfo = fromPodEndpointInfo
+	CounterKey   = fromPodCounterKey
+	CounterValue = fromPodCounterValue
+	Reason       = fromPodReason
+	Hook         = fromPodHook
+)
+
+// Address families as stored in keys (linux/socket.h).
+const (
+	FamilyIPv4 = 2
+	FamilyIPv6 = 10
+)
+
+// NewEndpointKey builds the endpoints map key of an address of either family.
+func NewEndpointKey(addr netip.Addr) EndpointKey {
+	var k EndpointKey
+	addr = addr.Unmap()
+	if addr.Is4() {
+		k.Family = FamilyIPv4
+		b := addr.As4()
+		k.Addr[0] = nativeU32(b[:])
+		return k
+	}
+	k.Family = FamilyIPv6
+	b := addr.As16()
+	for i := range 4 {
+		k.Addr[i] = nativeU32(b[i*4 : i*4+4])
+	}
+	return k
+}
+
+// Addr returns the address a key stands for.
+func (k EndpointKey) IP() netip.Addr {
+	var b [16]byte
+	for i := range 4 {
+		putNativeU32(b[i*4:], k.Addr[i])
+	}
+	if k.Family == FamilyIPv4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// MAC returns the pod's MAC address.
+func (v *EndpointInfo) PodMAC() net.HardwareAddr { return net.HardwareAddr(v.Mac[:]) }
+
+// GatewayMAC returns the host-side veth MAC, which the pod sees as its gateway.
+func (v *EndpointInfo) GatewayMAC() net.HardwareAddr { return net.HardwareAddr(v.NodeMac[:]) }
+
+// Addresses are stored in network byte order; reading the bytes as a
+// native-endian word and writing it back keeps them so on any host.
+func nativeU32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+func putNativeU32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
+
+// Names reads the enumerator names of a C enum from the objects' BTF, where
+// the enum is the one definition: "REASON_DROP_SPOOFED_IP" becomes
+// "drop_spoofed_ip" once the prefix is trimmed.
+type Names map[uint64]string
+
+var reasonNames, hookNames = mustEnumNames("reason", "REASON_"), mustEnumNames("hook", "HOOK_")
+
+func mustEnumNames(enum, prefix string) Names {
+	spec, err := loadFromPod()
+	if err != nil {
+		panic(fmt.Sprintf("load embedded BPF spec: %v", err))
+	}
+	var e *btf.Enum
+	if err := spec.Types.TypeByName(enum, &e); err != nil {
+		panic(fmt.Sprintf("enum %s missing from BTF: %v", enum, err))
+	}
+	names := make(Names, len(e.Values))
+	for _, v := range e.Values {
+		names[v.Value] = strings.ToLower(strings.TrimPrefix(v.Name, prefix))
+	}
+	return names
+}
+
+// ReasonNames returns every reason code and its name.
+func ReasonNames() Names { return reasonNames }
+
+// String names a reason, e.g. "drop_spoofed_ip".
+func (r Reason) String() string {
+	if n, ok := reasonNames[uint64(r)]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason_%d", uint32(r))
+}
+
+// IsDrop tells whether packets counted under r were dropped.
+func (r Reason) IsDrop() bool { return strings.HasPrefix(r.String(), "drop_") }
+
+// String names a hook, e.g. "from_pod".
+func (h Hook) String() string {
+	if n, ok := hookNames[uint64(h)]; ok {
+		return n
+	}
+	return fmt.Sprintf("hook_%d", uint32(h))
+}
+
+// Specs returns the collection spec of every BPF object, keyed by the name
+// of its entry program.
+func Specs() (map[string]*ebpf.CollectionSpec, error) {
+	fromPod, err := loadFromPod()
+	if err != nil {
+		return nil, fmt.Errorf("load from_pod object: %w", err)
+	}
+	xdp, err := loadXdpNetdev()
+	if err != nil {
+		return nil, fmt.Errorf("load xdp_netdev object: %w", err)
+	}
+	return map[string]*ebpf.CollectionSpec{
+		ProgFromPod:   fromPod,
+		ProgXDPNetdev: xdp,
+	}, nil
+}
