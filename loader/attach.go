@@ -1,0 +1,341 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// How a program is attached.
+const (
+	ModeTCX        = "tcx"         // bpf_link on the tcx hook (6.6+)
+	ModeLegacyTC   = "tc"          // clsact qdisc + cls_bpf filter
+	ModeXDPNative  = "xdp-native"  // XDP in the driver
+	ModeXDPGeneric = "xdp-generic" // XDP emulated on the skb
+)
+
+// Direction of a tc attachment.
+type Direction string
+
+const (
+	Ingress Direction = "ingress"
+	Egress  Direction = "egress"
+)
+
+// legacyFilterPrefix names the cls_bpf filters podpath owns, so they can be
+// found again for replacement and detach.
+const legacyFilterPrefix = "podpath:"
+
+// Attachment is one program attached to one device.
+type Attachment struct {
+	Program   string    `json:"program"`
+	Ifname    string    `json:"ifname"`
+	Ifindex   int       `json:"ifindex"`
+	Direction Direction `json:"direction,omitempty"`
+	Mode      string    `json:"mode"`
+	ProgramID uint32    `json:"programID"`
+	pin       string
+}
+
+// linkPin is where a bpf_link of prog on a device is pinned:
+// "<prog>@<hook>@<ifname>", hook being ingress, egress or xdp. bpffs refuses
+// dots in names and device names may hold them, but never a colon.
+func linkPin(root, prog, ifname string, dir Direction) string {
+	hook := string(dir)
+	if hook == "" {
+		hook = "xdp"
+	}
+	name := prog + "@" + hook + "@" + strings.ReplaceAll(ifname, ".", ":")
+	return filepath.Join(maps.LinkDir(root), name)
+}
+
+// AttachTC attaches prog (pinned under root as progName) at the tc hook of
+// the device, with tcx where the kernel has it and clsact + cls_bpf where it
+// does not. Attaching again replaces the program: ADD may be retried.
+func AttachTC(root, progName string, prog *ebpf.Program, ifindex int, dir Direction) (string, error) {
+	dev, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return "", fmt.Errorf("attach %s: device %d: %w", progName, ifindex, err)
+	}
+	ifname := dev.Attrs().Name
+	f, err := Probe()
+	if err != nil {
+		return "", err
+	}
+	if f.TCX {
+		return ModeTCX, attachTCX(root, progName, prog, ifindex, ifname, dir)
+	}
+	return ModeLegacyTC, attachLegacyTC(progName, prog, ifindex, dir)
+}
+
+func attachTCX(root, progName string, prog *ebpf.Program, ifindex int, ifname string, dir Direction) error {
+	pin := linkPin(root, progName, ifname, dir)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		// A link pinned under this name: reuse it if it is still on this device.
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			err := l.Update(prog)
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("attach %s to %s: update link: %w", progName, ifname, err)
+			}
+			return nil
+		}
+		l.Unpin()
+		l.Close()
+	}
+	attach := ebpf.AttachTCXIngress
+	if dir == Egress {
+		attach = ebpf.AttachTCXEgress
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Program: prog, Attach: attach, Interface: ifindex})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s (tcx %s): %w", progName, ifname, dir, err)
+	}
+	defer l.Close()
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return err
+	}
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return nil
+}
+
+func tcParent(dir Direction) uint32 {
+	if dir == Egress {
+		return netlink.HANDLE_MIN_EGRESS
+	}
+	return netlink.HANDLE_MIN_INGRESS
+}
+
+func legacyFilter(progName string, fd, ifindex int, dir Direction) *netlink.BpfFilter {
+	return &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    tcParent(dir),
+			Handle:    1,
+			Protocol:  unix.ETH_P_ALL,
+			Priority:  1,
+		},
+		Fd:           fd,
+		Name:         legacyFilterPrefix + progName,
+		DirectAction: true,
+	}
+}
+
+func attachLegacyTC(progName string, prog *ebpf.Program, ifindex int, dir Direction) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: ifindex,
+			Handle:    netlink.MakeHandle(0xffff, 0),
+			Parent:    netlink.HANDLE_CLSACT,
+		},
+		QdiscType: "clsact",
+	}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("attach %s: add clsact qdisc on %d: %w", progName, ifindex, err)
+	}
+	if err := netlink.FilterReplace(legacyFilter(progName, prog.FD(), ifindex, dir)); err != nil {
+		return fmt.Errorf("attach %s: cls_bpf filter on %d %s: %w", progName, ifindex, dir, err)
+	}
+	return nil
+}
+
+// DetachTC removes progName from the device's tc hook, whichever way it was
+// attached. A device or attachment that is already gone is not an error.
+func DetachTC(root, progName, ifname string, dir Direction) error {
+	pin := linkPin(root, progName, ifname, dir)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		l.Unpin()
+		l.Close() // the last reference: the kernel detaches the link
+	} else if !errors.Is(err, os.ErrNotExist) {
+		os.Remove(pin)
+	}
+	dev, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return nil
+	}
+	filters, err := netlink.FilterList(dev, tcParent(dir))
+	if err != nil {
+		return nil
+	}
+	for _, f := range filters {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == legacyFilterPrefix+progName {
+			if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("detach %s from %s: %w", progName, ifname, err)
+			}
+		}
+	}
+	return nil
+}
+
+// AttachXDP attaches prog to the device's XDP hook, natively when the driver
+// supports it and generically otherwise, and pins the link.
+func AttachXDP(root, progName string, prog *ebpf.Program, ifindex int) (string, error) {
+	dev, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return "", fmt.Errorf("attach %s: device %d: %w", progName, ifindex, err)
+	}
+	ifname := dev.Attrs().Name
+	pin := linkPin(root, progName, ifname, "")
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		l.Unpin()
+		l.Close()
+	}
+	mode := ModeXDPNative
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+	if err != nil {
+		mode = ModeXDPGeneric
+		var gerr error
+		l, gerr = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
+		if gerr != nil {
+			return "", fmt.Errorf("attach %s to %s: native: %v; generic: %w", progName, ifname, err, gerr)
+		}
+	}
+	defer l.Close()
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return "", err
+	}
+	if err := l.Pin(pin); err != nil {
+		return "", fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return mode, nil
+}
+
+// DetachXDP removes progName from the device's XDP hook.
+func DetachXDP(root, progName, ifname string) error {
+	pin := linkPin(root, progName, ifname, "")
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("detach %s from %s: %w", progName, ifname, err)
+	}
+	l.Unpin()
+	return l.Close()
+}
+
+// parseLinkPin reverses linkPin.
+func parseLinkPin(name string) (prog, ifname string, dir Direction, ok bool) {
+	parts := strings.SplitN(name, "@", 3)
+	if len(parts) != 3 {
+		return "", "", "", false
+	}
+	if parts[1] != "xdp" {
+		dir = Direction(parts[1])
+	}
+	return parts[0], strings.ReplaceAll(parts[2], ":", "."), dir, true
+}
+
+// Attachments lists every program podpath has attached in this network
+// namespace: pinned links under root, and legacy cls_bpf filters found by name.
+func Attachments(root string) ([]Attachment, error) {
+	var out []Attachment
+	entries, err := os.ReadDir(maps.LinkDir(root))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range entries {
+		prog, ifname, dir, ok := parseLinkPin(e.Name())
+		if !ok {
+			continue
+		}
+		a := Attachment{Program: prog, Ifname: ifname, Direction: dir, pin: filepath.Join(maps.LinkDir(root), e.Name())}
+		l, err := link.LoadPinnedLink(a.pin, nil)
+		if err != nil {
+			a.Mode = "broken: " + err.Error()
+			out = append(out, a)
+			continue
+		}
+		if info, err := l.Info(); err == nil {
+			a.ProgramID = uint32(info.Program)
+			switch {
+			case info.TCX() != nil:
+				a.Mode, a.Ifindex = ModeTCX, int(info.TCX().Ifindex)
+			case info.XDP() != nil:
+				a.Mode, a.Ifindex = ModeXDPNative, int(info.XDP().Ifindex)
+				if dev, err := netlink.LinkByIndex(a.Ifindex); err == nil && dev.Attrs().Xdp != nil &&
+					dev.Attrs().Xdp.AttachMode == unix.XDP_FLAGS_SKB_MODE {
+					a.Mode = ModeXDPGeneric
+				}
+			}
+		}
+		l.Close()
+		if a.Ifindex == 0 {
+			a.Mode = "defunct (device gone)"
+		}
+		out = append(out, a)
+	}
+	devs, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	for _, dev := range devs {
+		for _, dir := range []Direction{Ingress, Egress} {
+			filters, err := netlink.FilterList(dev, tcParent(dir))
+			if err != nil {
+				continue
+			}
+			for _, f := range filters {
+				bf, ok := f.(*netlink.BpfFilter)
+				if !ok || !strings.HasPrefix(bf.Name, legacyFilterPrefix) {
+					continue
+				}
+				out = append(out, Attachment{
+					Program:   strings.TrimPrefix(bf.Name, legacyFilterPrefix),
+					Ifname:    dev.Attrs().Name,
+					Ifindex:   dev.Attrs().Index,
+					Direction: dir,
+					Mode:      ModeLegacyTC,
+					ProgramID: uint32(bf.Id),
+				})
+			}
+		}
+	}
+	return out, nil
+}
+
+// replaceAttached points every attachment of a program at its new version,
+// without a moment in which the hook is empty.
+func replaceAttached(root string, progs map[string]*ebpf.Program) error {
+	atts, err := Attachments(root)
+	if err != nil {
+		return err
+	}
+	for _, a := range atts {
+		prog, ok := progs[a.Program]
+		if !ok {
+			continue
+		}
+		switch a.Mode {
+		case ModeLegacyTC:
+			if err := netlink.FilterReplace(legacyFilter(a.Program, prog.FD(), a.Ifindex, a.Direction)); err != nil {
+				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
+			}
+		case ModeTCX, ModeXDPNative, ModeXDPGeneric:
+			l, err := link.LoadPinnedLink(a.pin, nil)
+			if err != nil {
+				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
+			}
+			err = l.Update(prog)
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
+			}
+		default:
+			// The device is gone: the pin is all that is left of it.
+			os.Remove(a.pin)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,282 @@
+// Package loader loads podpath's BPF objects, pins their maps and programs
+// under a node's pin root, attaches programs to devices and replaces them in
+// place on upgrade, keeping the pinned maps and their contents.
+package loader
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/podpath/podpath/maps"
+)
+
+// Defaults of a node.
+const (
+	DefaultStateDir     = "/var/lib/podpath"
+	DefaultMaxEndpoints = 65536
+	DefaultMTU          = 1500
+	// DefaultGateway is the link-local next hop every pod routes through; its
+	// neighbour entry in the pod points at the host-side veth, so no bridge
+	// or ARP responder is needed.
+	DefaultGateway = "169.254.1.1"
+)
+
+// Config describes a node's datapath.
+type Config struct {
+	PinRoot      string       `json:"pinRoot"`
+	StateDir     string       `json:"stateDir"`
+	PodCIDR      netip.Prefix `json:"podCIDR"`
+	Gateway      netip.Addr   `json:"gateway"`
+	MTU          int          `json:"mtu"`
+	MaxEndpoints uint32       `json:"maxEndpoints"`
+}
+
+// WithDefaults fills unset fields.
+func (c Config) WithDefaults() Config {
+	if c.PinRoot == "" {
+		c.PinRoot = maps.DefaultPinRoot
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if !c.Gateway.IsValid() {
+		c.Gateway = netip.MustParseAddr(DefaultGateway)
+	}
+	if c.MTU == 0 {
+		c.MTU = DefaultMTU
+	}
+	if c.MaxEndpoints == 0 {
+		c.MaxEndpoints = DefaultMaxEndpoints
+	}
+	return c
+}
+
+// Validate reports configuration that cannot work.
+func (c Config) Validate() error {
+	if !c.PodCIDR.IsValid() {
+		return errors.New("pod CIDR is required (for example --pod-cidr 10.244.1.0/24)")
+	}
+	if c.PodCIDR != c.PodCIDR.Masked() {
+		return fmt.Errorf("pod CIDR %s has host bits set (did you mean %s?)", c.PodCIDR, c.PodCIDR.Masked())
+	}
+	if c.PodCIDR.Addr().Is4() && c.PodCIDR.Bits() > 30 {
+		return fmt.Errorf("pod CIDR %s is too small: need at least a /30", c.PodCIDR)
+	}
+	if c.MTU < 576 || c.MTU > 65535 {
+		return fmt.Errorf("MTU %d out of range 576-65535", c.MTU)
+	}
+	if c.MaxEndpoints < 16 || c.MaxEndpoints > 1<<22 {
+		return fmt.Errorf("max endpoints %d out of range 16-%d", c.MaxEndpoints, 1<<22)
+	}
+	return nil
+}
+
+// nodeFile is where node init records the node's configuration, so the CNI
+// plugin and the CLI find the pod CIDR and pin root without a daemon.
+func nodeFile(stateDir string) string { return filepath.Join(stateDir, "node.json") }
+
+// ReadNodeConfig reads the configuration node init recorded in stateDir.
+func ReadNodeConfig(stateDir string) (Config, error) {
+	b, err := os.ReadFile(nodeFile(stateDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return Config{}, fmt.Errorf("%w: no %s (run `podpath node init`)", maps.ErrNotLoaded, nodeFile(stateDir))
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Config{}, fmt.Errorf("parse %s: %w", nodeFile(stateDir), err)
+	}
+	return c, nil
+}
+
+func writeNodeConfig(c Config) error {
+	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := nodeFile(c.StateDir) + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, nodeFile(c.StateDir))
+}
+
+// Init loads the datapath for a node: maps are created or reused from their
+// pins (refused if their layout changed), programs are loaded and pinned, and
+// programs already attached are replaced in place by the new ones.
+func Init(c Config) error {
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if prev, err := ReadNodeConfig(c.StateDir); err == nil && prev.PodCIDR != c.PodCIDR {
+		return fmt.Errorf("node already initialised with pod CIDR %s; run `podpath node reset` before changing it to %s", prev.PodCIDR, c.PodCIDR)
+	}
+	if _, err := Probe(); err != nil {
+		return err
+	}
+	if err := ensureBPFFS(c.PinRoot); err != nil {
+		return err
+	}
+	for _, dir := range []string{c.PinRoot, maps.ProgDir(c.PinRoot), maps.LinkDir(c.PinRoot)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create pin directory: %w (is bpffs mounted at /sys/fs/bpf?)", err)
+		}
+	}
+	specs, err := maps.Specs()
+	if err != nil {
+		return err
+	}
+	progs := map[string]*ebpf.Program{}
+	defer func() {
+		for _, p := range progs {
+			p.Close()
+		}
+	}()
+	for _, name := range sortedKeys(specs) {
+		spec := specs[name]
+		sizeMaps(spec, c)
+		if err := checkPinnedMaps(c.PinRoot, spec); err != nil {
+			return err
+		}
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+			Maps: ebpf.MapOptions{PinPath: c.PinRoot},
+		})
+		if err != nil {
+			return fmt.Errorf("load %s: %w", name, err)
+		}
+		prog := coll.Programs[name]
+		delete(coll.Programs, name)
+		coll.Close()
+		if prog == nil {
+			return fmt.Errorf("object %s has no program %s", name, name)
+		}
+		progs[name] = prog
+		if err := pinProgram(c.PinRoot, name, prog); err != nil {
+			return err
+		}
+	}
+	if err := replaceAttached(c.PinRoot, progs); err != nil {
+		return err
+	}
+	if err := writeNodeConfig(c); err != nil {
+		return fmt.Errorf("record node config: %w", err)
+	}
+	slog.Info("datapath loaded", "pinRoot", c.PinRoot, "podCIDR", c.PodCIDR)
+	return nil
+}
+
+// sizeMaps applies the node's configured sizes to the map specs.
+func sizeMaps(spec *ebpf.CollectionSpec, c Config) {
+	if ms, ok := spec.Maps[maps.MapEndpoints]; ok {
+		ms.MaxEntries = c.MaxEndpoints
+	}
+}
+
+// checkPinnedMaps refuses to reuse a pinned map this build would misread.
+func checkPinnedMaps(root string, spec *ebpf.CollectionSpec) error {
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(maps.MapPath(root, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		err = maps.CheckLayout(ms, m)
+		if err == nil {
+			if cerr := ms.Compatible(m); cerr != nil {
+				err = fmt.Errorf("map %s: %w", name, cerr)
+			}
+		}
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("%w; its contents cannot be carried over: run `podpath node reset` (pods lose connectivity until re-added)", err)
+		}
+	}
+	return nil
+}
+
+// pinProgram pins prog as name, replacing an older pin atomically.
+func pinProgram(root, name string, prog *ebpf.Program) error {
+	final := maps.ProgPath(root, name)
+	tmp := final + "_new" // bpffs names may not contain dots
+	os.Remove(tmp)
+	if err := prog.Pin(tmp); err != nil {
+		return fmt.Errorf("pin program %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("pin program %s: %w", name, err)
+	}
+	return nil
+}
+
+// LoadPinnedProgram opens the node's current version of a program.
+func LoadPinnedProgram(root, name string) (*ebpf.Program, error) {
+	p, err := ebpf.LoadPinnedProgram(maps.ProgPath(root, name), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no program %s under %s (run `podpath node init`)", maps.ErrNotLoaded, name, root)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pinned program %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// Reset detaches every program podpath attached in this network namespace,
+// removes the pins and forgets the node configuration. Pods keep their veths
+// and addresses but lose eBPF forwarding until the node is initialised again
+// and they are re-added.
+func Reset(pinRoot, stateDir string) error {
+	if pinRoot == "" {
+		pinRoot = maps.DefaultPinRoot
+	}
+	if stateDir == "" {
+		stateDir = DefaultStateDir
+	}
+	atts, err := Attachments(pinRoot)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range atts {
+		switch a.Mode {
+		case ModeXDPNative, ModeXDPGeneric:
+			errs = append(errs, DetachXDP(pinRoot, a.Program, a.Ifname))
+		default:
+			errs = append(errs, DetachTC(pinRoot, a.Program, a.Ifname, a.Direction))
+		}
+	}
+	if err := os.RemoveAll(pinRoot); err != nil {
+		errs = append(errs, fmt.Errorf("remove pins: %w", err))
+	}
+	if err := os.Remove(nodeFile(stateDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
