@@ -124,11 +124,11 @@ func CheckLayout(spec *ebpf.MapSpec, m *ebpf.Map) error {
 // BTF type ids, which cilium/ebpf does not expose.
 type bpfMapInfo struct {
 	typ, id, keySize, valueSize, maxEntries, mapFlags uint32
-	name                                               [16]byte
-	ifindex, btfVmlinuxValueTypeID                     uint32
-	netnsDev, netnsIno                                 uint64
-	btfID, keyTypeID, valueTypeID, btfVmlinuxID        uint32
-	mapExtra                                           uint64
+	name                                              [16]byte
+	ifindex, btfVmlinuxValueTypeID                    uint32
+	netnsDev, netnsIno                                uint64
+	btfID, keyTypeID, valueTypeID, btfVmlinuxID       uint32
+	mapExtra                                          uint64
 }
 
 func mapBTFInfo(m *ebpf.Map) (*bpfMapInfo, error) {
