@@ -1,0 +1,123 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+
+	"github.com/podpath/podpath/loader"
+	"github.com/spf13/cobra"
+)
+
+func newNodeCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Short: "Load, inspect and remove this node's datapath"}
+	cmd.AddCommand(newNodeInitCmd(g), newNodeResetCmd(g), newNodeStatusCmd(g))
+	return cmd
+}
+
+func newNodeInitCmd(g *globals) *cobra.Command {
+	var (
+		podCIDR string
+		c       loader.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Load the datapath, or replace its programs in place keeping the maps",
+		Example: `  podpath node init --pod-cidr 10.244.1.0/24
+  podpath node init --pod-cidr 10.244.1.0/24 --pin-root /sys/fs/bpf/node2 --state-dir /var/lib/podpath-node2`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if podCIDR == "" {
+				// Re-running init (an upgrade) keeps the recorded CIDR.
+				prev, err := loader.ReadNodeConfig(g.stateDir)
+				if err != nil {
+					return fmt.Errorf("--pod-cidr is required on first init")
+				}
+				c.PodCIDR = prev.PodCIDR
+			} else {
+				p, err := netip.ParsePrefix(podCIDR)
+				if err != nil {
+					return fmt.Errorf("--pod-cidr: %w", err)
+				}
+				c.PodCIDR = p
+			}
+			c.PinRoot, c.StateDir = g.pinRoot, g.stateDir
+			if err := loader.Init(c); err != nil {
+				return err
+			}
+			fmt.Printf("datapath loaded: pod CIDR %s, pins under %s\n", c.PodCIDR, c.PinRoot)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&podCIDR, "pod-cidr", "", "this node's pod address range (required on first init)")
+	f.IntVar(&c.MTU, "mtu", loader.DefaultMTU, "MTU of pod interfaces")
+	f.Uint32Var(&c.MaxEndpoints, "max-endpoints", loader.DefaultMaxEndpoints, "size of the endpoints map")
+	return cmd
+}
+
+func newNodeResetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reset",
+		Short: "Detach every program, remove the pins and forget the node configuration",
+		RunE: func(*cobra.Command, []string) error {
+			if err := loader.Reset(g.pinRoot, g.stateDir); err != nil {
+				return err
+			}
+			fmt.Printf("datapath removed from %s\n", g.pinRoot)
+			return nil
+		},
+	}
+}
+
+func newNodeStatusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show what is loaded, attached where, and the kernel features found",
+		RunE: func(*cobra.Command, []string) error {
+			st, err := loader.ReadStatus(g.pinRoot, g.stateDir)
+			if err != nil {
+				return err
+			}
+			return g.render(st, func(w io.Writer) { printStatus(w, st, g.pinRoot) })
+		},
+	}
+}
+
+func printStatus(w io.Writer, st *loader.Status, root string) {
+	f := st.Features
+	fmt.Fprintf(w, "Kernel:\t%s\n", f.Kernel)
+	fmt.Fprintf(w, "tc attach:\t%s (tcx available: %s)\n", f.TCMechanism(), yesNo(f.TCX))
+	fmt.Fprintf(w, "Helpers:\tredirect_peer %s, redirect_neigh %s\n", yesNo(f.RedirectPeer), yesNo(f.RedirectNeigh))
+	fmt.Fprintf(w, "Maps:\tlru_hash %s, ringbuf %s\n", yesNo(f.LRUHash), yesNo(f.RingBuf))
+	if !st.Loaded {
+		fmt.Fprintf(w, "Datapath:\tnot loaded under %s (run `podpath node init`)\n", root)
+		return
+	}
+	fmt.Fprintf(w, "Datapath:\tloaded under %s\n", root)
+	if c := st.Config; c != nil {
+		fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, MTU %d)\n", c.PodCIDR, c.Gateway, c.MTU)
+	}
+	fmt.Fprintln(w, "\nPROGRAM\tID\tTAG\tTYPE")
+	for _, p := range st.Programs {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", p.Name, p.ID, p.Tag, p.Type)
+	}
+	fmt.Fprintln(w, "\nMAP\tID\tTYPE\tENTRIES\tMAX\tKEY\tVALUE\tMEMLOCK")
+	for _, m := range st.Maps {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\n", m.Name, m.ID, m.Type, m.Entries, m.MaxEntries, m.KeySize, m.ValueSize, m.Memlock)
+	}
+	fmt.Fprintln(w, "\nATTACHED\tDEVICE\tIFINDEX\tHOOK\tMODE\tPROG ID")
+	for _, a := range st.Attachments {
+		hook := string(a.Direction)
+		if hook == "" {
+			hook = "xdp"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\n", a.Program, a.Ifname, a.Ifindex, hook, a.Mode, a.ProgramID)
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

@@ -1,0 +1,258 @@
+package loader_test
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+)
+
+// testNode is a network namespace with one veth pair and a pin root of its own.
+type testNode struct {
+	ns    ns.NetNS
+	cfg   loader.Config
+	veth  netlink.Link
+	index int
+}
+
+func newTestNode(t *testing.T) *testNode {
+	t.Helper()
+	netns, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	root := filepath.Join("/sys/fs/bpf", "podpath-loadertest-"+filepath.Base(netns.Path()))
+	n := &testNode{ns: netns, cfg: loader.Config{
+		PinRoot:  root,
+		StateDir: t.TempDir(),
+		PodCIDR:  netip.MustParsePrefix("10.99.0.0/24"),
+	}}
+	t.Cleanup(func() {
+		n.do(t, func() error { return loader.Reset(n.cfg.PinRoot, n.cfg.StateDir) })
+		os.RemoveAll(root)
+		netns.Close()
+		testutils.UnmountNS(netns)
+	})
+	n.do(t, func() error {
+		la := netlink.NewLinkAttrs()
+		la.Name = "lt0"
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "lt1"}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("lt0")
+		if err != nil {
+			return err
+		}
+		n.veth, n.index = l, l.Attrs().Index
+		return netlink.LinkSetUp(l)
+	})
+	return n
+}
+
+func (n *testNode) do(t *testing.T, fn func() error) {
+	t.Helper()
+	if err := n.ns.Do(func(ns.NetNS) error { return fn() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *testNode) attachments(t *testing.T) []loader.Attachment {
+	t.Helper()
+	var atts []loader.Attachment
+	n.do(t, func() (err error) {
+		atts, err = loader.Attachments(n.cfg.PinRoot)
+		return err
+	})
+	return atts
+}
+
+func (n *testNode) attachFromPod(t *testing.T) string {
+	t.Helper()
+	var mode string
+	n.do(t, func() error {
+		prog, err := loader.LoadPinnedProgram(n.cfg.PinRoot, maps.ProgFromPod)
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		mode, err = loader.AttachTC(n.cfg.PinRoot, maps.ProgFromPod, prog, n.index, loader.Ingress)
+		return err
+	})
+	return mode
+}
+
+func programID(t *testing.T, root, name string) uint32 {
+	t.Helper()
+	p, err := loader.LoadPinnedProgram(root, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return uint32(id)
+}
+
+// Re-running init loads new programs and swaps them into every hook they are
+// attached to, while the maps, and what they hold, stay.
+func testReplaceInPlace(t *testing.T, legacy bool, wantMode string) {
+	loader.ForceLegacyTC(legacy)
+	t.Cleanup(func() { loader.ForceLegacyTC(false) })
+	n := newTestNode(t)
+	n.do(t, func() error { return loader.Init(n.cfg) })
+
+	if mode := n.attachFromPod(t); mode != wantMode {
+		t.Fatalf("attached with %q, want %q", mode, wantMode)
+	}
+	// Attaching again (a retried CNI ADD) must not stack a second program.
+	n.attachFromPod(t)
+	atts := n.attachments(t)
+	if len(atts) != 1 || atts[0].Ifname != "lt0" || atts[0].Mode != wantMode || atts[0].Direction != loader.Ingress {
+		t.Fatalf("attachments = %+v, want one %s ingress on lt0", atts, wantMode)
+	}
+	before := programID(t, n.cfg.PinRoot, maps.ProgFromPod)
+	if atts[0].ProgramID != before {
+		t.Fatalf("attached program %d, pinned %d", atts[0].ProgramID, before)
+	}
+
+	eps, err := maps.OpenEndpoints(n.cfg.PinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eps.Close()
+	ip := netip.MustParseAddr("10.99.0.7")
+	if err := eps.Put(ip, maps.EndpointInfo{Ifindex: uint32(n.index), Mac: [6]uint8{2, 0, 0, 0, 0, 7}}); err != nil {
+		t.Fatal(err)
+	}
+
+	n.do(t, func() error { return loader.Init(n.cfg) })
+
+	after := programID(t, n.cfg.PinRoot, maps.ProgFromPod)
+	if after == before {
+		t.Fatalf("init did not load a new program (id %d)", after)
+	}
+	atts = n.attachments(t)
+	if len(atts) != 1 || atts[0].ProgramID != after {
+		t.Fatalf("after re-init attachments = %+v, want program %d on lt0", atts, after)
+	}
+	reopened, err := maps.OpenEndpoints(n.cfg.PinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reopened.Close()
+	if info, ok, err := reopened.Lookup(ip); err != nil || !ok || info.Mac[5] != 7 {
+		t.Fatalf("endpoint lost across re-init: %+v %v %v", info, ok, err)
+	}
+
+	n.do(t, func() error { return loader.DetachTC(n.cfg.PinRoot, maps.ProgFromPod, "lt0", loader.Ingress) })
+	if atts := n.attachments(t); len(atts) != 0 {
+		t.Fatalf("after detach: %+v", atts)
+	}
+	// Detaching what is not attached is fine: DEL is retried too.
+	n.do(t, func() error { return loader.DetachTC(n.cfg.PinRoot, maps.ProgFromPod, "lt0", loader.Ingress) })
+}
+
+func TestReplaceInPlaceTCX(t *testing.T) {
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.TCX {
+		// Kernels before 6.6: the legacy test below covers the path in use.
+		t.Skipf("kernel %s has no tcx; the loader uses legacy tc here (TestReplaceInPlaceLegacyTC)", f.Kernel)
+	}
+	testReplaceInPlace(t, false, loader.ModeTCX)
+}
+
+func TestReplaceInPlaceLegacyTC(t *testing.T) {
+	testReplaceInPlace(t, true, loader.ModeLegacyTC)
+}
+
+func TestAttachXDP(t *testing.T) {
+	n := newTestNode(t)
+	n.do(t, func() error { return loader.Init(n.cfg) })
+	n.do(t, func() error {
+		prog, err := loader.LoadPinnedProgram(n.cfg.PinRoot, maps.ProgXDPNetdev)
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		mode, err := loader.AttachXDP(n.cfg.PinRoot, maps.ProgXDPNetdev, prog, n.index)
+		if err != nil {
+			return err
+		}
+		// veth has native XDP on every supported kernel.
+		if mode != loader.ModeXDPNative {
+			t.Errorf("XDP mode %q, want %q", mode, loader.ModeXDPNative)
+		}
+		return nil
+	})
+	atts := n.attachments(t)
+	if len(atts) != 1 || atts[0].Program != maps.ProgXDPNetdev || atts[0].Mode != loader.ModeXDPNative {
+		t.Fatalf("attachments = %+v", atts)
+	}
+	before := atts[0].ProgramID
+	n.do(t, func() error { return loader.Init(n.cfg) })
+	if atts := n.attachments(t); len(atts) != 1 || atts[0].ProgramID == before {
+		t.Fatalf("XDP program not replaced in place: %+v (was %d)", atts, before)
+	}
+	n.do(t, func() error { return loader.Reset(n.cfg.PinRoot, n.cfg.StateDir) })
+	if _, err := os.Stat(n.cfg.PinRoot); !os.IsNotExist(err) {
+		t.Fatalf("pins left after reset: %v", err)
+	}
+	var xdp *netlink.LinkXdp
+	n.do(t, func() error {
+		l, err := netlink.LinkByName("lt0")
+		if err == nil {
+			xdp = l.Attrs().Xdp
+		}
+		return err
+	})
+	if xdp != nil && xdp.Attached {
+		t.Fatalf("XDP still attached after reset: %+v", xdp)
+	}
+}
+
+func TestInitValidates(t *testing.T) {
+	cases := map[string]loader.Config{
+		"no CIDR":        {},
+		"host bits":      {PodCIDR: netip.MustParsePrefix("10.1.2.3/24")},
+		"too small":      {PodCIDR: netip.MustParsePrefix("10.1.2.0/31")},
+		"MTU":            {PodCIDR: netip.MustParsePrefix("10.1.2.0/24"), MTU: 100},
+		"endpoints size": {PodCIDR: netip.MustParsePrefix("10.1.2.0/24"), MaxEndpoints: 1},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			c.PinRoot = "/sys/fs/bpf/podpath-validate-test"
+			c.StateDir = t.TempDir()
+			if err := loader.Init(c); err == nil {
+				loader.Reset(c.PinRoot, c.StateDir)
+				t.Fatalf("Init(%+v) succeeded", c)
+			}
+			if _, err := os.Stat(c.PinRoot); !os.IsNotExist(err) {
+				t.Fatalf("invalid config left pins behind")
+			}
+		})
+	}
+}
+
+func TestInitRefusesCIDRChange(t *testing.T) {
+	n := newTestNode(t)
+	n.do(t, func() error { return loader.Init(n.cfg) })
+	c := n.cfg
+	c.PodCIDR = netip.MustParsePrefix("10.98.0.0/24")
+	var err error
+	n.ns.Do(func(ns.NetNS) error { err = loader.Init(c); return nil })
+	if err == nil {
+		t.Fatal("changing the pod CIDR of an initialised node succeeded")
+	}
+}
