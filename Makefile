@@ -1,0 +1,38 @@
+# podpath build, test and demo. Every target that needs system packages runs
+# scripts/install-deps.sh first, so a fresh Debian/Ubuntu machine needs only
+# Go, make and root.
+GO      ?= go
+BIN     := bin
+GOPATH  := $(shell $(GO) env GOPATH)
+export PATH := $(PATH):/usr/local/go/bin:$(GOPATH)/bin
+
+.PHONY: all build generate deps test unit-test demo vet clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build:
+	$(GO) build -o $(BIN)/podpath ./cmd/podpath
+	$(GO) build -o $(BIN)/podpath-cni ./cmd/podpath-cni
+
+# Rebuild the BPF objects and their Go bindings (needs clang-19).
+generate: deps
+	$(GO) generate ./maps
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'); echo 'gofmt needed'; exit 1; }
+	$(GO) vet ./...
+
+# Every test, as root: BPF_PROG_RUN, loader, CNI end-to-end in network
+# namespaces, real runtimes (cnitool, containerd + runc).
+test: deps vet build
+	$(GO) test -count=1 -timeout 20m ./...
+
+# A throwaway node with three pods in network namespaces on this machine.
+demo: deps build
+	$(BIN)/podpath demo
+
+clean:
+	rm -rf $(BIN)
