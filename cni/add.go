@@ -1,0 +1,335 @@
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// undoStack runs, in reverse, the clean-ups of what an ADD did before it
+// failed, so a failed ADD leaves nothing behind.
+type undoStack []func()
+
+func (u *undoStack) push(f func()) { *u = append(*u, f) }
+
+func (u *undoStack) run() {
+	for i := len(*u) - 1; i >= 0; i-- {
+		(*u)[i]()
+	}
+	*u = nil
+}
+
+// podSide is what ADD learns inside the pod's namespace.
+type podSide struct {
+	podMAC net.HardwareAddr
+	cookie uint64
+}
+
+// Add connects a pod: a veth pair whose pod end carries a /32 from the pool
+// and routes everything to a link-local gateway that is the host end, the
+// pod registered in the endpoints map, and from_pod attached to the host end.
+func Add(args *skel.CmdArgs) (err error) {
+	conf, err := ParseConfig(args.StdinData, true)
+	if err != nil {
+		return err
+	}
+	pa, err := parseArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult != nil {
+		for _, intf := range conf.PrevResult.Interfaces {
+			if intf.Name == args.IfName && intf.Sandbox != "" {
+				return invalidConfig("interface %s of the pod was already created by a previous plugin in the chain: podpath must create it (put podpath first)", args.IfName)
+			}
+		}
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return newError(types.ErrInvalidNetNS, "open netns %q: %v", args.Netns, err)
+	}
+	defer podNS.Close()
+
+	// Open the datapath first: a node without one gets a clear error and
+	// nothing is allocated.
+	eps, err := maps.OpenEndpoints(conf.PinRoot)
+	if err != nil {
+		return datapathError(err)
+	}
+	defer eps.Close()
+	prog, err := loader.LoadPinnedProgram(conf.PinRoot, maps.ProgFromPod)
+	if err != nil {
+		return datapathError(err)
+	}
+	defer prog.Close()
+
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run()
+		}
+	}()
+
+	addr, err := allocate(conf, args.ContainerID, args.IfName, &undo)
+	if err != nil {
+		return err
+	}
+
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	// A repeated ADD replaces the interfaces of the previous one; deleting
+	// the host end takes the pod end and the node route with it.
+	if err := removeHostSide(conf.PinRoot, hostName); err != nil {
+		return err
+	}
+	undo.push(func() {
+		if err := removeHostSide(conf.PinRoot, hostName); err != nil {
+			slog.Warn("undo: remove host veth", "veth", hostName, "err", err)
+		}
+	})
+
+	hostLink, err := createVeth(hostName, args.IfName, conf.MTU, podNS)
+	if err != nil {
+		return err
+	}
+	disableIPv6(hostName)
+	if err := netlink.LinkSetAlias(hostLink, vethAlias(conf.Network)); err != nil {
+		return fmt.Errorf("label host veth %s: %w", hostName, err)
+	}
+	if err := netlink.LinkSetUp(hostLink); err != nil {
+		return fmt.Errorf("set host veth %s up: %w", hostName, err)
+	}
+	if hostLink, err = netlink.LinkByIndex(hostLink.Attrs().Index); err != nil {
+		return fmt.Errorf("find host veth %s: %w", hostName, err)
+	}
+	hostMAC := hostLink.Attrs().HardwareAddr
+
+	var ps podSide
+	err = podNS.Do(func(ns.NetNS) error {
+		var err error
+		ps, err = setupPod(conf, args.IfName, addr, hostMAC)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+
+	if err := netlink.RouteReplace(nodeRoute(addr, hostLink.Attrs().Index)); err != nil {
+		return fmt.Errorf("add node route %s dev %s: %w", addr, hostName, err)
+	}
+
+	info := maps.EndpointInfo{
+		Ifindex:     uint32(hostLink.Attrs().Index),
+		NetnsCookie: ps.cookie,
+	}
+	copy(info.Mac[:], ps.podMAC)
+	copy(info.NodeMac[:], hostMAC)
+	if err := eps.Put(addr, info); err != nil {
+		return datapathError(err)
+	}
+	undo.push(func() {
+		if err := eps.Delete(addr); err != nil {
+			slog.Warn("undo: delete endpoint", "ip", addr, "err", err)
+		}
+	})
+
+	mode, err := loader.AttachTC(conf.PinRoot, maps.ProgFromPod, prog, hostLink.Attrs().Index, loader.Ingress)
+	if err != nil {
+		return err
+	}
+
+	result := buildResult(conf, args, hostName, hostMAC, ps.podMAC, addr)
+	slog.Info("pod added", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName,
+		"ip", addr, "veth", hostName, "ifindex", hostLink.Attrs().Index, "attach", mode)
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// allocate reserves the attachment's address, and undoes only a reservation
+// this ADD made: a repeated ADD keeps the address it had.
+func allocate(conf *Config, containerID, ifname string, undo *undoStack) (netip.Addr, error) {
+	p, err := openPool(conf.StateDir, conf.Network, conf.PodCIDR)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer p.Close()
+	addr, fresh, err := p.allocate(containerID, ifname, conf.Gateway)
+	if err != nil {
+		return addr, err
+	}
+	if fresh {
+		undo.push(func() {
+			p, err := openPool(conf.StateDir, conf.Network, conf.PodCIDR)
+			if err == nil {
+				err = p.release(Allocation{Addr: addr, ContainerID: containerID, IfName: ifname})
+				p.Close()
+			}
+			if err != nil {
+				slog.Warn("undo: release address", "ip", addr, "err", err)
+			}
+		})
+	}
+	return addr, nil
+}
+
+// createVeth creates the veth pair from the node's namespace, the pod end
+// born inside the pod's namespace under its final name, so a name taken in
+// either namespace fails the ADD before anything is half made.
+func createVeth(hostName, ifname string, mtu int, podNS ns.NetNS) (netlink.Link, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = hostName
+	attrs.MTU = mtu
+	veth := &netlink.Veth{
+		LinkAttrs:     attrs,
+		PeerName:      ifname,
+		PeerMTU:       uint32(mtu),
+		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, newError(types.ErrInvalidNetworkConfig, "create veth %s/%s: a device %s already exists in the node or %s in the pod", hostName, ifname, hostName, ifname)
+		}
+		return nil, fmt.Errorf("create veth %s/%s: %w", hostName, ifname, err)
+	}
+	l, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return nil, fmt.Errorf("find host veth %s: %w", hostName, err)
+	}
+	return l, nil
+}
+
+// setupPod runs inside the pod's namespace: it gives the pod end its
+// address, routes and a permanent neighbour entry for the gateway.
+func setupPod(conf *Config, ifname string, addr netip.Addr, hostMAC net.HardwareAddr) (podSide, error) {
+	var ps podSide
+	podLink, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return ps, fmt.Errorf("find %s in the pod: %w", ifname, err)
+	}
+	ps.podMAC = podLink.Attrs().HardwareAddr
+	// podpath routes IPv4 only: an IPv6 link-local address would only send
+	// router solicitations that from_pod drops.
+	disableIPv6(ifname)
+	if err := netlink.LinkSetUp(podLink); err != nil {
+		return ps, fmt.Errorf("set %s up in the pod: %w", ifname, err)
+	}
+	if err := netlink.AddrAdd(podLink, &netlink.Addr{IPNet: hostPrefix(addr)}); err != nil {
+		return ps, fmt.Errorf("add address %s to %s: %w", addr, ifname, err)
+	}
+	idx := podLink.Attrs().Index
+	if err := netlink.RouteReplace(gatewayRoute(conf.Gateway, idx)); err != nil {
+		return ps, fmt.Errorf("add route to gateway %s dev %s: %w", conf.Gateway, ifname, err)
+	}
+	if err := netlink.RouteReplace(defaultRoute(conf.Gateway, idx)); err != nil {
+		return ps, fmt.Errorf("add default route via %s: %w", conf.Gateway, err)
+	}
+	if err := netlink.NeighSet(gatewayNeigh(conf.Gateway, idx, hostMAC)); err != nil {
+		return ps, fmt.Errorf("add neighbour %s lladdr %s: %w", conf.Gateway, hostMAC, err)
+	}
+	ps.cookie, err = netnsCookie()
+	if err != nil {
+		return ps, err
+	}
+	return ps, nil
+}
+
+// netnsCookie identifies the current network namespace for the datapath.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return c, nil
+}
+
+func disableIPv6(ifname string) {
+	path := "/proc/sys/net/ipv6/conf/" + ifname + "/disable_ipv6"
+	if err := writeSysctl(path, "1"); err != nil && !errors.Is(err, unix.ENOENT) {
+		slog.Debug("disable IPv6", "ifname", ifname, "err", err)
+	}
+}
+
+func hostPrefix(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+func gatewayRoute(gw netip.Addr, ifindex int) *netlink.Route {
+	return &netlink.Route{LinkIndex: ifindex, Dst: hostPrefix(gw), Scope: netlink.SCOPE_LINK}
+}
+
+func defaultRoute(gw netip.Addr, ifindex int) *netlink.Route {
+	return &netlink.Route{
+		LinkIndex: ifindex,
+		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		Gw:        net.IP(gw.AsSlice()),
+		Flags:     int(netlink.FLAG_ONLINK),
+		Scope:     netlink.SCOPE_UNIVERSE,
+	}
+}
+
+func gatewayNeigh(gw netip.Addr, ifindex int, mac net.HardwareAddr) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    ifindex,
+		Family:       unix.AF_INET,
+		State:        netlink.NUD_PERMANENT,
+		IP:           net.IP(gw.AsSlice()),
+		HardwareAddr: mac,
+	}
+}
+
+func nodeRoute(pod netip.Addr, ifindex int) *netlink.Route {
+	return &netlink.Route{LinkIndex: ifindex, Dst: hostPrefix(pod), Scope: netlink.SCOPE_LINK}
+}
+
+// buildResult is the ADD result: the host veth, the pod interface, the pod's
+// address on interface 1, and the default route through the gateway, after
+// whatever the previous plugins in the chain reported.
+func buildResult(conf *Config, args *skel.CmdArgs, hostName string, hostMAC, podMAC net.HardwareAddr, addr netip.Addr) *types100.Result {
+	r := &types100.Result{CNIVersion: types100.ImplementedSpecVersion}
+	if conf.PrevResult != nil {
+		r.Interfaces = append(r.Interfaces, conf.PrevResult.Interfaces...)
+		r.IPs = append(r.IPs, conf.PrevResult.IPs...)
+		r.Routes = append(r.Routes, conf.PrevResult.Routes...)
+		r.DNS = conf.PrevResult.DNS
+	}
+	podIndex := len(r.Interfaces) + 1
+	r.Interfaces = append(r.Interfaces,
+		&types100.Interface{Name: hostName, Mac: hostMAC.String(), Mtu: conf.MTU},
+		&types100.Interface{Name: args.IfName, Mac: podMAC.String(), Mtu: conf.MTU, Sandbox: args.Netns},
+	)
+	r.IPs = append(r.IPs, &types100.IPConfig{
+		Interface: &podIndex,
+		Address:   *hostPrefix(addr),
+		Gateway:   net.IP(conf.Gateway.AsSlice()),
+	})
+	hasDefault := false
+	for _, rt := range r.Routes {
+		if ones, _ := rt.Dst.Mask.Size(); ones == 0 && rt.Dst.IP.To4() != nil {
+			hasDefault = true
+		}
+	}
+	if !hasDefault {
+		r.Routes = append(r.Routes, &types.Route{
+			Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+			GW:  net.IP(conf.Gateway.AsSlice()),
+		})
+	}
+	if !conf.DNS.IsEmpty() {
+		r.DNS = conf.DNS
+	}
+	return r
+}

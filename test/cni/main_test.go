@@ -1,0 +1,258 @@
+// Package cni_test drives the real podpath-cni binary end to end: nodes and
+// pods are network namespaces on this machine (internal/sim), the plugin is
+// invoked through libcni or, for malformed input, directly, and traffic only
+// ever flows between namespaces the tests made.
+package cni_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/podpath/podpath/cni"
+	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+)
+
+// cniBin is the plugin directory built once for every test.
+var cniBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("skipping: the CNI end-to-end tests need root")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "podpath-cni-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cniBin, err = sim.BuildCNI(dir)
+	code := 1
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	} else {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Every test node gets a name unique to the test and its own pod CIDR; the
+// CIDRs are only ever used inside the tests' namespaces.
+func newNode(t *testing.T, name, cidr string, opts ...sim.Option) *sim.Node {
+	t.Helper()
+	opts = append([]sim.Option{sim.WithCNIBin(cniBin)}, opts...)
+	n, err := sim.NewNode(name, netip.MustParsePrefix(cidr), opts...)
+	if err != nil {
+		t.Fatalf("new node: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close node %s: %v", name, err)
+		}
+	})
+	return n
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func addPod(t *testing.T, n *sim.Node, name string) *sim.Pod {
+	t.Helper()
+	p, err := n.AddPod(testContext(t), name)
+	if err != nil {
+		t.Fatalf("add pod %s: %v", name, err)
+	}
+	return p
+}
+
+// counters sums the node's counters of one hook by reason name.
+func counters(t *testing.T, n *sim.Node) map[string]uint64 {
+	t.Helper()
+	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cs, err := maps.ReadCounters(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]uint64{}
+	for _, c := range cs {
+		if c.Hook.String() == maps.ProgFromPod {
+			out[c.Reason.String()] += c.Packets
+		}
+	}
+	return out
+}
+
+func endpoints(t *testing.T, n *sim.Node) []maps.Endpoint {
+	t.Helper()
+	eps, err := maps.OpenEndpoints(n.PinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eps.Close()
+	all, err := eps.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
+
+// allocations lists the address files of the node's network.
+func allocations(t *testing.T, n *sim.Node) []string {
+	t.Helper()
+	entries, err := os.ReadDir(cni.IPAMDir(n.StateDir, n.NetName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if _, err := netip.ParseAddr(e.Name()); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// hostVeths lists the podpath veths in the node's namespace.
+func hostVeths(t *testing.T, n *sim.Node) []string {
+	t.Helper()
+	var out []string
+	err := n.Do(func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, "pp") {
+				out = append(out, l.Attrs().Name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// linkPins lists the pinned bpf_links of the node.
+func linkPins(t *testing.T, n *sim.Node) []string {
+	t.Helper()
+	entries, err := os.ReadDir(maps.LinkDir(n.PinRoot))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// pluginCall is one direct invocation of the plugin binary, for the input a
+// well-behaved runtime would never send.
+type pluginCall struct {
+	Command, ContainerID, Netns, IfName, Args string
+	Stdin                                     []byte
+	// Unset lists environment variables to leave out.
+	Unset []string
+}
+
+// run execs the plugin in the node's namespace and returns its stdout, or
+// the CNI error it printed.
+func (c pluginCall) run(t *testing.T, n *sim.Node) ([]byte, *types.Error) {
+	t.Helper()
+	env := map[string]string{
+		"CNI_COMMAND":     c.Command,
+		"CNI_CONTAINERID": c.ContainerID,
+		"CNI_NETNS":       c.Netns,
+		"CNI_IFNAME":      c.IfName,
+		"CNI_ARGS":        c.Args,
+		"CNI_PATH":        cniBin,
+	}
+	for _, k := range c.Unset {
+		delete(env, k)
+	}
+	var stdout, stderr bytes.Buffer
+	var runErr error
+	err := n.Do(func() error {
+		cmd := exec.Command(filepath.Join(cniBin, sim.PluginType))
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Stdin = bytes.NewReader(c.Stdin)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		runErr = cmd.Run()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runErr == nil {
+		return stdout.Bytes(), nil
+	}
+	var e types.Error
+	if err := json.Unmarshal(stdout.Bytes(), &e); err != nil || e.Code == 0 {
+		t.Fatalf("plugin %s failed without a CNI error: %v\nstdout: %s\nstderr: %s", c.Command, runErr, stdout.String(), stderr.String())
+	}
+	return stdout.Bytes(), &e
+}
+
+// pluginConf is the node's plugin configuration as libcni hands it to the
+// plugin, with fields overridden (a nil value removes the field).
+func pluginConf(t *testing.T, n *sim.Node, override map[string]any) []byte {
+	t.Helper()
+	var conf map[string]any
+	if err := json.Unmarshal(n.NetworkList().Plugins[0].Bytes, &conf); err != nil {
+		t.Fatal(err)
+	}
+	conf["name"] = n.NetName
+	conf["cniVersion"] = n.NetworkList().CNIVersion
+	for k, v := range override {
+		if v == nil {
+			delete(conf, k)
+		} else {
+			conf[k] = v
+		}
+	}
+	b, err := json.Marshal(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// cniCode returns the CNI error code in err, or 0.
+func cniCode(err error) uint {
+	var e *types.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}
