@@ -140,4 +140,3 @@ func TestPodToPodTraffic(t *testing.T) {
 	}
 	t.Logf("forward_local +%d packets", after-before)
 }
-
