@@ -15,6 +15,14 @@ import (
 // netnsDir is where named network namespaces live, as `ip netns` keeps them.
 const netnsDir = "/run/netns"
 
+// NewNetNS creates a network namespace named after parts and this process
+// (so parallel test binaries never collide), loopback up, for callers that
+// need a namespace the plugin has not touched. Remove it with RemoveNetNS.
+func NewNetNS(parts ...string) (ns.NetNS, error) { return newNetNS(uniqueName(parts...)) }
+
+// RemoveNetNS removes a namespace made by NewNetNS.
+func RemoveNetNS(n ns.NetNS) error { return removeNetNS(n) }
+
 // newNetNS creates a network namespace bind-mounted at /run/netns/<name>,
 // with its loopback up.
 func newNetNS(name string) (ns.NetNS, error) {

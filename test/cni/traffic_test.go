@@ -1,9 +1,11 @@
 package cni_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // inPod runs fn in a pod's namespace; sockets made there stay there.
@@ -139,4 +142,84 @@ func TestPodToPodTraffic(t *testing.T) {
 		t.Fatalf("forward_local rose by %d packets, want at least %d", after-before, 6*8)
 	}
 	t.Logf("forward_local +%d packets", after-before)
+}
+
+// sendRaw sends a UDP datagram with a source address of our choosing from
+// inside a pod, as a compromised workload could.
+func sendRaw(t *testing.T, from *sim.Pod, src, dst netip.Addr, dport uint16, payload []byte) {
+	t.Helper()
+	pkt := make([]byte, 28+len(payload))
+	pkt[0] = 0x45
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	binary.BigEndian.PutUint16(pkt[6:], 0x4000) // don't fragment
+	pkt[8] = 64
+	pkt[9] = unix.IPPROTO_UDP
+	s4, d4 := src.As4(), dst.As4()
+	copy(pkt[12:16], s4[:])
+	copy(pkt[16:20], d4[:])
+	binary.BigEndian.PutUint16(pkt[20:], 40000)
+	binary.BigEndian.PutUint16(pkt[22:], dport)
+	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload)))
+	// A zero UDP checksum means "none" in IPv4; the kernel fills the IP one.
+	copy(pkt[28:], payload)
+	inPod(t, from, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: d4})
+	})
+}
+
+// A pod that forges its source address, whether another pod's or one nobody
+// holds, is dropped by from_pod and counted under drop_spoofed_ip; the
+// same raw send with its own address goes through.
+func TestSpoofedSourceDropped(t *testing.T) {
+	n := newNode(t, "spoof", "10.77.2.0/24")
+	a, b, c := addPod(t, n, "a"), addPod(t, n, "b"), addPod(t, n, "c")
+
+	var srv net.PacketConn
+	inPod(t, c, func() (err error) {
+		srv, err = net.ListenPacket("udp4", net.JoinHostPort(c.IP.String(), "0"))
+		return err
+	})
+	defer srv.Close()
+	port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+	received := make(chan string, 8)
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			k, peer, err := srv.ReadFrom(buf)
+			if err != nil {
+				close(received)
+				return
+			}
+			received <- fmt.Sprintf("%s from %s", buf[:k], peer)
+		}
+	}()
+
+	before := counters(t, n)
+	nobody := netip.MustParseAddr("10.77.2.250")
+	sendRaw(t, a, b.IP, c.IP, port, []byte("spoofed as b"))
+	sendRaw(t, a, nobody, c.IP, port, []byte("spoofed as nobody"))
+	sendRaw(t, a, a.IP, c.IP, port, []byte("honest"))
+
+	select {
+	case got := <-received:
+		if got != "honest from "+net.JoinHostPort(a.IP.String(), "40000") {
+			t.Fatalf("pod c received %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the honest datagram did not arrive")
+	}
+	select {
+	case got := <-received:
+		t.Fatalf("a spoofed datagram arrived: %q", got)
+	case <-time.After(300 * time.Millisecond):
+	}
+	after := counters(t, n)
+	if d := after["drop_spoofed_ip"] - before["drop_spoofed_ip"]; d != 2 {
+		t.Fatalf("drop_spoofed_ip rose by %d, want 2 (counters %v)", d, after)
+	}
 }
