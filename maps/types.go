@@ -134,3 +134,26 @@ func Specs() (map[string]*ebpf.CollectionSpec, error) {
 		ProgXDPNetdev: xdp,
 	}, nil
 }
+
+// Hooks, as enum hook in bpf/lib/reasons.h.
+const (
+	HookFromPod    = fromPodHookHOOK_FROM_POD
+	HookToPod      = fromPodHookHOOK_TO_POD
+	HookFromNetdev = fromPodHookHOOK_FROM_NETDEV
+	HookToNetdev   = fromPodHookHOOK_TO_NETDEV
+	HookXDP        = fromPodHookHOOK_XDP
+)
+
+// Reasons, as enum reason in bpf/lib/reasons.h.
+const (
+	ReasonForwardLocal      = fromPodReasonREASON_FORWARD_LOCAL
+	ReasonToStack           = fromPodReasonREASON_TO_STACK
+	ReasonARPToStack        = fromPodReasonREASON_ARP_TO_STACK
+	ReasonDropTruncated     = fromPodReasonREASON_DROP_TRUNCATED
+	ReasonDropBadIPHeader   = fromPodReasonREASON_DROP_BAD_IP_HEADER
+	ReasonDropSpoofedIP     = fromPodReasonREASON_DROP_SPOOFED_IP
+	ReasonDropSpoofedMAC    = fromPodReasonREASON_DROP_SPOOFED_MAC
+	ReasonDropSpoofedARP    = fromPodReasonREASON_DROP_SPOOFED_ARP
+	ReasonDropUnsupportedL3 = fromPodReasonREASON_DROP_UNSUPPORTED_L3
+	ReasonDropTTLExceeded   = fromPodReasonREASON_DROP_TTL_EXCEEDED
+)

@@ -1,6 +1,6 @@
 // Command podpath-cni is the CNI plugin of podpath. Install it in the
-// runtime's CNI bin directory as "podpath", the type the network
-// configuration names (see docs/cni.md).
+// runtime's CNI bin directory; network configurations name it with
+// "type": "podpath-cni" (see docs/cni.md).
 package main
 
 import (
@@ -13,6 +13,6 @@ import (
 
 func main() {
 	// stdout carries the result; logs go to stderr, which runtimes keep.
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)).With("plugin", "podpath"))
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)).With("plugin", "podpath-cni"))
 	skel.PluginMainFuncs(cni.Funcs(), cni.Versions, cni.About)
 }

@@ -1,7 +1,281 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
 
 func newDemoCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "demo", Short: "Run a throwaway node with three pods and show the datapath at work"}
+	var (
+		keep    bool
+		cleanup bool
+		podCIDR string
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a throwaway node with three pods and show the datapath at work",
+		Long: `demo builds a node in its own network namespace on this machine, loads the
+datapath there, creates three pods through the real podpath-cni binary (as a
+container runtime would, through libcni), sends TCP and UDP between every pair,
+sends one spoofed packet that must be dropped, prints the endpoints and
+counters, and removes everything again (unless --keep).`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cleanup {
+				return demoCleanup(os.Stdout)
+			}
+			cidr, err := netip.ParsePrefix(podCIDR)
+			if err != nil {
+				return fmt.Errorf("--pod-cidr: %w", err)
+			}
+			return runDemo(cmd.Context(), os.Stdout, cidr, keep)
+		},
+	}
+	cmd.Flags().BoolVar(&keep, "keep", false, "leave the node and its pods running and print how to inspect them")
+	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "remove what an earlier `demo --keep` left running")
+	cmd.Flags().StringVar(&podCIDR, "pod-cidr", "10.244.1.0/24", "pod CIDR of the demo node (addresses live only inside its namespaces)")
+	return cmd
+}
+
+const demoNode = "demo"
+
+func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep bool) (err error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var opts []sim.Option
+	if dir, ok := pluginNextToMe(); ok {
+		opts = append(opts, sim.WithCNIBin(dir))
+	}
+	step(out, "Creating a node in its own network namespace and loading the datapath")
+	node, err := sim.NewNode(demoNode, cidr, opts...)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if keep && err == nil {
+			printKeep(out, node)
+			return
+		}
+		step(out, "Cleaning up")
+		if cerr := node.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		fmt.Fprintln(out, "  node, pods, pins and state removed")
+	}()
+	st, err := readStatus(node)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  netns %s, kernel %s, tc attach mode %s\n", filepath.Base(node.NS.Path()), st.Features.Kernel, st.Features.TCMechanism())
+	fmt.Fprintf(out, "  pins under %s; the node has net.ipv4.ip_forward=0 and no bridge,\n", node.PinRoot)
+	fmt.Fprintln(out, "  so pod-to-pod traffic only flows if the eBPF program carries it")
+
+	step(out, "Creating three pods through the podpath-cni binary (CNI ADD, as a runtime does)")
+	var pods []*sim.Pod
+	for _, name := range []string{"pod-a", "pod-b", "pod-c"} {
+		p, err := node.AddPod(ctx, name)
+		if err != nil {
+			return err
+		}
+		pods = append(pods, p)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  POD\tIP\tHOST VETH\tGATEWAY")
+	for _, p := range pods {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, p.IP, p.Result.Interfaces[0].Name, p.Result.IPs[0].Gateway)
+	}
+	tw.Flush()
+
+	step(out, "Endpoints, read from the pinned map (podpath endpoint list)")
+	if err := node.Do(func() error { return printEndpoints(out, node.PinRoot) }); err != nil {
+		return err
+	}
+
+	step(out, "TCP and UDP between every pair of pods")
+	before, err := readCounters(node)
+	if err != nil {
+		return err
+	}
+	msg := bytes.Repeat([]byte("podpath "), 128)
+	for _, from := range pods {
+		for _, to := range pods {
+			if from == to {
+				continue
+			}
+			rtt, err := sim.TCPEcho(from, to, msg)
+			if err != nil {
+				return err
+			}
+			urtt, err := sim.UDPEcho(from, to, msg[:64])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "  %s -> %s: TCP connect + %d B echoed in %v, UDP echo in %v\n",
+				from.Name, to.Name, len(msg), rtt.Round(time.Microsecond), urtt.Round(time.Microsecond))
+		}
+	}
+	after, err := readCounters(node)
+	if err != nil {
+		return err
+	}
+	fwd := delta(before, after, maps.HookFromPod, maps.ReasonForwardLocal)
+	fmt.Fprintf(out, "  from_pod redirected %d packets straight into their destination pods\n", fwd)
+
+	step(out, "A spoofed packet: pod-a sends UDP claiming another pod's address")
+	spoofed := pods[2].IP
+	if err := sim.SendSpoofedUDP(pods[0], spoofed, pods[1].IP, 9, []byte("spoof")); err != nil {
+		return err
+	}
+	time.Sleep(50 * time.Millisecond)
+	final, err := readCounters(node)
+	if err != nil {
+		return err
+	}
+	drops := delta(after, final, maps.HookFromPod, maps.ReasonDropSpoofedIP)
+	fmt.Fprintf(out, "  source %s from %s's veth: dropped by from_pod (drop_spoofed_ip +%d)\n", spoofed, pods[0].Name, drops)
+	if drops == 0 {
+		return fmt.Errorf("the spoofed packet was not counted as dropped")
+	}
+
+	step(out, "Counters (podpath counters)")
+	rows := make([]counterRow, 0, len(final))
+	for _, c := range final {
+		rows = append(rows, counterRow{c.Hook.String(), c.Reason.String(), c.Reason.IsDrop(), c.Packets, c.Bytes})
+	}
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	printCounters(indent{tw}, rows)
+	return tw.Flush()
+}
+
+// indent prefixes every line written through it with two spaces.
+type indent struct{ w io.Writer }
+
+func (i indent) Write(p []byte) (int, error) {
+	s := strings.ReplaceAll(string(p), "\n", "\n  ")
+	s = strings.TrimSuffix(s, "  ")
+	if _, err := io.WriteString(i.w, "  "+s); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func step(out io.Writer, s string) { fmt.Fprintf(out, "\n== %s\n", s) }
+
+func readStatus(n *sim.Node) (st *loader.Status, err error) {
+	err = n.Do(func() error {
+		st, err = loader.ReadStatus(n.PinRoot, n.StateDir)
+		return err
+	})
+	return st, err
+}
+
+func readCounters(n *sim.Node) ([]maps.Counter, error) {
+	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	return maps.ReadCounters(m)
+}
+
+func delta(before, after []maps.Counter, hook maps.Hook, reason maps.Reason) uint64 {
+	sum := func(cs []maps.Counter) (n uint64) {
+		for _, c := range cs {
+			if c.Hook == hook && c.Reason == reason {
+				n += c.Packets
+			}
+		}
+		return n
+	}
+	return sum(after) - sum(before)
+}
+
+func printEndpoints(out io.Writer, root string) error {
+	eps, err := maps.OpenEndpoints(root)
+	if err != nil {
+		return err
+	}
+	defer eps.Close()
+	list, err := eps.List()
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  IP\tDEVICE\tIFINDEX\tPOD MAC\tGATEWAY MAC")
+	for _, e := range list {
+		r := newEndpointRow(e)
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", r.IP, r.Device, r.Ifindex, r.PodMAC, r.GatewayMAC)
+	}
+	return tw.Flush()
+}
+
+// pluginNextToMe finds a podpath-cni installed beside this binary (make
+// build puts both in bin/), so the demo needs no Go toolchain.
+func pluginNextToMe() (string, bool) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", false
+	}
+	dir := filepath.Dir(exe)
+	if _, err := os.Stat(filepath.Join(dir, "podpath-cni")); err != nil {
+		return "", false
+	}
+	return dir, true
+}
+
+func printKeep(out io.Writer, n *sim.Node) {
+	step(out, "Left running")
+	netns := filepath.Base(n.NS.Path())
+	fmt.Fprintf(out, `  ip netns exec %[1]s podpath node status --pin-root %[2]s --state-dir %[3]s
+  ip netns exec %[1]s podpath endpoint list --pin-root %[2]s
+  podpath counters --pin-root %[2]s
+  bpftool map dump pinned %[2]s/endpoints
+  podpath demo --cleanup      # removes it all
+`, netns, n.PinRoot, n.StateDir)
+}
+
+// demoCleanup removes what `demo --keep` left: the namespaces (their veths
+// go with them), the pins and the state directories.
+func demoCleanup(out io.Writer) error {
+	var removed int
+	nsDir := "/run/netns"
+	entries, _ := os.ReadDir(nsDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "pp-"+demoNode+"-") {
+			p := filepath.Join(nsDir, e.Name())
+			unix.Unmount(p, unix.MNT_DETACH)
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("remove netns %s: %w", p, err)
+			}
+			removed++
+		}
+	}
+	for _, pattern := range []string{
+		filepath.Join(loader.BPFFSMount, "podpath-sim-"+demoNode+"-*"),
+		filepath.Join(os.TempDir(), "podpath-sim-"+demoNode+"-*"),
+	} {
+		matches, _ := filepath.Glob(pattern)
+		for _, m := range matches {
+			if err := os.RemoveAll(m); err != nil {
+				return err
+			}
+			removed++
+		}
+	}
+	fmt.Fprintf(out, "removed %d demo namespaces, pin roots and state directories\n", removed)
+	return nil
 }

@@ -13,16 +13,15 @@ import (
 
 // PluginType is the CNI type of podpath's plugin: runtimes run the binary
 // of that name from their CNI bin directory.
-const PluginType = "podpath"
+const PluginType = "podpath-cni"
 
 var (
 	buildMu    sync.Mutex
 	buildCache = map[string]error{}
 )
 
-// BuildCNI builds cmd/podpath-cni into dir as podpath-cni, links it as
-// "podpath" (the name the network configuration's type asks for) and
-// returns dir. Each directory is built once per process.
+// BuildCNI builds cmd/podpath-cni into dir as podpath-cni (the name the
+// network configuration's type asks for) and returns dir. Each directory is built once per process.
 func BuildCNI(dir string) (string, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -53,11 +52,6 @@ func buildCNI(dir string) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("build podpath-cni: %w\n%s", err, out.String())
-	}
-	link := filepath.Join(dir, PluginType)
-	os.Remove(link)
-	if err := os.Symlink("podpath-cni", link); err != nil {
-		return fmt.Errorf("link %s: %w", link, err)
 	}
 	return nil
 }
