@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
@@ -307,9 +308,13 @@ func buildResult(conf *Config, args *skel.CmdArgs, hostName string, hostMAC, pod
 		r.DNS = conf.PrevResult.DNS
 	}
 	podIndex := len(r.Interfaces) + 1
+	mtu := 0 // interface MTUs are part of results from CNI 1.1.0 on
+	if newer, _ := version.GreaterThanOrEqualTo(conf.CNIVersion, "1.1.0"); newer {
+		mtu = conf.MTU
+	}
 	r.Interfaces = append(r.Interfaces,
-		&types100.Interface{Name: hostName, Mac: hostMAC.String(), Mtu: conf.MTU},
-		&types100.Interface{Name: args.IfName, Mac: podMAC.String(), Mtu: conf.MTU, Sandbox: args.Netns},
+		&types100.Interface{Name: hostName, Mac: hostMAC.String(), Mtu: mtu},
+		&types100.Interface{Name: args.IfName, Mac: podMAC.String(), Mtu: mtu, Sandbox: args.Netns},
 	)
 	r.IPs = append(r.IPs, &types100.IPConfig{
 		Interface: &podIndex,

@@ -23,7 +23,7 @@ func Status(args *skel.CmdArgs) error {
 		return err
 	}
 	notAvailable := func(err error) error {
-		return newError(types.ErrPluginNotAvailable, "podpath datapath not loaded at %s: %v", conf.PinRoot, err)
+		return newError(types.ErrPluginNotAvailable, "%v", err)
 	}
 	for _, name := range maps.AllMaps {
 		m, err := maps.OpenPinned(conf.PinRoot, name)

@@ -21,7 +21,8 @@ var (
 )
 
 // BuildCNI builds cmd/podpath-cni into dir as podpath-cni (the name the
-// network configuration's type asks for) and returns dir. Each directory is built once per process.
+// network configuration's type asks for) and returns dir. Each directory is
+// built once per process.
 func BuildCNI(dir string) (string, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
