@@ -68,6 +68,7 @@ type options struct {
 	mtu     int
 	dns     types.DNS
 	baseDir string
+	maxEps  uint32
 }
 
 // Option configures NewNode.
@@ -86,6 +87,10 @@ func WithMTU(mtu int) Option { return func(o *options) { o.mtu = mtu } }
 // WithDNS puts DNS settings in the network configuration; ADD passes them
 // through to the result.
 func WithDNS(dns types.DNS) Option { return func(o *options) { o.dns = dns } }
+
+// WithMaxEndpoints sizes the node's endpoints map (default
+// loader.DefaultMaxEndpoints).
+func WithMaxEndpoints(max uint32) Option { return func(o *options) { o.maxEps = max } }
 
 // WithBaseDir puts the node's state, configuration and cache directories
 // under dir instead of a new temporary directory.
@@ -154,10 +159,11 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 			return fmt.Errorf("disable forwarding: %w", err)
 		}
 		return loader.Init(loader.Config{
-			PinRoot:  n.PinRoot,
-			StateDir: n.StateDir,
-			PodCIDR:  podCIDR,
-			MTU:      n.MTU,
+			PinRoot:      n.PinRoot,
+			StateDir:     n.StateDir,
+			PodCIDR:      podCIDR,
+			MTU:          n.MTU,
+			MaxEndpoints: o.maxEps,
 		})
 	})
 	if err != nil {
