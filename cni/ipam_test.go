@@ -1,0 +1,128 @@
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestHostRange(t *testing.T) {
+	for _, tc := range []struct{ cidr, first, last string }{
+		{"10.0.0.0/24", "10.0.0.1", "10.0.0.254"},
+		{"10.0.0.16/28", "10.0.0.17", "10.0.0.30"},
+		{"10.0.0.0/30", "10.0.0.1", "10.0.0.2"},
+		{"10.0.0.0/8", "10.0.0.1", "10.255.255.254"},
+	} {
+		first, last := hostRange(netip.MustParsePrefix(tc.cidr))
+		if first.String() != tc.first || last.String() != tc.last {
+			t.Errorf("%s: %s-%s, want %s-%s", tc.cidr, first, last, tc.first, tc.last)
+		}
+	}
+}
+
+func alloc(t *testing.T, dir string, cidr netip.Prefix, id string) (netip.Addr, bool, error) {
+	t.Helper()
+	p, err := openPool(dir, "net", cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	return p.allocate(id, "eth0", netip.Addr{})
+}
+
+// The pool hands out every host address once, is idempotent per attachment,
+// survives reopening, reports exhaustion with its code, and reuses released
+// addresses only after the others (round robin).
+func TestPoolAllocateRelease(t *testing.T) {
+	dir := t.TempDir()
+	cidr := netip.MustParsePrefix("10.9.0.0/29") // 6 addresses
+	got := map[netip.Addr]string{}
+	for i := range 6 {
+		id := fmt.Sprintf("c%d", i)
+		a, fresh, err := alloc(t, dir, cidr, id)
+		if err != nil || !fresh {
+			t.Fatalf("allocate %s: %v %v fresh=%v", id, a, err, fresh)
+		}
+		if a == cidr.Addr() || a == netip.MustParseAddr("10.9.0.7") {
+			t.Fatalf("allocated the network or broadcast address %s", a)
+		}
+		if prev, dup := got[a]; dup {
+			t.Fatalf("%s allocated to %s and %s", a, prev, id)
+		}
+		got[a] = id
+	}
+	again, fresh, err := alloc(t, dir, cidr, "c2")
+	if err != nil || fresh || got[again] != "c2" {
+		t.Fatalf("repeated allocate: %s fresh=%v %v", again, fresh, err)
+	}
+	_, _, err = alloc(t, dir, cidr, "c6")
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != CodePoolExhausted || e.Msg != "address pool 10.9.0.0/29 exhausted: 6 addresses in use" {
+		t.Fatalf("exhausted pool: %v", err)
+	}
+
+	p, err := openPool(dir, "net", cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.release(Allocation{Addr: again, ContainerID: "someone-else", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, held, _ := p.find("c2", "eth0"); !held {
+		t.Fatal("release by another owner freed the address")
+	}
+	if err := p.release(Allocation{Addr: again, ContainerID: "c2", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	a, fresh, err := alloc(t, dir, cidr, "c7")
+	if err != nil || !fresh || a != again {
+		t.Fatalf("after release: %s fresh=%v %v, want %s", a, fresh, err, again)
+	}
+}
+
+// Goroutines with their own lock file descriptors exclude each other as
+// separate plugin processes do.
+func TestPoolConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	cidr := netip.MustParsePrefix("10.9.1.0/24")
+	var wg sync.WaitGroup
+	addrs := make([]netip.Addr, 100)
+	for i := range addrs {
+		wg.Go(func() {
+			p, err := openPool(dir, "net", cidr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer p.Close()
+			addrs[i], _, err = p.allocate(fmt.Sprintf("c%d", i), "eth0", netip.Addr{})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if seen[a] {
+			t.Fatalf("%s allocated twice", a)
+		}
+		seen[a] = true
+	}
+}
+
+func TestHostVethName(t *testing.T) {
+	a := HostVethName("abc", "eth0")
+	if len(a) != 13 || a[:2] != "pp" || a == HostVethName("abc", "eth1") || a != HostVethName("abc", "eth0") {
+		t.Fatalf("HostVethName: %q", a)
+	}
+	// sha256("abc/eth0") starts with these 11 hex digits.
+	if a != "pp538f587a236" {
+		t.Fatalf("HostVethName: %q", a)
+	}
+}
