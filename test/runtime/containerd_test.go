@@ -26,8 +26,8 @@ func TestContainerd(t *testing.T) {
 
 	bins := buildArtifacts(t)
 	cd := startContainerd(t, n)
-	cd.importImages(t, writeImages(t, t.TempDir(), bins.pause, busybox))
 	cri := dialCRI(t, cd)
+	cd.importImages(t, writeImages(t, t.TempDir(), bins.pause, busybox))
 	cri.waitImage(t, pauseImage)
 	cri.waitImage(t, busyboxImage)
 
