@@ -58,7 +58,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	}
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
-		return newError(types.ErrInvalidNetNS, "open netns %q: %v", args.Netns, err)
+		return newError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS %q: %v", args.Netns, err)
 	}
 	defer podNS.Close()
 

@@ -74,6 +74,7 @@ func TestBadInputErrorCodes(t *testing.T) {
 		{"malformed-json", add([]byte(`{"cniVersion":"1.1.0","name":`)), types.ErrDecodingFailure, "unmarshal"},
 		{"no-containerid", with(add(good), func(c *pluginCall) { c.Unset = []string{"CNI_CONTAINERID"} }), types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
 		{"no-netns", with(add(good), func(c *pluginCall) { c.Unset = []string{"CNI_NETNS"} }), types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
+		{"netns-gone", with(add(good), func(c *pluginCall) { c.Netns = "/run/netns/pp-does-not-exist" }), types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
 		{"no-ifname", with(add(good), func(c *pluginCall) { c.Unset = []string{"CNI_IFNAME"} }), types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
 		{"bad-ifname", with(add(good), func(c *pluginCall) { c.IfName = "a/b" }), types.ErrInvalidEnvironmentVariables, "interface name"},
 		{"malformed-args", with(add(good), func(c *pluginCall) { c.Args = "K8S_POD_NAME" }), types.ErrInvalidEnvironmentVariables, "CNI_ARGS"},

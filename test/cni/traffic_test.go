@@ -109,22 +109,24 @@ func TestPodToPodTraffic(t *testing.T) {
 	n := newNode(t, "traffic", "10.77.1.0/24")
 	pods := []*sim.Pod{addPod(t, n, "a"), addPod(t, n, "b"), addPod(t, n, "c")}
 
-	n.Do(func() error {
+	if err := n.Do(func() error {
 		fwd, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
 		if err != nil || strings.TrimSpace(string(fwd)) != "0" {
-			t.Fatalf("node ip_forward = %q, %v; want 0", fwd, err)
+			return fmt.Errorf("node ip_forward = %q, %v; want 0", fwd, err)
 		}
 		links, err := netlink.LinkList()
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		for _, l := range links {
 			if l.Type() == "bridge" {
-				t.Fatalf("node has a bridge %s", l.Attrs().Name)
+				return fmt.Errorf("node has a bridge %s", l.Attrs().Name)
 			}
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	before := counters(t, n)["forward_local"]
 	for _, from := range pods {
