@@ -1,9 +1,7 @@
 package cni_test
 
 import (
-	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -14,7 +12,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // inPod runs fn in a pod's namespace; sockets made there stay there.
@@ -25,80 +22,21 @@ func inPod(t *testing.T, p *sim.Pod, fn func() error) {
 	}
 }
 
-// tcpExchange connects from one pod to a listener in another and checks a
-// message goes there and its echo comes back.
+// tcpExchange sends a message over TCP from one pod to an echo server in
+// another and checks it comes back.
 func tcpExchange(t *testing.T, from, to *sim.Pod) {
 	t.Helper()
-	var ln net.Listener
-	inPod(t, to, func() (err error) {
-		ln, err = net.Listen("tcp4", net.JoinHostPort(to.IP.String(), "0"))
-		return err
-	})
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.Copy(c, c)
-	}()
-	var c net.Conn
-	inPod(t, from, func() (err error) {
-		d := net.Dialer{Timeout: 5 * time.Second}
-		c, err = d.Dial("tcp4", ln.Addr().String())
-		return err
-	})
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	msg := fmt.Sprintf("tcp %s -> %s", from.Name, to.Name)
-	if _, err := c.Write([]byte(msg)); err != nil {
-		t.Fatalf("%s: write: %v", msg, err)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(c)
-	if err != nil || string(got) != msg {
-		t.Fatalf("%s: echo %q, %v", msg, got, err)
-	}
-	if la := c.LocalAddr().(*net.TCPAddr); la.IP.String() != from.IP.String() {
-		t.Fatalf("%s: connection from %s, want the pod's %s", msg, la.IP, from.IP)
+	if _, err := sim.TCPEcho(from, to, []byte(fmt.Sprintf("tcp %s -> %s", from.Name, to.Name))); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// udpExchange sends a datagram from one pod to another and back.
+// udpExchange sends a datagram from one pod to an echo server in another
+// and checks the reply.
 func udpExchange(t *testing.T, from, to *sim.Pod) {
 	t.Helper()
-	var srv, cli net.PacketConn
-	inPod(t, to, func() (err error) {
-		srv, err = net.ListenPacket("udp4", net.JoinHostPort(to.IP.String(), "0"))
-		return err
-	})
-	defer srv.Close()
-	inPod(t, from, func() (err error) {
-		cli, err = net.ListenPacket("udp4", net.JoinHostPort(from.IP.String(), "0"))
-		return err
-	})
-	defer cli.Close()
-	msg := []byte(fmt.Sprintf("udp %s -> %s", from.Name, to.Name))
-	srv.SetDeadline(time.Now().Add(5 * time.Second))
-	cli.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := cli.WriteTo(msg, srv.LocalAddr()); err != nil {
-		t.Fatalf("%s: send: %v", msg, err)
-	}
-	buf := make([]byte, 256)
-	k, peer, err := srv.ReadFrom(buf)
-	if err != nil || string(buf[:k]) != string(msg) {
-		t.Fatalf("%s: received %q, %v", msg, buf[:k], err)
-	}
-	if peer.(*net.UDPAddr).IP.String() != from.IP.String() {
-		t.Fatalf("%s: datagram from %s, want %s", msg, peer, from.IP)
-	}
-	if _, err := srv.WriteTo(buf[:k], peer); err != nil {
-		t.Fatalf("%s: reply: %v", msg, err)
-	}
-	if k, _, err = cli.ReadFrom(buf); err != nil || string(buf[:k]) != string(msg) {
-		t.Fatalf("%s: reply %q, %v", msg, buf[:k], err)
+	if _, err := sim.UDPEcho(from, to, []byte(fmt.Sprintf("udp %s -> %s", from.Name, to.Name))); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -146,34 +84,6 @@ func TestPodToPodTraffic(t *testing.T) {
 	t.Logf("forward_local +%d packets", after-before)
 }
 
-// sendRaw sends a UDP datagram with a source address of our choosing from
-// inside a pod, as a compromised workload could.
-func sendRaw(t *testing.T, from *sim.Pod, src, dst netip.Addr, dport uint16, payload []byte) {
-	t.Helper()
-	pkt := make([]byte, 28+len(payload))
-	pkt[0] = 0x45
-	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
-	binary.BigEndian.PutUint16(pkt[6:], 0x4000) // don't fragment
-	pkt[8] = 64
-	pkt[9] = unix.IPPROTO_UDP
-	s4, d4 := src.As4(), dst.As4()
-	copy(pkt[12:16], s4[:])
-	copy(pkt[16:20], d4[:])
-	binary.BigEndian.PutUint16(pkt[20:], 40000)
-	binary.BigEndian.PutUint16(pkt[22:], dport)
-	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload)))
-	// A zero UDP checksum means "none" in IPv4; the kernel fills the IP one.
-	copy(pkt[28:], payload)
-	inPod(t, from, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: d4})
-	})
-}
-
 // A pod that forges its source address, whether another pod's or one nobody
 // holds, is dropped by from_pod and counted under drop_spoofed_ip; the
 // same raw send with its own address goes through.
@@ -203,9 +113,14 @@ func TestSpoofedSourceDropped(t *testing.T) {
 
 	before := counters(t, n)
 	nobody := netip.MustParseAddr("10.77.2.250")
-	sendRaw(t, a, b.IP, c.IP, port, []byte("spoofed as b"))
-	sendRaw(t, a, nobody, c.IP, port, []byte("spoofed as nobody"))
-	sendRaw(t, a, a.IP, c.IP, port, []byte("honest"))
+	for _, send := range []struct {
+		src netip.Addr
+		msg string
+	}{{b.IP, "spoofed as b"}, {nobody, "spoofed as nobody"}, {a.IP, "honest"}} {
+		if err := sim.SendSpoofedUDP(a, send.src, c.IP, port, []byte(send.msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	select {
 	case got := <-received:
