@@ -81,7 +81,14 @@ func TestPodToPodTraffic(t *testing.T) {
 	if after-before < 6*8 {
 		t.Fatalf("forward_local rose by %d packets, want at least %d", after-before, 6*8)
 	}
-	t.Logf("forward_local +%d packets", after-before)
+	// Nothing a well-behaved pod sends is dropped: no IPv6 chatter, no ARP.
+	all := counters(t, n)
+	for reason, packets := range all {
+		if strings.HasPrefix(reason, "drop_") && packets > 0 {
+			t.Errorf("from_pod dropped %d packets as %s", packets, reason)
+		}
+	}
+	t.Logf("from_pod counters %v", all)
 }
 
 // A pod that forges its source address, whether another pod's or one nobody
