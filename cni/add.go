@@ -144,7 +144,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	})
 
-	mode, err := loader.AttachTC(conf.PinRoot, maps.ProgFromPod, prog, hostLink.Attrs().Index, loader.Ingress)
+	mode, err := loader.AttachTC(conf.PinRoot, conf.TCAttach, maps.ProgFromPod, prog, hostLink.Attrs().Index, loader.Ingress)
 	if err != nil {
 		return err
 	}

@@ -40,7 +40,10 @@ type Config struct {
 	PodCIDR netip.Prefix
 	Gateway netip.Addr
 	MTU     int
-	DNS     types.DNS
+	// TCAttach is the node's tc attach mechanism (loader.Config.TCAttach);
+	// empty when the node recorded none.
+	TCAttach string
+	DNS      types.DNS
 	// PrevResult is the result of the plugins before this one in the
 	// chain, converted to the current result type; nil when first.
 	PrevResult       *types100.Result
@@ -118,6 +121,7 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 			c.MTU = node.MTU
 		}
 		c.Gateway = node.Gateway
+		c.TCAttach = node.TCAttach
 	}
 	if c.PinRoot == "" {
 		c.PinRoot = maps.DefaultPinRoot

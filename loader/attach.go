@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,9 +31,25 @@ const (
 	Egress  Direction = "egress"
 )
 
-// legacyFilterPrefix names the cls_bpf filters podpath owns, so they can be
-// found again for replacement and detach.
-const legacyFilterPrefix = "podpath:"
+// legacyFilterName names a cls_bpf filter podpath owns, so it can be found
+// again for replacement and detach: "podpath:<prog>@<root hash>". The pin
+// root's hash keeps two nodes sharing a network namespace (simulated nodes,
+// tests) from taking over each other's filters.
+func legacyFilterName(root, progName string) string {
+	h := fnv.New32a()
+	h.Write([]byte(filepath.Clean(root)))
+	return fmt.Sprintf("podpath:%s@%08x", progName, h.Sum32())
+}
+
+// legacyFilterProgram returns the program a filter name of this root stands
+// for.
+func legacyFilterProgram(root, name string) (string, bool) {
+	prog, _, ok := strings.Cut(strings.TrimPrefix(name, "podpath:"), "@")
+	if !ok || !strings.HasPrefix(name, "podpath:") || legacyFilterName(root, prog) != name {
+		return "", false
+	}
+	return prog, true
+}
 
 // Attachment is one program attached to one device.
 type Attachment struct {
@@ -58,22 +75,30 @@ func linkPin(root, prog, ifname string, dir Direction) string {
 }
 
 // AttachTC attaches prog (pinned under root as progName) at the tc hook of
-// the device, with tcx where the kernel has it and clsact + cls_bpf where it
-// does not. Attaching again replaces the program: ADD may be retried.
-func AttachTC(root, progName string, prog *ebpf.Program, ifindex int, dir Direction) (string, error) {
+// the device with the node's mechanism (Config.TCAttach: ModeTCX or
+// ModeLegacyTC; empty means tcx where the kernel has it). Attaching again
+// replaces the program: ADD may be retried.
+func AttachTC(root, mode, progName string, prog *ebpf.Program, ifindex int, dir Direction) (string, error) {
 	dev, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
 		return "", fmt.Errorf("attach %s: device %d: %w", progName, ifindex, err)
 	}
 	ifname := dev.Attrs().Name
-	f, err := Probe()
-	if err != nil {
-		return "", err
+	if mode == "" || mode == "auto" {
+		f, err := Probe()
+		if err != nil {
+			return "", err
+		}
+		mode = f.TCMechanism()
 	}
-	if f.TCX {
-		return ModeTCX, attachTCX(root, progName, prog, ifindex, ifname, dir)
+	switch mode {
+	case ModeTCX:
+		return mode, attachTCX(root, progName, prog, ifindex, ifname, dir)
+	case ModeLegacyTC:
+		return mode, attachLegacyTC(root, progName, prog, ifindex, dir)
+	default:
+		return "", fmt.Errorf("attach %s to %s: unknown tc attach mode %q", progName, ifname, mode)
 	}
-	return ModeLegacyTC, attachLegacyTC(progName, prog, ifindex, dir)
 }
 
 func attachTCX(root, progName string, prog *ebpf.Program, ifindex int, ifname string, dir Direction) error {
@@ -117,7 +142,7 @@ func tcParent(dir Direction) uint32 {
 	return netlink.HANDLE_MIN_INGRESS
 }
 
-func legacyFilter(progName string, fd, ifindex int, dir Direction) *netlink.BpfFilter {
+func legacyFilter(root, progName string, fd, ifindex int, dir Direction) *netlink.BpfFilter {
 	return &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: ifindex,
@@ -127,12 +152,12 @@ func legacyFilter(progName string, fd, ifindex int, dir Direction) *netlink.BpfF
 			Priority:  1,
 		},
 		Fd:           fd,
-		Name:         legacyFilterPrefix + progName,
+		Name:         legacyFilterName(root, progName),
 		DirectAction: true,
 	}
 }
 
-func attachLegacyTC(progName string, prog *ebpf.Program, ifindex int, dir Direction) error {
+func attachLegacyTC(root, progName string, prog *ebpf.Program, ifindex int, dir Direction) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: ifindex,
@@ -144,7 +169,7 @@ func attachLegacyTC(progName string, prog *ebpf.Program, ifindex int, dir Direct
 	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("attach %s: add clsact qdisc on %d: %w", progName, ifindex, err)
 	}
-	if err := netlink.FilterReplace(legacyFilter(progName, prog.FD(), ifindex, dir)); err != nil {
+	if err := netlink.FilterReplace(legacyFilter(root, progName, prog.FD(), ifindex, dir)); err != nil {
 		return fmt.Errorf("attach %s: cls_bpf filter on %d %s: %w", progName, ifindex, dir, err)
 	}
 	return nil
@@ -169,7 +194,7 @@ func DetachTC(root, progName, ifname string, dir Direction) error {
 		return nil
 	}
 	for _, f := range filters {
-		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == legacyFilterPrefix+progName {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == legacyFilterName(root, progName) {
 			if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
 				return fmt.Errorf("detach %s from %s: %w", progName, ifname, err)
 			}
@@ -288,11 +313,15 @@ func Attachments(root string) ([]Attachment, error) {
 			}
 			for _, f := range filters {
 				bf, ok := f.(*netlink.BpfFilter)
-				if !ok || !strings.HasPrefix(bf.Name, legacyFilterPrefix) {
+				if !ok {
+					continue
+				}
+				prog, ok := legacyFilterProgram(root, bf.Name)
+				if !ok {
 					continue
 				}
 				out = append(out, Attachment{
-					Program:   strings.TrimPrefix(bf.Name, legacyFilterPrefix),
+					Program:   prog,
 					Ifname:    dev.Attrs().Name,
 					Ifindex:   dev.Attrs().Index,
 					Direction: dir,
@@ -319,7 +348,7 @@ func replaceAttached(root string, progs map[string]*ebpf.Program) error {
 		}
 		switch a.Mode {
 		case ModeLegacyTC:
-			if err := netlink.FilterReplace(legacyFilter(a.Program, prog.FD(), a.Ifindex, a.Direction)); err != nil {
+			if err := netlink.FilterReplace(legacyFilter(root, a.Program, prog.FD(), a.Ifindex, a.Direction)); err != nil {
 				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
 			}
 		case ModeTCX, ModeXDPNative, ModeXDPGeneric:

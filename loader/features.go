@@ -32,24 +32,15 @@ func (f Features) TCMechanism() string {
 }
 
 var (
-	probeOnce   sync.Once
-	probed      Features
-	probeErr    error
-	forceLegacy bool
+	probeOnce sync.Once
+	probed    Features
+	probeErr  error
 )
-
-// ForceLegacyTC makes the loader attach with clsact + cls_bpf even where the
-// kernel has tcx; tests use it to exercise the older path on a new kernel.
-func ForceLegacyTC(on bool) { forceLegacy = on }
 
 // Probe finds the kernel's features once per process.
 func Probe() (Features, error) {
 	probeOnce.Do(func() { probed, probeErr = probe() })
-	f := probed
-	if forceLegacy {
-		f.TCX = false
-	}
-	return f, probeErr
+	return probed, probeErr
 }
 
 func probe() (Features, error) {

@@ -36,6 +36,11 @@ type Config struct {
 	Gateway      netip.Addr   `json:"gateway"`
 	MTU          int          `json:"mtu"`
 	MaxEndpoints uint32       `json:"maxEndpoints"`
+	// TCAttach is how tc programs are attached on this node: "tcx" or "tc"
+	// (clsact + cls_bpf). Empty or "auto" at init means: tcx where the
+	// kernel has it. Init records the resolved choice, and every later
+	// attachment (the CNI plugin's) follows it.
+	TCAttach string `json:"tcAttach"`
 }
 
 // WithDefaults fills unset fields.
@@ -74,6 +79,25 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEndpoints < 16 || c.MaxEndpoints > 1<<22 {
 		return fmt.Errorf("max endpoints %d out of range 16-%d", c.MaxEndpoints, 1<<22)
+	}
+	switch c.TCAttach {
+	case "", "auto", ModeTCX, ModeLegacyTC:
+	default:
+		return fmt.Errorf("tc attach mode %q: want auto, %s or %s", c.TCAttach, ModeTCX, ModeLegacyTC)
+	}
+	return nil
+}
+
+// resolveTCAttach turns "auto" into the mechanism the kernel offers and
+// refuses tcx where the kernel has none.
+func (c *Config) resolveTCAttach(f Features) error {
+	switch c.TCAttach {
+	case "", "auto":
+		c.TCAttach = f.TCMechanism()
+	case ModeTCX:
+		if !f.TCX {
+			return fmt.Errorf("tc attach mode tcx: kernel %s has no tcx (use auto or tc)", f.Kernel)
+		}
 	}
 	return nil
 }
@@ -121,11 +145,22 @@ func Init(c Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	if prev, err := ReadNodeConfig(c.StateDir); err == nil && prev.PodCIDR != c.PodCIDR {
+	prev, prevErr := ReadNodeConfig(c.StateDir)
+	if prevErr == nil && prev.PodCIDR != c.PodCIDR {
 		return fmt.Errorf("node already initialised with pod CIDR %s; run `podpath node reset` before changing it to %s", prev.PodCIDR, c.PodCIDR)
 	}
-	if _, err := Probe(); err != nil {
+	if prevErr == nil && (c.TCAttach == "" || c.TCAttach == "auto") {
+		c.TCAttach = prev.TCAttach // an upgrade keeps the node's mechanism
+	}
+	f, err := Probe()
+	if err != nil {
 		return err
+	}
+	if err := c.resolveTCAttach(f); err != nil {
+		return err
+	}
+	if prevErr == nil && prev.TCAttach != "" && prev.TCAttach != c.TCAttach {
+		return fmt.Errorf("node attaches with %s; run `podpath node reset` before switching to %s", prev.TCAttach, c.TCAttach)
 	}
 	if err := ensureBPFFS(c.PinRoot); err != nil {
 		return err

@@ -81,7 +81,7 @@ func (n *testNode) attachFromPod(t *testing.T) string {
 			return err
 		}
 		defer prog.Close()
-		mode, err = loader.AttachTC(n.cfg.PinRoot, maps.ProgFromPod, prog, n.index, loader.Ingress)
+		mode, err = loader.AttachTC(n.cfg.PinRoot, n.cfg.TCAttach, maps.ProgFromPod, prog, n.index, loader.Ingress)
 		return err
 	})
 	return mode
@@ -104,11 +104,11 @@ func programID(t *testing.T, root, name string) uint32 {
 
 // Re-running init loads new programs and swaps them into every hook they are
 // attached to, while the maps, and what they hold, stay.
-func testReplaceInPlace(t *testing.T, legacy bool, wantMode string) {
-	loader.ForceLegacyTC(legacy)
-	t.Cleanup(func() { loader.ForceLegacyTC(false) })
+func testReplaceInPlace(t *testing.T, mode string) {
 	n := newTestNode(t)
+	n.cfg.TCAttach = mode
 	n.do(t, func() error { return loader.Init(n.cfg) })
+	wantMode := mode
 
 	if mode := n.attachFromPod(t); mode != wantMode {
 		t.Fatalf("attached with %q, want %q", mode, wantMode)
@@ -170,11 +170,11 @@ func TestReplaceInPlaceTCX(t *testing.T) {
 		// Kernels before 6.6: the legacy test below covers the path in use.
 		t.Skipf("kernel %s has no tcx; the loader uses legacy tc here (TestReplaceInPlaceLegacyTC)", f.Kernel)
 	}
-	testReplaceInPlace(t, false, loader.ModeTCX)
+	testReplaceInPlace(t, loader.ModeTCX)
 }
 
 func TestReplaceInPlaceLegacyTC(t *testing.T) {
-	testReplaceInPlace(t, true, loader.ModeLegacyTC)
+	testReplaceInPlace(t, loader.ModeLegacyTC)
 }
 
 func TestAttachXDP(t *testing.T) {
@@ -242,6 +242,32 @@ func TestInitValidates(t *testing.T) {
 				t.Fatalf("invalid config left pins behind")
 			}
 		})
+	}
+}
+
+func TestInitResolvesTCAttach(t *testing.T) {
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newTestNode(t)
+	n.do(t, func() error { return loader.Init(n.cfg) })
+	c, err := loader.ReadNodeConfig(n.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TCAttach != f.TCMechanism() {
+		t.Fatalf("auto resolved to %q on a kernel offering %q", c.TCAttach, f.TCMechanism())
+	}
+	// The choice sticks until reset: attachments must not mix mechanisms.
+	other := loader.ModeLegacyTC
+	if c.TCAttach == loader.ModeLegacyTC {
+		other = loader.ModeTCX
+	}
+	n.cfg.TCAttach = other
+	n.ns.Do(func(ns.NetNS) error { err = loader.Init(n.cfg); return nil })
+	if err == nil {
+		t.Fatalf("switching a node from %s to %s without reset succeeded", c.TCAttach, other)
 	}
 }
 

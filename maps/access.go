@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -20,6 +21,9 @@ var ErrMapFull = errors.New("map full")
 func OpenPinned(root, name string) (*ebpf.Map, error) {
 	m, err := ebpf.LoadPinnedMap(MapPath(root, name), nil)
 	if errors.Is(err, unix.ENOENT) {
+		if !onBPFFS(root) {
+			return nil, fmt.Errorf("%w: %s is not on a BPF filesystem (inside `ip netns exec`, which remounts /sys? use `nsenter --net=...`)", ErrNotLoaded, root)
+		}
 		return nil, fmt.Errorf("%w: no map %s under %s (run `podpath node init`)", ErrNotLoaded, name, root)
 	}
 	if err != nil {
@@ -139,4 +143,18 @@ func ReadCounters(m *ebpf.Map) ([]Counter, error) {
 		return out[i].Reason < out[j].Reason
 	})
 	return out, nil
+}
+
+// onBPFFS tells whether path, or the nearest directory above it that
+// exists, is on a BPF filesystem.
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	for dir := filepath.Clean(path); ; dir = filepath.Dir(dir) {
+		if unix.Statfs(dir, &st) == nil {
+			return st.Type == unix.BPF_FS_MAGIC
+		}
+		if dir == "/" {
+			return false
+		}
+	}
 }

@@ -45,7 +45,7 @@ func NewEndpointKey(addr netip.Addr) EndpointKey {
 	return k
 }
 
-// Addr returns the address a key stands for.
+// IP returns the address a key stands for.
 func (k EndpointKey) IP() netip.Addr {
 	var b [16]byte
 	for i := range 4 {
@@ -57,7 +57,7 @@ func (k EndpointKey) IP() netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// MAC returns the pod's MAC address.
+// PodMAC returns the pod's MAC address.
 func (v *EndpointInfo) PodMAC() net.HardwareAddr { return net.HardwareAddr(v.Mac[:]) }
 
 // GatewayMAC returns the host-side veth MAC, which the pod sees as its gateway.

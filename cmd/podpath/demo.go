@@ -239,13 +239,14 @@ func pluginNextToMe() (string, bool) {
 
 func printKeep(out io.Writer, n *sim.Node) {
 	step(out, "Left running")
-	netns := filepath.Base(n.NS.Path())
-	fmt.Fprintf(out, `  ip netns exec %[1]s podpath node status --pin-root %[2]s --state-dir %[3]s
-  ip netns exec %[1]s podpath endpoint list --pin-root %[2]s
+	// nsenter, not `ip netns exec`: the latter remounts /sys and so hides
+	// the BPF filesystem with the pins.
+	fmt.Fprintf(out, `  nsenter --net=%[1]s podpath node status --pin-root %[2]s --state-dir %[3]s
+  nsenter --net=%[1]s podpath endpoint list --pin-root %[2]s
   podpath counters --pin-root %[2]s
   bpftool map dump pinned %[2]s/endpoints
   podpath demo --cleanup      # removes it all
-`, netns, n.PinRoot, n.StateDir)
+`, n.NS.Path(), n.PinRoot, n.StateDir)
 }
 
 // demoCleanup removes what `demo --keep` left: the namespaces (their veths

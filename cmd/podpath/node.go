@@ -52,6 +52,7 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.StringVar(&podCIDR, "pod-cidr", "", "this node's pod address range (required on first init)")
 	f.IntVar(&c.MTU, "mtu", loader.DefaultMTU, "MTU of pod interfaces")
 	f.Uint32Var(&c.MaxEndpoints, "max-endpoints", loader.DefaultMaxEndpoints, "size of the endpoints map")
+	f.StringVar(&c.TCAttach, "tc-attach", "auto", "tc attach mechanism: auto (tcx where the kernel has it), tcx, or tc (clsact + cls_bpf)")
 	return cmd
 }
 
@@ -96,6 +97,7 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 	fmt.Fprintf(w, "Datapath:\tloaded under %s\n", root)
 	if c := st.Config; c != nil {
 		fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, MTU %d)\n", c.PodCIDR, c.Gateway, c.MTU)
+		fmt.Fprintf(w, "Node attaches:\t%s\n", c.TCAttach)
 	}
 	fmt.Fprintln(w, "\nPROGRAM\tID\tTAG\tTYPE")
 	for _, p := range st.Programs {

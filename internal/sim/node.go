@@ -67,8 +67,9 @@ type options struct {
 	netName string
 	mtu     int
 	dns     types.DNS
-	baseDir string
-	maxEps  uint32
+	baseDir  string
+	maxEps   uint32
+	tcAttach string
 }
 
 // Option configures NewNode.
@@ -91,6 +92,10 @@ func WithDNS(dns types.DNS) Option { return func(o *options) { o.dns = dns } }
 // WithMaxEndpoints sizes the node's endpoints map (default
 // loader.DefaultMaxEndpoints).
 func WithMaxEndpoints(max uint32) Option { return func(o *options) { o.maxEps = max } }
+
+// WithTCAttach picks the node's tc attach mechanism, loader.ModeTCX or
+// loader.ModeLegacyTC (default: what the kernel offers).
+func WithTCAttach(mode string) Option { return func(o *options) { o.tcAttach = mode } }
 
 // WithBaseDir puts the node's state, configuration and cache directories
 // under dir instead of a new temporary directory.
@@ -164,6 +169,7 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 			PodCIDR:      podCIDR,
 			MTU:          n.MTU,
 			MaxEndpoints: o.maxEps,
+			TCAttach:     o.tcAttach,
 		})
 	})
 	if err != nil {

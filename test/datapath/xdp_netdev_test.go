@@ -24,10 +24,11 @@ func TestXDPNetdev(t *testing.T) {
 		{name: "IPv4 passes", frame: valid, verdict: xdpPass, reason: "to_stack"},
 		{name: "ARP passes", frame: arpFrame, verdict: xdpPass, reason: "to_stack"},
 		{name: "IPv6 passes", frame: ipv6Frame, verdict: xdpPass, reason: "to_stack"},
-		// The stack (ip_rcv) judges the total length; XDP only guards the
-		// headers it reads.
-		{name: "IPv4 total length beyond the frame passes", frame: edit(valid, func(b []byte) { b[offIPTotLen] = 0xff }),
-			verdict: xdpPass, reason: "to_stack"},
+		// Dropped here, before the stack allocates an skb for it.
+		{name: "IPv4 total length beyond the frame", frame: edit(valid, func(b []byte) { b[offIPTotLen] = 0xff }),
+			verdict: xdpDrop, reason: "drop_truncated"},
+		{name: "IPv4 total length below the header", frame: edit(valid, func(b []byte) { b[offIPTotLen], b[offIPTotLen+1] = 0, 19 }),
+			verdict: xdpDrop, reason: "drop_bad_ip_header"},
 		// Under 14 bytes: see runXDP.
 		{name: "empty frame", frame: []byte{}, verdict: xdpDrop, reason: "drop_truncated"},
 		{name: "2-byte frame", frame: valid[:2], verdict: xdpDrop, reason: "drop_truncated"},
