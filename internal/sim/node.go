@@ -63,10 +63,10 @@ type Pod struct {
 }
 
 type options struct {
-	cniBin  string
-	netName string
-	mtu     int
-	dns     types.DNS
+	cniBin   string
+	netName  string
+	mtu      int
+	dns      types.DNS
 	baseDir  string
 	maxEps   uint32
 	tcAttach string
