@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,7 +42,7 @@ counters, and removes everything again (unless --keep).`,
 			if err != nil {
 				return fmt.Errorf("--pod-cidr: %w", err)
 			}
-			return runDemo(cmd.Context(), os.Stdout, cidr, keep)
+			return runDemo(cmd.Context(), os.Stdout, cidr, keep, g.verbose)
 		},
 	}
 	cmd.Flags().BoolVar(&keep, "keep", false, "leave the node and its pods running and print how to inspect them")
@@ -52,11 +53,16 @@ counters, and removes everything again (unless --keep).`,
 
 const demoNode = "demo"
 
-func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep bool) (err error) {
+func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbose bool) (err error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	var opts []sim.Option
+	if !verbose {
+		// The story is on stdout; the plugin's and loader's logs only with -v.
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		opts = append(opts, sim.WithPluginStderr(io.Discard))
+	}
 	if dir, ok := pluginNextToMe(); ok {
 		opts = append(opts, sim.WithCNIBin(dir))
 	}
@@ -241,12 +247,16 @@ func printKeep(out io.Writer, n *sim.Node) {
 	step(out, "Left running")
 	// nsenter, not `ip netns exec`: the latter remounts /sys and so hides
 	// the BPF filesystem with the pins.
-	fmt.Fprintf(out, `  nsenter --net=%[1]s podpath node status --pin-root %[2]s --state-dir %[3]s
-  nsenter --net=%[1]s podpath endpoint list --pin-root %[2]s
-  podpath counters --pin-root %[2]s
+	self, err := os.Executable()
+	if err != nil {
+		self = "podpath"
+	}
+	fmt.Fprintf(out, `  nsenter --net=%[1]s %[4]s node status --pin-root %[2]s --state-dir %[3]s
+  nsenter --net=%[1]s %[4]s endpoint list --pin-root %[2]s
+  %[4]s counters --pin-root %[2]s
   bpftool map dump pinned %[2]s/endpoints
-  podpath demo --cleanup      # removes it all
-`, n.NS.Path(), n.PinRoot, n.StateDir)
+  %[4]s demo --cleanup      # removes it all
+`, n.NS.Path(), n.PinRoot, n.StateDir, self)
 }
 
 // demoCleanup removes what `demo --keep` left: the namespaces (their veths

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -19,8 +20,10 @@ import (
 	"sync"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/loader"
 	"github.com/vishvananda/netlink"
@@ -70,6 +73,8 @@ type options struct {
 	baseDir  string
 	maxEps   uint32
 	tcAttach string
+	// pluginStderr receives the plugin's log; nil: this process's stderr.
+	pluginStderr io.Writer
 }
 
 // Option configures NewNode.
@@ -92,6 +97,9 @@ func WithDNS(dns types.DNS) Option { return func(o *options) { o.dns = dns } }
 // WithMaxEndpoints sizes the node's endpoints map (default
 // loader.DefaultMaxEndpoints).
 func WithMaxEndpoints(max uint32) Option { return func(o *options) { o.maxEps = max } }
+
+// WithPluginStderr sends the plugin's log (its stderr) to w.
+func WithPluginStderr(w io.Writer) Option { return func(o *options) { o.pluginStderr = w } }
 
 // WithTCAttach picks the node's tc attach mechanism, loader.ModeTCX or
 // loader.ModeLegacyTC (default: what the kernel offers).
@@ -198,7 +206,11 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 	if n.netList, err = libcni.ConfListFromBytes(b); err != nil {
 		return nil, err
 	}
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.CNIBin}, n.CacheDir, nil)
+	var exec invoke.Exec
+	if o.pluginStderr != nil {
+		exec = &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: o.pluginStderr}, PluginDecoder: version.PluginDecoder{}}
+	}
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.CNIBin}, n.CacheDir, exec)
 	slog.Debug("sim node up", "node", name, "netns", n.NS.Path(), "pinRoot", n.PinRoot)
 	return n, nil
 }
