@@ -21,7 +21,14 @@ import (
 const (
 	DefaultStateDir     = "/var/lib/podpath"
 	DefaultMaxEndpoints = 65536
-	DefaultMTU          = 1500
+	DefaultMaxServices  = 65536
+	DefaultMaxBackends  = 262144
+	DefaultConntrack    = 262144
+	// DefaultMaglevTableSize is the per-service Maglev table: a prime well
+	// above 100 times the backends of any one service, so removing one of N
+	// backends moves close to 1/N of the flows.
+	DefaultMaglevTableSize = 16381
+	DefaultMTU             = 1500
 	// DefaultGateway is the link-local next hop every pod routes through; its
 	// neighbour entry in the pod points at the host-side veth, so no bridge
 	// or ARP responder is needed.
@@ -36,6 +43,13 @@ type Config struct {
 	Gateway      netip.Addr   `json:"gateway"`
 	MTU          int          `json:"mtu"`
 	MaxEndpoints uint32       `json:"maxEndpoints"`
+	// MaxServices bounds service frontends; MaxBackends backends (and four
+	// times as many backend slots); Conntrack the tracked flow directions.
+	MaxServices uint32 `json:"maxServices"`
+	MaxBackends uint32 `json:"maxBackends"`
+	Conntrack   uint32 `json:"conntrack"`
+	// MaglevTableSize is the prime size of each Maglev lookup table.
+	MaglevTableSize uint32 `json:"maglevTableSize"`
 	// TCAttach is how tc programs are attached on this node: "tcx" or "tc"
 	// (clsact + cls_bpf). Empty or "auto" at init means: tcx where the
 	// kernel has it. Init records the resolved choice, and every later
@@ -60,6 +74,18 @@ func (c Config) WithDefaults() Config {
 	if c.MaxEndpoints == 0 {
 		c.MaxEndpoints = DefaultMaxEndpoints
 	}
+	if c.MaxServices == 0 {
+		c.MaxServices = DefaultMaxServices
+	}
+	if c.MaxBackends == 0 {
+		c.MaxBackends = DefaultMaxBackends
+	}
+	if c.Conntrack == 0 {
+		c.Conntrack = DefaultConntrack
+	}
+	if c.MaglevTableSize == 0 {
+		c.MaglevTableSize = DefaultMaglevTableSize
+	}
 	return c
 }
 
@@ -79,6 +105,21 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEndpoints < 16 || c.MaxEndpoints > 1<<22 {
 		return fmt.Errorf("max endpoints %d out of range 16-%d", c.MaxEndpoints, 1<<22)
+	}
+	for _, b := range []struct {
+		name      string
+		v, lo, hi uint32
+	}{
+		{"max services", c.MaxServices, 16, 1 << 22},
+		{"max backends", c.MaxBackends, 16, 1 << 24},
+		{"conntrack size", c.Conntrack, 1024, 1 << 26},
+	} {
+		if b.v < b.lo || b.v > b.hi {
+			return fmt.Errorf("%s %d out of range %d-%d", b.name, b.v, b.lo, b.hi)
+		}
+	}
+	if !isPrime(c.MaglevTableSize) || c.MaglevTableSize < 251 || c.MaglevTableSize > 131071 {
+		return fmt.Errorf("Maglev table size %d must be a prime between 251 and 131071 (e.g. 16381, 65521)", c.MaglevTableSize)
 	}
 	switch c.TCAttach {
 	case "", "auto", ModeTCX, ModeLegacyTC:
@@ -149,6 +190,9 @@ func Init(c Config) error {
 	if prevErr == nil && prev.PodCIDR != c.PodCIDR {
 		return fmt.Errorf("node already initialised with pod CIDR %s; run `podpath node reset` before changing it to %s", prev.PodCIDR, c.PodCIDR)
 	}
+	if prevErr == nil && prev.MaglevTableSize != 0 && prev.MaglevTableSize != c.MaglevTableSize {
+		return fmt.Errorf("node's Maglev tables have %d entries; run `podpath node reset` before changing it to %d", prev.MaglevTableSize, c.MaglevTableSize)
+	}
 	if prevErr == nil && (c.TCAttach == "" || c.TCAttach == "auto") {
 		c.TCAttach = prev.TCAttach // an upgrade keeps the node's mechanism
 	}
@@ -182,7 +226,9 @@ func Init(c Config) error {
 	}()
 	for _, name := range sortedKeys(specs) {
 		spec := specs[name]
-		sizeMaps(spec, c)
+		if err := sizeMaps(spec, c); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
 		if err := checkPinnedMaps(c.PinRoot, spec); err != nil {
 			return err
 		}
@@ -213,11 +259,45 @@ func Init(c Config) error {
 	return nil
 }
 
-// sizeMaps applies the node's configured sizes to the map specs.
-func sizeMaps(spec *ebpf.CollectionSpec, c Config) {
-	if ms, ok := spec.Maps[maps.MapEndpoints]; ok {
-		ms.MaxEntries = c.MaxEndpoints
+// sizeMaps applies the node's configured sizes to the map specs, and the
+// Maglev table size to the programs that index the tables.
+func sizeMaps(spec *ebpf.CollectionSpec, c Config) error {
+	sizes := map[string]uint32{
+		maps.MapEndpoints: c.MaxEndpoints,
+		maps.MapServices:  c.MaxServices,
+		maps.MapSvcRR:     c.MaxServices,
+		maps.MapMaglev:    c.MaxServices,
+		maps.MapAffinity:  c.MaxServices,
+		maps.MapBackends:  c.MaxBackends,
+		maps.MapSvcSlots:  4 * c.MaxBackends,
+		maps.MapConntrack: c.Conntrack,
 	}
+	for name, size := range sizes {
+		if ms, ok := spec.Maps[name]; ok {
+			ms.MaxEntries = size
+		}
+	}
+	if ms, ok := spec.Maps[maps.MapMaglev]; ok && ms.InnerMap != nil {
+		ms.InnerMap.MaxEntries = c.MaglevTableSize
+	}
+	if v, ok := spec.Variables[maps.VarMaglevTableSize]; ok {
+		if err := v.Set(c.MaglevTableSize); err != nil {
+			return fmt.Errorf("set %s: %w", maps.VarMaglevTableSize, err)
+		}
+	}
+	return nil
+}
+
+func isPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint32(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // checkPinnedMaps refuses to reuse a pinned map this build would misread.

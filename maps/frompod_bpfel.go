@@ -13,6 +13,35 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type fromPodAffinityKey struct {
+	_      structs.HostLayout
+	SvcId  uint32
+	Family uint8
+	Pad    [3]uint8
+	Client [4]uint32
+}
+
+type fromPodAffinityValue struct {
+	_         structs.HostLayout
+	LastUsed  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
+type fromPodBackend struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Flags  uint8
+}
+
+type fromPodBackendFlags uint32
+
+const (
+	fromPodBackendFlagsBACKEND_F_TERMINATING fromPodBackendFlags = 1
+)
+
 type fromPodCounterKey struct {
 	_      structs.HostLayout
 	Reason uint16
@@ -24,6 +53,38 @@ type fromPodCounterValue struct {
 	_       structs.HostLayout
 	Packets uint64
 	Bytes   uint64
+}
+
+type fromPodCtEntry struct {
+	_         structs.HostLayout
+	Expires   uint64
+	Packets   uint64
+	Bytes     uint64
+	SvcId     uint32
+	BackendId uint32
+	NatAddr   [4]uint32
+	NatPort   uint16
+	Flags     uint8
+	TcpFlags  uint8
+	Pad       uint32
+}
+
+type fromPodCtFlags uint32
+
+const (
+	fromPodCtFlagsCT_F_REPLY   fromPodCtFlags = 1
+	fromPodCtFlagsCT_F_HAIRPIN fromPodCtFlags = 2
+)
+
+type fromPodCtKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
 }
 
 type fromPodEndpointInfo struct {
@@ -53,6 +114,14 @@ const (
 	fromPodHookHOOK_XDP         fromPodHook = 4
 )
 
+type fromPodLbAlgo uint32
+
+const (
+	fromPodLbAlgoLB_RANDOM      fromPodLbAlgo = 0
+	fromPodLbAlgoLB_ROUND_ROBIN fromPodLbAlgo = 1
+	fromPodLbAlgoLB_MAGLEV      fromPodLbAlgo = 2
+)
+
 type fromPodReason uint32
 
 const (
@@ -60,6 +129,8 @@ const (
 	fromPodReasonREASON_FORWARD_LOCAL       fromPodReason = 1
 	fromPodReasonREASON_TO_STACK            fromPodReason = 2
 	fromPodReasonREASON_ARP_TO_STACK        fromPodReason = 3
+	fromPodReasonREASON_SVC_REJECT          fromPodReason = 4
+	fromPodReasonREASON_FORWARD_FIB         fromPodReason = 5
 	fromPodReasonREASON_DROP_TRUNCATED      fromPodReason = 64
 	fromPodReasonREASON_DROP_BAD_IP_HEADER  fromPodReason = 65
 	fromPodReasonREASON_DROP_SPOOFED_IP     fromPodReason = 66
@@ -67,17 +138,75 @@ const (
 	fromPodReasonREASON_DROP_SPOOFED_ARP    fromPodReason = 68
 	fromPodReasonREASON_DROP_UNSUPPORTED_L3 fromPodReason = 69
 	fromPodReasonREASON_DROP_TTL_EXCEEDED   fromPodReason = 70
+	fromPodReasonREASON_DROP_NO_BACKEND     fromPodReason = 71
+	fromPodReasonREASON_DROP_CT_FULL        fromPodReason = 72
+	fromPodReasonREASON_DROP_NAT_FAILED     fromPodReason = 73
+	fromPodReasonREASON_DROP_FIB_FAILED     fromPodReason = 74
+)
+
+type fromPodSlotKey struct {
+	_     structs.HostLayout
+	SvcId uint32
+	Slot  uint32
+}
+
+type fromPodSvcFlags uint32
+
+const (
+	fromPodSvcFlagsSVC_F_AFFINITY fromPodSvcFlags = 1
+	fromPodSvcFlagsSVC_F_NODEPORT fromPodSvcFlags = 2
+)
+
+type fromPodSvcInfo struct {
+	_               structs.HostLayout
+	Id              uint32
+	Backends        uint16
+	Algo            uint8
+	Flags           uint8
+	AffinityTimeout uint32
+	Pad             uint32
+}
+
+type fromPodSvcKey struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Proto  uint8
+	Family uint8
+	Scope  uint8
+	Pad    [3]uint8
+}
+
+type fromPodSvcScope uint32
+
+const (
+	fromPodSvcScopeSVC_SCOPE_EXTERNAL fromPodSvcScope = 0
+	fromPodSvcScopeSVC_SCOPE_INTERNAL fromPodSvcScope = 1
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromPodMapCounters     = "counters"
-	fromPodMapEndpoints    = "endpoints"
-	fromPodProgFromPod     = "from_pod"
-	fromPodVarHookUnused   = "hook_unused"
-	fromPodVarReasonUnused = "reason_unused"
+	fromPodMapAffinity           = "affinity"
+	fromPodMapBackends           = "backends"
+	fromPodMapConntrack          = "conntrack"
+	fromPodMapCounters           = "counters"
+	fromPodMapEndpoints          = "endpoints"
+	fromPodMapMaglev             = "maglev"
+	fromPodMapNodeAddrs          = "node_addrs"
+	fromPodMapServices           = "services"
+	fromPodMapSvcRr              = "svc_rr"
+	fromPodMapSvcSlots           = "svc_slots"
+	fromPodProgFromPod           = "from_pod"
+	fromPodVarBackendFlagsUnused = "backend_flags_unused"
+	fromPodVarCtFlagsUnused      = "ct_flags_unused"
+	fromPodVarHookUnused         = "hook_unused"
+	fromPodVarLbAlgoUnused       = "lb_algo_unused"
+	fromPodVarMaglevTableSize    = "maglev_table_size"
+	fromPodVarReasonUnused       = "reason_unused"
+	fromPodVarSvcFlagsUnused     = "svc_flags_unused"
+	fromPodVarSvcScopeUnused     = "svc_scope_unused"
 )
 
 // loadFromPod returns the embedded CollectionSpec for fromPod.
@@ -129,16 +258,30 @@ type fromPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodMapSpecs struct {
+	Affinity  *ebpf.MapSpec `ebpf:"affinity"`
+	Backends  *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Maglev    *ebpf.MapSpec `ebpf:"maglev"`
+	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
+	Services  *ebpf.MapSpec `ebpf:"services"`
+	SvcRr     *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots  *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // fromPodVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodVariableSpecs struct {
-	HookUnused   *ebpf.VariableSpec `ebpf:"hook_unused"`
-	ReasonUnused *ebpf.VariableSpec `ebpf:"reason_unused"`
+	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
+	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
 }
 
 // fromPodObjects contains all objects after they have been loaded into the kernel.
@@ -161,14 +304,30 @@ func (o *fromPodObjects) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodMaps struct {
+	Affinity  *ebpf.Map `ebpf:"affinity"`
+	Backends  *ebpf.Map `ebpf:"backends"`
+	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Maglev    *ebpf.Map `ebpf:"maglev"`
+	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
+	Services  *ebpf.Map `ebpf:"services"`
+	SvcRr     *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots  *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *fromPodMaps) Close() error {
 	return _FromPodClose(
+		m.Affinity,
+		m.Backends,
+		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Maglev,
+		m.NodeAddrs,
+		m.Services,
+		m.SvcRr,
+		m.SvcSlots,
 	)
 }
 
@@ -176,8 +335,14 @@ func (m *fromPodMaps) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodVariables struct {
-	HookUnused   *ebpf.Variable `ebpf:"hook_unused"`
-	ReasonUnused *ebpf.Variable `ebpf:"reason_unused"`
+	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
+	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
+	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
+	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
 }
 
 // fromPodPrograms contains all programs after they have been loaded into the kernel.

@@ -10,7 +10,18 @@ const DefaultPinRoot = "/sys/fs/bpf/podpath"
 const (
 	MapEndpoints = "endpoints"
 	MapCounters  = "counters"
+	MapServices  = "services"
+	MapSvcSlots  = "svc_slots"
+	MapBackends  = "backends"
+	MapSvcRR     = "svc_rr"
+	MapMaglev    = "maglev"
+	MapAffinity  = "affinity"
+	MapConntrack = "conntrack"
+	MapNodeAddrs = "node_addrs"
 )
+
+// VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
+const VarMaglevTableSize = "maglev_table_size"
 
 // Program names, as the entry functions in bpf/*.c.
 const (
@@ -19,7 +30,8 @@ const (
 )
 
 // AllMaps lists every pinned map.
-var AllMaps = []string{MapEndpoints, MapCounters}
+var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
+	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

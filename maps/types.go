@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,12 +14,22 @@ import (
 // Go mirrors of the C map keys and values. They are generated from the
 // objects' BTF by bpf2go, so they cannot drift from bpf/lib/maps.h.
 type (
-	EndpointKey  = fromPodEndpointKey
-	EndpointInfo = fromPodEndpointInfo
-	CounterKey   = fromPodCounterKey
-	CounterValue = fromPodCounterValue
-	Reason       = fromPodReason
-	Hook         = fromPodHook
+	EndpointKey   = fromPodEndpointKey
+	EndpointInfo  = fromPodEndpointInfo
+	CounterKey    = fromPodCounterKey
+	CounterValue  = fromPodCounterValue
+	Reason        = fromPodReason
+	Hook          = fromPodHook
+	SvcKey        = fromPodSvcKey
+	SvcInfo       = fromPodSvcInfo
+	SvcScope      = fromPodSvcScope
+	LBAlgo        = fromPodLbAlgo
+	SlotKey       = fromPodSlotKey
+	Backend       = fromPodBackend
+	AffinityKey   = fromPodAffinityKey
+	AffinityValue = fromPodAffinityValue
+	CtKey         = fromPodCtKey
+	CtEntry       = fromPodCtEntry
 )
 
 // Address families as stored in keys (linux/socket.h).
@@ -157,3 +168,54 @@ const (
 	ReasonDropUnsupportedL3 = fromPodReasonREASON_DROP_UNSUPPORTED_L3
 	ReasonDropTTLExceeded   = fromPodReasonREASON_DROP_TTL_EXCEEDED
 )
+
+// Service frontends, backends and conntrack, as in bpf/lib/maps.h.
+const (
+	ScopeExternal = fromPodSvcScopeSVC_SCOPE_EXTERNAL
+	ScopeInternal = fromPodSvcScopeSVC_SCOPE_INTERNAL
+
+	AlgoRandom     = fromPodLbAlgoLB_RANDOM
+	AlgoRoundRobin = fromPodLbAlgoLB_ROUND_ROBIN
+	AlgoMaglev     = fromPodLbAlgoLB_MAGLEV
+
+	SvcFlagAffinity = uint8(fromPodSvcFlagsSVC_F_AFFINITY)
+	SvcFlagNodePort = uint8(fromPodSvcFlagsSVC_F_NODEPORT)
+
+	BackendFlagTerminating = uint8(fromPodBackendFlagsBACKEND_F_TERMINATING)
+
+	CtFlagReply   = uint8(fromPodCtFlagsCT_F_REPLY)
+	CtFlagHairpin = uint8(fromPodCtFlagsCT_F_HAIRPIN)
+)
+
+// ReasonSvcReject and the other service verdicts, as enum reason.
+const (
+	ReasonSvcReject     = fromPodReasonREASON_SVC_REJECT
+	ReasonForwardFIB    = fromPodReasonREASON_FORWARD_FIB
+	ReasonDropNoBackend = fromPodReasonREASON_DROP_NO_BACKEND
+	ReasonDropCTFull    = fromPodReasonREASON_DROP_CT_FULL
+	ReasonDropNATFailed = fromPodReasonREASON_DROP_NAT_FAILED
+	ReasonDropFIBFailed = fromPodReasonREASON_DROP_FIB_FAILED
+)
+
+// Addr16 packs an address into the [4]uint32 layout keys use (network byte
+// order in memory; IPv4 in the first word).
+func Addr16(addr netip.Addr) [4]uint32 { return NewEndpointKey(addr).Addr }
+
+// AddrFrom16 is the inverse of Addr16.
+func AddrFrom16(family uint8, a [4]uint32) netip.Addr {
+	return EndpointKey{Family: family, Addr: a}.IP()
+}
+
+// Port converts a host-order port to the network-order field of a key.
+func Port(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// HostPort converts a network-order port field back to host order.
+func HostPort(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
+}

@@ -16,11 +16,24 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpNetdevMapCounters     = "counters"
-	xdpNetdevMapEndpoints    = "endpoints"
-	xdpNetdevProgXdpNetdev   = "xdp_netdev"
-	xdpNetdevVarHookUnused   = "hook_unused"
-	xdpNetdevVarReasonUnused = "reason_unused"
+	xdpNetdevMapAffinity           = "affinity"
+	xdpNetdevMapBackends           = "backends"
+	xdpNetdevMapConntrack          = "conntrack"
+	xdpNetdevMapCounters           = "counters"
+	xdpNetdevMapEndpoints          = "endpoints"
+	xdpNetdevMapMaglev             = "maglev"
+	xdpNetdevMapNodeAddrs          = "node_addrs"
+	xdpNetdevMapServices           = "services"
+	xdpNetdevMapSvcRr              = "svc_rr"
+	xdpNetdevMapSvcSlots           = "svc_slots"
+	xdpNetdevProgXdpNetdev         = "xdp_netdev"
+	xdpNetdevVarBackendFlagsUnused = "backend_flags_unused"
+	xdpNetdevVarCtFlagsUnused      = "ct_flags_unused"
+	xdpNetdevVarHookUnused         = "hook_unused"
+	xdpNetdevVarLbAlgoUnused       = "lb_algo_unused"
+	xdpNetdevVarReasonUnused       = "reason_unused"
+	xdpNetdevVarSvcFlagsUnused     = "svc_flags_unused"
+	xdpNetdevVarSvcScopeUnused     = "svc_scope_unused"
 )
 
 // loadXdpNetdev returns the embedded CollectionSpec for xdpNetdev.
@@ -72,16 +85,29 @@ type xdpNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpNetdevMapSpecs struct {
+	Affinity  *ebpf.MapSpec `ebpf:"affinity"`
+	Backends  *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Maglev    *ebpf.MapSpec `ebpf:"maglev"`
+	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
+	Services  *ebpf.MapSpec `ebpf:"services"`
+	SvcRr     *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots  *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // xdpNetdevVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpNetdevVariableSpecs struct {
-	HookUnused   *ebpf.VariableSpec `ebpf:"hook_unused"`
-	ReasonUnused *ebpf.VariableSpec `ebpf:"reason_unused"`
+	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
+	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
 }
 
 // xdpNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -104,14 +130,30 @@ func (o *xdpNetdevObjects) Close() error {
 //
 // It can be passed to loadXdpNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpNetdevMaps struct {
+	Affinity  *ebpf.Map `ebpf:"affinity"`
+	Backends  *ebpf.Map `ebpf:"backends"`
+	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Maglev    *ebpf.Map `ebpf:"maglev"`
+	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
+	Services  *ebpf.Map `ebpf:"services"`
+	SvcRr     *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots  *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *xdpNetdevMaps) Close() error {
 	return _XdpNetdevClose(
+		m.Affinity,
+		m.Backends,
+		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Maglev,
+		m.NodeAddrs,
+		m.Services,
+		m.SvcRr,
+		m.SvcSlots,
 	)
 }
 
@@ -119,8 +161,13 @@ func (m *xdpNetdevMaps) Close() error {
 //
 // It can be passed to loadXdpNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpNetdevVariables struct {
-	HookUnused   *ebpf.Variable `ebpf:"hook_unused"`
-	ReasonUnused *ebpf.Variable `ebpf:"reason_unused"`
+	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
+	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
+	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
+	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
 }
 
 // xdpNetdevPrograms contains all programs after they have been loaded into the kernel.

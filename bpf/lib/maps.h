@@ -59,7 +59,200 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
+/* ---- Services ----
+ * A service frontend (ClusterIP, NodePort, external or LoadBalancer IP,
+ * hostPort) maps to a set of backends through numbered slots. User space
+ * writes backends, then slots, then the frontend (with its backend count)
+ * last, and shrinks in the reverse order, so a lookup never sees a slot
+ * that is not written yet. */
+
+enum svc_scope {
+	SVC_SCOPE_EXTERNAL = 0,	/* traffic arriving from the network */
+	SVC_SCOPE_INTERNAL = 1,	/* traffic from pods and from the node itself */
+};
+
+enum lb_algo {
+	LB_RANDOM = 0,
+	LB_ROUND_ROBIN = 1,
+	LB_MAGLEV = 2,
+};
+
+enum svc_flags {
+	SVC_F_AFFINITY = 1 << 0,	/* sessionAffinity: ClientIP */
+	SVC_F_NODEPORT = 1 << 1,	/* a NodePort or hostPort frontend */
+};
+
+struct svc_key {
+	__u32 addr[4];		/* frontend address; all zero for NodePort and
+				 * hostPort: any address of the node */
+	__u16 port;		/* network byte order */
+	__u8 proto;		/* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;
+	__u8 scope;		/* enum svc_scope */
+	__u8 pad[3];
+};
+
+struct svc_info {
+	__u32 id;		/* frontend id: slots, Maglev table, conntrack */
+	__u16 backends;		/* active backends, in slots 1..backends */
+	__u8 algo;		/* enum lb_algo */
+	__u8 flags;		/* SVC_F_* */
+	__u32 affinity_timeout;	/* seconds, with SVC_F_AFFINITY */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_info);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} services SEC(".maps");
+
+struct slot_key {
+	__u32 svc_id;
+	__u32 slot;		/* 1..backends */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct slot_key);
+	__type(value, __u32);	/* backend id */
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svc_slots SEC(".maps");
+
+enum backend_flags {
+	BACKEND_F_TERMINATING = 1 << 0,	/* keeps its flows, takes no new ones */
+};
+
+struct backend {
+	__u32 addr[4];
+	__u16 port;		/* network byte order */
+	__u8 family;
+	__u8 flags;		/* BACKEND_F_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);	/* backend id */
+	__type(value, struct backend);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+/* Round robin: the next slot per frontend, per CPU (no shared cache line). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);	/* frontend id */
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svc_rr SEC(".maps");
+
+/* Maglev: per frontend, a lookup table of backend ids. The table size is a
+ * prime set at node init; user space builds a new inner map and swaps it in
+ * whole, so a lookup sees either the old table or the new one. */
+#define MAGLEV_DEFAULT_SIZE 16381
+
+struct maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, MAGLEV_DEFAULT_SIZE);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);	/* frontend id */
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_inner);
+} maglev SEC(".maps");
+
+/* sessionAffinity ClientIP: the backend a client was last sent to. */
+struct affinity_key {
+	__u32 svc_id;
+	__u8 family;
+	__u8 pad[3];
+	__u32 client[4];
+};
+
+struct affinity_value {
+	__u64 last_used;	/* ktime ns */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} affinity SEC(".maps");
+
+/* ---- Connection tracking ----
+ * One entry per direction of a translated flow, keyed by the tuple as it is
+ * seen on the wire in that direction. LRU: when full, the least recently
+ * used flows go first; expired entries are ignored on lookup and reaped by
+ * user space. */
+
+enum ct_flags {
+	CT_F_REPLY = 1 << 0,		/* the reply direction of a flow */
+	CT_F_HAIRPIN = 1 << 1,		/* client is its own backend: source was
+					 * rewritten to the frontend too */
+};
+
+struct ct_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;		/* network byte order; ICMP echo: the id */
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct ct_entry {
+	__u64 expires;		/* ktime ns */
+	__u64 packets;
+	__u64 bytes;
+	__u32 svc_id;		/* frontend the flow came through */
+	__u32 backend_id;	/* forward: the chosen backend */
+	__u32 nat_addr[4];	/* reply: restored as the source */
+	__u16 nat_port;		/* reply: restored as the source port */
+	__u8 flags;		/* CT_F_* */
+	__u8 tcp_flags;		/* TCP flags seen in this direction */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+/* Addresses of this node, for NodePort and hostPort frontends. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, __u32);	/* ifindex the address is on */
+	__uint(max_entries, 256);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} node_addrs SEC(".maps");
+
 /* Typed handles so bpf2go emits these for user space even when a program
  * does not reference them directly. */
 const enum reason reason_unused __attribute__((unused));
 const enum hook hook_unused __attribute__((unused));
+const enum svc_scope svc_scope_unused __attribute__((unused));
+const enum lb_algo lb_algo_unused __attribute__((unused));
+const enum svc_flags svc_flags_unused __attribute__((unused));
+const enum backend_flags backend_flags_unused __attribute__((unused));
+const enum ct_flags ct_flags_unused __attribute__((unused));

@@ -10,6 +10,9 @@ enum reason {
 	REASON_FORWARD_LOCAL = 1,	/* redirected into a pod on this node */
 	REASON_TO_STACK = 2,		/* handed to the host's network stack */
 	REASON_ARP_TO_STACK = 3,	/* a pod's own ARP, checked and passed */
+	REASON_SVC_REJECT = 4,		/* service without backends: turned into an
+					 * ICMP port unreachable back to the client */
+	REASON_FORWARD_FIB = 5,		/* routed out by FIB lookup and redirect */
 
 	REASON_DROP_TRUNCATED = 64,	/* shorter than the headers it claims */
 	REASON_DROP_BAD_IP_HEADER = 65,	/* IHL below 5 or not IPv4 */
@@ -18,6 +21,10 @@ enum reason {
 	REASON_DROP_SPOOFED_ARP = 68,	/* ARP sender is not this endpoint */
 	REASON_DROP_UNSUPPORTED_L3 = 69,/* neither IPv4 nor ARP (IPv6 pods come later) */
 	REASON_DROP_TTL_EXCEEDED = 70,	/* TTL would reach zero when routed */
+	REASON_DROP_NO_BACKEND = 71,	/* service without backends, reply not possible */
+	REASON_DROP_CT_FULL = 72,	/* conntrack entry could not be created */
+	REASON_DROP_NAT_FAILED = 73,	/* header rewrite failed */
+	REASON_DROP_FIB_FAILED = 74,	/* no route for a translated reply */
 };
 
 /* Where a packet was seen. */

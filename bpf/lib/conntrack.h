@@ -1,0 +1,78 @@
+/* Connection tracking for translated flows: one entry per direction, keyed
+ * by the tuple as it appears on the wire in that direction. */
+#pragma once
+
+#include "maps.h"
+#include "flow.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+
+/* Lifetimes after the last packet, as Cilium and nf_conntrack roughly use. */
+#define CT_LIFETIME_TCP		(21600ULL * NSEC_PER_SEC)	/* established */
+#define CT_LIFETIME_TCP_SYN	(60ULL * NSEC_PER_SEC)		/* handshake */
+#define CT_LIFETIME_TCP_CLOSE	(10ULL * NSEC_PER_SEC)		/* FIN or RST seen */
+#define CT_LIFETIME_NONTCP	(60ULL * NSEC_PER_SEC)
+/* Refresh the expiry at most this often: a write per packet would bounce
+ * the entry's cache line between CPUs. */
+#define CT_REFRESH		(1ULL * NSEC_PER_SEC)
+
+static __always_inline __u64 ct_lifetime(__u8 proto, __u8 tcp_flags)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		return CT_LIFETIME_TCP_CLOSE;
+	if (tcp_flags & TCP_FLAG_ACK)
+		return CT_LIFETIME_TCP;
+	return CT_LIFETIME_TCP_SYN;
+}
+
+static __always_inline void ct_key4(struct ct_key *k, __be32 saddr, __be32 daddr,
+				    __be16 sport, __be16 dport, __u8 proto)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->saddr[0] = saddr;
+	k->daddr[0] = daddr;
+	k->sport = sport;
+	k->dport = dport;
+	k->proto = proto;
+	k->family = AF_INET;
+}
+
+/* ct_lookup4 returns the live entry of the flow as seen in f, or NULL.
+ * An expired entry is as good as none: the LRU or the reaper removes it. */
+static __always_inline struct ct_entry *ct_lookup4(const struct flow4 *f)
+{
+	struct ct_key k;
+	struct ct_entry *e;
+
+	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && e->expires < bpf_ktime_get_ns())
+		return NULL;
+	return e;
+}
+
+/* ct_touch accounts a packet and pushes the entry's expiry out. */
+static __always_inline void ct_touch(struct ct_entry *e, const struct flow4 *f, __u32 bytes)
+{
+	__u64 now = bpf_ktime_get_ns(), expires;
+
+	__sync_fetch_and_add(&e->packets, 1);
+	__sync_fetch_and_add(&e->bytes, bytes);
+	if ((e->tcp_flags | f->tcp_flags) != e->tcp_flags)
+		e->tcp_flags |= f->tcp_flags;
+	expires = now + ct_lifetime(f->proto, e->tcp_flags);
+	if (expires > e->expires + CT_REFRESH || expires < e->expires)
+		e->expires = expires;
+}
+
+static __always_inline int ct_create4(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport,
+				      const struct flow4 *f, struct ct_entry *e)
+{
+	struct ct_key k;
+
+	ct_key4(&k, saddr, daddr, sport, dport, f->proto);
+	e->expires = bpf_ktime_get_ns() + ct_lifetime(f->proto, e->tcp_flags);
+	return bpf_map_update_elem(&conntrack, &k, e, BPF_ANY);
+}

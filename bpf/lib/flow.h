@@ -1,0 +1,70 @@
+/* The five-tuple of an IPv4 packet, parsed once, decided on afterwards. */
+#pragma once
+
+#include "common.h"
+
+#define IP_MF     0x2000
+#define IP_OFFSET 0x1FFF
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+struct flow4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;		/* ICMP echo: the identifier */
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 has_ports;		/* TCP or UDP with its ports readable */
+	__u8 pad;
+	__u32 l4_off;		/* from the start of the frame */
+};
+
+/* flow4_parse fills f from a validated IPv4 header at ETH_HLEN. Ports are
+ * read only for TCP and UDP, and not from non-first fragments, which carry
+ * none: those are never service traffic. Returns < 0 when the L4 header the
+ * IP header promises is cut short. */
+static __always_inline int flow4_parse(struct __sk_buff *skb, const struct iphdr *ip, struct flow4 *f)
+{
+	__be16 ports[2];
+
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->proto = ip->protocol;
+	f->l4_off = ETH_HLEN + ip->ihl * 4;
+	f->has_ports = 0;
+	f->tcp_flags = 0;
+	f->sport = f->dport = 0;
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return 0;
+	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, f->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	f->sport = ports[0];
+	f->dport = ports[1];
+	if (f->proto == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, f->l4_off + 13, &f->tcp_flags, 1) < 0)
+		return -1;
+	f->has_ports = 1;
+	return 0;
+}
+
+/* A 32-bit hash of the tuple (murmur3's finalizer over a mix of the words):
+ * the same flow always hashes the same, on every node. */
+static __always_inline __u32 flow4_hash(const struct flow4 *f)
+{
+	__u32 h = f->saddr ^ (f->daddr * 0x9e3779b1u);
+
+	h ^= ((__u32)f->sport << 16 | f->dport) * 0x85ebca6bu;
+	h ^= f->proto;
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
