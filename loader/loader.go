@@ -48,6 +48,11 @@ type Config struct {
 	MaxServices uint32 `json:"maxServices"`
 	MaxBackends uint32 `json:"maxBackends"`
 	Conntrack   uint32 `json:"conntrack"`
+	// Uplinks are the devices traffic from the network arrives on: they get
+	// from_netdev at tc ingress and, unless NoXDP, xdp_netdev; their IPv4
+	// addresses are the node addresses NodePort and hostPort answer on.
+	Uplinks []string `json:"uplinks,omitempty"`
+	NoXDP   bool     `json:"noXDP,omitempty"`
 	// MaglevTableSize is the prime size of each Maglev lookup table.
 	MaglevTableSize uint32 `json:"maglevTableSize"`
 	// TCAttach is how tc programs are attached on this node: "tcx" or "tc"
@@ -250,6 +255,13 @@ func Init(c Config) error {
 		}
 	}
 	if err := replaceAttached(c.PinRoot, progs); err != nil {
+		return err
+	}
+	var prevUplinks []string
+	if prevErr == nil {
+		prevUplinks = prev.Uplinks
+	}
+	if err := attachUplinks(c, prevUplinks, progs); err != nil {
 		return err
 	}
 	if err := writeNodeConfig(c); err != nil {

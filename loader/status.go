@@ -50,7 +50,11 @@ func ReadStatus(pinRoot, stateDir string) (*Status, error) {
 	if c, err := ReadNodeConfig(stateDir); err == nil {
 		st.Config = &c
 	}
-	for _, name := range []string{maps.ProgFromPod, maps.ProgXDPNetdev} {
+	specs, err := maps.Specs()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range sortedKeys(specs) {
 		p, err := ebpf.LoadPinnedProgram(maps.ProgPath(pinRoot, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue

@@ -25,8 +25,9 @@ const VarMaglevTableSize = "maglev_table_size"
 
 // Program names, as the entry functions in bpf/*.c.
 const (
-	ProgFromPod   = "from_pod"
-	ProgXDPNetdev = "xdp_netdev"
+	ProgFromPod    = "from_pod"
+	ProgFromNetdev = "from_netdev"
+	ProgXDPNetdev  = "xdp_netdev"
 )
 
 // AllMaps lists every pinned map.

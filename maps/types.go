@@ -140,9 +140,14 @@ func Specs() (map[string]*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load xdp_netdev object: %w", err)
 	}
+	fromNetdev, err := loadFromNetdev()
+	if err != nil {
+		return nil, fmt.Errorf("load from_netdev object: %w", err)
+	}
 	return map[string]*ebpf.CollectionSpec{
-		ProgFromPod:   fromPod,
-		ProgXDPNetdev: xdp,
+		ProgFromPod:    fromPod,
+		ProgFromNetdev: fromNetdev,
+		ProgXDPNetdev:  xdp,
 	}, nil
 }
 

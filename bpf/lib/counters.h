@@ -22,3 +22,10 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 	val->packets++;
 	val->bytes += bytes;
 }
+
+/* verdict counts the packet and returns the action for it. */
+static __always_inline int verdict(struct __sk_buff *skb, enum hook hook, enum reason reason, int action)
+{
+	count(reason, hook, skb->len);
+	return action;
+}

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common.h"
+#include "reasons.h"
 
 #define ARPHRD_ETHER 1
 
@@ -38,3 +39,26 @@ static __always_inline int skb_linearize_headers(struct __sk_buff *skb, __u32 le
 		type *__h = __data + (off);                                    \
 		((void *)(__h + 1) > __end) ? (type *)0 : __h;                 \
 	})
+
+/* ipv4_check validates the IPv4 header at ETH_HLEN of a frame whose
+ * ethertype says IPv4: REASON_UNSPEC when usable, else the drop reason.
+ * The header is linear and readable afterwards. */
+static __always_inline enum reason ipv4_check(struct __sk_buff *skb)
+{
+	struct iphdr *ip;
+	__u32 hlen;
+
+	if (skb_linearize_headers(skb, ETH_HLEN + sizeof(*ip)) < 0)
+		return REASON_DROP_TRUNCATED;
+	ip = header_at(skb, ETH_HLEN, struct iphdr);
+	if (!ip)
+		return REASON_DROP_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return REASON_DROP_BAD_IP_HEADER;
+	hlen = ip->ihl * 4;
+	if (bpf_ntohs(ip->tot_len) < hlen)
+		return REASON_DROP_BAD_IP_HEADER;
+	if (ETH_HLEN + bpf_ntohs(ip->tot_len) > skb->len)
+		return REASON_DROP_TRUNCATED;
+	return REASON_UNSPEC;
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 
 	"github.com/podpath/podpath/loader"
 	"github.com/spf13/cobra"
@@ -52,6 +53,12 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.StringVar(&podCIDR, "pod-cidr", "", "this node's pod address range (required on first init)")
 	f.IntVar(&c.MTU, "mtu", loader.DefaultMTU, "MTU of pod interfaces")
 	f.Uint32Var(&c.MaxEndpoints, "max-endpoints", loader.DefaultMaxEndpoints, "size of the endpoints map")
+	f.StringSliceVar(&c.Uplinks, "uplink", nil, "device(s) traffic from the network arrives on (from_netdev and XDP are attached there; NodePort answers on their addresses)")
+	f.BoolVar(&c.NoXDP, "no-xdp", false, "do not attach the XDP program to the uplinks")
+	f.Uint32Var(&c.MaxServices, "max-services", loader.DefaultMaxServices, "size of the services map (frontends)")
+	f.Uint32Var(&c.MaxBackends, "max-backends", loader.DefaultMaxBackends, "size of the backends map")
+	f.Uint32Var(&c.Conntrack, "conntrack-size", loader.DefaultConntrack, "size of the conntrack map (flow directions)")
+	f.Uint32Var(&c.MaglevTableSize, "maglev-table-size", loader.DefaultMaglevTableSize, "entries of each Maglev table (a prime)")
 	f.StringVar(&c.TCAttach, "tc-attach", "auto", "tc attach mechanism: auto (tcx where the kernel has it), tcx, or tc (clsact + cls_bpf)")
 	return cmd
 }
@@ -98,6 +105,9 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 	if c := st.Config; c != nil {
 		fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, MTU %d)\n", c.PodCIDR, c.Gateway, c.MTU)
 		fmt.Fprintf(w, "Node attaches:\t%s\n", c.TCAttach)
+		if len(c.Uplinks) > 0 {
+			fmt.Fprintf(w, "Uplinks:\t%s\n", strings.Join(c.Uplinks, ", "))
+		}
 	}
 	fmt.Fprintln(w, "\nPROGRAM\tID\tTAG\tTYPE")
 	for _, p := range st.Programs {

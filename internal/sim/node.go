@@ -51,6 +51,9 @@ type Node struct {
 	netList *libcni.NetworkConfigList
 	cni     *libcni.CNIConfig
 
+	// Outside is the network behind the node's uplink, when it has one.
+	Outside *Outside
+
 	mu     sync.Mutex
 	pods   map[string]*Pod
 	closed bool
@@ -73,6 +76,7 @@ type options struct {
 	baseDir  string
 	maxEps   uint32
 	tcAttach string
+	uplink   *uplinkOptions
 	// pluginStderr receives the plugin's log; nil: this process's stderr.
 	pluginStderr io.Writer
 }
@@ -167,9 +171,23 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 	if n.NS, err = newNetNS(uniqueName(name)); err != nil {
 		return nil, err
 	}
+	var uplinks []string
+	if o.uplink != nil {
+		if err := n.addUplink(o.uplink); err != nil {
+			return nil, err
+		}
+		uplinks = []string{UplinkName}
+	}
 	err = n.NS.Do(func(ns.NetNS) error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644); err != nil {
-			return fmt.Errorf("disable forwarding: %w", err)
+		// Without an uplink nothing needs routing by the node, so pod
+		// traffic that flows at all was carried by eBPF. With one, the node
+		// routes like any Kubernetes node (and bpf_fib_lookup requires it).
+		forward := "0"
+		if o.uplink != nil {
+			forward = "1"
+		}
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(forward), 0o644); err != nil {
+			return fmt.Errorf("set forwarding: %w", err)
 		}
 		return loader.Init(loader.Config{
 			PinRoot:      n.PinRoot,
@@ -178,6 +196,7 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 			MTU:          n.MTU,
 			MaxEndpoints: o.maxEps,
 			TCAttach:     o.tcAttach,
+			Uplinks:      uplinks,
 		})
 	})
 	if err != nil {
@@ -401,9 +420,14 @@ func (n *Node) Close() error {
 		errs = append(errs, removeNetNS(n.NS))
 		n.NS = nil
 	} else {
+		// NewNode failed before the node's namespace existed.
 		for _, p := range pods {
 			removeNetNS(p.NS)
 		}
+	}
+	if n.Outside != nil {
+		errs = append(errs, removeNetNS(n.Outside.NS))
+		n.Outside = nil
 	}
 	if err := os.RemoveAll(n.PinRoot); err != nil {
 		errs = append(errs, err)

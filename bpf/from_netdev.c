@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* from_netdev: tc ingress on the node's uplink, i.e. every packet that
+ * arrives from the network. Decides, in order:
+ *   1. non-IPv4 traffic (ARP, IPv6) and anything not for a service or a pod
+ *      goes to the host stack untouched: the node stays reachable;
+ *   2. malformed IPv4 headers are dropped with a reason;
+ *   3. a packet to an externally reachable frontend (NodePort, externalIP,
+ *      LoadBalancer IP, hostPort) gets a backend (conntrack keeps the choice
+ *      for the flow) as destination; with no backend it is answered with
+ *      ICMP port unreachable, as kube-proxy's REJECT does;
+ *   4. a destination that is a pod on this node is delivered straight into
+ *      the pod's namespace with bpf_redirect_peer; the rest goes to the stack.
+ * Replies of these flows leave through from_pod, which restores the
+ * frontend as their source. */
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "lib/counters.h"
+#include "lib/flow.h"
+#include "lib/svc.h"
+#include "lib/icmp.h"
+#include "lib/forward.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int drop(struct __sk_buff *skb, enum reason reason)
+{
+	return verdict(skb, HOOK_FROM_NETDEV, reason, TC_ACT_SHOT);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	enum reason reason;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct flow4 f;
+	int svc;
+
+	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
+		return verdict(skb, HOOK_FROM_NETDEV, REASON_TO_STACK, TC_ACT_OK);
+	eth = header_at(skb, 0, struct ethhdr);
+	if (!eth || eth->h_proto != bpf_htons(ETH_P_IP))
+		return verdict(skb, HOOK_FROM_NETDEV, REASON_TO_STACK, TC_ACT_OK);
+
+	reason = ipv4_check(skb);
+	if (reason != REASON_UNSPEC)
+		return drop(skb, reason);
+	ip = header_at(skb, ETH_HLEN, struct iphdr);
+	if (!ip)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	if (flow4_parse(skb, ip, &f) < 0)
+		return drop(skb, REASON_DROP_TRUNCATED);
+	if (!f.has_ports)
+		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV);
+
+	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, &reason);
+	if (svc == SVC_DROP)
+		return drop(skb, reason);
+	if (svc == SVC_REJECT) {
+		if (icmp4_unreach_reply(skb, f.daddr) < 0)
+			return drop(skb, REASON_DROP_NO_BACKEND);
+		count(REASON_SVC_REJECT, HOOK_FROM_NETDEV, skb->len);
+		return bpf_redirect(skb->ingress_ifindex, 0);
+	}
+	return forward4(skb, svc, HOOK_FROM_NETDEV);
+}

@@ -1,0 +1,46 @@
+/* Delivering a packet once its addresses are final. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+#include "csum.h"
+#include "endpoints.h"
+#include "counters.h"
+#include "fib.h"
+#include "svc.h"
+
+/* forward4 delivers a (possibly translated) packet: into a local pod, out by
+ * the FIB for a translated reply, or to the stack. hook says who is asking,
+ * for the counters. */
+static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook)
+{
+	struct endpoint_info *dst;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	int ok, ret;
+
+	eth = header_at(skb, 0, struct ethhdr);
+	ip = header_at(skb, ETH_HLEN, struct iphdr);
+	if (!eth || !ip)
+		return verdict(skb, hook, REASON_DROP_TRUNCATED, TC_ACT_SHOT);
+
+	dst = endpoint_lookup4(ip->daddr);
+	if (!dst && svc != SVC_REPLY)
+		return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
+
+	/* Routed one hop, like the node would: TTL down, gateway MAC as source. */
+	if (ip->ttl <= 1)
+		return verdict(skb, hook, REASON_DROP_TTL_EXCEEDED, TC_ACT_SHOT);
+	ipv4_decrease_ttl(ip);
+	if (dst) {
+		mac_copy(eth->h_dest, dst->mac);
+		mac_copy(eth->h_source, dst->node_mac);
+		count(REASON_FORWARD_LOCAL, hook, skb->len);
+		return bpf_redirect_peer(dst->ifindex, 0);
+	}
+	/* A reply whose source is now a node address (NodePort): the stack
+	 * would drop it as a martian, so route it ourselves. */
+	ret = fib_redirect4(skb, ip->saddr, ip->daddr, &ok);
+	return verdict(skb, hook, ok ? REASON_FORWARD_FIB : REASON_DROP_FIB_FAILED, ret);
+}
+

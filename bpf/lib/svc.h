@@ -1,0 +1,121 @@
+/* Service translation of a packet, shared by the programs that see service
+ * traffic: from_pod (pods and their replies) and from_netdev (the network). */
+#pragma once
+
+#include "maps.h"
+#include "flow.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "nat.h"
+
+/* What service translation did to a packet. */
+enum svc_result {
+	SVC_UNTOUCHED,	/* not service traffic */
+	SVC_FORWARD,	/* destination rewritten to a backend */
+	SVC_REPLY,	/* a reply: source rewritten to the frontend */
+	SVC_REJECT,	/* no backend: the packet is now an ICMP error */
+	SVC_DROP,	/* dropped; *reason says why */
+};
+
+/* reply_translate restores the frontend as source of a backend's reply,
+ * and for a hairpinned flow the client (the backend itself) as destination. */
+static __always_inline int reply_translate(struct __sk_buff *skb, struct flow4 *f,
+					   struct ct_entry *e, enum reason *reason)
+{
+	__be32 frontend = e->nat_addr[0];
+	__be16 frontend_port = e->nat_port;
+
+	ct_touch(e, f, skb->len);
+	if ((e->flags & CT_F_HAIRPIN) &&
+	    nat4_rewrite(skb, f, 1, f->daddr, f->saddr, f->dport, f->dport) < 0)
+		goto fail;
+	if (e->flags & CT_F_HAIRPIN)
+		f->daddr = f->saddr;
+	if (nat4_rewrite(skb, f, 0, f->saddr, frontend, f->sport, frontend_port) < 0)
+		goto fail;
+	f->saddr = frontend;
+	f->sport = frontend_port;
+	return SVC_REPLY;
+fail:
+	*reason = REASON_DROP_NAT_FAILED;
+	return SVC_DROP;
+}
+
+/* service_translate sends a packet to a service frontend (of the given
+ * scope) to one of its backends: the flow's backend if conntrack knows it,
+ * else a new choice; a reply of a translated flow gets its frontend back. */
+static __always_inline int service_translate(struct __sk_buff *skb, struct flow4 *f,
+					     __u8 scope, enum reason *reason)
+{
+	struct ct_entry fwd = {}, rev = {}, *e;
+	struct svc_info *svc;
+	struct backend *b = 0;
+	__be32 frontend = f->daddr, backend_addr;
+	__be16 frontend_port = f->dport, backend_port;
+	__u32 id = 0;
+	int hairpin;
+
+	e = ct_lookup4(f);
+	if (e && (e->flags & CT_F_REPLY))
+		return reply_translate(skb, f, e, reason);
+
+	svc = svc_lookup4_node(f->daddr, f->dport, f->proto, scope);
+	if (!svc)
+		return SVC_UNTOUCHED;
+
+	if (e) {
+		/* A known flow keeps its backend while the backend exists, even
+		 * when it is terminating: only new flows avoid it. */
+		id = e->backend_id;
+		b = backend_lookup(id);
+		if (b)
+			ct_touch(e, f, skb->len);
+	}
+	if (!b) {
+		id = lb_select4(svc, f->saddr, flow4_hash(f));
+		if (!id)
+			return SVC_REJECT;
+		b = backend_lookup(id);
+		if (!b) {
+			*reason = REASON_DROP_NO_BACKEND;
+			return SVC_DROP;
+		}
+		hairpin = b->addr[0] == f->saddr;
+		fwd.svc_id = rev.svc_id = svc->id;
+		fwd.backend_id = rev.backend_id = id;
+		fwd.tcp_flags = f->tcp_flags;
+		fwd.packets = 1;
+		fwd.bytes = skb->len;
+		fwd.flags = hairpin ? CT_F_HAIRPIN : 0;
+		rev.flags = CT_F_REPLY | fwd.flags;
+		rev.nat_addr[0] = frontend;
+		rev.nat_port = frontend_port;
+		/* Replies come from the backend, to the client, or to the
+		 * frontend address when the client is the backend itself. */
+		if (ct_create4(b->addr[0], hairpin ? frontend : f->saddr, b->port, f->sport, f, &rev) < 0 ||
+		    ct_create4(f->saddr, f->daddr, f->sport, f->dport, f, &fwd) < 0) {
+			*reason = REASON_DROP_CT_FULL;
+			return SVC_DROP;
+		}
+	}
+	backend_addr = b->addr[0];
+	backend_port = b->port;
+	hairpin = backend_addr == f->saddr;
+	if (nat4_rewrite(skb, f, 1, f->daddr, backend_addr, f->dport, backend_port) < 0)
+		goto fail;
+	f->daddr = backend_addr;
+	f->dport = backend_port;
+	/* A pod reaching itself through a service would get the reply from its
+	 * own address and never leave its namespace: make the frontend the
+	 * source, so the reply comes back through here. */
+	if (hairpin) {
+		if (nat4_rewrite(skb, f, 0, f->saddr, frontend, f->sport, f->sport) < 0)
+			goto fail;
+		f->saddr = frontend;
+	}
+	return SVC_FORWARD;
+fail:
+	*reason = REASON_DROP_NAT_FAILED;
+	return SVC_DROP;
+}
+

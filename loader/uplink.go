@@ -1,0 +1,100 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+)
+
+// attachUplinks attaches from_netdev (and xdp_netdev) to the node's uplinks,
+// detaches them from devices that are no longer uplinks, and records the
+// uplinks' addresses as the node's addresses.
+func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) error {
+	for _, name := range prev {
+		if slices.Contains(c.Uplinks, name) {
+			continue
+		}
+		if err := DetachTC(c.PinRoot, maps.ProgFromNetdev, name, Ingress); err != nil {
+			return err
+		}
+		if err := DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name); err != nil {
+			return err
+		}
+	}
+	var addrs []nodeAddr
+	for _, name := range c.Uplinks {
+		dev, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", name, err)
+		}
+		idx := dev.Attrs().Index
+		if _, err := AttachTC(c.PinRoot, c.TCAttach, maps.ProgFromNetdev, progs[maps.ProgFromNetdev], idx, Ingress); err != nil {
+			return err
+		}
+		if c.NoXDP {
+			if err := DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name); err != nil {
+				return err
+			}
+		} else if _, err := AttachXDP(c.PinRoot, maps.ProgXDPNetdev, progs[maps.ProgXDPNetdev], idx); err != nil {
+			return err
+		}
+		list, err := netlink.AddrList(dev, netlink.FAMILY_V4)
+		if err != nil {
+			return fmt.Errorf("uplink %s addresses: %w", name, err)
+		}
+		for _, a := range list {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				addrs = append(addrs, nodeAddr{ip.Unmap(), uint32(idx)})
+			}
+		}
+	}
+	return writeNodeAddrs(c.PinRoot, addrs)
+}
+
+type nodeAddr struct {
+	ip      netip.Addr
+	ifindex uint32
+}
+
+// writeNodeAddrs makes the node_addrs map hold exactly addrs.
+func writeNodeAddrs(root string, addrs []nodeAddr) error {
+	m, err := maps.OpenPinned(root, maps.MapNodeAddrs)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	want := map[maps.EndpointKey]uint32{}
+	for _, a := range addrs {
+		want[maps.NewEndpointKey(a.ip)] = a.ifindex
+	}
+	var (
+		key   maps.EndpointKey
+		val   uint32
+		stale []maps.EndpointKey
+	)
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		if _, ok := want[key]; !ok {
+			stale = append(stale, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read node addresses: %w", err)
+	}
+	for _, k := range stale {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove node address %s: %w", k.IP(), err)
+		}
+	}
+	for k, v := range want {
+		if err := m.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("add node address %s: %w", k.IP(), err)
+		}
+	}
+	return nil
+}
