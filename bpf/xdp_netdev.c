@@ -1,13 +1,89 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* xdp_netdev: XDP on the node's uplink, the earliest point a packet from the
- * network can be seen. It drops frames too short for the headers they claim
- * and IPv4 headers that cannot be valid (counted, before the stack allocates
- * an skb for them) and passes everything
- * else on to the stack. Service and NAT fast paths will hang off this hook. */
+ * network can be seen. Decides, in order:
+ *   1. frames too short for the headers they claim and IPv4 headers that
+ *      cannot be valid are dropped (counted), before the stack allocates an
+ *      skb for them;
+ *   2. TCP and UDP to an externally reachable service frontend (NodePort,
+ *      external or LoadBalancer IP) get their backend here, exactly as
+ *      from_netdev would choose it (same conntrack, same selection), and
+ *      are rewritten in place; from_netdev then only has to deliver them;
+ *   3. everything else, and frontends without backends (from_netdev answers
+ *      those), passes on unchanged. */
 #include "lib/common.h"
+#include "lib/csum.h"
 #include "lib/counters.h"
+#include "lib/flow.h"
+#include "lib/svc.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
+
+struct ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* xdp_service translates a TCP or UDP packet to an external frontend. It
+ * returns 1 when the packet was rewritten. */
+static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 len)
+{
+	struct svc_info *svc;
+	struct ct_entry *e;
+	struct backend *b;
+	struct ports *ports;
+	__u16 *l4_csum;
+	struct flow4 f = {};
+	enum reason reason;
+
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return 0;
+	ports = (void *)ip + ip->ihl * 4;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)ports;
+
+		if ((void *)(tcp + 1) > data_end)
+			return 0;
+		f.tcp_flags = ((__u8 *)tcp)[13];
+		l4_csum = &tcp->check;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = (void *)ports;
+
+		if ((void *)(udp + 1) > data_end)
+			return 0;
+		l4_csum = &udp->check;
+	} else {
+		return 0;
+	}
+	f.saddr = ip->saddr;
+	f.daddr = ip->daddr;
+	f.sport = ports->sport;
+	f.dport = ports->dport;
+	f.proto = ip->protocol;
+	f.has_ports = 1;
+
+	e = ct_lookup4(&f);
+	if (e && (e->flags & CT_F_REPLY))
+		return 0;
+	svc = svc_lookup4_node(f.daddr, f.dport, f.proto, SVC_SCOPE_EXTERNAL);
+	if (!svc || (!e && !svc->backends))
+		return 0;
+	b = svc_backend4(&f, svc, e, len, &reason);
+	if (!b)
+		return 0;
+
+	/* The L4 checksum covers the pseudo header's addresses; a UDP
+	 * datagram without a checksum keeps none. */
+	if (ip->protocol == IPPROTO_TCP || *l4_csum) {
+		csum_replace4(l4_csum, ip->daddr, b->addr[0]);
+		csum_replace2(l4_csum, ports->dport, b->port);
+		if (ip->protocol == IPPROTO_UDP && !*l4_csum)
+			*l4_csum = 0xffff;
+	}
+	csum_replace4(&ip->check, ip->daddr, b->addr[0]);
+	ip->daddr = b->addr[0];
+	ports->dport = b->port;
+	return 1;
+}
 
 SEC("xdp")
 int xdp_netdev(struct xdp_md *ctx)
@@ -36,6 +112,10 @@ int xdp_netdev(struct xdp_md *ctx)
 		if (sizeof(*eth) + bpf_ntohs(ip->tot_len) > len) {
 			count(REASON_DROP_TRUNCATED, HOOK_XDP, len);
 			return XDP_DROP;
+		}
+		if (xdp_service(ip, data_end, len)) {
+			count(REASON_PASS_TRANSLATED, HOOK_XDP, len);
+			return XDP_PASS;
 		}
 	}
 	count(REASON_TO_STACK, HOOK_XDP, len);

@@ -24,6 +24,7 @@ const (
 	fromNetdevMapMaglev             = "maglev"
 	fromNetdevMapNodeAddrs          = "node_addrs"
 	fromNetdevMapServices           = "services"
+	fromNetdevMapSockRevNat         = "sock_rev_nat"
 	fromNetdevMapSvcRr              = "svc_rr"
 	fromNetdevMapSvcSlots           = "svc_slots"
 	fromNetdevProgFromNetdev        = "from_netdev"
@@ -86,16 +87,17 @@ type fromNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromNetdevMapSpecs struct {
-	Affinity  *ebpf.MapSpec `ebpf:"affinity"`
-	Backends  *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Maglev    *ebpf.MapSpec `ebpf:"maglev"`
-	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
-	Services  *ebpf.MapSpec `ebpf:"services"`
-	SvcRr     *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots  *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
+	Backends   *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
+	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	Services   *ebpf.MapSpec `ebpf:"services"`
+	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // fromNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,16 +134,17 @@ func (o *fromNetdevObjects) Close() error {
 //
 // It can be passed to loadFromNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromNetdevMaps struct {
-	Affinity  *ebpf.Map `ebpf:"affinity"`
-	Backends  *ebpf.Map `ebpf:"backends"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Maglev    *ebpf.Map `ebpf:"maglev"`
-	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
-	Services  *ebpf.Map `ebpf:"services"`
-	SvcRr     *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots  *ebpf.Map `ebpf:"svc_slots"`
+	Affinity   *ebpf.Map `ebpf:"affinity"`
+	Backends   *ebpf.Map `ebpf:"backends"`
+	Conntrack  *ebpf.Map `ebpf:"conntrack"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Maglev     *ebpf.Map `ebpf:"maglev"`
+	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	Services   *ebpf.Map `ebpf:"services"`
+	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *fromNetdevMaps) Close() error {
@@ -154,6 +157,7 @@ func (m *fromNetdevMaps) Close() error {
 		m.Maglev,
 		m.NodeAddrs,
 		m.Services,
+		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
 	)

@@ -131,6 +131,7 @@ const (
 	fromPodReasonREASON_ARP_TO_STACK        fromPodReason = 3
 	fromPodReasonREASON_SVC_REJECT          fromPodReason = 4
 	fromPodReasonREASON_FORWARD_FIB         fromPodReason = 5
+	fromPodReasonREASON_PASS_TRANSLATED     fromPodReason = 6
 	fromPodReasonREASON_DROP_TRUNCATED      fromPodReason = 64
 	fromPodReasonREASON_DROP_BAD_IP_HEADER  fromPodReason = 65
 	fromPodReasonREASON_DROP_SPOOFED_IP     fromPodReason = 66
@@ -148,6 +149,24 @@ type fromPodSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
 	Slot  uint32
+}
+
+type fromPodSockRevKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Pad    [5]uint8
+}
+
+type fromPodSockRevValue struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Pad    uint8
+	SvcId  uint32
 }
 
 type fromPodSvcFlags uint32
@@ -196,6 +215,7 @@ const (
 	fromPodMapMaglev             = "maglev"
 	fromPodMapNodeAddrs          = "node_addrs"
 	fromPodMapServices           = "services"
+	fromPodMapSockRevNat         = "sock_rev_nat"
 	fromPodMapSvcRr              = "svc_rr"
 	fromPodMapSvcSlots           = "svc_slots"
 	fromPodProgFromPod           = "from_pod"
@@ -258,16 +278,17 @@ type fromPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodMapSpecs struct {
-	Affinity  *ebpf.MapSpec `ebpf:"affinity"`
-	Backends  *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Maglev    *ebpf.MapSpec `ebpf:"maglev"`
-	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
-	Services  *ebpf.MapSpec `ebpf:"services"`
-	SvcRr     *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots  *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
+	Backends   *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
+	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	Services   *ebpf.MapSpec `ebpf:"services"`
+	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // fromPodVariableSpecs contains global variables before they are loaded into the kernel.
@@ -304,16 +325,17 @@ func (o *fromPodObjects) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodMaps struct {
-	Affinity  *ebpf.Map `ebpf:"affinity"`
-	Backends  *ebpf.Map `ebpf:"backends"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Maglev    *ebpf.Map `ebpf:"maglev"`
-	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
-	Services  *ebpf.Map `ebpf:"services"`
-	SvcRr     *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots  *ebpf.Map `ebpf:"svc_slots"`
+	Affinity   *ebpf.Map `ebpf:"affinity"`
+	Backends   *ebpf.Map `ebpf:"backends"`
+	Conntrack  *ebpf.Map `ebpf:"conntrack"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Maglev     *ebpf.Map `ebpf:"maglev"`
+	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	Services   *ebpf.Map `ebpf:"services"`
+	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *fromPodMaps) Close() error {
@@ -326,6 +348,7 @@ func (m *fromPodMaps) Close() error {
 		m.Maglev,
 		m.NodeAddrs,
 		m.Services,
+		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
 	)

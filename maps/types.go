@@ -194,12 +194,13 @@ const (
 
 // ReasonSvcReject and the other service verdicts, as enum reason.
 const (
-	ReasonSvcReject     = fromPodReasonREASON_SVC_REJECT
-	ReasonForwardFIB    = fromPodReasonREASON_FORWARD_FIB
-	ReasonDropNoBackend = fromPodReasonREASON_DROP_NO_BACKEND
-	ReasonDropCTFull    = fromPodReasonREASON_DROP_CT_FULL
-	ReasonDropNATFailed = fromPodReasonREASON_DROP_NAT_FAILED
-	ReasonDropFIBFailed = fromPodReasonREASON_DROP_FIB_FAILED
+	ReasonSvcReject      = fromPodReasonREASON_SVC_REJECT
+	ReasonForwardFIB     = fromPodReasonREASON_FORWARD_FIB
+	ReasonPassTranslated = fromPodReasonREASON_PASS_TRANSLATED
+	ReasonDropNoBackend  = fromPodReasonREASON_DROP_NO_BACKEND
+	ReasonDropCTFull     = fromPodReasonREASON_DROP_CT_FULL
+	ReasonDropNATFailed  = fromPodReasonREASON_DROP_NAT_FAILED
+	ReasonDropFIBFailed  = fromPodReasonREASON_DROP_FIB_FAILED
 )
 
 // Addr16 packs an address into the [4]uint32 layout keys use (network byte

@@ -24,6 +24,7 @@ const (
 	xdpNetdevMapMaglev             = "maglev"
 	xdpNetdevMapNodeAddrs          = "node_addrs"
 	xdpNetdevMapServices           = "services"
+	xdpNetdevMapSockRevNat         = "sock_rev_nat"
 	xdpNetdevMapSvcRr              = "svc_rr"
 	xdpNetdevMapSvcSlots           = "svc_slots"
 	xdpNetdevProgXdpNetdev         = "xdp_netdev"
@@ -31,6 +32,7 @@ const (
 	xdpNetdevVarCtFlagsUnused      = "ct_flags_unused"
 	xdpNetdevVarHookUnused         = "hook_unused"
 	xdpNetdevVarLbAlgoUnused       = "lb_algo_unused"
+	xdpNetdevVarMaglevTableSize    = "maglev_table_size"
 	xdpNetdevVarReasonUnused       = "reason_unused"
 	xdpNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	xdpNetdevVarSvcScopeUnused     = "svc_scope_unused"
@@ -85,16 +87,17 @@ type xdpNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpNetdevMapSpecs struct {
-	Affinity  *ebpf.MapSpec `ebpf:"affinity"`
-	Backends  *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Maglev    *ebpf.MapSpec `ebpf:"maglev"`
-	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
-	Services  *ebpf.MapSpec `ebpf:"services"`
-	SvcRr     *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots  *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
+	Backends   *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
+	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	Services   *ebpf.MapSpec `ebpf:"services"`
+	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // xdpNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -105,6 +108,7 @@ type xdpNetdevVariableSpecs struct {
 	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -130,16 +134,17 @@ func (o *xdpNetdevObjects) Close() error {
 //
 // It can be passed to loadXdpNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpNetdevMaps struct {
-	Affinity  *ebpf.Map `ebpf:"affinity"`
-	Backends  *ebpf.Map `ebpf:"backends"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Maglev    *ebpf.Map `ebpf:"maglev"`
-	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
-	Services  *ebpf.Map `ebpf:"services"`
-	SvcRr     *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots  *ebpf.Map `ebpf:"svc_slots"`
+	Affinity   *ebpf.Map `ebpf:"affinity"`
+	Backends   *ebpf.Map `ebpf:"backends"`
+	Conntrack  *ebpf.Map `ebpf:"conntrack"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Maglev     *ebpf.Map `ebpf:"maglev"`
+	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	Services   *ebpf.Map `ebpf:"services"`
+	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *xdpNetdevMaps) Close() error {
@@ -152,6 +157,7 @@ func (m *xdpNetdevMaps) Close() error {
 		m.Maglev,
 		m.NodeAddrs,
 		m.Services,
+		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
 	)
@@ -165,6 +171,7 @@ type xdpNetdevVariables struct {
 	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

@@ -256,3 +256,36 @@ const enum lb_algo lb_algo_unused __attribute__((unused));
 const enum svc_flags svc_flags_unused __attribute__((unused));
 const enum backend_flags backend_flags_unused __attribute__((unused));
 const enum ct_flags ct_flags_unused __attribute__((unused));
+
+/* ---- Socket load balancing ----
+ * The cgroup socket hooks (bpf/sock.c) send a node process's connect() and
+ * sendmsg() to a service frontend straight to a backend, so none of its
+ * packets is translated. The process must still see the frontend: as the
+ * source of UDP replies (recvmsg) and as the peer of a connected socket
+ * (getpeername). This map remembers, per socket and backend, the frontend
+ * the socket asked for. Sockets are never removed explicitly: LRU, sized
+ * like conntrack (one entry per connection or per UDP socket and backend). */
+
+struct sock_rev_key {
+	__u64 cookie;		/* bpf_get_socket_cookie() */
+	__u32 addr[4];		/* backend address */
+	__u16 port;		/* backend port, network byte order */
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct sock_rev_value {
+	__u32 addr[4];		/* frontend address */
+	__u16 port;		/* frontend port, network byte order */
+	__u8 family;
+	__u8 pad;
+	__u32 svc_id;		/* the frontend's id, for inspection */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_rev_key);
+	__type(value, struct sock_rev_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_rev_nat SEC(".maps");

@@ -13,6 +13,7 @@ enum reason {
 	REASON_SVC_REJECT = 4,		/* service without backends: turned into an
 					 * ICMP port unreachable back to the client */
 	REASON_FORWARD_FIB = 5,		/* routed out by FIB lookup and redirect */
+	REASON_PASS_TRANSLATED = 6,	/* service DNAT done at XDP; tc delivers */
 
 	REASON_DROP_TRUNCATED = 64,	/* shorter than the headers it claims */
 	REASON_DROP_BAD_IP_HEADER = 65,	/* IHL below 5 or not IPv4 */

@@ -41,19 +41,65 @@ fail:
 	return SVC_DROP;
 }
 
+/* svc_backend4 returns the backend for f's flow to svc: the one conntrack
+ * remembers while that backend exists (even terminating: only new flows
+ * avoid it), else a new choice, recorded in conntrack for both directions.
+ * NULL with *reason REASON_UNSPEC means the service has no backend. */
+static __always_inline struct backend *svc_backend4(const struct flow4 *f, const struct svc_info *svc,
+						    struct ct_entry *e, __u32 bytes, enum reason *reason)
+{
+	struct ct_entry fwd = {}, rev = {};
+	struct backend *b;
+	__u32 id;
+	int hairpin;
+
+	*reason = REASON_UNSPEC;
+	if (e) {
+		b = backend_lookup(e->backend_id);
+		if (b) {
+			ct_touch(e, f, bytes);
+			return b;
+		}
+	}
+	id = lb_select4(svc, f->saddr, flow4_hash(f));
+	if (!id)
+		return 0;
+	b = backend_lookup(id);
+	if (!b) {
+		*reason = REASON_DROP_NO_BACKEND;
+		return 0;
+	}
+	hairpin = b->addr[0] == f->saddr;
+	fwd.svc_id = rev.svc_id = svc->id;
+	fwd.backend_id = rev.backend_id = id;
+	fwd.tcp_flags = f->tcp_flags;
+	fwd.packets = 1;
+	fwd.bytes = bytes;
+	fwd.flags = hairpin ? CT_F_HAIRPIN : 0;
+	rev.flags = CT_F_REPLY | fwd.flags;
+	rev.nat_addr[0] = f->daddr;
+	rev.nat_port = f->dport;
+	/* Replies come from the backend, to the client, or to the frontend
+	 * address when the client is the backend itself. */
+	if (ct_create4(b->addr[0], hairpin ? f->daddr : f->saddr, b->port, f->sport, f, &rev) < 0 ||
+	    ct_create4(f->saddr, f->daddr, f->sport, f->dport, f, &fwd) < 0) {
+		*reason = REASON_DROP_CT_FULL;
+		return 0;
+	}
+	return b;
+}
+
 /* service_translate sends a packet to a service frontend (of the given
- * scope) to one of its backends: the flow's backend if conntrack knows it,
- * else a new choice; a reply of a translated flow gets its frontend back. */
+ * scope) to one of its backends (svc_backend4); a reply of a translated
+ * flow gets its frontend back. */
 static __always_inline int service_translate(struct __sk_buff *skb, struct flow4 *f,
 					     __u8 scope, enum reason *reason)
 {
-	struct ct_entry fwd = {}, rev = {}, *e;
 	struct svc_info *svc;
-	struct backend *b = 0;
+	struct ct_entry *e;
+	struct backend *b;
 	__be32 frontend = f->daddr, backend_addr;
-	__be16 frontend_port = f->dport, backend_port;
-	__u32 id = 0;
-	int hairpin;
+	__be16 backend_port;
 
 	e = ct_lookup4(f);
 	if (e && (e->flags & CT_F_REPLY))
@@ -62,45 +108,12 @@ static __always_inline int service_translate(struct __sk_buff *skb, struct flow4
 	svc = svc_lookup4_node(f->daddr, f->dport, f->proto, scope);
 	if (!svc)
 		return SVC_UNTOUCHED;
+	b = svc_backend4(f, svc, e, skb->len, reason);
+	if (!b)
+		return *reason == REASON_UNSPEC ? SVC_REJECT : SVC_DROP;
 
-	if (e) {
-		/* A known flow keeps its backend while the backend exists, even
-		 * when it is terminating: only new flows avoid it. */
-		id = e->backend_id;
-		b = backend_lookup(id);
-		if (b)
-			ct_touch(e, f, skb->len);
-	}
-	if (!b) {
-		id = lb_select4(svc, f->saddr, flow4_hash(f));
-		if (!id)
-			return SVC_REJECT;
-		b = backend_lookup(id);
-		if (!b) {
-			*reason = REASON_DROP_NO_BACKEND;
-			return SVC_DROP;
-		}
-		hairpin = b->addr[0] == f->saddr;
-		fwd.svc_id = rev.svc_id = svc->id;
-		fwd.backend_id = rev.backend_id = id;
-		fwd.tcp_flags = f->tcp_flags;
-		fwd.packets = 1;
-		fwd.bytes = skb->len;
-		fwd.flags = hairpin ? CT_F_HAIRPIN : 0;
-		rev.flags = CT_F_REPLY | fwd.flags;
-		rev.nat_addr[0] = frontend;
-		rev.nat_port = frontend_port;
-		/* Replies come from the backend, to the client, or to the
-		 * frontend address when the client is the backend itself. */
-		if (ct_create4(b->addr[0], hairpin ? frontend : f->saddr, b->port, f->sport, f, &rev) < 0 ||
-		    ct_create4(f->saddr, f->daddr, f->sport, f->dport, f, &fwd) < 0) {
-			*reason = REASON_DROP_CT_FULL;
-			return SVC_DROP;
-		}
-	}
 	backend_addr = b->addr[0];
 	backend_port = b->port;
-	hairpin = backend_addr == f->saddr;
 	if (nat4_rewrite(skb, f, 1, f->daddr, backend_addr, f->dport, backend_port) < 0)
 		goto fail;
 	f->daddr = backend_addr;
@@ -108,7 +121,7 @@ static __always_inline int service_translate(struct __sk_buff *skb, struct flow4
 	/* A pod reaching itself through a service would get the reply from its
 	 * own address and never leave its namespace: make the frontend the
 	 * source, so the reply comes back through here. */
-	if (hairpin) {
+	if (backend_addr == f->saddr) {
 		if (nat4_rewrite(skb, f, 0, f->saddr, frontend, f->sport, f->sport) < 0)
 			goto fail;
 		f->saddr = frontend;
@@ -118,4 +131,3 @@ fail:
 	*reason = REASON_DROP_NAT_FAILED;
 	return SVC_DROP;
 }
-

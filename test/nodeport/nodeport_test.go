@@ -149,6 +149,9 @@ func TestNodePortFromOutside(t *testing.T) {
 	if n := counter(t, node.PinRoot, maps.HookFromNetdev, maps.ReasonForwardLocal); n < 40*3 {
 		t.Fatalf("from_netdev delivered %d packets to pods, want at least %d", n, 40*3)
 	}
+	if n := counter(t, node.PinRoot, maps.HookXDP, maps.ReasonPassTranslated); n < 40*3 {
+		t.Fatalf("XDP translated %d packets, want at least %d", n, 40*3)
+	}
 	if n := counter(t, node.PinRoot, maps.HookFromPod, maps.ReasonForwardFIB); n < 40*3 {
 		t.Fatalf("from_pod routed %d replies out by FIB, want at least %d", n, 40*3)
 	}
