@@ -4,11 +4,13 @@
  *   1. non-IPv4 traffic (ARP, IPv6) and anything not for a service or a pod
  *      goes to the host stack untouched: the node stays reachable;
  *   2. malformed IPv4 headers are dropped with a reason;
- *   3. a packet to an externally reachable frontend (NodePort, externalIP,
+ *   3. a reply to a pod's masqueraded flow (to_netdev), or an ICMP error
+ *      about one, gets the pod's address and port back;
+ *   4. a packet to an externally reachable frontend (NodePort, externalIP,
  *      LoadBalancer IP, hostPort) gets a backend (conntrack keeps the choice
  *      for the flow) as destination; with no backend it is answered with
  *      ICMP port unreachable, as kube-proxy's REJECT does;
- *   4. a destination that is a pod on this node is delivered straight into
+ *   5. a destination that is a pod on this node is delivered straight into
  *      the pod's namespace with bpf_redirect_peer; the rest goes to the stack.
  * Replies of these flows leave through from_pod, which restores the
  * frontend as their source. */
@@ -17,6 +19,7 @@
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/svc.h"
+#include "lib/snat.h"
 #include "lib/icmp.h"
 #include "lib/forward.h"
 
@@ -50,6 +53,12 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	if (flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
+	switch (snat_ingress4(skb, &f)) {
+	case 1:
+		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV);
+	case -1:
+		return drop(skb, REASON_DROP_NAT_FAILED);
+	}
 	if (!f.has_ports)
 		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV);
 

@@ -29,6 +29,12 @@ const (
 	// backends moves close to 1/N of the flows.
 	DefaultMaglevTableSize = 16381
 	DefaultMTU             = 1500
+	DefaultMaxNAT          = 131072
+	// The SNAT port range stays below the NodePort range and clear of
+	// Linux's default ephemeral range (32768-60999), so masqueraded flows
+	// never collide with the node's own connections.
+	DefaultSNATPortMin = 1024
+	DefaultSNATPortMax = 29999
 	// DefaultGateway is the link-local next hop every pod routes through; its
 	// neighbour entry in the pod points at the host-side veth, so no bridge
 	// or ARP responder is needed.
@@ -53,6 +59,17 @@ type Config struct {
 	// addresses are the node addresses NodePort and hostPort answer on.
 	Uplinks []string `json:"uplinks,omitempty"`
 	NoXDP   bool     `json:"noXDP,omitempty"`
+	// SNAT: pods' traffic leaving through an uplink for destinations
+	// outside the pod CIDR, ClusterCIDRs and NonMasqCIDRs leaves with
+	// SNATAddr (default: the first uplink's first IPv4 address) and a port
+	// in SNATPortMin-SNATPortMax. MaxNAT bounds the mappings (two per flow).
+	NoSNAT       bool           `json:"noSNAT,omitempty"`
+	SNATAddr     netip.Addr     `json:"snatAddr,omitempty"`
+	SNATPortMin  uint16         `json:"snatPortMin"`
+	SNATPortMax  uint16         `json:"snatPortMax"`
+	ClusterCIDRs []netip.Prefix `json:"clusterCIDRs,omitempty"`
+	NonMasqCIDRs []netip.Prefix `json:"nonMasqueradeCIDRs,omitempty"`
+	MaxNAT       uint32         `json:"maxNAT"`
 	// MaglevTableSize is the prime size of each Maglev lookup table.
 	MaglevTableSize uint32 `json:"maglevTableSize"`
 	// TCAttach is how tc programs are attached on this node: "tcx" or "tc"
@@ -91,6 +108,12 @@ func (c Config) WithDefaults() Config {
 	if c.MaglevTableSize == 0 {
 		c.MaglevTableSize = DefaultMaglevTableSize
 	}
+	if c.SNATPortMin == 0 && c.SNATPortMax == 0 {
+		c.SNATPortMin, c.SNATPortMax = DefaultSNATPortMin, DefaultSNATPortMax
+	}
+	if c.MaxNAT == 0 {
+		c.MaxNAT = DefaultMaxNAT
+	}
 	return c
 }
 
@@ -118,6 +141,7 @@ func (c Config) Validate() error {
 		{"max services", c.MaxServices, 16, 1 << 22},
 		{"max backends", c.MaxBackends, 16, 1 << 24},
 		{"conntrack size", c.Conntrack, 1024, 1 << 26},
+		{"NAT map size", c.MaxNAT, 64, 1 << 26},
 	} {
 		if b.v < b.lo || b.v > b.hi {
 			return fmt.Errorf("%s %d out of range %d-%d", b.name, b.v, b.lo, b.hi)
@@ -125,6 +149,12 @@ func (c Config) Validate() error {
 	}
 	if !isPrime(c.MaglevTableSize) || c.MaglevTableSize < 251 || c.MaglevTableSize > 131071 {
 		return fmt.Errorf("Maglev table size %d must be a prime between 251 and 131071 (e.g. 16381, 65521)", c.MaglevTableSize)
+	}
+	if c.SNATPortMin == 0 || c.SNATPortMin > c.SNATPortMax {
+		return fmt.Errorf("SNAT port range %d-%d is empty", c.SNATPortMin, c.SNATPortMax)
+	}
+	if c.SNATAddr.IsValid() && !c.SNATAddr.Is4() {
+		return fmt.Errorf("SNAT address %s: only IPv4 for now", c.SNATAddr)
 	}
 	switch c.TCAttach {
 	case "", "auto", ModeTCX, ModeLegacyTC:
@@ -264,6 +294,9 @@ func Init(c Config) error {
 	if err := attachUplinks(c, prevUplinks, progs); err != nil {
 		return err
 	}
+	if err := loadSocketLB(c); err != nil {
+		return err
+	}
 	if err := writeNodeConfig(c); err != nil {
 		return fmt.Errorf("record node config: %w", err)
 	}
@@ -283,6 +316,7 @@ func sizeMaps(spec *ebpf.CollectionSpec, c Config) error {
 		maps.MapBackends:  c.MaxBackends,
 		maps.MapSvcSlots:  4 * c.MaxBackends,
 		maps.MapConntrack: c.Conntrack,
+		maps.MapSNAT:      c.MaxNAT,
 	}
 	for name, size := range sizes {
 		if ms, ok := spec.Maps[name]; ok {

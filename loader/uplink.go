@@ -11,15 +11,19 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// attachUplinks attaches from_netdev (and xdp_netdev) to the node's uplinks,
-// detaches them from devices that are no longer uplinks, and records the
-// uplinks' addresses as the node's addresses.
+// attachUplinks attaches from_netdev, to_netdev (and xdp_netdev) to the
+// node's uplinks, detaches them from devices that are no longer uplinks,
+// records the uplinks' addresses as the node's addresses and configures
+// SNAT.
 func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) error {
 	for _, name := range prev {
 		if slices.Contains(c.Uplinks, name) {
 			continue
 		}
 		if err := DetachTC(c.PinRoot, maps.ProgFromNetdev, name, Ingress); err != nil {
+			return err
+		}
+		if err := DetachTC(c.PinRoot, maps.ProgToNetdev, name, Egress); err != nil {
 			return err
 		}
 		if err := DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name); err != nil {
@@ -34,6 +38,9 @@ func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) erro
 		}
 		idx := dev.Attrs().Index
 		if _, err := AttachTC(c.PinRoot, c.TCAttach, maps.ProgFromNetdev, progs[maps.ProgFromNetdev], idx, Ingress); err != nil {
+			return err
+		}
+		if _, err := AttachTC(c.PinRoot, c.TCAttach, maps.ProgToNetdev, progs[maps.ProgToNetdev], idx, Egress); err != nil {
 			return err
 		}
 		if c.NoXDP {
@@ -53,7 +60,10 @@ func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) erro
 			}
 		}
 	}
-	return writeNodeAddrs(c.PinRoot, addrs)
+	if err := writeNodeAddrs(c.PinRoot, addrs); err != nil {
+		return err
+	}
+	return configureSNAT(c, addrs)
 }
 
 type nodeAddr struct {

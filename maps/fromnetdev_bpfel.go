@@ -22,8 +22,12 @@ const (
 	fromNetdevMapCounters           = "counters"
 	fromNetdevMapEndpoints          = "endpoints"
 	fromNetdevMapMaglev             = "maglev"
+	fromNetdevMapNatConfig          = "nat_config"
+	fromNetdevMapNatStats           = "nat_stats"
 	fromNetdevMapNodeAddrs          = "node_addrs"
+	fromNetdevMapNonmasq            = "nonmasq"
 	fromNetdevMapServices           = "services"
+	fromNetdevMapSnat               = "snat"
 	fromNetdevMapSockRevNat         = "sock_rev_nat"
 	fromNetdevMapSvcRr              = "svc_rr"
 	fromNetdevMapSvcSlots           = "svc_slots"
@@ -33,6 +37,8 @@ const (
 	fromNetdevVarHookUnused         = "hook_unused"
 	fromNetdevVarLbAlgoUnused       = "lb_algo_unused"
 	fromNetdevVarMaglevTableSize    = "maglev_table_size"
+	fromNetdevVarNatFlagsUnused     = "nat_flags_unused"
+	fromNetdevVarNatStatUnused      = "nat_stat_unused"
 	fromNetdevVarReasonUnused       = "reason_unused"
 	fromNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	fromNetdevVarSvcScopeUnused     = "svc_scope_unused"
@@ -93,8 +99,12 @@ type fromNetdevMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
+	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
@@ -109,6 +119,8 @@ type fromNetdevVariableSpecs struct {
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -140,8 +152,12 @@ type fromNetdevMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
+	NatConfig  *ebpf.Map `ebpf:"nat_config"`
+	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
 	Services   *ebpf.Map `ebpf:"services"`
+	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
@@ -155,8 +171,12 @@ func (m *fromNetdevMaps) Close() error {
 		m.Counters,
 		m.Endpoints,
 		m.Maglev,
+		m.NatConfig,
+		m.NatStats,
 		m.NodeAddrs,
+		m.Nonmasq,
 		m.Services,
+		m.Snat,
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
@@ -172,6 +192,8 @@ type fromNetdevVariables struct {
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

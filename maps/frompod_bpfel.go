@@ -122,6 +122,52 @@ const (
 	fromPodLbAlgoLB_MAGLEV      fromPodLbAlgo = 2
 )
 
+type fromPodNatConfig struct {
+	_       structs.HostLayout
+	Addr    [4]uint32
+	PortMin uint16
+	PortMax uint16
+	Family  uint8
+	Enabled uint8
+	Pad     [2]uint8
+}
+
+type fromPodNatEntry struct {
+	_        structs.HostLayout
+	Expires  uint64
+	Packets  uint64
+	Bytes    uint64
+	ToAddr   [4]uint32
+	ToPort   uint16
+	Flags    uint8
+	TcpFlags uint8
+	Pad      uint32
+}
+
+type fromPodNatFlags uint32
+
+const (
+	fromPodNatFlagsNAT_F_REVERSE fromPodNatFlags = 1
+)
+
+type fromPodNatStat uint32
+
+const (
+	fromPodNatStatNAT_STAT_ALLOCATED      fromPodNatStat = 0
+	fromPodNatStatNAT_STAT_RETRIES        fromPodNatStat = 1
+	fromPodNatStatNAT_STAT_REUSED_EXPIRED fromPodNatStat = 2
+	fromPodNatStatNAT_STAT_NO_PORT        fromPodNatStat = 3
+	fromPodNatStatNAT_STAT_MAP_FULL       fromPodNatStat = 4
+	fromPodNatStatNAT_STAT_MAX            fromPodNatStat = 5
+)
+
+type fromPodNonmasqKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Family    uint32
+	Addr      [4]uint32
+}
+
 type fromPodReason uint32
 
 const (
@@ -132,6 +178,7 @@ const (
 	fromPodReasonREASON_SVC_REJECT          fromPodReason = 4
 	fromPodReasonREASON_FORWARD_FIB         fromPodReason = 5
 	fromPodReasonREASON_PASS_TRANSLATED     fromPodReason = 6
+	fromPodReasonREASON_SNAT                fromPodReason = 7
 	fromPodReasonREASON_DROP_TRUNCATED      fromPodReason = 64
 	fromPodReasonREASON_DROP_BAD_IP_HEADER  fromPodReason = 65
 	fromPodReasonREASON_DROP_SPOOFED_IP     fromPodReason = 66
@@ -143,6 +190,8 @@ const (
 	fromPodReasonREASON_DROP_CT_FULL        fromPodReason = 72
 	fromPodReasonREASON_DROP_NAT_FAILED     fromPodReason = 73
 	fromPodReasonREASON_DROP_FIB_FAILED     fromPodReason = 74
+	fromPodReasonREASON_DROP_NAT_NO_PORT    fromPodReason = 75
+	fromPodReasonREASON_DROP_NAT_MAP_FULL   fromPodReason = 76
 )
 
 type fromPodSlotKey struct {
@@ -213,8 +262,12 @@ const (
 	fromPodMapCounters           = "counters"
 	fromPodMapEndpoints          = "endpoints"
 	fromPodMapMaglev             = "maglev"
+	fromPodMapNatConfig          = "nat_config"
+	fromPodMapNatStats           = "nat_stats"
 	fromPodMapNodeAddrs          = "node_addrs"
+	fromPodMapNonmasq            = "nonmasq"
 	fromPodMapServices           = "services"
+	fromPodMapSnat               = "snat"
 	fromPodMapSockRevNat         = "sock_rev_nat"
 	fromPodMapSvcRr              = "svc_rr"
 	fromPodMapSvcSlots           = "svc_slots"
@@ -224,6 +277,8 @@ const (
 	fromPodVarHookUnused         = "hook_unused"
 	fromPodVarLbAlgoUnused       = "lb_algo_unused"
 	fromPodVarMaglevTableSize    = "maglev_table_size"
+	fromPodVarNatFlagsUnused     = "nat_flags_unused"
+	fromPodVarNatStatUnused      = "nat_stat_unused"
 	fromPodVarReasonUnused       = "reason_unused"
 	fromPodVarSvcFlagsUnused     = "svc_flags_unused"
 	fromPodVarSvcScopeUnused     = "svc_scope_unused"
@@ -284,8 +339,12 @@ type fromPodMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
+	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
@@ -300,6 +359,8 @@ type fromPodVariableSpecs struct {
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -331,8 +392,12 @@ type fromPodMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
+	NatConfig  *ebpf.Map `ebpf:"nat_config"`
+	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
 	Services   *ebpf.Map `ebpf:"services"`
+	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
@@ -346,8 +411,12 @@ func (m *fromPodMaps) Close() error {
 		m.Counters,
 		m.Endpoints,
 		m.Maglev,
+		m.NatConfig,
+		m.NatStats,
 		m.NodeAddrs,
+		m.Nonmasq,
 		m.Services,
+		m.Snat,
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
@@ -363,6 +432,8 @@ type fromPodVariables struct {
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

@@ -18,6 +18,10 @@ const (
 	MapAffinity  = "affinity"
 	MapConntrack = "conntrack"
 	MapNodeAddrs = "node_addrs"
+	MapSNAT      = "snat"
+	MapNatConfig = "nat_config"
+	MapNonmasq   = "nonmasq"
+	MapNatStats  = "nat_stats"
 )
 
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
@@ -27,12 +31,14 @@ const VarMaglevTableSize = "maglev_table_size"
 const (
 	ProgFromPod    = "from_pod"
 	ProgFromNetdev = "from_netdev"
+	ProgToNetdev   = "to_netdev"
 	ProgXDPNetdev  = "xdp_netdev"
 )
 
 // AllMaps lists every pinned map.
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
-	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs}
+	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
+	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

@@ -22,8 +22,12 @@ const (
 	sockMapCounters           = "counters"
 	sockMapEndpoints          = "endpoints"
 	sockMapMaglev             = "maglev"
+	sockMapNatConfig          = "nat_config"
+	sockMapNatStats           = "nat_stats"
 	sockMapNodeAddrs          = "node_addrs"
+	sockMapNonmasq            = "nonmasq"
 	sockMapServices           = "services"
+	sockMapSnat               = "snat"
 	sockMapSockRevNat         = "sock_rev_nat"
 	sockMapSvcRr              = "svc_rr"
 	sockMapSvcSlots           = "svc_slots"
@@ -36,6 +40,8 @@ const (
 	sockVarHookUnused         = "hook_unused"
 	sockVarLbAlgoUnused       = "lb_algo_unused"
 	sockVarMaglevTableSize    = "maglev_table_size"
+	sockVarNatFlagsUnused     = "nat_flags_unused"
+	sockVarNatStatUnused      = "nat_stat_unused"
 	sockVarNodeNetnsCookie    = "node_netns_cookie"
 	sockVarReasonUnused       = "reason_unused"
 	sockVarSvcFlagsUnused     = "svc_flags_unused"
@@ -100,8 +106,12 @@ type sockMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
+	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
@@ -116,6 +126,8 @@ type sockVariableSpecs struct {
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
 	NodeNetnsCookie    *ebpf.VariableSpec `ebpf:"node_netns_cookie"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
@@ -148,8 +160,12 @@ type sockMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
+	NatConfig  *ebpf.Map `ebpf:"nat_config"`
+	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
 	Services   *ebpf.Map `ebpf:"services"`
+	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
@@ -163,8 +179,12 @@ func (m *sockMaps) Close() error {
 		m.Counters,
 		m.Endpoints,
 		m.Maglev,
+		m.NatConfig,
+		m.NatStats,
 		m.NodeAddrs,
+		m.Nonmasq,
 		m.Services,
+		m.Snat,
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
@@ -180,6 +200,8 @@ type sockVariables struct {
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
 	NodeNetnsCookie    *ebpf.Variable `ebpf:"node_netns_cookie"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`

@@ -30,6 +30,9 @@ type (
 	AffinityValue = fromPodAffinityValue
 	CtKey         = fromPodCtKey
 	CtEntry       = fromPodCtEntry
+	NatEntry      = fromPodNatEntry
+	NatConfig     = fromPodNatConfig
+	NonmasqKey    = fromPodNonmasqKey
 )
 
 // Address families as stored in keys (linux/socket.h).
@@ -144,9 +147,14 @@ func Specs() (map[string]*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load from_netdev object: %w", err)
 	}
+	toNetdev, err := loadToNetdev()
+	if err != nil {
+		return nil, fmt.Errorf("load to_netdev object: %w", err)
+	}
 	return map[string]*ebpf.CollectionSpec{
 		ProgFromPod:    fromPod,
 		ProgFromNetdev: fromNetdev,
+		ProgToNetdev:   toNetdev,
 		ProgXDPNetdev:  xdp,
 	}, nil
 }
@@ -190,7 +198,18 @@ const (
 
 	CtFlagReply   = uint8(fromPodCtFlagsCT_F_REPLY)
 	CtFlagHairpin = uint8(fromPodCtFlagsCT_F_HAIRPIN)
+
+	NatFlagReverse = uint8(fromPodNatFlagsNAT_F_REVERSE)
 )
+
+// NAT allocation statistics, the indexes of the nat_stats map.
+var NatStatNames = map[uint32]string{
+	uint32(fromPodNatStatNAT_STAT_ALLOCATED):      "allocated",
+	uint32(fromPodNatStatNAT_STAT_RETRIES):        "retries",
+	uint32(fromPodNatStatNAT_STAT_REUSED_EXPIRED): "reused_expired",
+	uint32(fromPodNatStatNAT_STAT_NO_PORT):        "no_port",
+	uint32(fromPodNatStatNAT_STAT_MAP_FULL):       "map_full",
+}
 
 // ReasonSvcReject and the other service verdicts, as enum reason.
 const (
@@ -201,6 +220,9 @@ const (
 	ReasonDropCTFull     = fromPodReasonREASON_DROP_CT_FULL
 	ReasonDropNATFailed  = fromPodReasonREASON_DROP_NAT_FAILED
 	ReasonDropFIBFailed  = fromPodReasonREASON_DROP_FIB_FAILED
+	ReasonSNAT           = fromPodReasonREASON_SNAT
+	ReasonDropNATNoPort  = fromPodReasonREASON_DROP_NAT_NO_PORT
+	ReasonDropNATMapFull = fromPodReasonREASON_DROP_NAT_MAP_FULL
 )
 
 // Addr16 packs an address into the [4]uint32 layout keys use (network byte

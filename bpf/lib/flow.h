@@ -11,6 +11,16 @@
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
+#define ICMP_ECHOREPLY_TYPE	0
+#define ICMP_ECHO_TYPE		8
+
+/* What kind of ICMP message a flow is. */
+enum flow_icmp {
+	FLOW_ICMP_NONE = 0,
+	FLOW_ICMP_ECHO = 1,	/* request or reply: the identifier is its port */
+	FLOW_ICMP_ERROR = 2,	/* unreachable, time exceeded, ...: quotes a packet */
+};
+
 struct flow4 {
 	__be32 saddr;
 	__be32 daddr;
@@ -19,9 +29,42 @@ struct flow4 {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 has_ports;		/* TCP or UDP with its ports readable */
-	__u8 pad;
+	__u8 icmp;		/* enum flow_icmp */
 	__u32 l4_off;		/* from the start of the frame */
 };
+
+/* An echo request goes out with its identifier as the source "port", the
+ * reply comes back with it as the destination one, so the two directions'
+ * tuples mirror each other like TCP's and UDP's. */
+static __always_inline int flow4_parse_icmp(struct __sk_buff *skb, struct flow4 *f)
+{
+	struct {
+		__u8 type;
+		__u8 code;
+		__u16 csum;
+		__be16 id;
+		__be16 seq;
+	} icmp;
+
+	if (bpf_skb_load_bytes(skb, f->l4_off, &icmp, sizeof(icmp)) < 0)
+		return -1;
+	switch (icmp.type) {
+	case ICMP_ECHO_TYPE:
+		f->sport = icmp.id;
+		f->icmp = FLOW_ICMP_ECHO;
+		break;
+	case ICMP_ECHOREPLY_TYPE:
+		f->dport = icmp.id;
+		f->icmp = FLOW_ICMP_ECHO;
+		break;
+	case 3:		/* destination unreachable */
+	case 11:	/* time exceeded */
+	case 12:	/* parameter problem */
+		f->icmp = FLOW_ICMP_ERROR;
+		break;
+	}
+	return 0;
+}
 
 /* flow4_parse fills f from a validated IPv4 header at ETH_HLEN. Ports are
  * read only for TCP and UDP, and not from non-first fragments, which carry
@@ -36,10 +79,13 @@ static __always_inline int flow4_parse(struct __sk_buff *skb, const struct iphdr
 	f->proto = ip->protocol;
 	f->l4_off = ETH_HLEN + ip->ihl * 4;
 	f->has_ports = 0;
+	f->icmp = FLOW_ICMP_NONE;
 	f->tcp_flags = 0;
 	f->sport = f->dport = 0;
 	if (ip->frag_off & bpf_htons(IP_OFFSET))
 		return 0;
+	if (f->proto == IPPROTO_ICMP)
+		return flow4_parse_icmp(skb, f);
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
 		return 0;
 	if (bpf_skb_load_bytes(skb, f->l4_off, ports, sizeof(ports)) < 0)

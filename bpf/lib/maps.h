@@ -247,6 +247,92 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } node_addrs SEC(".maps");
 
+/* ---- Egress SNAT ----
+ * Pods' traffic to outside the cluster leaves with a node address and a
+ * port allocated here. One entry per direction, keyed by the tuple as it is
+ * on the wire: forward (pod -> destination) gives the node address and port
+ * to use, reverse (destination -> node address and port) the pod's. A plain
+ * hash, not LRU: a mapping in use must never be evicted by another flow, so
+ * a full map refuses new flows (counted) instead. Expired entries are
+ * reused by the allocator and reaped by user space. */
+
+enum nat_flags {
+	NAT_F_REVERSE = 1 << 0,		/* destination -> node: the reply direction */
+};
+
+struct nat_entry {
+	__u64 expires;		/* ktime ns */
+	__u64 packets;
+	__u64 bytes;
+	__u32 to_addr[4];	/* forward: node address; reverse: pod address */
+	__u16 to_port;		/* forward: allocated port; reverse: pod's port */
+	__u8 flags;		/* NAT_F_* */
+	__u8 tcp_flags;		/* TCP flags seen in this direction */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct nat_entry);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} snat SEC(".maps");
+
+/* What SNAT does and to which address, written by the loader. */
+struct nat_config {
+	__u32 addr[4];		/* the node address pods' traffic leaves with */
+	__u16 port_min;		/* allocation range, host byte order */
+	__u16 port_max;
+	__u8 family;
+	__u8 enabled;
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nat_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_config SEC(".maps");
+
+/* Destinations reached without masquerading: the cluster's pod and service
+ * CIDRs and any extra ranges (like ip-masq-agent's nonMasqueradeCIDRs).
+ * LPM over (family, address): prefixlen counts the 32 family bits too. */
+struct nonmasq_key {
+	__u32 prefixlen;
+	__u32 family;
+	__u32 addr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct nonmasq_key);
+	__type(value, __u32);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nonmasq SEC(".maps");
+
+/* Allocation statistics, per CPU, indexed by enum nat_stat. */
+enum nat_stat {
+	NAT_STAT_ALLOCATED = 0,		/* new mappings */
+	NAT_STAT_RETRIES = 1,		/* ports tried that were taken */
+	NAT_STAT_REUSED_EXPIRED = 2,	/* expired mappings taken over */
+	NAT_STAT_NO_PORT = 3,		/* no free port found: flow dropped */
+	NAT_STAT_MAP_FULL = 4,		/* no room in the map: flow dropped */
+	NAT_STAT_MAX = 5,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, NAT_STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_stats SEC(".maps");
+
 /* Typed handles so bpf2go emits these for user space even when a program
  * does not reference them directly. */
 const enum reason reason_unused __attribute__((unused));
@@ -256,6 +342,8 @@ const enum lb_algo lb_algo_unused __attribute__((unused));
 const enum svc_flags svc_flags_unused __attribute__((unused));
 const enum backend_flags backend_flags_unused __attribute__((unused));
 const enum ct_flags ct_flags_unused __attribute__((unused));
+const enum nat_flags nat_flags_unused __attribute__((unused));
+const enum nat_stat nat_stat_unused __attribute__((unused));
 
 /* ---- Socket load balancing ----
  * The cgroup socket hooks (bpf/sock.c) send a node process's connect() and

@@ -14,6 +14,7 @@ enum reason {
 					 * ICMP port unreachable back to the client */
 	REASON_FORWARD_FIB = 5,		/* routed out by FIB lookup and redirect */
 	REASON_PASS_TRANSLATED = 6,	/* service DNAT done at XDP; tc delivers */
+	REASON_SNAT = 7,		/* left the node masqueraded */
 
 	REASON_DROP_TRUNCATED = 64,	/* shorter than the headers it claims */
 	REASON_DROP_BAD_IP_HEADER = 65,	/* IHL below 5 or not IPv4 */
@@ -26,6 +27,8 @@ enum reason {
 	REASON_DROP_CT_FULL = 72,	/* conntrack entry could not be created */
 	REASON_DROP_NAT_FAILED = 73,	/* header rewrite failed */
 	REASON_DROP_FIB_FAILED = 74,	/* no route for a translated reply */
+	REASON_DROP_NAT_NO_PORT = 75,	/* SNAT: every port tried was taken */
+	REASON_DROP_NAT_MAP_FULL = 76,	/* SNAT: no room for another mapping */
 };
 
 /* Where a packet was seen. */

@@ -77,6 +77,7 @@ type options struct {
 	maxEps   uint32
 	tcAttach string
 	uplink   *uplinkOptions
+	tweak    func(*loader.Config)
 	// pluginStderr receives the plugin's log; nil: this process's stderr.
 	pluginStderr io.Writer
 }
@@ -101,6 +102,10 @@ func WithDNS(dns types.DNS) Option { return func(o *options) { o.dns = dns } }
 // WithMaxEndpoints sizes the node's endpoints map (default
 // loader.DefaultMaxEndpoints).
 func WithMaxEndpoints(max uint32) Option { return func(o *options) { o.maxEps = max } }
+
+// WithLoaderConfig lets a test adjust the node's datapath configuration
+// (map sizes, SNAT ranges, ...) before node init.
+func WithLoaderConfig(fn func(*loader.Config)) Option { return func(o *options) { o.tweak = fn } }
 
 // WithPluginStderr sends the plugin's log (its stderr) to w.
 func WithPluginStderr(w io.Writer) Option { return func(o *options) { o.pluginStderr = w } }
@@ -189,7 +194,7 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(forward), 0o644); err != nil {
 			return fmt.Errorf("set forwarding: %w", err)
 		}
-		return loader.Init(loader.Config{
+		cfg := loader.Config{
 			PinRoot:      n.PinRoot,
 			StateDir:     n.StateDir,
 			PodCIDR:      podCIDR,
@@ -197,7 +202,11 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 			MaxEndpoints: o.maxEps,
 			TCAttach:     o.tcAttach,
 			Uplinks:      uplinks,
-		})
+		}
+		if o.tweak != nil {
+			o.tweak(&cfg)
+		}
+		return loader.Init(cfg)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)

@@ -1,0 +1,260 @@
+/* Egress SNAT (masquerade) of pods' traffic to outside the cluster, with its
+ * own port allocation, and the reverse translation of the replies. */
+#pragma once
+
+#include "maps.h"
+#include "flow.h"
+#include "nat.h"
+#include "csum.h"
+#include "conntrack.h"
+#include "endpoints.h"
+
+/* Ports tried per new flow: a random start, then the next ones. */
+#define SNAT_TRIES 32
+
+#define ICMP_CSUM_OFF 2
+#define ICMP_ID_OFF 4
+
+static __always_inline struct nat_config *nat_config4(void)
+{
+	__u32 zero = 0;
+	struct nat_config *c = bpf_map_lookup_elem(&nat_config, &zero);
+
+	return c && c->enabled && c->family == AF_INET ? c : 0;
+}
+
+static __always_inline void nat_stat(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&nat_stats, &stat);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int nonmasq_dest4(__be32 daddr)
+{
+	struct nonmasq_key k = { .prefixlen = 32 + 32, .family = AF_INET };
+
+	k.addr[0] = daddr;
+	return bpf_map_lookup_elem(&nonmasq, &k) != 0;
+}
+
+/* nat4_rewrite_id replaces an ICMP echo identifier. The ICMP checksum covers
+ * no pseudo header, so addresses never touch it; the identifier does. */
+static __always_inline int nat4_rewrite_id(struct __sk_buff *skb, const struct flow4 *f,
+					   __be16 old_id, __be16 new_id)
+{
+	if (old_id == new_id)
+		return 0;
+	if (bpf_l4_csum_replace(skb, f->l4_off + ICMP_CSUM_OFF, old_id, new_id, 2) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, f->l4_off + ICMP_ID_OFF, &new_id, 2, 0);
+}
+
+/* nat4_apply rewrites one endpoint of f (source when dst is 0) to addr and
+ * port (the echo identifier for ICMP). */
+static __always_inline int nat4_apply(struct __sk_buff *skb, struct flow4 *f, int dst,
+				      __be32 addr, __be16 port)
+{
+	__be32 old_addr = dst ? f->daddr : f->saddr;
+	__be16 old_port = dst ? f->dport : f->sport;
+
+	if (nat4_rewrite(skb, f, dst, old_addr, addr, old_port, port) < 0)
+		return -1;
+	if (f->icmp == FLOW_ICMP_ECHO && nat4_rewrite_id(skb, f, old_port, port) < 0)
+		return -1;
+	if (dst) {
+		f->daddr = addr;
+		f->dport = port;
+	} else {
+		f->saddr = addr;
+		f->sport = port;
+	}
+	return 0;
+}
+
+static __always_inline void nat_touch(struct nat_entry *e, const struct flow4 *f, __u32 bytes)
+{
+	__u64 expires;
+
+	__sync_fetch_and_add(&e->packets, 1);
+	__sync_fetch_and_add(&e->bytes, bytes);
+	if ((e->tcp_flags | f->tcp_flags) != e->tcp_flags)
+		e->tcp_flags |= f->tcp_flags;
+	expires = bpf_ktime_get_ns() + ct_lifetime(f->proto, e->tcp_flags);
+	if (expires > e->expires + CT_REFRESH || expires < e->expires)
+		e->expires = expires;
+}
+
+/* snat_alloc4 finds a free node port for f towards its destination and
+ * records both directions. Returns the port (network order) or 0 with
+ * *reason set. A port is free when no live mapping to the same destination
+ * (address, port, protocol) holds it; expired mappings are taken over. */
+static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct nat_config *cfg,
+					  enum reason *reason)
+{
+	struct nat_entry fwd = {}, rev = {}, *old;
+	__u32 range = (__u32)cfg->port_max - cfg->port_min + 1;
+	__u32 port = cfg->port_min + bpf_get_prandom_u32() % range;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key rk, fk;
+	__be16 nport = 0;
+	long err;
+	int i;
+
+	rev.flags = NAT_F_REVERSE;
+	rev.to_addr[0] = f->saddr;
+	rev.to_port = f->sport;
+	rev.expires = now + ct_lifetime(f->proto, 0);
+
+	for (i = 0; i < SNAT_TRIES; i++) {
+		nport = bpf_htons((__u16)port);
+		/* The reply's tuple: destination -> node address and port. */
+		if (f->icmp == FLOW_ICMP_ECHO)
+			ct_key4(&rk, f->daddr, cfg->addr[0], 0, nport, f->proto);
+		else
+			ct_key4(&rk, f->daddr, cfg->addr[0], f->dport, nport, f->proto);
+		err = bpf_map_update_elem(&snat, &rk, &rev, BPF_NOEXIST);
+		if (!err)
+			break;
+		if (err != -17 /* EEXIST */) {
+			nat_stat(NAT_STAT_MAP_FULL);
+			*reason = REASON_DROP_NAT_MAP_FULL;
+			return 0;
+		}
+		old = bpf_map_lookup_elem(&snat, &rk);
+		if (old && old->expires < now) {
+			/* Take the expired mapping over, and drop its forward half
+			 * so the old flow cannot come back to this port. */
+			ct_key4(&fk, old->to_addr[0], f->daddr, old->to_port,
+				f->icmp == FLOW_ICMP_ECHO ? 0 : f->dport, f->proto);
+			bpf_map_delete_elem(&snat, &fk);
+			if (!bpf_map_update_elem(&snat, &rk, &rev, BPF_ANY)) {
+				nat_stat(NAT_STAT_REUSED_EXPIRED);
+				break;
+			}
+		}
+		nat_stat(NAT_STAT_RETRIES);
+		port = port >= cfg->port_max ? cfg->port_min : port + 1;
+	}
+	if (i == SNAT_TRIES) {
+		nat_stat(NAT_STAT_NO_PORT);
+		*reason = REASON_DROP_NAT_NO_PORT;
+		return 0;
+	}
+
+	fwd.to_addr[0] = cfg->addr[0];
+	fwd.to_port = nport;
+	fwd.expires = rev.expires;
+	ct_key4(&fk, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+	if (bpf_map_update_elem(&snat, &fk, &fwd, BPF_ANY) < 0) {
+		bpf_map_delete_elem(&snat, &rk);
+		nat_stat(NAT_STAT_MAP_FULL);
+		*reason = REASON_DROP_NAT_MAP_FULL;
+		return 0;
+	}
+	nat_stat(NAT_STAT_ALLOCATED);
+	return nport;
+}
+
+/* snat_egress4 masquerades a pod's packet to a destination outside the
+ * cluster. Returns 1 when translated, 0 when not ours to translate, < 0 to
+ * drop with *reason. */
+static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, enum reason *reason)
+{
+	struct nat_config *cfg = nat_config4();
+	struct nat_entry *e;
+	struct ct_key k;
+	__be16 port;
+
+	if (!cfg || (!f->has_ports && f->icmp != FLOW_ICMP_ECHO))
+		return 0;
+	if (f->icmp == FLOW_ICMP_ECHO && f->dport)
+		return 0;	/* an echo reply from a pod: not a flow it started */
+	if (!endpoint_lookup4(f->saddr) || nonmasq_dest4(f->daddr))
+		return 0;
+
+	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+	e = bpf_map_lookup_elem(&snat, &k);
+	if (e && !(e->flags & NAT_F_REVERSE) && e->expires >= bpf_ktime_get_ns()) {
+		nat_touch(e, f, skb->len);
+		port = e->to_port;
+	} else {
+		port = snat_alloc4(f, cfg, reason);
+		if (!port)
+			return -1;
+	}
+	if (nat4_apply(skb, f, 0, cfg->addr[0], port) < 0) {
+		*reason = REASON_DROP_NAT_FAILED;
+		return -1;
+	}
+	return 1;
+}
+
+/* snat_icmp_error4 translates an ICMP error about a masqueraded flow (the
+ * quoted packet went out as node -> destination) back to the pod: the outer
+ * destination, and the quoted source address and port. The quoted L4
+ * checksum is left as is: the quote is usually truncated, and receivers
+ * match errors by addresses and ports. */
+static __always_inline int snat_icmp_error4(struct __sk_buff *skb, struct flow4 *f,
+					    const struct nat_config *cfg)
+{
+	struct iphdr inner;
+	struct nat_entry *e;
+	__be16 ports[2];
+	struct ct_key k;
+	__u32 inner_off = f->l4_off + 8, icmp_csum = f->l4_off + ICMP_CSUM_OFF;
+	__be32 pod;
+	__be16 pod_port;
+	__u16 check;
+
+	if (bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) < 0 ||
+	    inner.ihl != 5 || inner.saddr != cfg->addr[0])
+		return 0;
+	if (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, inner_off + sizeof(inner), ports, sizeof(ports)) < 0)
+		return 0;
+	ct_key4(&k, inner.daddr, inner.saddr, ports[1], ports[0], inner.protocol);
+	e = bpf_map_lookup_elem(&snat, &k);
+	if (!e || !(e->flags & NAT_F_REVERSE))
+		return 0;
+	pod = e->to_addr[0];
+	pod_port = e->to_port;
+
+	check = inner.check;
+	csum_replace4(&check, inner.saddr, pod);
+	if (bpf_l4_csum_replace(skb, icmp_csum, inner.saddr, pod, 4) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, inner.check, check, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, ports[0], pod_port, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, saddr), &pod, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, check), &check, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_off + sizeof(inner), &pod_port, 2, 0) < 0)
+		return -1;
+	if (nat4_rewrite(skb, f, 1, f->daddr, pod, 0, 0) < 0)
+		return -1;
+	f->daddr = pod;
+	return 1;
+}
+
+/* snat_ingress4 translates a reply to a masqueraded flow back to its pod.
+ * Returns 1 when translated, 0 when not a reply of ours, < 0 on failure. */
+static __always_inline int snat_ingress4(struct __sk_buff *skb, struct flow4 *f)
+{
+	struct nat_config *cfg = nat_config4();
+	struct nat_entry *e;
+	struct ct_key k;
+
+	if (!cfg || f->daddr != cfg->addr[0])
+		return 0;
+	if (f->icmp == FLOW_ICMP_ERROR)
+		return snat_icmp_error4(skb, f, cfg);
+	if (!f->has_ports && f->icmp != FLOW_ICMP_ECHO)
+		return 0;
+	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+	e = bpf_map_lookup_elem(&snat, &k);
+	if (!e || !(e->flags & NAT_F_REVERSE) || e->expires < bpf_ktime_get_ns())
+		return 0;
+	nat_touch(e, f, skb->len);
+	return nat4_apply(skb, f, 1, e->to_addr[0], e->to_port) < 0 ? -1 : 1;
+}

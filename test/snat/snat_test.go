@@ -1,0 +1,354 @@
+// Package snat_test sends pods' traffic to a host behind the node's uplink
+// and checks it leaves masqueraded, with the node's address and collision
+// free ports, and that the replies find their pods.
+package snat_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	podCIDR  = netip.MustParsePrefix("10.220.0.0/24")
+	nodeAddr = netip.MustParsePrefix("10.252.0.1/24")
+	outAddr  = netip.MustParsePrefix("10.252.0.2/24")
+)
+
+func newNode(t *testing.T, pods int, opts ...sim.Option) (*sim.Node, []*sim.Pod) {
+	t.Helper()
+	node, err := sim.NewNode("snat", podCIDR, append([]sim.Option{sim.WithUplink(nodeAddr, outAddr)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	var ps []*sim.Pod
+	for i := range pods {
+		p, err := node.AddPod(context.Background(), fmt.Sprintf("p%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	return node, ps
+}
+
+// tcpServer runs on the outside host and answers every connection with
+// the address and port it came from.
+func tcpServer(t *testing.T, o *sim.Outside) string {
+	t.Helper()
+	var ln net.Listener
+	if err := o.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(o.IP.String(), "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, c.RemoteAddr().String()+"\n")
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// dial opens a connection from a pod and returns it with what the server
+// said it saw as the client.
+func dial(p *sim.Pod, addr string) (net.Conn, string, error) {
+	var c net.Conn
+	if err := p.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr, 3*time.Second)
+		return err
+	}); err != nil {
+		return nil, "", err
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		c.Close()
+		return nil, "", err
+	}
+	c.SetReadDeadline(time.Time{})
+	return c, string(buf[:n-1]), nil
+}
+
+func TestOutsideSeesNodeAddress(t *testing.T) {
+	node, pods := newNode(t, 2)
+	srv := tcpServer(t, node.Outside)
+	for _, p := range pods {
+		c, seen, err := dial(p, srv)
+		if err != nil {
+			t.Fatalf("%s -> outside: %v", p.Name, err)
+		}
+		c.Close()
+		host, _, _ := net.SplitHostPort(seen)
+		if host != node.Outside.NodeIP.String() {
+			t.Fatalf("outside saw %s from %s (pod %s), want the node's %s", seen, p.Name, p.IP, node.Outside.NodeIP)
+		}
+	}
+	if n := counter(t, node, maps.HookToNetdev, maps.ReasonSNAT); n == 0 {
+		t.Fatal("no packet counted as masqueraded by to_netdev")
+	}
+}
+
+func TestUDPAndICMPEcho(t *testing.T) {
+	node, pods := newNode(t, 1)
+	o := node.Outside
+	var srv net.PacketConn
+	if err := o.Do(func() (err error) {
+		srv, err = net.ListenPacket("udp4", net.JoinHostPort(o.IP.String(), "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo([]byte(from.String()), from)
+			_ = n
+		}
+	}()
+	var cli net.PacketConn
+	if err := pods[0].Do(func() (err error) {
+		cli, err = net.ListenPacket("udp4", ":0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	cli.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := cli.WriteTo([]byte("hi"), srv.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	n, from, err := cli.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("UDP reply: %v", err)
+	}
+	if from.String() != srv.LocalAddr().String() {
+		t.Fatalf("UDP reply from %s, want %s", from, srv.LocalAddr())
+	}
+	if host, _, _ := net.SplitHostPort(string(buf[:n])); host != o.NodeIP.String() {
+		t.Fatalf("outside saw UDP from %s, want %s", buf[:n], o.NodeIP)
+	}
+
+	// ICMP echo, identified by its id: the reply reaches the pod.
+	if err := pods[0].Do(func() error { return ping(o.IP, 0x4242) }); err != nil {
+		t.Fatalf("ping outside from pod: %v", err)
+	}
+}
+
+// ping sends one echo request with the given id and waits for its reply.
+func ping(dst netip.Addr, id uint16) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	msg := make([]byte, 16)
+	msg[0] = 8
+	binary.BigEndian.PutUint16(msg[4:], id)
+	binary.BigEndian.PutUint16(msg[6:], 1)
+	copy(msg[8:], "podpath!")
+	binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval(int64(3 * time.Second))
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return fmt.Errorf("no echo reply: %w", err)
+		}
+		ihl := int(buf[0]&0x0f) * 4
+		if n >= ihl+8 && buf[ihl] == 0 && binary.BigEndian.Uint16(buf[ihl+4:]) == id {
+			return nil
+		}
+	}
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+// A thousand concurrent flows from several pods to one destination port:
+// every one gets its own port on the node's address.
+func TestThousandFlowsDistinctMappings(t *testing.T) {
+	node, pods := newNode(t, 4)
+	srv := tcpServer(t, node.Outside)
+	const flows = 1000
+	var (
+		mu    sync.Mutex
+		seen  = map[string]string{}
+		conns []net.Conn
+		wg    sync.WaitGroup
+		errs  = make(chan error, flows)
+		sem   = make(chan struct{}, 64)
+	)
+	for i := range flows {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			p := pods[i%len(pods)]
+			c, s, err := dial(p, srv)
+			if err != nil {
+				errs <- fmt.Errorf("flow %d from %s: %w", i, p.Name, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			conns = append(conns, c)
+			if prev, dup := seen[s]; dup {
+				errs <- fmt.Errorf("flows %s and %d share the mapping %s", prev, i, s)
+			}
+			seen[s] = fmt.Sprint(i)
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for _, c := range conns {
+		defer c.Close()
+	}
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for s := range seen {
+		host, _, _ := net.SplitHostPort(s)
+		if host != node.Outside.NodeIP.String() {
+			t.Fatalf("a flow left as %s", s)
+		}
+	}
+	if len(seen) != flows {
+		t.Fatalf("%d distinct mappings for %d flows", len(seen), flows)
+	}
+}
+
+// With a tiny port range, the flow after the last free port is dropped and
+// counted while the established ones keep working; once they close and
+// their mappings expire, new flows get ports again.
+func TestPortExhaustionAndRecovery(t *testing.T) {
+	const ports = 8
+	node, pods := newNode(t, 1, sim.WithLoaderConfig(func(c *loader.Config) {
+		c.SNATPortMin, c.SNATPortMax = 20000, 20000+ports-1
+	}))
+	srv := tcpServer(t, node.Outside)
+	var conns []net.Conn
+	for i := range ports {
+		c, _, err := dial(pods[0], srv)
+		if err != nil {
+			t.Fatalf("flow %d of %d: %v", i, ports, err)
+		}
+		conns = append(conns, c)
+	}
+	before := counter(t, node, maps.HookToNetdev, maps.ReasonDropNATNoPort)
+	if _, _, err := dial(pods[0], srv); err == nil {
+		t.Fatal("a flow beyond the port range got through")
+	}
+	if after := counter(t, node, maps.HookToNetdev, maps.ReasonDropNATNoPort); after <= before {
+		t.Fatalf("drop_nat_no_port stayed at %d", after)
+	}
+	// Established flows are unaffected.
+	for i, c := range conns {
+		if _, err := c.Write([]byte("still here")); err != nil {
+			t.Fatalf("established flow %d broke: %v", i, err)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	// FIN both ways shortens the mappings' lifetime to 10 s; after that the
+	// allocator takes them over.
+	time.Sleep(11 * time.Second)
+	c, _, err := dial(pods[0], srv)
+	if err != nil {
+		t.Fatalf("no recovery after the flows closed: %v", err)
+	}
+	c.Close()
+}
+
+func TestPodReachesNodeUnmasqueraded(t *testing.T) {
+	node, pods := newNode(t, 1)
+	var ln net.Listener
+	if err := node.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(node.Outside.NodeIP.String(), "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			got <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+			c.Close()
+		}
+	}()
+	var c net.Conn
+	if err := pods[0].Do(func() (err error) {
+		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if ip := <-got; ip != pods[0].IP.String() {
+		t.Fatalf("node saw %s, want the pod's own %s", ip, pods[0].IP)
+	}
+}
+
+func counter(t *testing.T, n *sim.Node, hook maps.Hook, reason maps.Reason) uint64 {
+	t.Helper()
+	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cs, err := maps.ReadCounters(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Hook == hook && c.Reason == reason {
+			return c.Packets
+		}
+	}
+	return 0
+}
