@@ -631,9 +631,13 @@ func podAt(addr netip.Addr) (pod, bool) {
 
 // deliveredVia is the frame of f translated to backend b as it must leave
 // from_pod: routed into b's pod, or, for a backend on another node, handed
-// to the stack untouched apart from the translation.
+// to the stack untouched apart from the translation. A client that is its
+// own backend gets the frontend as source too (hairpin).
 func deliveredVia(f flow, b backend, sender pod) []byte {
 	g := f.to(b.Addr, b.Port)
+	if b.Addr == f.Src {
+		g = g.from(f.Dst, f.Sport)
+	}
 	if p, ok := podAt(b.Addr); ok {
 		return g.routedInto(p)
 	}
