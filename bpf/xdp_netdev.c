@@ -35,20 +35,23 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 	struct flow4 f = {};
 	enum reason reason;
 
+	void *l3_end = (void *)ip + bpf_ntohs(ip->tot_len);
+
 	if (ip->frag_off & bpf_htons(IP_OFFSET))
 		return 0;
 	ports = (void *)ip + ip->ihl * 4;
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)ports;
 
-		if ((void *)(tcp + 1) > data_end)
+		/* A header cut short by the IP length is from_netdev's to drop. */
+		if ((void *)(tcp + 1) > data_end || (void *)(tcp + 1) > l3_end)
 			return 0;
 		f.tcp_flags = ((__u8 *)tcp)[13];
 		l4_csum = &tcp->check;
 	} else if (ip->protocol == IPPROTO_UDP) {
 		struct udphdr *udp = (void *)ports;
 
-		if ((void *)(udp + 1) > data_end)
+		if ((void *)(udp + 1) > data_end || (void *)(udp + 1) > l3_end)
 			return 0;
 		l4_csum = &udp->check;
 	} else {

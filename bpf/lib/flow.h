@@ -36,7 +36,7 @@ struct flow4 {
 /* An echo request goes out with its identifier as the source "port", the
  * reply comes back with it as the destination one, so the two directions'
  * tuples mirror each other like TCP's and UDP's. */
-static __always_inline int flow4_parse_icmp(struct __sk_buff *skb, struct flow4 *f)
+static __always_inline int flow4_parse_icmp(struct __sk_buff *skb, struct flow4 *f, __u32 l3_end)
 {
 	struct {
 		__u8 type;
@@ -46,7 +46,8 @@ static __always_inline int flow4_parse_icmp(struct __sk_buff *skb, struct flow4 
 		__be16 seq;
 	} icmp;
 
-	if (bpf_skb_load_bytes(skb, f->l4_off, &icmp, sizeof(icmp)) < 0)
+	if (f->l4_off + sizeof(icmp) > l3_end ||
+	    bpf_skb_load_bytes(skb, f->l4_off, &icmp, sizeof(icmp)) < 0)
 		return -1;
 	switch (icmp.type) {
 	case ICMP_ECHO_TYPE:
@@ -68,10 +69,12 @@ static __always_inline int flow4_parse_icmp(struct __sk_buff *skb, struct flow4 
 
 /* flow4_parse fills f from a validated IPv4 header at ETH_HLEN. Ports are
  * read only for TCP and UDP, and not from non-first fragments, which carry
- * none: those are never service traffic. Returns < 0 when the L4 header the
- * IP header promises is cut short. */
+ * none: those are never service traffic. Returns < 0 when the L4 header is
+ * cut short by the IP total length (bytes past it, such as Ethernet padding,
+ * are not the packet's). */
 static __always_inline int flow4_parse(struct __sk_buff *skb, const struct iphdr *ip, struct flow4 *f)
 {
+	__u32 l3_end = ETH_HLEN + bpf_ntohs(ip->tot_len);
 	__be16 ports[2];
 
 	f->saddr = ip->saddr;
@@ -85,9 +88,12 @@ static __always_inline int flow4_parse(struct __sk_buff *skb, const struct iphdr
 	if (ip->frag_off & bpf_htons(IP_OFFSET))
 		return 0;
 	if (f->proto == IPPROTO_ICMP)
-		return flow4_parse_icmp(skb, f);
+		return flow4_parse_icmp(skb, f, l3_end);
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
 		return 0;
+	/* The whole header, checksum included, or nothing can be translated. */
+	if (f->l4_off + (f->proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > l3_end)
+		return -1;
 	if (bpf_skb_load_bytes(skb, f->l4_off, ports, sizeof(ports)) < 0)
 		return -1;
 	f->sport = ports[0];
