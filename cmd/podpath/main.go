@@ -48,5 +48,6 @@ func newRoot() *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(newNodeCmd(g), newEndpointCmd(g), newCountersCmd(g), newDemoCmd(g))
+	root.AddCommand(newNATCmd(g))
 	return root
 }

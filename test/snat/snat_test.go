@@ -293,14 +293,39 @@ func TestPortExhaustionAndRecovery(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	// FIN both ways shortens the mappings' lifetime to 10 s; after that the
-	// allocator takes them over.
+	// FIN both ways shortens the mappings' lifetime to 10 s; after that
+	// the reaper frees them (and the allocator would take them over).
 	time.Sleep(11 * time.Second)
+	snat, err := maps.OpenPinned(node.PinRoot, maps.MapSNAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snat.Close()
+	reaped, err := maps.ReapExpiredNAT(snat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reaped != 2*ports {
+		t.Fatalf("reaped %d expired mappings, want %d (both directions of %d flows)", reaped, 2*ports, ports)
+	}
 	c, _, err := dial(pods[0], srv)
 	if err != nil {
 		t.Fatalf("no recovery after the flows closed: %v", err)
 	}
 	c.Close()
+
+	stats, err := maps.OpenPinned(node.PinRoot, maps.MapNatStats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stats.Close()
+	st, err := maps.ReadNATStats(stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st["allocated"] != ports+1 || st["no_port"] == 0 {
+		t.Fatalf("NAT statistics %v: want %d allocations and the failure counted", st, ports+1)
+	}
 }
 
 func TestPodReachesNodeUnmasqueraded(t *testing.T) {
