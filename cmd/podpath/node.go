@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/podpath/podpath/loader"
@@ -18,8 +19,9 @@ func newNodeCmd(g *globals) *cobra.Command {
 
 func newNodeInitCmd(g *globals) *cobra.Command {
 	var (
-		podCIDR string
-		c       loader.Config
+		podCIDR, snatAddr, snatPorts string
+		clusterCIDRs, nonMasq        []string
+		c                            loader.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -42,6 +44,9 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 				c.PodCIDR = p
 			}
 			c.PinRoot, c.StateDir = g.pinRoot, g.stateDir
+			if err := parseSNATFlags(&c, snatAddr, snatPorts, clusterCIDRs, nonMasq); err != nil {
+				return err
+			}
 			if err := loader.Init(c); err != nil {
 				return err
 			}
@@ -59,8 +64,45 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.Uint32Var(&c.MaxBackends, "max-backends", loader.DefaultMaxBackends, "size of the backends map")
 	f.Uint32Var(&c.Conntrack, "conntrack-size", loader.DefaultConntrack, "size of the conntrack map (flow directions)")
 	f.Uint32Var(&c.MaglevTableSize, "maglev-table-size", loader.DefaultMaglevTableSize, "entries of each Maglev table (a prime)")
+	f.BoolVar(&c.NoSNAT, "no-snat", false, "do not masquerade pods' traffic leaving through the uplinks")
+	f.StringVar(&snatAddr, "snat-addr", "", "address pods' traffic leaves with (default: the first uplink's first IPv4 address)")
+	f.StringVar(&snatPorts, "snat-ports", fmt.Sprintf("%d-%d", loader.DefaultSNATPortMin, loader.DefaultSNATPortMax), "port range for masqueraded flows")
+	f.StringSliceVar(&clusterCIDRs, "cluster-cidr", nil, "cluster pod and service ranges: never masqueraded")
+	f.StringSliceVar(&nonMasq, "non-masquerade-cidr", nil, "further destinations reached without masquerading")
+	f.Uint32Var(&c.MaxNAT, "max-nat", loader.DefaultMaxNAT, "size of the SNAT map (two entries per flow)")
 	f.StringVar(&c.TCAttach, "tc-attach", "auto", "tc attach mechanism: auto (tcx where the kernel has it), tcx, or tc (clsact + cls_bpf)")
 	return cmd
+}
+
+func parseSNATFlags(c *loader.Config, addr, ports string, cluster, nonMasq []string) error {
+	if addr != "" {
+		a, err := netip.ParseAddr(addr)
+		if err != nil {
+			return fmt.Errorf("--snat-addr: %w", err)
+		}
+		c.SNATAddr = a
+	}
+	lo, hi, ok := strings.Cut(ports, "-")
+	min, err1 := strconv.ParseUint(lo, 10, 16)
+	max, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return fmt.Errorf("--snat-ports %q: want FIRST-LAST, e.g. 1024-29999", ports)
+	}
+	c.SNATPortMin, c.SNATPortMax = uint16(min), uint16(max)
+	for _, set := range []struct {
+		flag string
+		in   []string
+		out  *[]netip.Prefix
+	}{{"--cluster-cidr", cluster, &c.ClusterCIDRs}, {"--non-masquerade-cidr", nonMasq, &c.NonMasqCIDRs}} {
+		for _, s := range set.in {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return fmt.Errorf("%s: %w", set.flag, err)
+			}
+			*set.out = append(*set.out, p)
+		}
+	}
+	return nil
 }
 
 func newNodeResetCmd(g *globals) *cobra.Command {
@@ -107,6 +149,11 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 		fmt.Fprintf(w, "Node attaches:\t%s\n", c.TCAttach)
 		if len(c.Uplinks) > 0 {
 			fmt.Fprintf(w, "Uplinks:\t%s\n", strings.Join(c.Uplinks, ", "))
+			if c.NoSNAT {
+				fmt.Fprintf(w, "SNAT:\toff\n")
+			} else {
+				fmt.Fprintf(w, "SNAT:\tports %d-%d, not to %v %v %v\n", c.SNATPortMin, c.SNATPortMax, c.PodCIDR, c.ClusterCIDRs, c.NonMasqCIDRs)
+			}
 		}
 	}
 	fmt.Fprintln(w, "\nPROGRAM\tID\tTAG\tTYPE")
