@@ -271,6 +271,9 @@ func Attachments(root string) ([]Attachment, error) {
 		return nil, err
 	}
 	for _, e := range entries {
+		if _, _, ok := parseCgroupLinkPin(e.Name()); ok {
+			continue // CgroupAttachments lists those
+		}
 		prog, ifname, dir, ok := parseLinkPin(e.Name())
 		if !ok {
 			continue

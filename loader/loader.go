@@ -308,15 +308,16 @@ func Init(c Config) error {
 // Maglev table size to the programs that index the tables.
 func sizeMaps(spec *ebpf.CollectionSpec, c Config) error {
 	sizes := map[string]uint32{
-		maps.MapEndpoints: c.MaxEndpoints,
-		maps.MapServices:  c.MaxServices,
-		maps.MapSvcRR:     c.MaxServices,
-		maps.MapMaglev:    c.MaxServices,
-		maps.MapAffinity:  c.MaxServices,
-		maps.MapBackends:  c.MaxBackends,
-		maps.MapSvcSlots:  4 * c.MaxBackends,
-		maps.MapConntrack: c.Conntrack,
-		maps.MapSNAT:      c.MaxNAT,
+		maps.MapEndpoints:  c.MaxEndpoints,
+		maps.MapServices:   c.MaxServices,
+		maps.MapSvcRR:      c.MaxServices,
+		maps.MapMaglev:     c.MaxServices,
+		maps.MapAffinity:   c.MaxServices,
+		maps.MapBackends:   c.MaxBackends,
+		maps.MapSvcSlots:   4 * c.MaxBackends,
+		maps.MapConntrack:  c.Conntrack,
+		maps.MapSNAT:       c.MaxNAT,
+		maps.MapSockRevNat: c.Conntrack,
 	}
 	for name, size := range sizes {
 		if ms, ok := spec.Maps[name]; ok {
@@ -416,6 +417,13 @@ func Reset(pinRoot, stateDir string) error {
 		return err
 	}
 	var errs []error
+	cgs, err := CgroupAttachments(pinRoot)
+	if err != nil {
+		return err
+	}
+	for _, a := range cgs {
+		errs = append(errs, DetachSocketLB(pinRoot, a.Cgroup))
+	}
 	for _, a := range atts {
 		switch a.Mode {
 		case ModeXDPNative, ModeXDPGeneric:

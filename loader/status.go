@@ -37,6 +37,8 @@ type Status struct {
 	Programs    []ProgramStatus `json:"programs"`
 	Maps        []MapStatus     `json:"maps"`
 	Attachments []Attachment    `json:"attachments"`
+	// CgroupAttachments are the socket load balancer's cgroups.
+	CgroupAttachments []CgroupAttachment `json:"cgroupAttachments,omitempty"`
 }
 
 // ReadStatus gathers the node's state from its pins, the kernel and netlink.
@@ -54,7 +56,7 @@ func ReadStatus(pinRoot, stateDir string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range sortedKeys(specs) {
+	for _, name := range append(sortedKeys(specs), maps.SocketPrograms...) {
 		p, err := ebpf.LoadPinnedProgram(maps.ProgPath(pinRoot, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -90,6 +92,10 @@ func ReadStatus(pinRoot, stateDir string) (*Status, error) {
 	}
 	st.Loaded = len(st.Programs) > 0 && len(st.Maps) == len(maps.AllMaps)
 	st.Attachments, err = Attachments(pinRoot)
+	if err != nil {
+		return nil, err
+	}
+	st.CgroupAttachments, err = CgroupAttachments(pinRoot)
 	if err != nil {
 		return nil, err
 	}

@@ -38,7 +38,7 @@ const (
 // AllMaps lists every pinned map.
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
-	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats}
+	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

@@ -20,6 +20,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 func newNodeInitCmd(g *globals) *cobra.Command {
 	var (
 		podCIDR, snatAddr, snatPorts string
+		sockLBCgroup                 string
 		clusterCIDRs, nonMasq        []string
 		c                            loader.Config
 	)
@@ -50,6 +51,11 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 			if err := loader.Init(c); err != nil {
 				return err
 			}
+			if sockLBCgroup != "" {
+				if err := loader.AttachSocketLB(c.PinRoot, sockLBCgroup); err != nil {
+					return err
+				}
+			}
 			fmt.Printf("datapath loaded: pod CIDR %s, pins under %s\n", c.PodCIDR, c.PinRoot)
 			return nil
 		},
@@ -64,6 +70,7 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.Uint32Var(&c.MaxBackends, "max-backends", loader.DefaultMaxBackends, "size of the backends map")
 	f.Uint32Var(&c.Conntrack, "conntrack-size", loader.DefaultConntrack, "size of the conntrack map (flow directions)")
 	f.Uint32Var(&c.MaglevTableSize, "maglev-table-size", loader.DefaultMaglevTableSize, "entries of each Maglev table (a prime)")
+	f.StringVar(&sockLBCgroup, "socket-lb-cgroup", "", "cgroup v2 whose processes reach services by socket-level load balancing (cgroup2 is mounted there if needed), e.g. "+loader.DefaultCgroup2Mount)
 	f.BoolVar(&c.NoSNAT, "no-snat", false, "do not masquerade pods' traffic leaving through the uplinks")
 	f.StringVar(&snatAddr, "snat-addr", "", "address pods' traffic leaves with (default: the first uplink's first IPv4 address)")
 	f.StringVar(&snatPorts, "snat-ports", fmt.Sprintf("%d-%d", loader.DefaultSNATPortMin, loader.DefaultSNATPortMax), "port range for masqueraded flows")
@@ -163,6 +170,9 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 	fmt.Fprintln(w, "\nMAP\tID\tTYPE\tENTRIES\tMAX\tKEY\tVALUE\tMEMLOCK")
 	for _, m := range st.Maps {
 		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\n", m.Name, m.ID, m.Type, m.Entries, m.MaxEntries, m.KeySize, m.ValueSize, m.Memlock)
+	}
+	for _, a := range st.CgroupAttachments {
+		fmt.Fprintf(w, "Socket LB:\t%s on cgroup %s\n", a.Program, a.Cgroup)
 	}
 	fmt.Fprintln(w, "\nATTACHED\tDEVICE\tIFINDEX\tHOOK\tMODE\tPROG ID")
 	for _, a := range st.Attachments {
