@@ -247,3 +247,53 @@ func TestServiceFrontendMustMatch(t *testing.T) {
 		})
 	}
 }
+
+// A client may open a new connection on the tuple of one that just closed
+// (the server closed first, so the client's port is free at once): a SYN
+// on an entry that has seen FIN or RST starts the connection afresh. The
+// flow keeps its backend, and its entries go back to the handshake and
+// then the established lifetime instead of expiring 10 s after the last
+// packet, which would hand an idle connection to another backend and leave
+// the backend's replies untranslated.
+func TestServiceClusterIPTupleReusedAfterClose(t *testing.T) {
+	d := newServiceDatapath(t, clusterIP(protoTCP, backendB))
+	client := tcpFlow(podA.IP, 40010, vip, vipPort, 0)
+	atB := client.to(podB.IP, backendPort)
+	fwd := ctKeyOf(client)
+	rev := ctKey(protoTCP, podB.IP, backendPort, podA.IP, client.Sport)
+	fromA := func(flags uint8) flow { f := client; f.TCPFlags = flags; return f }
+	fromB := func(flags uint8) flow { return atB.answer(flags) }
+	steps := []struct {
+		what     string
+		by       pod
+		send     flow
+		lifetime time.Duration // of the sender's direction's entry afterwards
+	}{
+		{"A: SYN", podA, fromA(tcpSYN), lifetimeTCPSyn},
+		{"B: SYN-ACK", podB, fromB(tcpSYN | tcpACK), lifetimeTCPEstablished},
+		{"A: ACK", podA, fromA(tcpACK), lifetimeTCPEstablished},
+		{"B: FIN", podB, fromB(tcpFIN | tcpACK), lifetimeTCPClose},
+		{"A: FIN", podA, fromA(tcpFIN | tcpACK), lifetimeTCPClose},
+		{"B: last ACK", podB, fromB(tcpACK), lifetimeTCPClose},
+		{"A: SYN on the same tuple", podA, fromA(tcpSYN), lifetimeTCPSyn},
+		{"B: SYN-ACK of the new connection", podB, fromB(tcpSYN | tcpACK), lifetimeTCPEstablished},
+		{"A: ACK of the new connection", podA, fromA(tcpACK), lifetimeTCPEstablished},
+	}
+	for _, s := range steps {
+		r := d.send(t, s.by, s.send.sentBy(s.by))
+		entry := fwd
+		want := s.send.to(podB.IP, backendPort).routedInto(podB)
+		if s.by.IP == podB.IP {
+			entry = rev
+			want = s.send.from(vip, vipPort).routedInto(podA)
+		}
+		expectForwarded(t, r, want)
+		e, _ := d.ctEntry(t, entry)
+		if got := time.Duration(int64(e.Expires) - int64(r.before)); got < s.lifetime-ctRefresh || got > s.lifetime+time.Duration(r.after-r.before) {
+			t.Errorf("%s: its entry expires %s after it, want %s", s.what, got, s.lifetime)
+		}
+		if e, _ := d.ctEntry(t, fwd); e.BackendId != backendB {
+			t.Errorf("%s: flow's backend %d, want B (%d)", s.what, e.BackendId, backendB)
+		}
+	}
+}
