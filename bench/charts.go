@@ -1,0 +1,289 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// panel is one bar chart: groups along the x axis, one bar per series in
+// each group (the median, with a min-max error bar), each bar labelled
+// with its value and, when ratio says so, its ratio to a reference.
+type panel struct {
+	title, unit    string
+	groups, series []string
+	get            func(group, series string) *measurement
+	// ratio labels a bar with its ratio to a reference; "" for none.
+	ratio func(group, series string) string
+}
+
+// seriesColors keeps a contender's colour the same on every chart.
+var seriesColors = map[string]color.Color{
+	cLimit:     color.RGBA{150, 150, 150, 255},
+	cDocker:    color.RGBA{230, 140, 40, 255},
+	cPodpath:   color.RGBA{40, 110, 200, 255},
+	cniBridge:  color.RGBA{230, 140, 40, 255},
+	cniPodpath: color.RGBA{40, 110, 200, 255},
+}
+
+var fallbackColors = []color.Color{
+	color.RGBA{40, 110, 200, 255}, color.RGBA{90, 170, 90, 255},
+	color.RGBA{200, 70, 70, 255}, color.RGBA{140, 100, 180, 255},
+}
+
+func colorOf(series string, i int) color.Color {
+	if c, ok := seriesColors[series]; ok {
+		return c
+	}
+	return fallbackColors[i%len(fallbackColors)]
+}
+
+// drawCharts writes one PNG per measured family.
+func drawCharts(r *results, dir string) error {
+	for _, fam := range families {
+		panels := familyPanels(r, fam)
+		if len(panels) == 0 {
+			continue
+		}
+		// Memory has many maps: its panels are stacked, full width.
+		if err := savePanels(filepath.Join(dir, fam+".png"), familyTitles[fam], panels, fam == famMemory); err != nil {
+			return fmt.Errorf("%s: %w", fam, err)
+		}
+	}
+	return nil
+}
+
+// familyPanels lays out a family's chart.
+func familyPanels(r *results, fam string) []panel {
+	ms := r.family(fam)
+	if len(ms) == 0 {
+		return nil
+	}
+	contenders := uniq(ms, func(m *measurement) string { return m.Contender })
+	get := func(g, s string) *measurement { return r.find(fam, g, s) }
+	vsRef := func(ref string) func(g, s string) string {
+		short, _, _ := strings.Cut(ref, "+")
+		return func(g, s string) string {
+			m, base := get(g, s), get(g, ref)
+			if s == ref || m == nil || base == nil || base.Median == 0 {
+				return ""
+			}
+			return fmt.Sprintf("%.2fx %s", m.Median/base.Median, short)
+		}
+	}
+	switch fam {
+	case famStream:
+		return []panel{{title: "throughput (higher is better)", unit: "Gbit/s", groups: []string{"throughput"}, series: contenders, get: get, ratio: vsRef(cDocker)}}
+	case famRR, famCRR:
+		rate := "transactions/s"
+		if fam == famCRR {
+			rate = "connections/s"
+		}
+		return []panel{
+			{title: "rate (higher is better)", unit: rate, groups: []string{"rate"}, series: contenders, get: get, ratio: vsRef(cDocker)},
+			{title: "latency (lower is better)", unit: "µs", groups: []string{"p50", "p99"}, series: contenders, get: get, ratio: vsRef(cDocker)},
+		}
+	case famProgRun:
+		// One series; the groups are the program paths.
+		return []panel{{
+			title: "ns per packet (lower is better)", unit: "ns", groups: contenders, series: []string{"ns_per_packet"},
+			get: func(g, s string) *measurement { return r.find(fam, s, g) },
+			ratio: func(g, s string) string {
+				m := r.find(fam, s, g)
+				if base := baseline(r, m); base != nil && base.Median > 0 {
+					return fmt.Sprintf("%.1fx no-op", m.Median/base.Median)
+				}
+				return ""
+			},
+		}}
+	case famCNI:
+		return []panel{
+			{title: "ADD latency (lower is better)", unit: "ms", groups: []string{"add_seq_p50", "add_seq_p99", "add_par_p50", "add_par_p99"}, series: contenders, get: get, ratio: vsRef(cniBridge)},
+			{title: "DEL latency (lower is better)", unit: "ms", groups: []string{"del_seq_p50", "del_seq_p99", "del_par_p50", "del_par_p99"}, series: contenders, get: get, ratio: vsRef(cniBridge)},
+		}
+	case famMemory:
+		var parts, totals []string
+		for _, g := range uniq(ms, func(m *measurement) string { return m.Metric }) {
+			if strings.HasPrefix(g, "total") || strings.HasSuffix(g, "(full)") {
+				totals = append(totals, g)
+			} else {
+				parts = append(parts, g)
+			}
+		}
+		return []panel{
+			{title: "each map and program, endpoints map empty", unit: "MiB", groups: parts, series: contenders, get: get},
+			{title: "endpoints map filled to capacity, and totals", unit: "MiB", groups: totals, series: contenders, get: get},
+		}
+	}
+	return nil
+}
+
+func uniq(ms []*measurement, key func(*measurement) string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range ms {
+		if k := key(m); !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// savePanels draws panels side by side into one PNG.
+func savePanels(path, title string, panels []panel, stacked bool) error {
+	panelW, h := 7*vg.Inch, 5*vg.Inch
+	width := panelW * vg.Length(len(panels))
+	rows, cols := 1, len(panels)
+	if stacked {
+		panelW, h = 14*vg.Inch, 5*vg.Inch*vg.Length(len(panels))
+		width, rows, cols = panelW, len(panels), 1
+	}
+	plots := make([]*plot.Plot, len(panels))
+	for i, pn := range panels {
+		p, err := pn.plot(panelW)
+		if err != nil {
+			return err
+		}
+		plots[i] = p
+	}
+	img := vgimg.NewWith(vgimg.UseWH(width, h), vgimg.UseDPI(110))
+	dc := draw.New(img)
+	// Room for the family title above the panels.
+	top := dc
+	top.Max.Y -= 0.35 * vg.Inch
+	st := text.Style{Font: plot.DefaultFont, Handler: plot.DefaultTextHandler, XAlign: draw.XCenter, YAlign: draw.YTop}
+	st.Font.Size = vg.Points(14)
+	dc.FillText(st, vg.Point{X: width / 2, Y: h - 0.08*vg.Inch}, title)
+
+	tiles := draw.Tiles{Rows: rows, Cols: cols, PadX: 0.2 * vg.Inch, PadY: 0.2 * vg.Inch, PadTop: 0.1 * vg.Inch, PadBottom: 0.1 * vg.Inch, PadLeft: 0.1 * vg.Inch, PadRight: 0.1 * vg.Inch}
+	grid := make([][]*plot.Plot, rows)
+	for i, p := range plots {
+		grid[i/cols] = append(grid[i/cols], p)
+	}
+	canvases := plot.Align(grid, tiles, top)
+	for i, p := range plots {
+		p.Draw(canvases[i/cols][i%cols])
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// errBars are min-max error bars around medians.
+type errBars struct {
+	x, med, lo, hi []float64
+}
+
+func (e errBars) Len() int                        { return len(e.x) }
+func (e errBars) XY(i int) (float64, float64)     { return e.x[i], e.med[i] }
+func (e errBars) YError(i int) (float64, float64) { return e.med[i] - e.lo[i], e.hi[i] - e.med[i] }
+func (e *errBars) add(x float64, m *measurement) {
+	e.x = append(e.x, x)
+	e.med = append(e.med, m.Median)
+	e.lo = append(e.lo, m.Min)
+	e.hi = append(e.hi, m.Max)
+}
+func (e errBars) empty() bool                            { return len(e.x) == 0 }
+func (pn panel) slots() float64                          { return float64(len(pn.groups) * (len(pn.series) + 1)) }
+func (pn panel) x(g, s int) float64                      { return float64(g*(len(pn.series)+1) + s) }
+func (pn panel) center(g int) float64                    { return pn.x(g, 0) + float64(len(pn.series)-1)/2 }
+func groupLabel(g string) string                         { return strings.ReplaceAll(g, "_", " ") }
+func barWidth(panelW vg.Length, slots float64) vg.Length { return panelW * 0.72 / vg.Length(slots) }
+
+func (pn panel) plot(panelW vg.Length) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = pn.title
+	p.Y.Label.Text = pn.unit
+	p.Y.Min = 0
+	p.Legend.Top = true
+	p.Legend.Left = false
+	w := barWidth(panelW, pn.slots())
+	var bars errBars
+	var lx, ly []float64
+	var labels []string
+	ymax := 0.0
+	inLegend := map[string]bool{}
+	for si, s := range pn.series {
+		for gi, g := range pn.groups {
+			m := pn.get(g, s)
+			if m == nil || math.IsNaN(m.Median) {
+				continue
+			}
+			bc, err := plotter.NewBarChart(plotter.Values{m.Median}, w)
+			if err != nil {
+				return nil, err
+			}
+			bc.XMin = pn.x(gi, si)
+			bc.Color = colorOf(s, si)
+			bc.LineStyle.Width = 0
+			p.Add(bc)
+			if len(pn.series) > 1 && !inLegend[s] {
+				inLegend[s] = true
+				p.Legend.Add(s, bc)
+			}
+			bars.add(bc.XMin, m)
+			label := formatValue(m.Median)
+			if pn.ratio != nil {
+				if r := pn.ratio(g, s); r != "" {
+					label += "\n" + r
+				}
+			}
+			lx, ly, labels = append(lx, bc.XMin), append(ly, m.Max), append(labels, label)
+			ymax = math.Max(ymax, m.Max)
+		}
+	}
+	if !bars.empty() {
+		eb, err := plotter.NewYErrorBars(bars)
+		if err != nil {
+			return nil, err
+		}
+		eb.LineStyle.Width = vg.Points(1)
+		eb.CapWidth = w / 3
+		p.Add(eb)
+		xys := make(plotter.XYs, len(lx))
+		for i := range lx {
+			xys[i] = plotter.XY{X: lx[i], Y: ly[i]}
+		}
+		lb, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: labels})
+		if err != nil {
+			return nil, err
+		}
+		for i := range lb.TextStyle {
+			lb.TextStyle[i].Font.Size = vg.Points(8)
+			lb.TextStyle[i].XAlign = draw.XCenter
+			lb.TextStyle[i].YAlign = draw.YBottom
+		}
+		lb.Offset = vg.Point{Y: vg.Points(3)}
+		p.Add(lb)
+	}
+	p.Y.Max = ymax * 1.3 // room for the labels and legend
+	ticks := make([]plot.Tick, len(pn.groups))
+	for gi, g := range pn.groups {
+		ticks[gi] = plot.Tick{Value: pn.center(gi), Label: groupLabel(g)}
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	p.X.Min, p.X.Max = -0.8, pn.slots()-1.2
+	if len(pn.groups) > 3 || len(pn.series) == 1 && len(pn.groups) > 2 {
+		p.X.Tick.Label.Rotation = math.Pi / 8
+		p.X.Tick.Label.XAlign = draw.XRight
+		p.X.Tick.Label.YAlign = draw.YTop
+	}
+	return p, nil
+}

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/podpath/podpath/internal/sim"
+)
+
+// CNI contenders: podpath's plugin and the reference plugins most runtimes
+// ship as their default network.
+const (
+	cniPodpath = "podpath-cni"
+	cniBridge  = "bridge+host-local"
+	// cniPluginsVersion is the containernetworking/plugins release compared.
+	cniPluginsVersion = "v1.10.0"
+)
+
+// cniTarget is one plugin setup on its own node namespace, driven through
+// libcni as a runtime drives it.
+type cniTarget struct {
+	name   string
+	short  string // for namespace names
+	nodeNS ns.NetNS
+	cni    *libcni.CNIConfig
+	list   *libcni.NetworkConfigList
+}
+
+// runCNI times CNI ADD and DEL, one pod at a time and CNIParallel at a
+// time, each pod in a fresh network namespace (created and removed outside
+// the timing).
+func (e *env) runCNI(ctx context.Context) error {
+	bin, err := e.podpathCNI()
+	if err != nil {
+		return err
+	}
+	node, closeNode, err := newSimNode("cni", netip.MustParsePrefix("10.245.0.0/16"), sim.WithCNIBin(bin), sim.WithMTU(mtu))
+	if err != nil {
+		return err
+	}
+	defer closeNode()
+	pp := &cniTarget{name: cniPodpath, short: "pp", nodeNS: node.NS, cni: node.CNI(), list: node.NetworkList()}
+	br, closeBr, err := e.bridgeTarget(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeBr()
+
+	targets := []*cniTarget{pp, br}
+	modes := []struct {
+		name    string
+		workers int
+	}{{"seq", 1}, {"par", e.cfg.CNIParallel}}
+	for rep := range e.cfg.CNIReps {
+		for _, mode := range modes {
+			for _, t := range rotate(targets, rep) {
+				r, err := cniRound(ctx, t, e.cfg.CNIPods, mode.workers, fmt.Sprintf("%d%s", rep, mode.name))
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", t.name, mode.name, err)
+				}
+				for _, v := range []struct {
+					verb string
+					lat  []float64
+				}{{"add", r.add}, {"del", r.del}} {
+					verb, lat := v.verb, v.lat
+					slices.Sort(lat)
+					e.res.record(famCNI, verb+"_"+mode.name+"_p50", t.name, "ms", lower, percentile(lat, 50))
+					e.res.record(famCNI, verb+"_"+mode.name+"_p99", t.name, "ms", lower, percentile(lat, 99))
+				}
+				e.res.record(famCNI, "add_"+mode.name+"_pods_per_s", t.name, "pods/s", higher, float64(e.cfg.CNIPods)/r.addWall.Seconds())
+				slog.Info("cni", "rep", rep+1, "mode", mode.name, "plugin", t.name,
+					"add_p50_ms", fmt.Sprintf("%.1f", percentile(r.add, 50)), "del_p50_ms", fmt.Sprintf("%.1f", percentile(r.del, 50)))
+			}
+		}
+	}
+	return nil
+}
+
+type cniRoundResult struct {
+	add, del []float64 // ms per pod
+	addWall  time.Duration
+}
+
+// cniRound adds n pods with `workers` ADDs in flight, then deletes them the
+// same way.
+func cniRound(ctx context.Context, t *cniTarget, n, workers int, tag string) (r cniRoundResult, err error) {
+	type pod struct {
+		rt *libcni.RuntimeConf
+		ns ns.NetNS
+	}
+	pods := make([]pod, n)
+	var removers []func() error
+	defer func() {
+		if cerr := closeAll(removers); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	for i := range pods {
+		pns, rm, err := newNS("cni", t.short, tag, strconv.Itoa(i))
+		if err != nil {
+			return r, err
+		}
+		removers = append(removers, rm)
+		pods[i] = pod{ns: pns, rt: &libcni.RuntimeConf{
+			ContainerID: containerID(),
+			NetNS:       pns.Path(),
+			IfName:      "eth0",
+			Args: [][2]string{
+				{"IgnoreUnknown", "1"},
+				{"K8S_POD_NAMESPACE", "bench"},
+				{"K8S_POD_NAME", fmt.Sprintf("pod-%s-%d", tag, i)},
+			},
+		}}
+	}
+	added := make([]bool, n)
+	defer func() {
+		// A failed round leaves no attachment behind.
+		for i, ok := range added {
+			if ok {
+				t.nodeNS.Do(func(ns.NetNS) error { return t.cni.DelNetworkList(context.Background(), t.list, pods[i].rt) })
+			}
+		}
+	}()
+
+	each := func(op func(i int) error) ([]float64, time.Duration, error) {
+		lat := make([]float64, n)
+		next := make(chan int)
+		errc := make(chan error, workers)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					t0 := time.Now()
+					if err := op(i); err != nil {
+						errc <- err
+						return
+					}
+					lat[i] = float64(time.Since(t0).Microseconds()) / 1e3
+				}
+			}()
+		}
+	feed:
+		for i := range n {
+			select {
+			case next <- i:
+			case err := <-errc:
+				errc <- err
+				break feed
+			case <-ctx.Done():
+				break feed
+			}
+		}
+		close(next)
+		wg.Wait()
+		wall := time.Since(start)
+		select {
+		case err := <-errc:
+			return nil, 0, err
+		default:
+		}
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+		return lat, wall, nil
+	}
+
+	r.add, r.addWall, err = each(func(i int) error {
+		return t.nodeNS.Do(func(ns.NetNS) error {
+			_, err := t.cni.AddNetworkList(ctx, t.list, pods[i].rt)
+			if err == nil {
+				added[i] = true
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return r, fmt.Errorf("ADD: %w", err)
+	}
+	r.del, _, err = each(func(i int) error {
+		return t.nodeNS.Do(func(ns.NetNS) error {
+			err := t.cni.DelNetworkList(ctx, t.list, pods[i].rt)
+			if err == nil {
+				added[i] = false
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return r, fmt.Errorf("DEL: %w", err)
+	}
+	return r, nil
+}
+
+// bridgeTarget sets up the reference plugins on a fresh node namespace: the
+// bridge plugin (cni0 as the pods' gateway, no masquerade: podpath's ADD
+// sets up no NAT either) with host-local IPAM.
+func (e *env) bridgeTarget(ctx context.Context) (*cniTarget, func() error, error) {
+	binDir, err := e.referencePlugins(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmp, err := os.MkdirTemp("", "podpath-bench-cni-")
+	if err != nil {
+		return nil, nil, err
+	}
+	rmTmp := cleanup.add("dir "+tmp, func() error { return os.RemoveAll(tmp) })
+	nodeNS, rmNS, err := newNS("cni", "bridge-node")
+	if err != nil {
+		rmTmp()
+		return nil, nil, err
+	}
+	closer := closeAllFn(rmTmp, rmNS)
+	conf := map[string]any{
+		"cniVersion": "1.1.0",
+		"name":       "bench-bridge",
+		"plugins": []map[string]any{{
+			"type":      "bridge",
+			"bridge":    "cni0",
+			"isGateway": true,
+			"ipMasq":    false,
+			"mtu":       mtu,
+			"ipam": map[string]any{
+				"type":    "host-local",
+				"ranges":  [][]map[string]string{{{"subnet": "10.246.0.0/16"}}},
+				"dataDir": filepath.Join(tmp, "host-local"),
+			},
+		}},
+	}
+	b, err := json.Marshal(conf)
+	if err != nil {
+		closer()
+		return nil, nil, err
+	}
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		closer()
+		return nil, nil, err
+	}
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: discard}, PluginDecoder: version.PluginDecoder{}}
+	c := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(tmp, "cache"), exec)
+	return &cniTarget{name: cniBridge, short: "br", nodeNS: nodeNS, cni: c, list: list}, closer, nil
+}
+
+// referencePlugins builds the bridge and host-local plugins once into
+// bench/.cache.
+func (e *env) referencePlugins(ctx context.Context) (string, error) {
+	dir := filepath.Join(e.srcDir, ".cache", "cni-plugins-"+cniPluginsVersion)
+	have := true
+	for _, p := range []string{"bridge", "host-local"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			have = false
+		}
+	}
+	if have {
+		return dir, nil
+	}
+	slog.Info("building the reference CNI plugins", "version", cniPluginsVersion, "into", dir)
+	cmd := exec.CommandContext(ctx, "go", "install",
+		"github.com/containernetworking/plugins/plugins/main/bridge@"+cniPluginsVersion,
+		"github.com/containernetworking/plugins/plugins/ipam/host-local@"+cniPluginsVersion)
+	cmd.Dir = os.TempDir()
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOBIN="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build reference CNI plugins: %w\n%s", err, out)
+	}
+	return dir, nil
+}
+
+func containerID() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,220 @@
+// Command bench measures podpath's same-node pod-to-pod datapath against its
+// peers: two namespaces joined by a bare veth pair (the limit), Docker's
+// default bridge with br_netfilter and Docker's iptables rules, and podpath
+// through its real CNI plugin. It also times the BPF programs with
+// BPF_PROG_RUN, CNI ADD/DEL against the reference bridge + host-local
+// plugins, and reads the kernel memory of podpath's maps.
+//
+// Every topology is built here, in network namespaces, and removed again,
+// also on failure or Ctrl-C. Run as root from the repository root:
+//
+//	go run ./bench -quick   # smoke run, under two minutes
+//	go run ./bench          # full run, every measurement 5 times
+//
+// Results go to bench/results: latest.json, latest.md and one PNG chart per
+// measurement family.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is what one run measures and for how long.
+type config struct {
+	Mode        string        `json:"mode"`
+	Reps        int           `json:"repetitions"`
+	CNIReps     int           `json:"cniRepetitions"`
+	StreamTime  time.Duration `json:"-"`
+	StreamOmit  time.Duration `json:"-"`
+	RRTime      time.Duration `json:"-"`
+	RRWarmup    time.Duration `json:"-"`
+	CNIPods     int           `json:"cniPods"`
+	CNIParallel int           `json:"cniParallel"`
+	ProgCalls   int           `json:"progRunCalls"`
+	ProgRepeat  int           `json:"progRunRepeat"`
+	LargeEps    uint32        `json:"memoryLargeMaxEndpoints"`
+
+	// Human-readable copies of the durations for the JSON.
+	StreamTimeS float64 `json:"streamSeconds"`
+	StreamOmitS float64 `json:"streamOmitSeconds"`
+	RRTimeS     float64 `json:"rrSeconds"`
+	RRWarmupS   float64 `json:"rrWarmupSeconds"`
+}
+
+func newConfig(quick bool) config {
+	c := config{
+		Mode: "full", Reps: 7, CNIReps: 5,
+		StreamTime: 5 * time.Second, StreamOmit: time.Second,
+		RRTime: 5 * time.Second, RRWarmup: time.Second,
+		CNIPods: 100, CNIParallel: 8,
+		ProgCalls: 5000, ProgRepeat: 200,
+		LargeEps: 1 << 20,
+	}
+	if quick {
+		c.Mode, c.Reps, c.CNIReps = "quick", 2, 2
+		c.StreamTime, c.StreamOmit = 2*time.Second, time.Second
+		c.RRTime, c.RRWarmup = 2*time.Second, 500*time.Millisecond
+		c.CNIPods = 20
+		c.ProgCalls = 1000
+	}
+	c.StreamTimeS, c.StreamOmitS = c.StreamTime.Seconds(), c.StreamOmit.Seconds()
+	c.RRTimeS, c.RRWarmupS = c.RRTime.Seconds(), c.RRWarmup.Seconds()
+	return c
+}
+
+// families are the measurement families, in the order they run.
+var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory}
+
+func main() {
+	quick := flag.Bool("quick", false, "smoke run: 2 repetitions, 2 s measurements, 20 pods")
+	out := flag.String("out", "", "results directory (default: bench/results in the source tree)")
+	only := flag.String("only", "", "comma-separated families to run (default all): "+strings.Join(families, ","))
+	verbose := flag.Bool("v", false, "log every step")
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	if err := run(*quick, *out, *only); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(quick bool, outDir, only string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, BPF, iptables): run with sudo")
+	}
+	selected := families
+	if only != "" {
+		selected = nil
+		for _, f := range strings.Split(only, ",") {
+			if !slices.Contains(families, f) {
+				return fmt.Errorf("unknown family %q (have %s)", f, strings.Join(families, ", "))
+			}
+			selected = append(selected, f)
+		}
+	}
+	src, err := benchDir()
+	if err != nil {
+		return err
+	}
+	if outDir == "" {
+		outDir = filepath.Join(src, "results")
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go hardStopOnSecondSignal()
+	defer cleanup.runAll()
+
+	sweepStale()
+	cfg := newConfig(quick)
+	start := time.Now()
+	res := &results{Config: cfg, Machine: readMachine()}
+	slog.Info("bench", "mode", cfg.Mode, "families", strings.Join(selected, ","), "reps", cfg.Reps)
+
+	res.Notes = methodNotes(cfg)
+	env := &env{cfg: cfg, srcDir: src, res: res}
+	defer env.close()
+	for _, fam := range selected {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := env.runFamily(ctx, fam); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%s: %w", fam, err)
+		}
+		slog.Info("family done", "family", fam, "took", time.Since(t0).Round(time.Millisecond))
+	}
+	if err := env.close(); err != nil {
+		res.Notes = append(res.Notes, "cleanup: "+err.Error())
+	}
+
+	res.finish(start)
+	evaluateTargets(res)
+	if err := writeResults(res, outDir); err != nil {
+		return err
+	}
+	if err := drawCharts(res, outDir); err != nil {
+		return fmt.Errorf("charts: %w", err)
+	}
+	md := summary(res)
+	if err := os.WriteFile(filepath.Join(outDir, "latest.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Print("\n" + md)
+	fmt.Printf("\nresults in %s (took %s)\n", outDir, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// methodNotes say how each family measures, in the results themselves.
+func methodNotes(c config) []string {
+	return []string{
+		fmt.Sprintf("tcp_stream: iperf3 single stream, %v measured after %v of warm-up (--omit), server and client each in its pod's netns; throughput is iperf3's receiver figure", c.StreamTime, c.StreamOmit),
+		fmt.Sprintf("tcp_rr/tcp_crr: Go client and server on blocking sockets, TCP_NODELAY, threads inside the pods' netns; %v warm-up, %v measured; latency per transaction from the client", c.RRWarmup, c.RRTime),
+		"tcp_crr: the client closes with SO_LINGER 0 (RST), so neither side keeps TIME_WAIT sockets and ports are reused at once; the ephemeral port range is left at the kernel default",
+		"all topologies: MTU 1500 on every device, veths with kernel-default offloads (see topologies.*.devices); the podpath and bridge contenders also count packets on their own path (forward_local counter, conntrack ACCEPT rule) to prove the traffic took it",
+		fmt.Sprintf("bpf_prog_run: kernel-timed BPF_PROG_RUN, %d calls x %d runs per repetition for tc (XDP: the same runs in %d calls); the kernel reports whole ns per run; every run's verdict and counter are checked", c.ProgCalls, c.ProgRepeat, xdpCalls),
+		"bpf_prog_run local delivery: from_pod rewrites the frame it forwards and BPF_PROG_RUN reruns it on the rewritten frame, so the destination's gateway MAC is seeded equal to the source pod's MAC and TTL starts at 255: every run takes the forwarding path",
+		fmt.Sprintf("cni: each pod in a fresh netns (made and removed outside the timing), ADD/DEL through libcni in the node's netns, %d pods one at a time then %d at a time; reference: bridge (isGateway, ipMasq false, like podpath sets up no NAT) + host-local, containernetworking/plugins %s", c.CNIPods, c.CNIParallel, cniPluginsVersion),
+		"memory: read once (deterministic) from the kernel, fdinfo memlock via ebpf MapInfo/ProgramInfo, after loader.Init into a temporary pin root",
+	}
+}
+
+// hardStopOnSecondSignal removes everything the run made and exits when a
+// second Ctrl-C arrives while the first is still unwinding.
+func hardStopOnSecondSignal() {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	<-sig
+	<-sig
+	fmt.Fprintln(os.Stderr, "bench: interrupted twice, cleaning up and exiting")
+	cleanup.runAll()
+	os.Exit(130)
+}
+
+// benchDir finds bench/ in the source tree: beside this file when run from
+// it, else under the working directory.
+func benchDir() (string, error) {
+	if _, file, _, ok := runtime.Caller(0); ok {
+		dir := filepath.Dir(file)
+		if _, err := os.Stat(filepath.Join(dir, "main.go")); err == nil {
+			return dir, nil
+		}
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(wd, "bench")
+	if _, err := os.Stat(filepath.Join(dir, "main.go")); err != nil {
+		return "", errors.New("run from the podpath repository root (bench/ not found)")
+	}
+	return dir, nil
+}
+
+// discard is where plugin logs go.
+var discard io.Writer = io.Discard

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/podpath/podpath/maps"
+	"golang.org/x/sys/unix"
+)
+
+// Per-packet cost of each program path, timed by the kernel with
+// BPF_PROG_RUN (the program runs `repeat` times back to back on one packet
+// inside one syscall; the kernel reports the mean time per run in whole
+// nanoseconds). Each repetition makes ProgCalls such calls and averages.
+
+// Return codes (linux/pkt_cls.h, linux/bpf.h).
+const (
+	tcActOK       = 0
+	tcActShot     = 2
+	tcActRedirect = 7
+	xdpPass       = 2
+)
+
+// A pod as the CNI plugin registers it. benchDst's gateway MAC is benchSrc's
+// own MAC: from_pod rewrites a forwarded frame's source MAC to the
+// destination's gateway MAC, and BPF_PROG_RUN runs the program again on the
+// rewritten frame, so only this way does every run take the forwarding path
+// (the TTL, 255 at first, drops by one per run and outlasts the repeat
+// count). The MAC values do not change the work the program does.
+var (
+	benchSrc = benchPod{IP: netip.MustParseAddr("10.244.0.10"), Ifindex: 10,
+		MAC: mac("02:00:0a:f4:00:0a"), NodeMAC: mac("ee:ee:00:00:00:0a"), Cookie: 0x1000}
+	benchDst = benchPod{IP: netip.MustParseAddr("10.244.0.20"), Ifindex: 20,
+		MAC: mac("02:00:0a:f4:00:14"), NodeMAC: mac("02:00:0a:f4:00:0a"), Cookie: 0x2000}
+	// Not a pod on this node: a ClusterIP-like address, handed to the stack.
+	offNodeIP = netip.MustParseAddr("10.96.0.10")
+	// In the pod CIDR but nobody's: a spoofed source.
+	spoofedIP = netip.MustParseAddr("10.244.0.99")
+	// Pods besides the two, so the endpoints map is not trivially small.
+	otherPods = 254
+)
+
+type benchPod struct {
+	IP      netip.Addr
+	Ifindex uint32
+	MAC     net.HardwareAddr
+	NodeMAC net.HardwareAddr
+	Cookie  uint64
+}
+
+func (p benchPod) info() maps.EndpointInfo {
+	var v maps.EndpointInfo
+	v.Ifindex = p.Ifindex
+	copy(v.Mac[:], p.MAC)
+	copy(v.NodeMac[:], p.NodeMAC)
+	v.NetnsCookie = p.Cookie
+	return v
+}
+
+// progPath is one program path: a program, a packet, the verdict every run
+// must return and the counter it must raise.
+type progPath struct {
+	name    string
+	prog    *ebpf.Program
+	frame   []byte
+	ingress uint32 // skb ingress_ifindex; 0 for XDP
+	xdp     bool
+	verdict uint32
+	reason  string // counter "hook/reason" raised once per run; "" for no-ops
+	noop    string // the no-op path of the same program type
+}
+
+// runProgRun times every path.
+func (e *env) runProgRun(ctx context.Context) error {
+	specs, err := maps.Specs()
+	if err != nil {
+		return err
+	}
+	for _, spec := range specs {
+		for _, ms := range spec.Maps {
+			ms.Pinning = ebpf.PinNone
+		}
+	}
+	fromPod, err := ebpf.NewCollection(specs[maps.ProgFromPod])
+	if err != nil {
+		return fmt.Errorf("load %s: %w", maps.ProgFromPod, err)
+	}
+	defer fromPod.Close()
+	shared := map[string]*ebpf.Map{}
+	for _, name := range maps.AllMaps {
+		if _, ok := specs[maps.ProgXDPNetdev].Maps[name]; ok {
+			shared[name] = fromPod.Maps[name]
+		}
+	}
+	xdp, err := ebpf.NewCollectionWithOptions(specs[maps.ProgXDPNetdev], ebpf.CollectionOptions{MapReplacements: shared})
+	if err != nil {
+		return fmt.Errorf("load %s: %w", maps.ProgXDPNetdev, err)
+	}
+	defer xdp.Close()
+
+	eps := maps.NewEndpoints(fromPod.Maps[maps.MapEndpoints])
+	for _, p := range []benchPod{benchSrc, benchDst} {
+		if err := eps.Put(p.IP, p.info()); err != nil {
+			return err
+		}
+	}
+	for i := range otherPods {
+		p := benchPod{IP: netip.AddrFrom4([4]byte{10, 244, 1, byte(i)}), Ifindex: uint32(100 + i),
+			MAC: net.HardwareAddr{2, 0, 10, 244, 1, byte(i)}, NodeMAC: net.HardwareAddr{0xee, 0xee, 0, 0, 1, byte(i)}}
+		if err := eps.Put(p.IP, p.info()); err != nil {
+			return err
+		}
+	}
+
+	noopTC, err := noop(ebpf.SchedCLS, tcActOK)
+	if err != nil {
+		return err
+	}
+	defer noopTC.Close()
+	noopXDP, err := noop(ebpf.XDP, xdpPass)
+	if err != nil {
+		return err
+	}
+	defer noopXDP.Close()
+
+	tc, xp := fromPod.Programs[maps.ProgFromPod], xdp.Programs[maps.ProgXDPNetdev]
+	syn := tcpFrame(benchSrc, benchDst.IP, 255, true, 0)
+	data := tcpFrame(benchSrc, benchDst.IP, 255, false, 1400)
+	toStack := tcpFrame(benchSrc, offNodeIP, 64, false, 1400)
+	spoofed := tcpFrame(benchPod{IP: spoofedIP, MAC: benchSrc.MAC}, benchDst.IP, 64, false, 1400)
+	fromWire := tcpFrame(benchPod{IP: netip.MustParseAddr("192.0.2.1"), MAC: mac("02:00:c0:00:02:01")}, benchDst.IP, 64, false, 1400)
+	paths := []progPath{
+		{name: "noop tc (TC_ACT_OK)", prog: noopTC, frame: data, ingress: benchSrc.Ifindex, verdict: tcActOK},
+		{name: "from_pod local SYN", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
+		{name: "from_pod local 1400B", prog: tc, frame: data, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
+		{name: "from_pod to-stack", prog: tc, frame: toStack, ingress: benchSrc.Ifindex, verdict: tcActOK, reason: "from_pod/to_stack", noop: "noop tc (TC_ACT_OK)"},
+		{name: "from_pod drop spoofed", prog: tc, frame: spoofed, ingress: benchSrc.Ifindex, verdict: tcActShot, reason: "from_pod/drop_spoofed_ip", noop: "noop tc (TC_ACT_OK)"},
+		{name: "noop xdp (XDP_PASS)", prog: noopXDP, frame: fromWire, xdp: true, verdict: xdpPass},
+		{name: "xdp_netdev pass", prog: xp, frame: fromWire, xdp: true, verdict: xdpPass, reason: "xdp/to_stack", noop: "noop xdp (XDP_PASS)"},
+	}
+	counters := fromPod.Maps[maps.MapCounters]
+	for rep := range e.cfg.Reps {
+		for _, p := range rotate(paths, rep) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			before, err := readCounter(counters, p.reason)
+			if err != nil {
+				return err
+			}
+			calls, repeat := e.cfg.ProgCalls, e.cfg.ProgRepeat
+			if p.xdp {
+				// Each XDP test run sets up and tears down an rxq (tens of
+				// ms, outside the timed loop): the same runs in fewer calls.
+				calls, repeat = xdpCalls, calls*repeat/xdpCalls
+			}
+			ns, err := timePath(p, calls, repeat)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p.name, err)
+			}
+			after, err := readCounter(counters, p.reason)
+			if err != nil {
+				return err
+			}
+			runs := uint64(calls * repeat)
+			if p.reason != "" && after-before < runs {
+				return fmt.Errorf("%s: counter %s rose by %d over %d runs: not every run took the path", p.name, p.reason, after-before, runs)
+			}
+			m := e.res.record(famProgRun, "ns_per_packet", p.name, "ns", lower, ns)
+			if p.noop != "" {
+				m.addExtra("baseline", p.noop)
+			}
+			m.addExtra("frame_bytes", len(p.frame))
+			slog.Debug("bpf_prog_run", "rep", rep+1, "path", p.name, "ns", fmt.Sprintf("%.1f", ns))
+		}
+	}
+	for _, p := range paths {
+		m := e.res.find(famProgRun, "ns_per_packet", p.name)
+		slog.Info("bpf_prog_run", "path", p.name, "median_ns", fmt.Sprintf("%.1f", m.Median))
+	}
+	return nil
+}
+
+// noop is a program of the given type that returns ret and does nothing else.
+func noop(typ ebpf.ProgramType, ret int32) (*ebpf.Program, error) {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_noop", Type: typ, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, ret), asm.Return()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load no-op %s program: %w", typ, err)
+	}
+	return p, nil
+}
+
+// readCounter sums one "hook/reason" counter over CPUs; 0 for "".
+func readCounter(m *ebpf.Map, hookReason string) (uint64, error) {
+	if hookReason == "" {
+		return 0, nil
+	}
+	cs, err := maps.ReadCounters(m)
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range cs {
+		if c.Hook.String()+"/"+c.Reason.String() == hookReason {
+			return c.Packets, nil
+		}
+	}
+	return 0, nil
+}
+
+// timePath makes calls BPF_PROG_RUN calls of repeat runs each and returns
+// the mean nanoseconds per run, checking every verdict.
+func timePath(p progPath, calls, repeat int) (float64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var ctx []byte
+	if !p.xdp {
+		ctx = skbContext(p.ingress)
+	}
+	var total uint64
+	for range calls {
+		ret, dur, err := progRun(p.prog, p.frame, ctx, uint32(repeat))
+		if err != nil {
+			return 0, err
+		}
+		if ret != p.verdict {
+			return 0, fmt.Errorf("verdict %d, want %d", ret, p.verdict)
+		}
+		total += uint64(dur)
+	}
+	return float64(total) / float64(calls), nil
+}
+
+// skbContext is the head of struct __sk_buff (linux/bpf.h) up to
+// ingress_ifindex, the fields BPF_PROG_RUN lets a caller set; the kernel
+// copies ingress_ifindex into the skb, as tc ingress on a veth sees it.
+func skbContext(ingressIfindex uint32) []byte {
+	// len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci,
+	// vlan_proto, priority, ingress_ifindex, ifindex
+	b := make([]byte, 11*4)
+	binary.NativeEndian.PutUint32(b[9*4:], ingressIfindex)
+	return b
+}
+
+// progRunAttr is the BPF_PROG_TEST_RUN member of union bpf_attr.
+type progRunAttr struct {
+	ProgFD      uint32
+	Retval      uint32
+	DataSizeIn  uint32
+	DataSizeOut uint32
+	DataIn      uint64
+	DataOut     uint64
+	Repeat      uint32
+	Duration    uint32
+	CtxSizeIn   uint32
+	CtxSizeOut  uint32
+	CtxIn       uint64
+	CtxOut      uint64
+	Flags       uint32
+	CPU         uint32
+	BatchSize   uint32
+	_           uint32
+}
+
+const bpfProgTestRun = 10 // BPF_PROG_TEST_RUN
+
+// xdpCalls is how many BPF_PROG_RUN calls an XDP path is split into.
+const xdpCalls = 5
+
+// progRun is BPF_PROG_RUN with a context and the kernel's own timing, which
+// cilium/ebpf offers only without a context (Program.Benchmark). It returns
+// the last run's verdict and the mean nanoseconds per run.
+func progRun(p *ebpf.Program, data, ctx []byte, repeat uint32) (uint32, uint32, error) {
+	attr := progRunAttr{
+		ProgFD:     uint32(p.FD()),
+		DataSizeIn: uint32(len(data)),
+		DataIn:     uint64(uintptr(unsafe.Pointer(&data[0]))),
+		Repeat:     repeat,
+	}
+	if len(ctx) > 0 {
+		attr.CtxSizeIn = uint32(len(ctx))
+		attr.CtxIn = uint64(uintptr(unsafe.Pointer(&ctx[0])))
+	}
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_BPF, bpfProgTestRun, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		runtime.KeepAlive(data)
+		runtime.KeepAlive(ctx)
+		if errno == unix.EINTR {
+			continue // a signal cut the runs short: run them again
+		}
+		if errno != 0 {
+			return 0, 0, fmt.Errorf("BPF_PROG_RUN: %w", errors.New(errno.Error()))
+		}
+		return attr.Retval, attr.Duration, nil
+	}
+}
+
+// tcpFrame is an Ethernet + IPv4 + TCP frame from pod src to dst: a SYN
+// with the options Linux sends (40-byte TCP header), or an ACK|PSH data
+// segment padded so the IPv4 packet is ipLen bytes. Checksums are correct.
+func tcpFrame(src benchPod, dst netip.Addr, ttl uint8, syn bool, ipLen int) []byte {
+	var tcp []byte
+	if syn {
+		tcp = make([]byte, 40)
+		tcp[12] = 10 << 4
+		tcp[13] = 0x02                                                                            // SYN
+		copy(tcp[20:], []byte{2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7}) // MSS, SACK ok, TS, NOP, WS
+	} else {
+		tcp = make([]byte, ipLen-20)
+		tcp[12] = 5 << 4
+		tcp[13] = 0x18 // ACK|PSH
+		for i := 20; i < len(tcp); i++ {
+			tcp[i] = byte(i)
+		}
+	}
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 5201)
+	binary.BigEndian.PutUint32(tcp[4:], 1)
+	binary.BigEndian.PutUint16(tcp[14:], 64240)
+	s, d := src.IP.As4(), dst.As4()
+	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, 6, byte(len(tcp)>>8), byte(len(tcp)))
+	binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+
+	ip := make([]byte, 20, 20+len(tcp))
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(tcp)))
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+	ip[8], ip[9] = ttl, 6
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	ip = append(ip, tcp...)
+
+	frame := make([]byte, 0, 14+len(ip))
+	frame = append(frame, benchSrc.NodeMAC...) // to the pod's gateway
+	frame = append(frame, src.MAC...)
+	frame = binary.BigEndian.AppendUint16(frame, 0x0800)
+	return append(frame, ip...)
+}
+
+func checksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+func mac(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Measurement families: one chart each.
+const (
+	famStream  = "tcp_stream"
+	famRR      = "tcp_rr"
+	famCRR     = "tcp_crr"
+	famProgRun = "bpf_prog_run"
+	famCNI     = "cni"
+	famMemory  = "memory"
+)
+
+// Which way is better for a metric.
+const (
+	higher = "higher"
+	lower  = "lower"
+)
+
+// results is everything one run found; it is written as latest.json.
+type results struct {
+	Machine      machine                 `json:"machine"`
+	Config       config                  `json:"config"`
+	DurationS    float64                 `json:"durationSeconds"`
+	Topologies   map[string]topologyInfo `json:"topologies,omitempty"`
+	Measurements []*measurement          `json:"measurements"`
+	Targets      []target                `json:"targets,omitempty"`
+	Notes        []string                `json:"notes,omitempty"`
+}
+
+// measurement is one metric of one contender over every repetition.
+type measurement struct {
+	Family    string    `json:"family"`
+	Metric    string    `json:"metric"`
+	Contender string    `json:"contender"`
+	Unit      string    `json:"unit"`
+	Better    string    `json:"better"`
+	Reps      []float64 `json:"repetitions"`
+	Min       float64   `json:"min"`
+	Median    float64   `json:"median"`
+	Max       float64   `json:"max"`
+	// Extra holds evidence per repetition: retransmits, eBPF counter
+	// deltas, sample counts.
+	Extra map[string][]any `json:"extra,omitempty"`
+}
+
+// record appends one repetition of a metric, creating the measurement on
+// first use.
+func (r *results) record(family, metric, contender, unit, better string, v float64) *measurement {
+	m := r.find(family, metric, contender)
+	if m == nil {
+		m = &measurement{Family: family, Metric: metric, Contender: contender, Unit: unit, Better: better}
+		r.Measurements = append(r.Measurements, m)
+	}
+	m.Reps = append(m.Reps, v)
+	m.Min, m.Median, m.Max = minMedMax(m.Reps)
+	return m
+}
+
+// addExtra appends a piece of per-repetition evidence.
+func (m *measurement) addExtra(key string, v any) {
+	if m.Extra == nil {
+		m.Extra = map[string][]any{}
+	}
+	m.Extra[key] = append(m.Extra[key], v)
+}
+
+func (r *results) find(family, metric, contender string) *measurement {
+	for _, m := range r.Measurements {
+		if m.Family == family && m.Metric == metric && m.Contender == contender {
+			return m
+		}
+	}
+	return nil
+}
+
+// median returns the median of a metric, NaN when it was not measured.
+func (r *results) median(family, metric, contender string) float64 {
+	if m := r.find(family, metric, contender); m != nil && len(m.Reps) > 0 {
+		return m.Median
+	}
+	return math.NaN()
+}
+
+func (r *results) finish(start time.Time) {
+	r.DurationS = math.Round(time.Since(start).Seconds()*10) / 10
+	r.Machine.LoadAfter = loadAvg()
+}
+
+func writeResults(r *results, dir string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "latest.json.tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, "latest.json"))
+}
+
+func minMedMax(v []float64) (lo, med, hi float64) {
+	if len(v) == 0 {
+		return math.NaN(), math.NaN(), math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	med = s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[0], med, s[n-1]
+}
+
+// percentile of sorted samples, nearest rank.
+func percentile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// target is one goal evaluated on this run's medians.
+type target struct {
+	Name   string  `json:"name"`
+	Ratio  float64 `json:"ratio"`
+	Want   string  `json:"want"`
+	Pass   bool    `json:"pass"`
+	Detail string  `json:"detail"`
+}
+
+// evaluateTargets checks the goals podpath set itself, each a ratio of two
+// medians from this one run.
+func evaluateTargets(r *results) {
+	type goal struct {
+		name            string
+		family, metric  string
+		num, den        string
+		atLeast, atMost float64
+		want            string
+	}
+	goals := []goal{
+		{name: "TCP throughput vs limit", family: famStream, metric: "throughput", num: cPodpath, den: cLimit, atLeast: 0.9, want: ">= 0.90x"},
+		{name: "TCP throughput vs bridge", family: famStream, metric: "throughput", num: cPodpath, den: cDocker, atLeast: 1.1, want: ">= 1.10x"},
+		{name: "TCP_RR rate vs bridge", family: famRR, metric: "rate", num: cPodpath, den: cDocker, atLeast: 1.2, want: ">= 1.20x"},
+		{name: "TCP_CRR rate vs bridge", family: famCRR, metric: "rate", num: cPodpath, den: cDocker, atLeast: 1.3, want: ">= 1.30x"},
+		{name: "CNI ADD p50 (sequential) vs bridge+host-local", family: famCNI, metric: "add_seq_p50", num: cniPodpath, den: cniBridge, atMost: 1.0, want: "<= 1.00x"},
+	}
+	for _, g := range goals {
+		n, d := r.median(g.family, g.metric, g.num), r.median(g.family, g.metric, g.den)
+		if math.IsNaN(n) || math.IsNaN(d) || d == 0 {
+			continue
+		}
+		ratio := n / d
+		pass := ratio >= g.atLeast
+		if g.atMost > 0 {
+			pass = ratio <= g.atMost
+		}
+		unit := r.find(g.family, g.metric, g.num).Unit
+		r.Targets = append(r.Targets, target{
+			Name: g.name, Ratio: round3(ratio), Want: g.want, Pass: pass,
+			Detail: formatValue(n) + " vs " + formatValue(d) + " " + unit + " (" + g.num + " vs " + g.den + ", medians)",
+		})
+	}
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The request/response tests, netperf's TCP_RR and TCP_CRR done in Go with
+// plain blocking sockets (no Go netpoller between the measurement and the
+// kernel), client and server each on a thread inside its pod's namespace.
+//
+// TCP_RR: one connection, 1 byte each way, back to back.
+// TCP_CRR: a new connection per transaction: connect, 1 byte each way,
+// close. The client closes with SO_LINGER 0, so close sends RST and neither
+// side keeps a TIME_WAIT socket: the ephemeral port is free again at once
+// and a long run never exhausts the port range (the kernel's default
+// 32768-60999 is left alone).
+
+// ioTimeout bounds every blocking socket call, so a lost peer fails the
+// measurement instead of hanging it.
+const ioTimeout = 2 * time.Second
+
+// runRR measures TCP_RR (crr false) or TCP_CRR (crr true) on every topology.
+func (e *env) runRR(ctx context.Context, crr bool) error {
+	fam, unit := famRR, "transactions/s"
+	if crr {
+		fam, unit = famCRR, "connections/s"
+	}
+	topos, err := e.buildTopologies(ctx)
+	if err != nil {
+		return err
+	}
+	for rep := range e.cfg.Reps {
+		for _, t := range rotate(topos, rep) {
+			var r rrResult
+			delta, err := measurePath(t, func() (err error) {
+				r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", fam, t.contender, err)
+			}
+			m := e.res.record(fam, "rate", t.contender, unit, higher, r.rate)
+			m.addExtra("transactions", r.count)
+			if t.path != nil {
+				m.addExtra(t.path.name, delta)
+			}
+			e.res.record(fam, "p50", t.contender, "µs", lower, r.p50)
+			e.res.record(fam, "p99", t.contender, "µs", lower, r.p99)
+			slog.Info(fam, "rep", rep+1, "contender", t.contender, "rate", fmt.Sprintf("%.0f", r.rate),
+				"p50_us", fmt.Sprintf("%.1f", r.p50), "p99_us", fmt.Sprintf("%.1f", r.p99))
+		}
+	}
+	return nil
+}
+
+type rrResult struct {
+	count    int
+	rate     float64 // per second
+	p50, p99 float64 // µs
+}
+
+// requestResponse runs one TCP_RR or TCP_CRR measurement: warm-up, then a
+// fixed measured duration.
+func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur time.Duration) (rrResult, error) {
+	var lfd, port int
+	err := t.server.Do(func() error {
+		var err error
+		lfd, port, err = listen(t.server.IP.As4())
+		return err
+	})
+	if err != nil {
+		return rrResult{}, fmt.Errorf("listen in %s: %w", t.server.Name, err)
+	}
+	var stop atomic.Bool
+	var srvErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srvErr = serve(lfd, &stop)
+	}()
+	defer func() {
+		stop.Store(true)
+		unix.Shutdown(lfd, unix.SHUT_RDWR) // wakes a blocked accept
+		wg.Wait()
+		unix.Close(lfd)
+	}()
+
+	var r rrResult
+	dst := &unix.SockaddrInet4{Addr: t.dst.As4(), Port: port}
+	err = t.client.Do(func() error {
+		var err error
+		if crr {
+			r, err = crrClient(ctx, dst, warmup, dur)
+		} else {
+			r, err = rrClient(ctx, dst, warmup, dur)
+		}
+		return err
+	})
+	stop.Store(true)
+	if err != nil {
+		return r, err
+	}
+	unix.Shutdown(lfd, unix.SHUT_RDWR)
+	wg.Wait()
+	if srvErr != nil {
+		return r, fmt.Errorf("server: %w", srvErr)
+	}
+	return r, nil
+}
+
+// listen opens a listening TCP socket on addr in the calling thread's
+// namespace.
+func listen(addr [4]byte) (fd, port int, err error) {
+	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, 0, err
+	}
+	fail := func(err error) (int, int, error) { unix.Close(fd); return -1, 0, err }
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail(err)
+	}
+	if err := setTimeouts(fd); err != nil {
+		return fail(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr}); err != nil {
+		return fail(err)
+	}
+	if err := unix.Listen(fd, 1024); err != nil {
+		return fail(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail(err)
+	}
+	return fd, sa.(*unix.SockaddrInet4).Port, nil
+}
+
+// serve answers every byte with one byte, one connection at a time, until
+// stop is set. A connection ends when the client closes or resets it.
+func serve(lfd int, stop *atomic.Bool) error {
+	buf := make([]byte, 1)
+	for !stop.Load() {
+		cfd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) || stop.Load() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		if err := tuneSocket(cfd); err != nil {
+			unix.Close(cfd)
+			return err
+		}
+		for {
+			n, err := readFull(cfd, buf)
+			if n == 0 || err != nil {
+				break // EOF, RST (CRR) or timeout: next connection
+			}
+			if err := writeFull(cfd, buf); err != nil {
+				break
+			}
+		}
+		unix.Close(cfd)
+	}
+	return nil
+}
+
+// rrClient: one connection, ping-pong until the time is up.
+func rrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Duration) (rrResult, error) {
+	fd, err := dial(dst, false)
+	if err != nil {
+		return rrResult{}, err
+	}
+	defer unix.Close(fd)
+	buf := []byte{'x'}
+	samples := make([]float64, 0, 1<<18)
+	start := time.Now()
+	measureFrom, end := start.Add(warmup), start.Add(warmup+dur)
+	var measured time.Time
+	for i := 0; ; i++ {
+		t0 := time.Now()
+		if t0.After(end) {
+			break
+		}
+		if i%1024 == 0 && ctx.Err() != nil {
+			return rrResult{}, ctx.Err()
+		}
+		if err := writeFull(fd, buf); err != nil {
+			return rrResult{}, fmt.Errorf("request: %w", err)
+		}
+		if n, err := readFull(fd, buf); err != nil || n != 1 {
+			return rrResult{}, fmt.Errorf("response: %d bytes, %v", n, err)
+		}
+		if t0.After(measureFrom) {
+			if measured.IsZero() {
+				measured = t0
+			}
+			samples = append(samples, float64(time.Since(t0).Nanoseconds())/1e3)
+		}
+	}
+	return summarize(samples, time.Since(measured))
+}
+
+// crrClient: a new connection per transaction, closed with RST.
+func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Duration) (rrResult, error) {
+	buf := []byte{'x'}
+	samples := make([]float64, 0, 1<<17)
+	start := time.Now()
+	measureFrom, end := start.Add(warmup), start.Add(warmup+dur)
+	var measured time.Time
+	for i := 0; ; i++ {
+		t0 := time.Now()
+		if t0.After(end) {
+			break
+		}
+		if i%256 == 0 && ctx.Err() != nil {
+			return rrResult{}, ctx.Err()
+		}
+		fd, err := dial(dst, true)
+		if err != nil {
+			return rrResult{}, err
+		}
+		if err := writeFull(fd, buf); err != nil {
+			unix.Close(fd)
+			return rrResult{}, fmt.Errorf("request: %w", err)
+		}
+		n, err := readFull(fd, buf)
+		unix.Close(fd)
+		if err != nil || n != 1 {
+			return rrResult{}, fmt.Errorf("response: %d bytes, %v", n, err)
+		}
+		if t0.After(measureFrom) {
+			if measured.IsZero() {
+				measured = t0
+			}
+			samples = append(samples, float64(time.Since(t0).Nanoseconds())/1e3)
+		}
+	}
+	return summarize(samples, time.Since(measured))
+}
+
+func summarize(samples []float64, elapsed time.Duration) (rrResult, error) {
+	if len(samples) == 0 || elapsed <= 0 {
+		return rrResult{}, errors.New("no transactions measured")
+	}
+	slices.Sort(samples)
+	return rrResult{
+		count: len(samples),
+		rate:  float64(len(samples)) / elapsed.Seconds(),
+		p50:   percentile(samples, 50),
+		p99:   percentile(samples, 99),
+	}, nil
+}
+
+// dial connects a blocking TCP socket to dst from the calling thread's
+// namespace; abortive close (SO_LINGER 0) for the CRR client.
+func dial(dst *unix.SockaddrInet4, abortiveClose bool) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if abortiveClose {
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	if err := tuneSocket(fd); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	err = unix.Connect(fd, dst)
+	if errors.Is(err, unix.EINTR) {
+		// The connection goes on in the background; wait for its outcome.
+		err = waitConnected(fd)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("connect %d.%d.%d.%d:%d: %w", dst.Addr[0], dst.Addr[1], dst.Addr[2], dst.Addr[3], dst.Port, err)
+	}
+	return fd, nil
+}
+
+func waitConnected(fd int) error {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for {
+		n, err := unix.Poll(pfd, int(ioTimeout.Milliseconds()))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.ETIMEDOUT
+		}
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soErr != 0 {
+			return unix.Errno(soErr)
+		}
+		return nil
+	}
+}
+
+// tuneSocket: no Nagle (1-byte messages go out at once), bounded blocking.
+func tuneSocket(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return fmt.Errorf("TCP_NODELAY: %w", err)
+	}
+	return setTimeouts(fd)
+}
+
+func setTimeouts(fd int) error {
+	tv := unix.NsecToTimeval(ioTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+}
+
+// readFull reads len(b) bytes, retrying after signals; n is 0 at EOF.
+func readFull(fd int, b []byte) (int, error) {
+	got := 0
+	for got < len(b) {
+		n, err := unix.Read(fd, b[got:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return got, err
+		}
+		if n == 0 {
+			return got, nil
+		}
+		got += n
+	}
+	return got, nil
+}
+
+func writeFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// iperfPort is where every iperf3 server listens (each in its own netns).
+const iperfPort = 5201
+
+// runStream measures single-stream TCP throughput, client pod to server
+// pod, with iperf3.
+func (e *env) runStream(ctx context.Context) error {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		return fmt.Errorf("iperf3 not found (apt-get install iperf3): %w", err)
+	}
+	topos, err := e.buildTopologies(ctx)
+	if err != nil {
+		return err
+	}
+	for rep := range e.cfg.Reps {
+		for _, t := range rotate(topos, rep) {
+			var r iperfResult
+			delta, err := measurePath(t, func() (err error) {
+				r, err = iperf(ctx, t, e.cfg.StreamTime, e.cfg.StreamOmit)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			m := e.res.record(famStream, "throughput", t.contender, "Gbit/s", higher, r.bitsPerSecond/1e9)
+			m.addExtra("retransmits", r.retransmits)
+			m.addExtra("sender_cpu_percent", r.senderCPU)
+			m.addExtra("receiver_cpu_percent", r.receiverCPU)
+			if t.path != nil {
+				m.addExtra(t.path.name, delta)
+			}
+			slog.Info("tcp_stream", "rep", rep+1, "contender", t.contender, "Gbit/s", fmt.Sprintf("%.2f", r.bitsPerSecond/1e9), "retransmits", r.retransmits)
+		}
+	}
+	return nil
+}
+
+type iperfResult struct {
+	bitsPerSecond          float64
+	retransmits            int
+	senderCPU, receiverCPU float64
+}
+
+// iperf runs one iperf3 test: a one-off server in the server pod, the
+// client in the client pod; the first omit seconds are warm-up, not counted.
+func iperf(ctx context.Context, t *topology, dur, omit time.Duration) (iperfResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, dur+omit+30*time.Second)
+	defer cancel()
+	srv := exec.CommandContext(ctx, "nsenter", "--net="+t.server.NS.Path(),
+		"iperf3", "--server", "--one-off", "--bind", t.server.IP.String(), "--port", strconv.Itoa(iperfPort))
+	var srvErr strings.Builder
+	srv.Stderr = &srvErr
+	if err := srv.Start(); err != nil {
+		return iperfResult{}, fmt.Errorf("start iperf3 server: %w", err)
+	}
+	stopSrv := cleanup.add("iperf3 server", func() error {
+		srv.Process.Kill()
+		srv.Wait()
+		return nil
+	})
+	defer stopSrv()
+	if err := waitListening(ctx, srv.Process.Pid, iperfPort); err != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 server in %s: %w %s", t.server.Name, err, srvErr.String())
+	}
+
+	out, err := runIn(ctx, t.client.NS, "", "iperf3", "--client", t.dst.String(), "--port", strconv.Itoa(iperfPort),
+		"--time", strconv.Itoa(int(dur.Seconds())), "--omit", strconv.Itoa(int(omit.Seconds())), "--json")
+	if err != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 client %s -> %s: %w %s", t.client.Name, t.dst, err, iperfError(out))
+	}
+	var rep struct {
+		Error string `json:"error"`
+		End   struct {
+			SumSent struct {
+				Retransmits int `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			CPU struct {
+				HostTotal   float64 `json:"host_total"`
+				RemoteTotal float64 `json:"remote_total"`
+			} `json:"cpu_utilization_percent"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		return iperfResult{}, fmt.Errorf("parse iperf3 output: %w", err)
+	}
+	if rep.Error != "" {
+		return iperfResult{}, fmt.Errorf("iperf3: %s", rep.Error)
+	}
+	if rep.End.SumReceived.BitsPerSecond <= 0 {
+		return iperfResult{}, fmt.Errorf("iperf3 %s: no throughput reported", t.contender)
+	}
+	return iperfResult{
+		bitsPerSecond: rep.End.SumReceived.BitsPerSecond,
+		retransmits:   rep.End.SumSent.Retransmits,
+		senderCPU:     rep.End.CPU.HostTotal,
+		receiverCPU:   rep.End.CPU.RemoteTotal,
+	}, nil
+}
+
+func iperfError(out string) string {
+	var r struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(out), &r) == nil {
+		return r.Error
+	}
+	return ""
+}
+
+// waitListening waits until process pid has a TCP socket listening on port:
+// /proc/<pid>/net/tcp lists the sockets of that process's namespace.
+func waitListening(ctx context.Context, pid, port int) error {
+	want := fmt.Sprintf(":%04X", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if f, err := os.Open(fmt.Sprintf("/proc/%d/net/tcp", pid)); err == nil {
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				fs := strings.Fields(sc.Text())
+				if len(fs) > 3 && strings.HasSuffix(fs[1], want) && fs[3] == "0A" {
+					f.Close()
+					return nil
+				}
+			}
+			f.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("not listening on port %d after 10s", port)
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// familyTitles name the families in the summary and on the charts.
+var familyTitles = map[string]string{
+	famStream:  "TCP single-stream throughput, pod to pod (iperf3)",
+	famRR:      "TCP_RR: 1-byte request/response on one connection",
+	famCRR:     "TCP_CRR: one connection per 1-byte request/response",
+	famProgRun: "BPF_PROG_RUN: per-packet cost of each program path",
+	famCNI:     "CNI ADD/DEL latency",
+	famMemory:  "Kernel memory of podpath's maps and programs",
+}
+
+// references are what each family's ratios are taken against.
+func references(fam string) []string {
+	switch fam {
+	case famStream, famRR, famCRR:
+		return []string{cDocker, cLimit}
+	case famCNI:
+		return []string{cniBridge}
+	}
+	return nil
+}
+
+// summary is the run as Markdown: machine, targets, then one table per
+// family with ratios against the references.
+func summary(r *results) string {
+	var b strings.Builder
+	m := r.Machine
+	fmt.Fprintf(&b, "# podpath benchmark (%s run)\n\n", r.Config.Mode)
+	fmt.Fprintf(&b, "%s, %d cores, kernel %s, %s, %s. Load average before %s, after %s. Took %.0f s; %d repetitions per measurement (CNI: %d rounds of %d pods), contenders interleaved.\n\n",
+		m.CPUModel, m.Cores, m.Kernel, m.GoVersion, m.Timestamp, m.LoadBefore, m.LoadAfter, r.DurationS, r.Config.Reps, r.Config.CNIReps, r.Config.CNIPods)
+	fmt.Fprintf(&b, "Tables show the median over repetitions, the min-max range, and ratios of medians from this one run.\n\n")
+
+	if len(r.Targets) > 0 {
+		b.WriteString("## Targets\n\n| target | ratio | want | result | medians |\n|---|---|---|---|---|\n")
+		for _, t := range r.Targets {
+			res := "MISS"
+			if t.Pass {
+				res = "PASS"
+			}
+			fmt.Fprintf(&b, "| %s | %.3fx | %s | **%s** | %s |\n", t.Name, t.Ratio, t.Want, res, t.Detail)
+		}
+		b.WriteString("\n")
+	}
+
+	for _, fam := range families {
+		ms := r.family(fam)
+		if len(ms) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "## %s\n\n", familyTitles[fam])
+		refs := references(fam)
+		header := "| metric | contender | median | min | max | unit |"
+		sep := "|---|---|---|---|---|---|"
+		for _, ref := range refs {
+			header += " vs " + ref + " |"
+			sep += "---|"
+		}
+		if fam == famProgRun {
+			header += " vs no-op | minus no-op (ns) |"
+			sep += "---|---|"
+		}
+		b.WriteString(header + "\n" + sep + "\n")
+		for _, x := range ms {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |", x.Metric, x.Contender,
+				formatValue(x.Median), formatValue(x.Min), formatValue(x.Max), x.Unit)
+			for _, ref := range refs {
+				fmt.Fprintf(&b, " %s |", ratioCell(x, r.find(fam, x.Metric, ref)))
+			}
+			if fam == famProgRun {
+				if base := baseline(r, x); base != nil {
+					fmt.Fprintf(&b, " %s | %s |", ratioCell(x, base), formatValue(x.Median-base.Median))
+				} else {
+					b.WriteString(" - | - |")
+				}
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\n")
+	}
+	if len(r.Notes) > 0 {
+		b.WriteString("## Notes\n\n")
+		for _, n := range r.Notes {
+			fmt.Fprintf(&b, "- %s\n", n)
+		}
+	}
+	return b.String()
+}
+
+// family returns a family's measurements grouped by metric, in recording
+// order.
+func (r *results) family(fam string) []*measurement {
+	var metrics []string
+	byMetric := map[string][]*measurement{}
+	for _, m := range r.Measurements {
+		if m.Family != fam {
+			continue
+		}
+		if _, ok := byMetric[m.Metric]; !ok {
+			metrics = append(metrics, m.Metric)
+		}
+		byMetric[m.Metric] = append(byMetric[m.Metric], m)
+	}
+	var out []*measurement
+	for _, k := range metrics {
+		out = append(out, byMetric[k]...)
+	}
+	return out
+}
+
+// baseline is the no-op program a BPF_PROG_RUN path is compared with.
+func baseline(r *results, m *measurement) *measurement {
+	if b, ok := m.Extra["baseline"]; ok && len(b) > 0 {
+		if name, ok := b[0].(string); ok {
+			return r.find(m.Family, m.Metric, name)
+		}
+	}
+	return nil
+}
+
+func ratioCell(m, ref *measurement) string {
+	if ref == nil || ref == m || ref.Median == 0 || math.IsNaN(ref.Median) {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", m.Median/ref.Median)
+}
+
+// formatValue prints 3-4 significant digits.
+func formatValue(v float64) string {
+	switch a := math.Abs(v); {
+	case math.IsNaN(v):
+		return "-"
+	case a >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 100:
+		return fmt.Sprintf("%.1f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.2f", v)
+	default:
+		return fmt.Sprintf("%.3f", v)
+	}
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/podpath/podpath/internal/sim"
+	"github.com/vishvananda/netlink"
+)
+
+// A contender is one way of connecting two pods on one node. Each builds its
+// own fresh topology; the pod-to-pod measurements run the same client and
+// server in every one. To add a contender (a kube-proxy-shaped service path,
+// SNAT through MASQUERADE, ...), write a type with these two methods and
+// list it in contenders; a topology whose client must talk to another
+// address than the server's own (a service IP) sets topology.dst.
+type contender interface {
+	// name is the short label in tables and charts.
+	name() string
+	// build creates the topology and registers its removal with cleanup.
+	build(ctx context.Context, e *env) (*topology, error)
+}
+
+// Contender names.
+const (
+	cLimit   = "limit"
+	cDocker  = "bridge"
+	cPodpath = "podpath"
+)
+
+// contenders are measured in this order (rotated every repetition).
+var contenders = []contender{limitContender{}, dockerContender{}, podpathContender{}}
+
+// endpoint is a pod as the measurements see it.
+type endpoint struct {
+	Name string
+	NS   ns.NetNS
+	IP   netip.Addr
+}
+
+// Do runs fn on a thread in the endpoint's namespace; sockets made there
+// stay in it.
+func (p endpoint) Do(fn func() error) error { return p.NS.Do(func(ns.NetNS) error { return fn() }) }
+
+// topology is one contender's client pod and server pod, built.
+type topology struct {
+	contender      string
+	client, server endpoint
+	// dst is the address the client sends to: the server's own unless the
+	// contender puts something (a service address) in front of it.
+	dst  netip.Addr
+	info topologyInfo
+	// path, if set, counts packets on the contender's own path, so a
+	// measurement can prove its traffic took it.
+	path *pathCounter
+	// devices are recorded (MTU, offloads) for the fairness check.
+	devices []nsDevice
+	close   func() error
+}
+
+// pathCounter is a counter that rises only on the contender's intended
+// path: podpath's forward_local, the bridge's conntrack-accept rule.
+type pathCounter struct {
+	name string
+	// required: a measurement whose traffic did not raise it is an error.
+	required bool
+	read     func() (uint64, error)
+}
+
+// topologyInfo is written to the results.
+type topologyInfo struct {
+	Description string                `json:"description"`
+	Client      string                `json:"client"`
+	Server      string                `json:"server"`
+	Dst         string                `json:"dst"`
+	Devices     map[string]deviceInfo `json:"devices,omitempty"`
+	Notes       []string              `json:"notes,omitempty"`
+}
+
+// nsDevice is a network device in a namespace, labelled for the results.
+type nsDevice struct {
+	label string
+	ns    ns.NetNS
+	name  string
+}
+
+// deviceInfo is a device's MTU, queueing and offloads as ethtool shows them.
+type deviceInfo struct {
+	MTU      int               `json:"mtu"`
+	TxQLen   int               `json:"txqlen"`
+	Qdisc    string            `json:"qdisc,omitempty"`
+	Features map[string]string `json:"features,omitempty"`
+}
+
+// newNS makes a namespace named pp-bench-<parts>-<pid> and registers its
+// removal.
+func newNS(parts ...string) (ns.NetNS, func() error, error) {
+	n, err := sim.NewNetNS(append([]string{"bench"}, parts...)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	rm := cleanup.add("netns "+n.Path(), func() error { return sim.RemoveNetNS(n) })
+	return n, rm, nil
+}
+
+// writeSysctl sets a sysctl inside a namespace.
+func writeSysctl(n ns.NetNS, key, value string) error {
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	return n.Do(func(ns.NetNS) error {
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
+		}
+		return nil
+	})
+}
+
+func readSysctl(n ns.NetNS, key string) (string, error) {
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	var v string
+	err := n.Do(func(ns.NetNS) error {
+		b, err := os.ReadFile(path)
+		v = strings.TrimSpace(string(b))
+		return err
+	})
+	return v, err
+}
+
+// runIn runs a command inside a namespace (nsenter: no /sys remount, unlike
+// `ip netns exec`) and returns its output.
+func runIn(ctx context.Context, n ns.NetNS, stdin string, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path(), name}, args...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// addVeth creates a veth pair from namespace a (end aName) to namespace b
+// (end bName), both ends with the given MTU, as ip link and the CNI plugins
+// create them: every other setting is the kernel's default.
+func addVeth(a ns.NetNS, aName string, b ns.NetNS, bName string, mtu int) error {
+	return a.Do(func(ns.NetNS) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.MTU = aName, mtu
+		v := &netlink.Veth{LinkAttrs: attrs, PeerName: bName, PeerMTU: uint32(mtu), PeerNamespace: netlink.NsFd(int(b.Fd()))}
+		if err := netlink.LinkAdd(v); err != nil {
+			return fmt.Errorf("add veth %s/%s: %w", aName, bName, err)
+		}
+		return nil
+	})
+}
+
+// configureIf gives a device an address (prefix) and brings it up.
+func configureIf(n ns.NetNS, dev string, addr netip.Prefix) error {
+	return n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("%s: %w", dev, err)
+		}
+		if addr.IsValid() {
+			a := &netlink.Addr{IPNet: prefixIPNet(addr)}
+			if err := netlink.AddrAdd(l, a); err != nil {
+				return fmt.Errorf("address %s on %s: %w", addr, dev, err)
+			}
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return fmt.Errorf("up %s: %w", dev, err)
+		}
+		return nil
+	})
+}
+
+// deviceInfos reads MTU, queue length, qdisc and offloads of devices.
+func deviceInfos(ctx context.Context, devs []nsDevice) map[string]deviceInfo {
+	out := map[string]deviceInfo{}
+	for _, d := range devs {
+		var di deviceInfo
+		d.ns.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName(d.name)
+			if err != nil {
+				return err
+			}
+			di.MTU, di.TxQLen = l.Attrs().MTU, l.Attrs().TxQLen
+			if qs, err := netlink.QdiscList(l); err == nil && len(qs) > 0 {
+				di.Qdisc = qs[0].Type()
+			}
+			return nil
+		})
+		di.Features = offloads(ctx, d.ns, d.name)
+		out[d.label] = di
+	}
+	return out
+}
+
+// offloadKeys are the ethtool features that change how packets cross a veth.
+var offloadKeys = []string{
+	"rx-checksumming", "tx-checksumming", "scatter-gather",
+	"tcp-segmentation-offload", "generic-segmentation-offload",
+	"generic-receive-offload", "rx-gro-list", "rx-udp-gro-forwarding",
+	"large-receive-offload", "tx-vlan-offload",
+}
+
+func offloads(ctx context.Context, n ns.NetNS, dev string) map[string]string {
+	out, err := runIn(ctx, n, "", "ethtool", "-k", dev)
+	if err != nil {
+		return map[string]string{"error": "ethtool unavailable: " + firstLine(err.Error())}
+	}
+	f := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		for _, want := range offloadKeys {
+			if k == want {
+				f[k] = strings.TrimSpace(v)
+			}
+		}
+	}
+	return f
+}
+
+// fairness compares the offloads and MTUs of the pods' interfaces across
+// topologies and returns what differs.
+func fairness(topos []*topology) []string {
+	var notes []string
+	for _, role := range []string{"client eth0", "server eth0"} {
+		var ref *deviceInfo
+		var refName string
+		for _, t := range topos {
+			d, ok := t.info.Devices[role]
+			if !ok {
+				continue
+			}
+			if ref == nil {
+				ref, refName = &d, t.contender
+				continue
+			}
+			if d.MTU != ref.MTU {
+				notes = append(notes, fmt.Sprintf("%s MTU: %s %d, %s %d", role, refName, ref.MTU, t.contender, d.MTU))
+			}
+			for k, v := range d.Features {
+				if ref.Features[k] != v {
+					notes = append(notes, fmt.Sprintf("%s %s: %s %q, %s %q", role, k, refName, ref.Features[k], t.contender, v))
+				}
+			}
+		}
+	}
+	return notes
+}
+
+// buildTopologies builds every contender's topology.
+func (e *env) buildTopologies(ctx context.Context) ([]*topology, error) {
+	if e.topos != nil {
+		return e.topos, nil
+	}
+	for _, c := range contenders {
+		t0 := time.Now()
+		t, err := c.build(ctx, e)
+		if err != nil {
+			return nil, fmt.Errorf("build %s topology: %w", c.name(), err)
+		}
+		e.topos = append(e.topos, t)
+		t.info.Client = t.client.IP.String()
+		t.info.Server = t.server.IP.String()
+		t.info.Dst = t.dst.String()
+		t.info.Devices = deviceInfos(ctx, t.devices)
+		if e.res.Topologies == nil {
+			e.res.Topologies = map[string]topologyInfo{}
+		}
+		e.res.Topologies[t.contender] = t.info
+		slog.Info("topology up", "contender", t.contender, "took", time.Since(t0).Round(time.Millisecond))
+	}
+	for _, n := range fairness(e.topos) {
+		e.res.Notes = append(e.res.Notes, "topologies differ: "+n)
+		slog.Warn("topologies differ", "what", n)
+	}
+	return e.topos, nil
+}
+
+// closeTopologies removes every topology.
+func (e *env) closeTopologies() error {
+	var errs []error
+	for _, t := range e.topos {
+		if err := t.close(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.contender, err))
+		}
+	}
+	e.topos = nil
+	return errors.Join(errs...)
+}
+
+// rotate returns the topologies starting at a different one each
+// repetition, so slow drift of a noisy machine is spread over all of them.
+func rotate[T any](s []T, rep int) []T {
+	if len(s) == 0 {
+		return s
+	}
+	k := rep % len(s)
+	return append(append([]T{}, s[k:]...), s[:k]...)
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
