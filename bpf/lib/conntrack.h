@@ -27,6 +27,17 @@ static __always_inline __u64 ct_lifetime(__u8 proto, __u8 tcp_flags)
 	return CT_LIFETIME_TCP_SYN;
 }
 
+/* ct_merge_tcp_flags adds the flags of a packet to those seen so far. A SYN
+ * on a closed flow opens a new connection on the same tuple: its lifetimes
+ * start over instead of staying at the closing one. */
+static __always_inline void ct_merge_tcp_flags(__u8 *seen, __u8 flags)
+{
+	if ((flags & TCP_FLAG_SYN) && (*seen & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		*seen = flags;
+	else if ((*seen | flags) != *seen)
+		*seen |= flags;
+}
+
 static __always_inline void ct_key4(struct ct_key *k, __be32 saddr, __be32 daddr,
 				    __be16 sport, __be16 dport, __u8 proto)
 {
@@ -60,8 +71,7 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct flow4 *f, 
 
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, bytes);
-	if ((e->tcp_flags | f->tcp_flags) != e->tcp_flags)
-		e->tcp_flags |= f->tcp_flags;
+	ct_merge_tcp_flags(&e->tcp_flags, f->tcp_flags);
 	expires = now + ct_lifetime(f->proto, e->tcp_flags);
 	if (expires > e->expires + CT_REFRESH || expires < e->expires)
 		e->expires = expires;

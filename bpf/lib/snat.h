@@ -79,8 +79,7 @@ static __always_inline void nat_touch(struct nat_entry *e, const struct flow4 *f
 
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, bytes);
-	if ((e->tcp_flags | f->tcp_flags) != e->tcp_flags)
-		e->tcp_flags |= f->tcp_flags;
+	ct_merge_tcp_flags(&e->tcp_flags, f->tcp_flags);
 	expires = bpf_ktime_get_ns() + ct_lifetime(f->proto, e->tcp_flags);
 	if (expires > e->expires + CT_REFRESH || expires < e->expires)
 		e->expires = expires;
