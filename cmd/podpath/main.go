@@ -49,5 +49,6 @@ func newRoot() *cobra.Command {
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(newNodeCmd(g), newEndpointCmd(g), newCountersCmd(g), newDemoCmd(g))
 	root.AddCommand(newNATCmd(g))
+	root.AddCommand(newServiceCmd(g), newCTCmd(g))
 	return root
 }

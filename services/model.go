@@ -1,0 +1,255 @@
+// Package services is podpath's service control plane: it takes the
+// desired set of Kubernetes-style services (from the CLI, a declarative
+// file, or later the Kubernetes API) and programs the datapath's service
+// maps (bpf/lib/maps.h: services, svc_slots, backends, maglev, affinity)
+// so that a packet never sees a half-written service. It also reads and
+// flushes the connection tracking table those services fill.
+package services
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// ServiceType is how a service is exposed, as Kubernetes' spec.type.
+type ServiceType string
+
+// Service types. ExternalName is not a proxy concern and not supported.
+const (
+	TypeClusterIP    ServiceType = "ClusterIP"
+	TypeNodePort     ServiceType = "NodePort"
+	TypeLoadBalancer ServiceType = "LoadBalancer"
+)
+
+// Protocol is a port's L4 protocol.
+type Protocol string
+
+// Protocols the datapath translates.
+const (
+	ProtocolTCP Protocol = "TCP"
+	ProtocolUDP Protocol = "UDP"
+)
+
+// SessionAffinity is Kubernetes' spec.sessionAffinity.
+type SessionAffinity string
+
+// Session affinities.
+const (
+	AffinityNone     SessionAffinity = "None"
+	AffinityClientIP SessionAffinity = "ClientIP"
+)
+
+// TrafficPolicy is Kubernetes' spec.externalTrafficPolicy.
+type TrafficPolicy string
+
+// Traffic policies: Local sends traffic arriving from the network only to
+// backends on this node (and keeps the client's address); Cluster to all.
+const (
+	TrafficPolicyCluster TrafficPolicy = "Cluster"
+	TrafficPolicyLocal   TrafficPolicy = "Local"
+)
+
+// Algorithm is how a new flow picks among a frontend's active backends.
+type Algorithm string
+
+// Load-balancing algorithms (enum lb_algo in bpf/lib/maps.h).
+const (
+	AlgorithmRandom     Algorithm = "random"
+	AlgorithmRoundRobin Algorithm = "round-robin"
+	AlgorithmMaglev     Algorithm = "maglev"
+)
+
+// DefaultAffinityTimeout is Kubernetes' default ClientIP affinity timeout
+// (sessionAffinityConfig.clientIP.timeoutSeconds), in seconds.
+const DefaultAffinityTimeout = 10800
+
+// MaxAffinityTimeout is the longest affinity Kubernetes accepts, in seconds.
+const MaxAffinityTimeout = 86400
+
+// DefaultNamespace is the namespace of a service that names none.
+const DefaultNamespace = "default"
+
+// Service is one service: its frontends (cluster IP, node ports, external
+// and load-balancer IPs, each per port) and the backends behind them.
+type Service struct {
+	Namespace string      `json:"namespace"`
+	Name      string      `json:"name"`
+	Type      ServiceType `json:"type,omitempty"`
+	// ClusterIP is reachable from pods and the node (internal scope only).
+	ClusterIP netip.Addr `json:"clusterIP,omitzero"`
+	// ExternalIPs and LoadBalancerIPs are reachable from pods, the node and
+	// the network.
+	ExternalIPs     []netip.Addr `json:"externalIPs,omitempty"`
+	LoadBalancerIPs []netip.Addr `json:"loadBalancerIPs,omitempty"`
+	Ports           []Port       `json:"ports"`
+	// SessionAffinity ClientIP sends a client's new flows to the backend
+	// its last flow went to, for AffinityTimeout seconds after that flow's
+	// last new connection (default DefaultAffinityTimeout).
+	SessionAffinity       SessionAffinity `json:"sessionAffinity,omitempty"`
+	AffinityTimeout       int32           `json:"affinityTimeoutSeconds,omitempty"`
+	ExternalTrafficPolicy TrafficPolicy   `json:"externalTrafficPolicy,omitempty"`
+	Algorithm             Algorithm       `json:"algorithm,omitempty"`
+	Backends              []Backend       `json:"backends,omitempty"`
+}
+
+// Port is one port of a service. A backend receives the port's traffic on
+// TargetPort (default: Port).
+type Port struct {
+	Name       string   `json:"name,omitempty"`
+	Protocol   Protocol `json:"protocol,omitempty"`
+	Port       int32    `json:"port"`
+	TargetPort int32    `json:"targetPort,omitempty"`
+	// NodePort, for types NodePort and LoadBalancer, is the port on every
+	// node address; 0 asks for one to be allocated from the node-port range.
+	NodePort int32 `json:"nodePort,omitempty"`
+}
+
+// Backend is an endpoint of a service, as an EndpointSlice endpoint.
+// Only backends that are Ready and not Terminating receive new flows; the
+// others keep the flows they have.
+type Backend struct {
+	IP netip.Addr `json:"ip"`
+	// Ready is the endpoint's ready condition. In JSON and YAML an absent
+	// "ready" means true, as Kubernetes reads an unknown condition.
+	Ready       bool `json:"ready"`
+	Terminating bool `json:"terminating,omitempty"`
+	// Local marks a backend on this node: with externalTrafficPolicy Local
+	// only those get traffic arriving from the network.
+	Local bool `json:"local,omitempty"`
+}
+
+// UnmarshalJSON reads a backend, defaulting ready to true, and accepts a
+// bare address string as shorthand for a ready backend.
+func (b *Backend) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err == nil {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("backend %q: %w", s, err)
+		}
+		*b = Backend{IP: ip, Ready: true}
+		return nil
+	}
+	type plain Backend
+	v := plain{Ready: true}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*b = Backend(v)
+	return nil
+}
+
+// Active tells whether the backend takes new flows.
+func (b Backend) Active() bool { return b.Ready && !b.Terminating }
+
+// Key names a service: "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// ParseKey splits "namespace/name"; a bare name is in DefaultNamespace.
+func ParseKey(s string) (namespace, name string, err error) {
+	ns, n, ok := strings.Cut(s, "/")
+	if !ok {
+		ns, n = DefaultNamespace, s
+	}
+	if ns == "" || n == "" || strings.Contains(n, "/") {
+		return "", "", fmt.Errorf("service %q: want NAMESPACE/NAME", s)
+	}
+	return ns, n, nil
+}
+
+// normalize fills Kubernetes' defaults and puts lists in a canonical order,
+// so two descriptions of the same service compare equal. Node ports that
+// are 0 stay 0 here: allocation needs the whole desired state.
+func (s Service) normalize() Service {
+	if s.Namespace == "" {
+		s.Namespace = DefaultNamespace
+	}
+	if s.Type == "" {
+		s.Type = TypeClusterIP
+	}
+	if s.SessionAffinity == "" {
+		s.SessionAffinity = AffinityNone
+	}
+	if s.SessionAffinity == AffinityClientIP && s.AffinityTimeout == 0 {
+		s.AffinityTimeout = DefaultAffinityTimeout
+	}
+	if s.ExternalTrafficPolicy == "" {
+		s.ExternalTrafficPolicy = TrafficPolicyCluster
+	}
+	if s.Algorithm == "" {
+		s.Algorithm = AlgorithmRandom
+	}
+	s.ClusterIP = s.ClusterIP.Unmap()
+	s.ExternalIPs = unmapAll(s.ExternalIPs)
+	s.LoadBalancerIPs = unmapAll(s.LoadBalancerIPs)
+	ports := make([]Port, len(s.Ports))
+	for i, p := range s.Ports {
+		p.Protocol = Protocol(strings.ToUpper(string(p.Protocol)))
+		if p.Protocol == "" {
+			p.Protocol = ProtocolTCP
+		}
+		if p.TargetPort == 0 {
+			p.TargetPort = p.Port
+		}
+		ports[i] = p
+	}
+	s.Ports = ports
+	if len(s.Ports) == 0 {
+		s.Ports = nil
+	}
+	if len(s.Backends) == 0 {
+		s.Backends = nil
+	} else {
+		bs := make([]Backend, len(s.Backends))
+		for i, b := range s.Backends {
+			b.IP = b.IP.Unmap()
+			bs[i] = b
+		}
+		sortBackends(bs)
+		s.Backends = bs
+	}
+	return s
+}
+
+func unmapAll(in []netip.Addr) []netip.Addr {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]netip.Addr, len(in))
+	for i, a := range in {
+		out[i] = a.Unmap()
+	}
+	return out
+}
+
+func sortBackends(bs []Backend) {
+	// Stable, so duplicates stay in input order for the error message.
+	slices.SortStableFunc(bs, func(a, b Backend) int { return a.IP.Compare(b.IP) })
+}
+
+// equal compares two normalized services.
+func (s *Service) equal(o *Service) bool {
+	if s.Namespace != o.Namespace || s.Name != o.Name || s.Type != o.Type ||
+		s.ClusterIP != o.ClusterIP || s.SessionAffinity != o.SessionAffinity ||
+		s.AffinityTimeout != o.AffinityTimeout || s.ExternalTrafficPolicy != o.ExternalTrafficPolicy ||
+		s.Algorithm != o.Algorithm {
+		return false
+	}
+	return sliceEqual(s.ExternalIPs, o.ExternalIPs) && sliceEqual(s.LoadBalancerIPs, o.LoadBalancerIPs) &&
+		sliceEqual(s.Ports, o.Ports) && sliceEqual(s.Backends, o.Backends)
+}
+
+func sliceEqual[T comparable](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

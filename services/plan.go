@@ -1,0 +1,304 @@
+package services
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/podpath/podpath/maps"
+)
+
+// ErrCapacity means the desired services need more map entries than the
+// node's maps hold (node init --max-services, --max-backends).
+var ErrCapacity = errors.New("not enough room in the service maps")
+
+// limits are the node's map sizes that bound what can be programmed.
+type limits struct {
+	maxFrontendID uint32 // ids 1..maxFrontendID (svc_rr is an array indexed by id)
+	maxBackends   uint32
+	maxSlots      uint32
+}
+
+// frontendSpec is one frontend a service port asks for.
+type frontendSpec struct {
+	key       feKey
+	port      *Port
+	portIndex int
+	// local: only backends on this node (externalTrafficPolicy Local,
+	// external scope).
+	local bool
+}
+
+// frontendsOf lists the frontends of a service, per port: the cluster IP
+// (internal scope), the node port on the wildcard address, external and
+// load-balancer IPs (both scopes).
+func frontendsOf(s *Service) []frontendSpec {
+	var out []frontendSpec
+	local := s.ExternalTrafficPolicy == TrafficPolicyLocal
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		proto := protoNumber(p.Protocol)
+		add := func(addr netip.Addr, port int32, scope maps.SvcScope) {
+			out = append(out, frontendSpec{
+				key:       feKey{toIP16(addr), uint16(port), proto, scope},
+				port:      p,
+				portIndex: i,
+				local:     local && scope == maps.ScopeExternal,
+			})
+		}
+		if s.ClusterIP.IsValid() {
+			add(s.ClusterIP, p.Port, maps.ScopeInternal)
+		}
+		if (s.Type == TypeNodePort || s.Type == TypeLoadBalancer) && p.NodePort != 0 {
+			add(netip.IPv4Unspecified(), p.NodePort, maps.ScopeInternal)
+			add(netip.IPv4Unspecified(), p.NodePort, maps.ScopeExternal)
+		}
+		for _, ips := range [][]netip.Addr{s.ExternalIPs, s.LoadBalancerIPs} {
+			for _, a := range ips {
+				add(a, p.Port, maps.ScopeInternal)
+				add(a, p.Port, maps.ScopeExternal)
+			}
+		}
+	}
+	return out
+}
+
+func algoOf(a Algorithm) uint8 {
+	switch a {
+	case AlgorithmRoundRobin:
+		return uint8(maps.AlgoRoundRobin)
+	case AlgorithmMaglev:
+		return uint8(maps.AlgoMaglev)
+	}
+	return uint8(maps.AlgoRandom)
+}
+
+// build computes what the maps must hold for the (normalized, valid)
+// services, keeping the ids and slot positions prev has for the frontends
+// and backends that stay.
+func build(services []Service, prev *programmed, lim limits) (*programmed, error) {
+	next := newProgrammedSized(len(prev.fe), len(prev.be))
+
+	// Backends: one id per (address, port, protocol), shared by every
+	// service that lists it; terminating unless some service has it active.
+	// The entry of each (service, port, backend), in loop order, for the
+	// frontends below: portEntries[portBase[si]+pi][bi].
+	refs := make(map[beKey]*backendEntry, len(prev.be))
+	active := make(map[*backendEntry]bool, len(prev.be))
+	var (
+		newBackends []*backendEntry
+		portEntries [][]*backendEntry
+		portBase    = make([]int, len(services))
+	)
+	for si := range services {
+		s := &services[si]
+		portBase[si] = len(portEntries)
+		for pi := range s.Ports {
+			p := &s.Ports[pi]
+			proto := protoNumber(p.Protocol)
+			entries := make([]*backendEntry, len(s.Backends))
+			for bi, b := range s.Backends {
+				k := beKey{toIP16(b.IP), uint16(p.TargetPort), proto}
+				e := refs[k]
+				if e == nil {
+					e = &backendEntry{Key: k}
+					if old := prev.be[k]; old != nil {
+						e.ID = old.ID
+					} else {
+						newBackends = append(newBackends, e)
+					}
+					refs[k] = e
+				}
+				if b.Active() {
+					active[e] = true
+				}
+				entries[bi] = e
+			}
+			portEntries = append(portEntries, entries)
+		}
+	}
+	if uint32(len(refs)) > lim.maxBackends {
+		return nil, fmt.Errorf("%w: %d backends, the node's backends map holds %d (node init --max-backends)", ErrCapacity, len(refs), lim.maxBackends)
+	}
+	ids := newIDAllocator(1, ^uint32(0)-1, len(prev.beByID))
+	for id := range prev.beByID {
+		ids.reserve(id)
+	}
+	for _, b := range newBackends {
+		id, ok := ids.next()
+		if !ok {
+			return nil, fmt.Errorf("%w: backend ids exhausted", ErrCapacity)
+		}
+		b.ID = id
+	}
+	for _, e := range refs {
+		e.Terminating = !active[e]
+		next.addBackend(e)
+	}
+
+	// Frontends.
+	var newFrontends []*frontend
+	var slots uint64
+	for si := range services {
+		s := &services[si]
+		var flags uint8
+		var timeout uint32
+		if s.SessionAffinity == AffinityClientIP {
+			flags |= maps.SvcFlagAffinity
+			timeout = uint32(s.AffinityTimeout)
+		}
+		for _, fs := range frontendsOf(s) {
+			f := &frontend{
+				Key:             fs.key,
+				Service:         s.Key(),
+				Port:            portLabel(fs.port),
+				Algo:            algoOf(s.Algorithm),
+				Flags:           flags,
+				AffinityTimeout: timeout,
+			}
+			if fs.key.Addr.addr().IsUnspecified() {
+				f.Flags |= maps.SvcFlagNodePort
+			}
+			entries := portEntries[portBase[si]+fs.portIndex]
+			var act []*backendEntry
+			for bi, b := range s.Backends {
+				if fs.local && !b.Local {
+					continue
+				}
+				be := entries[bi]
+				f.Members = append(f.Members, be.ID)
+				if b.Active() {
+					act = append(act, be)
+				}
+			}
+			slices.Sort(f.Members)
+			old := prev.fe[fs.key]
+			if old != nil {
+				f.ID = old.ID
+				f.Slots = stableSlots(old.Slots, act)
+			} else {
+				newFrontends = append(newFrontends, f)
+				f.Slots = stableSlots(nil, act)
+			}
+			slots += uint64(len(f.Slots))
+			next.fe[fs.key] = f
+		}
+	}
+	if uint32(len(next.fe)) > lim.maxFrontendID {
+		return nil, fmt.Errorf("%w: %d frontends, the node's services map holds %d (node init --max-services)", ErrCapacity, len(next.fe), lim.maxFrontendID)
+	}
+	if slots > uint64(lim.maxSlots) {
+		return nil, fmt.Errorf("%w: %d backend slots, the node's svc_slots map holds %d (node init --max-backends)", ErrCapacity, slots, lim.maxSlots)
+	}
+	// New ids avoid every id in use before this update too: a frontend
+	// removed now may still have conntrack and affinity entries until the
+	// update finishes flushing them.
+	fids := newIDAllocator(1, lim.maxFrontendID, len(prev.fe))
+	for _, f := range prev.fe {
+		fids.reserve(f.ID)
+	}
+	for _, f := range newFrontends {
+		id, ok := fids.next()
+		if !ok {
+			return nil, fmt.Errorf("%w: frontend ids 1-%d exhausted (node init --max-services)", ErrCapacity, lim.maxFrontendID)
+		}
+		f.ID = id
+	}
+	return next, nil
+}
+
+// stableSlots keeps backends that stay active in the slots they had: one
+// that leaves is replaced by the last slot's backend, new ones are
+// appended in address order. Few slots change per update, and the result
+// depends only on the previous slots and the active set.
+func stableSlots(old []uint32, active []*backendEntry) []uint32 {
+	if len(active) == 0 {
+		return nil
+	}
+	// Membership by linear scan for the usual handful of backends, by map
+	// for large services.
+	var set map[uint32]bool
+	if len(active) > 32 {
+		set = make(map[uint32]bool, len(active))
+		for _, b := range active {
+			set[b.ID] = true
+		}
+	}
+	isActive := func(id uint32) bool {
+		if set != nil {
+			return set[id]
+		}
+		return slices.ContainsFunc(active, func(b *backendEntry) bool { return b.ID == id })
+	}
+	out := make([]uint32, 0, len(active))
+	out = append(out, old...)
+	for i := 0; i < len(out); {
+		if isActive(out[i]) {
+			i++
+			continue
+		}
+		out[i] = out[len(out)-1]
+		out = out[:len(out)-1]
+	}
+	kept := len(out)
+	var inOut map[uint32]bool
+	if set != nil {
+		inOut = make(map[uint32]bool, kept)
+		for _, id := range out {
+			inOut[id] = true
+		}
+	}
+	var added []*backendEntry
+	for _, b := range active {
+		if inOut != nil && inOut[b.ID] || inOut == nil && slices.Contains(out[:kept], b.ID) {
+			continue
+		}
+		added = append(added, b)
+	}
+	slices.SortFunc(added, func(a, b *backendEntry) int { return a.Key.addrPort().Compare(b.Key.addrPort()) })
+	for _, b := range added {
+		out = append(out, b.ID)
+	}
+	return out
+}
+
+func portLabel(p *Port) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return strconv.Itoa(int(p.Port))
+}
+
+// idAllocator hands out the lowest free ids of a range.
+type idAllocator struct {
+	used     map[uint32]bool
+	cur, max uint32
+}
+
+func newIDAllocator(min, max uint32, hint int) *idAllocator {
+	return &idAllocator{used: make(map[uint32]bool, hint), cur: min, max: max}
+}
+
+func (a *idAllocator) reserve(id uint32) { a.used[id] = true }
+
+func (a *idAllocator) next() (uint32, bool) {
+	for ; a.cur <= a.max && a.cur != 0; a.cur++ {
+		if !a.used[a.cur] {
+			id := a.cur
+			a.used[id] = true
+			a.cur++
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+// sortServices orders services by namespace and name.
+func sortServices(s []Service) {
+	slices.SortFunc(s, func(a, b Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+}
