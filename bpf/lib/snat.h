@@ -90,7 +90,7 @@ static __always_inline void nat_touch(struct nat_entry *e, const struct flow4 *f
  * *reason set. A port is free when no live mapping to the same destination
  * (address, port, protocol) holds it; expired mappings are taken over. */
 static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct nat_config *cfg,
-					  enum reason *reason)
+					  __u32 bytes, enum reason *reason)
 {
 	struct nat_entry fwd = {}, rev = {}, *old;
 	__u32 range = (__u32)cfg->port_max - cfg->port_min + 1;
@@ -145,6 +145,9 @@ static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct na
 	fwd.to_addr[0] = cfg->addr[0];
 	fwd.to_port = nport;
 	fwd.expires = rev.expires;
+	fwd.packets = 1;
+	fwd.bytes = bytes;
+	fwd.tcp_flags = f->tcp_flags;
 	ct_key4(&fk, f->saddr, f->daddr, f->sport, f->dport, f->proto);
 	if (bpf_map_update_elem(&snat, &fk, &fwd, BPF_ANY) < 0) {
 		bpf_map_delete_elem(&snat, &rk);
@@ -179,7 +182,7 @@ static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, 
 		nat_touch(e, f, skb->len);
 		port = e->to_port;
 	} else {
-		port = snat_alloc4(f, cfg, reason);
+		port = snat_alloc4(f, cfg, skb->len, reason);
 		if (!port)
 			return -1;
 	}
@@ -204,9 +207,13 @@ static __always_inline int snat_icmp_error4(struct __sk_buff *skb, struct flow4 
 	struct ct_key k;
 	__u32 inner_off = f->l4_off + 8, icmp_csum = f->l4_off + ICMP_CSUM_OFF;
 	__be32 pod;
-	__be16 pod_port;
+	__be16 pod_port, tot_len;
 	__u16 check;
 
+	/* The quote must lie inside the packet, not in bytes after it. */
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &tot_len, 2) < 0 ||
+	    inner_off + sizeof(inner) + sizeof(ports) > ETH_HLEN + bpf_ntohs(tot_len))
+		return 0;
 	if (bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) < 0 ||
 	    inner.ihl != 5 || inner.saddr != cfg->addr[0])
 		return 0;
@@ -216,7 +223,7 @@ static __always_inline int snat_icmp_error4(struct __sk_buff *skb, struct flow4 
 		return 0;
 	ct_key4(&k, inner.daddr, inner.saddr, ports[1], ports[0], inner.protocol);
 	e = bpf_map_lookup_elem(&snat, &k);
-	if (!e || !(e->flags & NAT_F_REVERSE))
+	if (!e || !(e->flags & NAT_F_REVERSE) || e->expires < bpf_ktime_get_ns())
 		return 0;
 	pod = e->to_addr[0];
 	pod_port = e->to_port;
