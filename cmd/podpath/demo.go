@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -53,6 +54,68 @@ counters, and removes everything again (unless --keep).`,
 
 const demoNode = "demo"
 
+var (
+	demoNodeAddr    = netip.MustParsePrefix("10.254.0.1/24")
+	demoOutsideAddr = netip.MustParsePrefix("10.254.0.2/24")
+)
+
+// demoSNAT has a pod talk to the outside host, which sees only the node.
+func demoSNAT(out io.Writer, node *sim.Node, pod *sim.Pod) error {
+	step(out, "A pod reaches the outside: masqueraded by to_netdev (SNAT)")
+	o := node.Outside
+	var ln net.Listener
+	if err := o.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(o.IP.String(), "8443"))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer ln.Close()
+	seen := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		seen <- c.RemoteAddr().String()
+		io.WriteString(c, "hello from outside\n")
+		c.Close()
+	}()
+	var reply []byte
+	err := pod.Do(func() error {
+		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 3*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		reply, err = io.ReadAll(c)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%s -> outside: %w", pod.Name, err)
+	}
+	fmt.Fprintf(out, "  %s (%s) connected to %s and got %q\n", pod.Name, pod.IP, ln.Addr(), strings.TrimSpace(string(reply)))
+	fmt.Fprintf(out, "  the outside host saw the connection come from %s: the node, not the pod\n", <-seen)
+	m, err := maps.OpenPinned(node.PinRoot, maps.MapSNAT)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	all, err := maps.ReadNAT(m)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "  podpath nat list:")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "    DIR\tPROTO\tSOURCE\tDESTINATION\tTRANSLATED TO\tPACKETS")
+	for _, e := range all {
+		r := newNATRow(e)
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\t%d\n", r.Direction, r.Proto, r.Source, r.Destination, r.TranslatedTo, r.Packets)
+	}
+	return tw.Flush()
+}
+
 func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbose bool) (err error) {
 	if ctx == nil {
 		ctx = context.Background()
@@ -66,6 +129,9 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 	if dir, ok := pluginNextToMe(); ok {
 		opts = append(opts, sim.WithCNIBin(dir))
 	}
+	// The node's uplink leads to one "outside" host; both addresses exist
+	// only inside the demo's namespaces.
+	opts = append(opts, sim.WithUplink(demoNodeAddr, demoOutsideAddr))
 	step(out, "Creating a node in its own network namespace and loading the datapath")
 	node, err := sim.NewNode(demoNode, cidr, opts...)
 	if err != nil {
@@ -86,9 +152,8 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "  netns %s, kernel %s, tc attach mode %s\n", filepath.Base(node.NS.Path()), st.Features.Kernel, st.Features.TCMechanism())
-	fmt.Fprintf(out, "  pins under %s; the node has net.ipv4.ip_forward=0 and no bridge,\n", node.PinRoot)
-	fmt.Fprintln(out, "  so pod-to-pod traffic only flows if the eBPF program carries it")
+	fmt.Fprintf(out, "  netns %s, kernel %s, tc attach mode %s, pins under %s\n", filepath.Base(node.NS.Path()), st.Features.Kernel, st.Features.TCMechanism(), node.PinRoot)
+	fmt.Fprintf(out, "  uplink %s %s to an outside host %s; no bridge, no iptables rules\n", sim.UplinkName, node.Outside.NodeIP, node.Outside.IP)
 
 	step(out, "Creating three pods through the podpath-cni binary (CNI ADD, as a runtime does)")
 	var pods []*sim.Pod
@@ -157,7 +222,14 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 		return fmt.Errorf("the spoofed packet was not counted as dropped")
 	}
 
+	if err := demoSNAT(out, node, pods[0]); err != nil {
+		return err
+	}
+
 	step(out, "Counters (podpath counters)")
+	if final, err = readCounters(node); err != nil {
+		return err
+	}
 	rows := make([]counterRow, 0, len(final))
 	for _, c := range final {
 		rows = append(rows, counterRow{c.Hook.String(), c.Reason.String(), c.Reason.IsDrop(), c.Packets, c.Bytes})
