@@ -487,3 +487,57 @@ func TestConcurrentUpserts(t *testing.T) {
 		t.Fatalf("state and maps disagree after concurrent upserts: %+v %v", sum, err)
 	}
 }
+
+// A removed backend's id is not handed to the next new backend: ids count
+// up, so a flow recorded under the old id in a race with the removal can
+// never reach a different backend.
+func TestBackendIDsNotReusedAtOnce(t *testing.T) {
+	m := newTestManager(t)
+	ctx := context.Background()
+	if _, err := m.Apply(ctx, []Service{clusterIP("web", "10.96.0.10", "10.0.0.1", "10.0.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	gone := m.backendID(t, "10.0.0.2", 8080)
+	if _, err := m.Apply(ctx, []Service{clusterIP("web", "10.96.0.10", "10.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Apply(ctx, []Service{clusterIP("web", "10.96.0.10", "10.0.0.1", "10.0.0.3")}); err != nil {
+		t.Fatal(err)
+	}
+	if id := m.backendID(t, "10.0.0.3", 8080); id == gone || id < gone {
+		t.Fatalf("new backend got id %d; the removed one had %d", id, gone)
+	}
+	// Another manager (another process) continues the count.
+	o := newManagerOn(t, m)
+	if _, err := o.Apply(ctx, []Service{clusterIP("web", "10.96.0.10", "10.0.0.1", "10.0.0.3", "10.0.0.4")}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := o.backendID(t, "10.0.0.4", 8080), m.backendID(t, "10.0.0.3", 8080); a <= b {
+		t.Fatalf("ids went back: %d after %d", a, b)
+	}
+}
+
+// Switching ClientIP affinity off deletes the frontend's affinity entries:
+// switched on again later, it starts afresh instead of reviving choices
+// made before.
+func TestAffinityOffForgets(t *testing.T) {
+	m := newTestManager(t)
+	ctx := context.Background()
+	web := clusterIP("web", "10.96.0.10", "10.0.0.1", "10.0.0.2")
+	web.SessionAffinity = AffinityClientIP
+	if _, err := m.Apply(ctx, []Service{web}); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := m.frontendOf(t, svcKey("10.96.0.10", 80, unix.IPPROTO_TCP, maps.ScopeInternal))
+	now, _ := monotonicNow()
+	ak := maps.AffinityKey{SvcId: info.Id, Family: maps.FamilyIPv4, Client: maps.Addr16(addr("10.99.0.5"))}
+	must(t, m.dp.affinity.Update(&ak, &maps.AffinityValue{LastUsed: now, BackendId: m.backendID(t, "10.0.0.1", 8080)}, ebpf.UpdateAny))
+	web.SessionAffinity = AffinityNone
+	web.AffinityTimeout = 0
+	if _, err := m.Apply(ctx, []Service{web}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.dump(t).Affinity[ak]; ok {
+		t.Fatal("affinity entry survived affinity being switched off")
+	}
+}

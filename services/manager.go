@@ -441,7 +441,7 @@ func (m *Manager) update(ctx context.Context, dryRun bool, next func([]Service) 
 				return err
 			}
 		}
-		nst := &state{Version: stateVersion, MapIDs: ids, Services: desired}
+		nst := &state{Version: stateVersion, MapIDs: ids, Services: desired, NextBackendID: prog.nextBackendID}
 		nst.Frontends = make([]*frontend, 0, len(prog.fe))
 		for _, f := range prog.fe {
 			nst.Frontends = append(nst.Frontends, f)

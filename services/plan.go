@@ -123,16 +123,28 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 	if uint32(len(refs)) > lim.maxBackends {
 		return nil, fmt.Errorf("%w: %d backends, the node's backends map holds %d (node init --max-backends)", ErrCapacity, len(refs), lim.maxBackends)
 	}
-	ids := newIDAllocator(1, ^uint32(0)-1, len(prev.beByID))
+	// Backend ids count up and wrap: an id is not handed out again soon
+	// after its backend went, so nothing a racing packet may still have
+	// recorded under the old id (a conntrack or affinity entry created
+	// while the backend was being removed) can point at a new backend.
+	ids := newIDAllocator(1, maxBackendID, len(prev.beByID))
+	ids.cur = max(prev.nextBackendID, 1)
 	for id := range prev.beByID {
 		ids.reserve(id)
 	}
 	for _, b := range newBackends {
 		id, ok := ids.next()
 		if !ok {
-			return nil, fmt.Errorf("%w: backend ids exhausted", ErrCapacity)
+			ids.cur = 1
+			if id, ok = ids.next(); !ok {
+				return nil, fmt.Errorf("%w: backend ids exhausted", ErrCapacity)
+			}
 		}
 		b.ID = id
+	}
+	next.nextBackendID = max(prev.nextBackendID, 1)
+	if len(newBackends) > 0 {
+		next.nextBackendID = ids.cur
 	}
 	for _, e := range refs {
 		e.Terminating = !active[e]
@@ -272,7 +284,10 @@ func portLabel(p *Port) string {
 	return strconv.Itoa(int(p.Port))
 }
 
-// idAllocator hands out the lowest free ids of a range.
+// maxBackendID is the highest backend id; 0 means "no backend".
+const maxBackendID = 1<<32 - 2
+
+// idAllocator hands out the lowest free ids of a range from cur on.
 type idAllocator struct {
 	used     map[uint32]bool
 	cur, max uint32

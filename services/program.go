@@ -40,12 +40,15 @@ type ops struct {
 	flushSvc      map[uint32]bool
 	flushPairs    map[pair]bool
 	affinityPairs map[pair]bool
+	// affinitySvc: frontends whose affinity was switched off; none of
+	// their affinity entries may survive to be used when it is back on.
+	affinitySvc map[uint32]bool
 }
 
 func (o *ops) empty() bool {
 	return len(o.beWrite)+len(o.maglev)+len(o.slotWrite)+len(o.feWrite)+len(o.feDelete)+
 		len(o.slotDel)+len(o.maglevDel)+len(o.beFlag)+len(o.beDelete)+
-		len(o.flushSvc)+len(o.flushPairs)+len(o.affinityPairs) == 0
+		len(o.flushSvc)+len(o.flushPairs)+len(o.affinityPairs)+len(o.affinitySvc) == 0
 }
 
 // entries counts the map entries the ops write or delete (a Maglev table
@@ -57,7 +60,7 @@ func (o *ops) entries() int {
 
 // diff computes the changes from what the maps hold (old) to next.
 func diff(old, next *programmed) *ops {
-	o := &ops{flushSvc: map[uint32]bool{}, flushPairs: map[pair]bool{}, affinityPairs: map[pair]bool{}}
+	o := &ops{flushSvc: map[uint32]bool{}, flushPairs: map[pair]bool{}, affinityPairs: map[pair]bool{}, affinitySvc: map[uint32]bool{}}
 	for k, b := range next.be {
 		prev := old.be[k]
 		switch {
@@ -103,12 +106,15 @@ func diff(old, next *programmed) *ops {
 		for _, id := range minus(prev.Members, f.Members) {
 			o.flushPairs[pair{f.ID, id}] = true
 		}
-		if f.Flags&maps.SvcFlagAffinity != 0 {
+		switch {
+		case f.Flags&maps.SvcFlagAffinity != 0:
 			for _, id := range prev.Slots {
 				if !slices.Contains(f.Slots, id) {
 					o.affinityPairs[pair{f.ID, id}] = true
 				}
 			}
+		case prev.Flags&maps.SvcFlagAffinity != 0:
+			o.affinitySvc[f.ID] = true
 		}
 	}
 	for k, f := range old.fe {
@@ -311,10 +317,10 @@ func (d *dataplane) flushFlows(o *ops) (int, error) {
 			return n, err
 		}
 	}
-	if len(o.flushSvc) > 0 || len(o.affinityPairs) > 0 || len(o.flushPairs) > 0 {
+	if len(o.flushSvc) > 0 || len(o.affinityPairs) > 0 || len(o.flushPairs) > 0 || len(o.affinitySvc) > 0 {
 		_, err := deleteAffinity(d.affinity, func(k *maps.AffinityKey, v *maps.AffinityValue) bool {
 			p := pair{k.SvcId, v.BackendId}
-			return o.flushSvc[k.SvcId] || o.affinityPairs[p] || o.flushPairs[p]
+			return o.flushSvc[k.SvcId] || o.affinitySvc[k.SvcId] || o.affinityPairs[p] || o.flushPairs[p]
 		})
 		if err != nil {
 			return n, err
@@ -340,17 +346,25 @@ func deleteConntrack(m *ebpf.Map, match func(*maps.CtKey, *maps.CtEntry) bool) (
 	return len(keys), nil
 }
 
-// ctBatch is how many conntrack entries one batch lookup reads.
-const ctBatch = 4096
+// scanBatch is how many entries one batch lookup reads.
+const scanBatch = 4096
 
-// scanConntrack calls fn for every conntrack entry, reading them in
-// batches (one system call per ctBatch entries instead of two per entry;
-// a full table of 262,144 entries takes tens of milliseconds instead of
-// most of a second). Entries the datapath adds or removes meanwhile may or
-// may not be seen.
+// scanConntrack calls fn for every conntrack entry.
 func scanConntrack(m *ebpf.Map, fn func(*maps.CtKey, *maps.CtEntry)) error {
-	keys := make([]maps.CtKey, ctBatch)
-	vals := make([]maps.CtEntry, ctBatch)
+	if err := scanMap(m, fn); err != nil {
+		return fmt.Errorf("read conntrack: %w", err)
+	}
+	return nil
+}
+
+// scanMap calls fn for every entry of a hash map, reading them in batches:
+// one system call per scanBatch entries instead of two per entry, so a full
+// conntrack table of 262,144 entries takes tens of milliseconds instead of
+// most of a second. Entries the datapath adds or removes meanwhile may or
+// may not be seen. Kernels without batch lookups are iterated.
+func scanMap[K, V any](m *ebpf.Map, fn func(*K, *V)) error {
+	keys := make([]K, scanBatch)
+	vals := make([]V, scanBatch)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
@@ -364,36 +378,29 @@ func scanConntrack(m *ebpf.Map, fn func(*maps.CtKey, *maps.CtEntry)) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read conntrack: %w", err)
+			return err
 		}
 	}
 	var (
-		k maps.CtKey
-		e maps.CtEntry
-	)
-	it := m.Iterate()
-	for it.Next(&k, &e) {
-		fn(&k, &e)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read conntrack: %w", err)
-	}
-	return nil
-}
-
-func deleteAffinity(m *ebpf.Map, match func(*maps.AffinityKey, *maps.AffinityValue) bool) (int, error) {
-	var (
-		k    maps.AffinityKey
-		v    maps.AffinityValue
-		keys []maps.AffinityKey
+		k K
+		v V
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if match(&k, &v) {
-			keys = append(keys, k)
-		}
+		fn(&k, &v)
 	}
-	if err := it.Err(); err != nil {
+	return it.Err()
+}
+
+// deleteAffinity deletes every affinity entry match selects.
+func deleteAffinity(m *ebpf.Map, match func(*maps.AffinityKey, *maps.AffinityValue) bool) (int, error) {
+	var keys []maps.AffinityKey
+	err := scanMap(m, func(k *maps.AffinityKey, v *maps.AffinityValue) {
+		if match(k, v) {
+			keys = append(keys, *k)
+		}
+	})
+	if err != nil {
 		return 0, fmt.Errorf("read affinity: %w", err)
 	}
 	if err := batchDelete(m, keys, len(keys)); err != nil {

@@ -203,6 +203,8 @@ type programmed struct {
 	fe     map[feKey]*frontend
 	be     map[beKey]*backendEntry
 	beByID map[uint32]*backendEntry
+	// nextBackendID is where the search for a free backend id starts.
+	nextBackendID uint32
 }
 
 func newProgrammed() *programmed { return newProgrammedSized(0, 0) }
@@ -234,6 +236,8 @@ type state struct {
 	Services  []Service         `json:"services"`
 	Frontends []*frontend       `json:"frontends"`
 	Backends  []*backendEntry   `json:"backends"`
+	// NextBackendID is where the next backend id search starts.
+	NextBackendID uint32 `json:"nextBackendID"`
 
 	prog *programmed
 }
@@ -246,6 +250,7 @@ func (s *state) index() {
 	for _, b := range s.Backends {
 		s.prog.addBackend(b)
 	}
+	s.prog.nextBackendID = s.NextBackendID
 }
 
 // Files in the state directory.

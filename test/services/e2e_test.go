@@ -45,10 +45,20 @@ func buildCNI(t *testing.T) string {
 	return cniBin
 }
 
+// nodeOptions are the sim options of every test node: the shared plugin
+// build, and the plugin's log only with -v.
+func nodeOptions(t *testing.T, more ...sim.Option) []sim.Option {
+	opts := []sim.Option{sim.WithCNIBin(buildCNI(t))}
+	if !testing.Verbose() {
+		opts = append(opts, sim.WithPluginStderr(io.Discard))
+	}
+	return append(opts, more...)
+}
+
 // newNode is a simulated node whose services are programmed by a Manager.
 func newNode(t *testing.T, name, cidr string) (*sim.Node, *services.Manager) {
 	t.Helper()
-	n, err := sim.NewNode(name, netip.MustParsePrefix(cidr), sim.WithCNIBin(buildCNI(t)))
+	n, err := sim.NewNode(name, netip.MustParsePrefix(cidr), nodeOptions(t)...)
 	if err != nil {
 		t.Fatalf("new node: %v", err)
 	}

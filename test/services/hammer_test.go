@@ -134,7 +134,12 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 	}
 	defer prog.Close()
 
-	client := netip.MustParseAddr("10.98.0.5")
+	// Every packet must be a new flow: a tuple seen before may still have
+	// a conntrack entry, which rightly keeps its (maybe terminating)
+	// backend. 64 client addresses (one pod's veth, as far as the
+	// anti-spoofing check goes) times 60,000 source ports give 3.8 million
+	// distinct tuples.
+	const clients = 64
 	clientMAC := net.HardwareAddr{0x02, 0, 0x0a, 0x62, 0, 5}
 	const clientIfindex = 42
 	eps, err := maps.OpenEndpoints(cfg.PinRoot)
@@ -146,8 +151,13 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 	info.Ifindex = clientIfindex
 	copy(info.Mac[:], clientMAC)
 	copy(info.NodeMac[:], []byte{0xee, 0xee, 0, 0, 0, 1})
-	if err := eps.Put(client, info); err != nil {
-		t.Fatal(err)
+	for i := range clients {
+		if err := eps.Put(netip.AddrFrom4([4]byte{10, 98, 0, byte(10 + i)}), info); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tuple := func(n uint64) (netip.Addr, uint16, bool) {
+		return netip.AddrFrom4([4]byte{10, 98, 0, byte(10 + n%clients)}), uint16(1024 + (n/clients)%60000), n < clients*60000
 	}
 
 	m, err := services.Open(cfg.PinRoot, cfg.StateDir)
@@ -234,15 +244,18 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 	}()
 
 	var packets atomic.Int64
-	var sport atomic.Uint32
-	sport.Store(1024)
+	var flows atomic.Uint64
 	for r := 0; r < 2; r++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			out := make([]byte, 256)
 			for !stop.Load() {
-				port := uint16(sport.Add(1)%64000) + 1024
+				client, port, fresh := tuple(flows.Add(1) - 1)
+				if !fresh {
+					errs <- fmt.Errorf("ran out of fresh tuples")
+					return
+				}
 				frame := synFrame(clientMAC, client, vip, port, 80)
 				lo := done.Load()
 				opts := ebpf.RunOptions{Data: frame, DataOut: out, Context: skbContext{IngressIfindex: clientIfindex}}
@@ -254,14 +267,14 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 				}
 				packets.Add(1)
 				if ret != tcActOK {
-					errs <- fmt.Errorf("SYN from port %d: verdict %d, want %d (TC_ACT_OK: to a backend via the stack)", port, ret, tcActOK)
+					errs <- fmt.Errorf("SYN from %s:%d: verdict %d, want %d (TC_ACT_OK: to a backend via the stack)", client, port, ret, tcActOK)
 					return
 				}
 				got := opts.DataOut
 				dst := netip.AddrFrom4([4]byte(got[30:34]))
 				dport := binary.BigEndian.Uint16(got[36:38])
 				if got[23] != 6 || dport != 8080 {
-					errs <- fmt.Errorf("SYN from port %d came out as proto %d to %s:%d", port, got[23], dst, dport)
+					errs <- fmt.Errorf("SYN from %s:%d came out as proto %d to %s:%d", client, port, got[23], dst, dport)
 					return
 				}
 				mu.Lock()
@@ -271,7 +284,7 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 				}
 				mu.Unlock()
 				if !ok {
-					errs <- fmt.Errorf("SYN from port %d went to %s, active in none of versions %d-%d", port, dst, lo, hi)
+					errs <- fmt.Errorf("SYN from %s:%d went to %s, active in none of versions %d-%d", client, port, dst, lo, hi)
 					return
 				}
 			}

@@ -35,8 +35,8 @@ func fetchOutside(o *sim.Outside, addr string) (backend, client string, err erro
 // is what the control plane says, so one of two pods on this node plays a
 // pod on another node.
 func TestNodePortLocalPolicy(t *testing.T) {
-	node, err := sim.NewNode("svcnp", netip.MustParsePrefix("10.213.0.0/24"), sim.WithCNIBin(buildCNI(t)),
-		sim.WithUplink(netip.MustParsePrefix("10.251.0.1/24"), netip.MustParsePrefix("10.251.0.2/24")))
+	node, err := sim.NewNode("svcnp", netip.MustParsePrefix("10.213.0.0/24"),
+		nodeOptions(t, sim.WithUplink(netip.MustParsePrefix("10.251.0.1/24"), netip.MustParsePrefix("10.251.0.2/24")))...)
 	if err != nil {
 		t.Fatal(err)
 	}
