@@ -46,6 +46,7 @@ type config struct {
 	ProgCalls   int           `json:"progRunCalls"`
 	ProgRepeat  int           `json:"progRunRepeat"`
 	LargeEps    uint32        `json:"memoryLargeMaxEndpoints"`
+	VethGRO     bool          `json:"vethGRO"`
 
 	// Human-readable copies of the durations for the JSON.
 	StreamTimeS float64 `json:"streamSeconds"`
@@ -83,6 +84,7 @@ func main() {
 	out := flag.String("out", "", "results directory (default: bench/results in the source tree)")
 	only := flag.String("only", "", "comma-separated families to run (default all): "+strings.Join(families, ","))
 	verbose := flag.Bool("v", false, "log every step")
+	vethGRO := flag.Bool("veth-gro", false, "turn GRO on for every veth of the pod-to-pod topologies (default: kernel defaults, GRO off)")
 	flag.Parse()
 
 	level := slog.LevelInfo
@@ -91,13 +93,13 @@ func main() {
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
-	if err := run(*quick, *out, *only); err != nil {
+	if err := run(*quick, *out, *only, *vethGRO); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(quick bool, outDir, only string) error {
+func run(quick bool, outDir, only string, vethGRO bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, BPF, iptables): run with sudo")
 	}
@@ -134,7 +136,8 @@ func run(quick bool, outDir, only string) error {
 	slog.Info("bench", "mode", cfg.Mode, "families", strings.Join(selected, ","), "reps", cfg.Reps)
 
 	res.Notes = methodNotes(cfg)
-	env := &env{cfg: cfg, srcDir: src, res: res}
+	env := &env{cfg: cfg, srcDir: src, res: res, vethGRO: vethGRO}
+	cfg.VethGRO = vethGRO
 	defer env.close()
 	for _, fam := range selected {
 		if err := ctx.Err(); err != nil {

@@ -41,7 +41,7 @@ func (e *env) runRR(ctx context.Context, crr bool) error {
 	for rep := range e.cfg.Reps {
 		for _, t := range rotate(topos, rep) {
 			var r rrResult
-			delta, err := measurePath(t, func() (err error) {
+			ev, err := measurePath(t, func() (err error) {
 				r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
 				return err
 			})
@@ -50,9 +50,7 @@ func (e *env) runRR(ctx context.Context, crr bool) error {
 			}
 			m := e.res.record(fam, "rate", t.contender, unit, higher, r.rate)
 			m.addExtra("transactions", r.count)
-			if t.path != nil {
-				m.addExtra(t.path.name, delta)
-			}
+			ev.record(m, t)
 			e.res.record(fam, "p50", t.contender, "µs", lower, r.p50)
 			e.res.record(fam, "p99", t.contender, "µs", lower, r.p99)
 			slog.Info(fam, "rep", rep+1, "contender", t.contender, "rate", fmt.Sprintf("%.0f", r.rate),

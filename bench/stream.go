@@ -16,6 +16,13 @@ import (
 // iperfPort is where every iperf3 server listens (each in its own netns).
 const iperfPort = 5201
 
+// cut its window: throughput then depends on scheduling luck, not on the
+// path. Pinning removes that for every contender alike.
+const (
+	iperfClientCPU = "0"
+	iperfServerCPU = "1"
+)
+
 // runStream measures single-stream TCP throughput, client pod to server
 // pod, with iperf3.
 func (e *env) runStream(ctx context.Context) error {
@@ -29,7 +36,7 @@ func (e *env) runStream(ctx context.Context) error {
 	for rep := range e.cfg.Reps {
 		for _, t := range rotate(topos, rep) {
 			var r iperfResult
-			delta, err := measurePath(t, func() (err error) {
+			ev, err := measurePath(t, func() (err error) {
 				r, err = iperf(ctx, t, e.cfg.StreamTime, e.cfg.StreamOmit)
 				return err
 			})
@@ -40,10 +47,9 @@ func (e *env) runStream(ctx context.Context) error {
 			m.addExtra("retransmits", r.retransmits)
 			m.addExtra("sender_cpu_percent", r.senderCPU)
 			m.addExtra("receiver_cpu_percent", r.receiverCPU)
-			if t.path != nil {
-				m.addExtra(t.path.name, delta)
-			}
-			slog.Info("tcp_stream", "rep", rep+1, "contender", t.contender, "Gbit/s", fmt.Sprintf("%.2f", r.bitsPerSecond/1e9), "retransmits", r.retransmits)
+			ev.record(m, t)
+			slog.Info("tcp_stream", "rep", rep+1, "contender", t.contender, "Gbit/s", fmt.Sprintf("%.2f", r.bitsPerSecond/1e9),
+				"retransmits", r.retransmits, "backlog_drops", ev.backlogDrops)
 		}
 	}
 	return nil

@@ -279,6 +279,11 @@ func (e *env) buildTopologies(ctx context.Context) ([]*topology, error) {
 		t.info.Client = t.client.IP.String()
 		t.info.Server = t.server.IP.String()
 		t.info.Dst = t.dst.String()
+		if e.vethGRO {
+			if err := enableGRO(ctx, t); err != nil {
+				return nil, err
+			}
+		}
 		t.info.Devices = deviceInfos(ctx, t.devices)
 		if e.res.Topologies == nil {
 			e.res.Topologies = map[string]topologyInfo{}
@@ -318,4 +323,19 @@ func rotate[T any](s []T, rep int) []T {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// enableGRO turns GRO on for every veth of a topology (-veth-gro): veth
+// then receives through its own NAPI queue instead of the per-CPU backlog.
+func enableGRO(ctx context.Context, t *topology) error {
+	for _, d := range t.devices {
+		if d.name == "docker0" {
+			continue
+		}
+		if _, err := runIn(ctx, d.ns, "", "ethtool", "-K", d.name, "gro", "on"); err != nil {
+			return fmt.Errorf("%s: %w", t.contender, err)
+		}
+	}
+	t.info.Notes = append(t.info.Notes, "GRO turned on for every veth (-veth-gro)")
+	return nil
 }
