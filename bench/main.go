@@ -94,6 +94,9 @@ func main() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
 	if err := run(*quick, *out, *only, *vethGRO); err != nil {
+		if errors.Is(err, context.Canceled) {
+			err = errors.New("interrupted; everything this run made has been removed")
+		}
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
