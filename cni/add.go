@@ -149,6 +149,15 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 
+	if err := addHostPorts(conf, hostName, addr); err != nil {
+		return err
+	}
+	undo.push(func() {
+		if err := removeHostPorts(conf, hostName, nil); err != nil {
+			slog.Warn("undo: remove hostPorts", "veth", hostName, "err", err)
+		}
+	})
+
 	result := buildResult(conf, args, hostName, hostMAC, ps.podMAC, addr)
 	slog.Info("pod added", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName,
 		"ip", addr, "veth", hostName, "ifindex", hostLink.Attrs().Index, "attach", mode)

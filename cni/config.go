@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
+	"github.com/podpath/podpath/services"
 )
 
 // NetConf is the plugin's entry in a network configuration list, as the
@@ -28,6 +29,20 @@ type NetConf struct {
 	PodCIDR string `json:"podCIDR,omitempty"`
 	// MTU of both ends of each pod's veth; default: the node's.
 	MTU int `json:"mtu,omitempty"`
+	// RuntimeConfig carries the capabilities the runtime fills in: with
+	// "capabilities": {"portMappings": true} in the conflist, the pod's
+	// hostPorts (Docker's -p).
+	RuntimeConfig struct {
+		PortMappings []PortMapping `json:"portMappings,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+}
+
+// PortMapping is one hostPort of the portMappings capability.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"`
+	HostIP        string `json:"hostIP,omitempty"`
 }
 
 // Config is a validated NetConf with every default resolved.
@@ -48,6 +63,9 @@ type Config struct {
 	// chain, converted to the current result type; nil when first.
 	PrevResult       *types100.Result
 	ValidAttachments []types.GCAttachment
+	// HostPorts are the pod's port mappings, validated, one service per
+	// host address.
+	HostPorts []services.Service
 }
 
 // ParseConfig decodes and validates the plugin configuration. With needPod
@@ -72,6 +90,11 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 		DNS:              nc.DNS,
 		ValidAttachments: nc.ValidAttachments,
 	}
+	hostPorts, err := hostPortServices(nc.RuntimeConfig.PortMappings)
+	if err != nil {
+		return nil, err
+	}
+	c.HostPorts = hostPorts
 	if c.Network == "" {
 		return nil, invalidConfig("network name is missing")
 	}

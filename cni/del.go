@@ -70,6 +70,9 @@ func teardown(conf *Config, eps *maps.Endpoints, containerID, ifname string) (ne
 		}
 	}
 	errs = append(errs, removeHostSide(conf.PinRoot, hostName))
+	if eps != nil && hasServices(conf.StateDir) {
+		errs = append(errs, removeHostPorts(conf, hostName, nil))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return addr, err
 	}

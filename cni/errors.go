@@ -20,6 +20,9 @@ const (
 	CodeEndpointMapFull uint = 102
 	// CodeCheckFailed: CHECK found the attachment differs from what ADD set up.
 	CodeCheckFailed uint = 103
+	// CodeHostPortConflict: a requested hostPort is already another pod's or
+	// a service's (NodePort, other frontend).
+	CodeHostPortConflict uint = 104
 )
 
 func newError(code uint, format string, a ...any) *types.Error {

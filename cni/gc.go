@@ -98,6 +98,10 @@ func GC(args *skel.CmdArgs) error {
 		}
 	}
 
+	if eps != nil && hasServices(conf.StateDir) {
+		errs = append(errs, removeHostPorts(conf, "", func(veth string) bool { return validVeths[veth] }))
+	}
+
 	atts, err := loader.Attachments(conf.PinRoot)
 	if err != nil {
 		return errors.Join(append(errs, err)...)

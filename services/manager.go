@@ -177,8 +177,12 @@ func (m *Manager) locked(exclusive bool, fn func() error) error {
 	return fn()
 }
 
-func (m *Manager) statePath() string { return filepath.Join(m.cfg.StateDir, stateFile) }
-func (m *Manager) dirtyPath() string { return filepath.Join(m.cfg.StateDir, dirtyFile) }
+func (m *Manager) statePath() string { return StatePath(m.cfg.StateDir) }
+
+// StatePath is where the services of the node with this state directory
+// are recorded; it exists once a service was ever programmed.
+func StatePath(stateDir string) string { return filepath.Join(stateDir, stateFile) }
+func (m *Manager) dirtyPath() string   { return filepath.Join(m.cfg.StateDir, dirtyFile) }
 
 // load returns the state, re-reading services.state only when another
 // process (or Manager) replaced it since it was last read or written here.
@@ -239,14 +243,32 @@ func (m *Manager) mapIDs() (map[string]uint32, error) {
 // Apply makes the desired services the node's services: services not in
 // desired are removed, the others added or updated. Only the map entries
 // that differ are written. When desired is invalid (ValidationError) or
-// does not fit (ErrCapacity), nothing changes.
+// does not fit (ErrCapacity), nothing changes. HostPort services belong to
+// the pods whose CNI ADD made them: Apply keeps those it is not given.
 func (m *Manager) Apply(ctx context.Context, desired []Service) (Summary, error) {
-	return m.update(ctx, false, func([]Service) ([]Service, error) { return slices.Clone(desired), nil })
+	return m.update(ctx, false, func(cur []Service) ([]Service, error) { return withHostPorts(desired, cur), nil })
 }
 
 // Diff validates desired and says what Apply would change, changing nothing.
 func (m *Manager) Diff(desired []Service) (Summary, error) {
-	return m.update(context.Background(), true, func([]Service) ([]Service, error) { return slices.Clone(desired), nil })
+	return m.update(context.Background(), true, func(cur []Service) ([]Service, error) { return withHostPorts(desired, cur), nil })
+}
+
+// withHostPorts is desired plus the current HostPort services it does not
+// name.
+func withHostPorts(desired, cur []Service) []Service {
+	out := slices.Clone(desired)
+	named := make(map[string]bool, len(desired))
+	for i := range desired {
+		n := desired[i].normalize()
+		named[n.Key()] = true
+	}
+	for _, s := range cur {
+		if s.Type == TypeHostPort && !named[s.Key()] {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Upsert adds services or replaces those of the same namespace and name,

@@ -18,10 +18,14 @@ import (
 type ServiceType string
 
 // Service types. ExternalName is not a proxy concern and not supported.
+// HostPort is not a Kubernetes service type: it is a pod's hostPort (the
+// CNI portMappings capability, Docker's -p), each port's Port opened on
+// HostIP (default: every node address) towards the backends' TargetPort.
 const (
 	TypeClusterIP    ServiceType = "ClusterIP"
 	TypeNodePort     ServiceType = "NodePort"
 	TypeLoadBalancer ServiceType = "LoadBalancer"
+	TypeHostPort     ServiceType = "HostPort"
 )
 
 // Protocol is a port's L4 protocol.
@@ -84,7 +88,10 @@ type Service struct {
 	// the network.
 	ExternalIPs     []netip.Addr `json:"externalIPs,omitempty"`
 	LoadBalancerIPs []netip.Addr `json:"loadBalancerIPs,omitempty"`
-	Ports           []Port       `json:"ports"`
+	// HostIP is the node address a HostPort service listens on; unset:
+	// every address of the node.
+	HostIP netip.Addr `json:"hostIP,omitzero"`
+	Ports  []Port     `json:"ports"`
 	// SessionAffinity ClientIP sends a client's new flows to the backend
 	// its last flow went to, for AffinityTimeout seconds after that flow's
 	// last new connection (default DefaultAffinityTimeout).
@@ -252,4 +259,13 @@ func sliceEqual[T comparable](a, b []T) bool {
 		}
 	}
 	return true
+}
+
+// hostAddr is the address a HostPort service's frontends are on: HostIP, or
+// the wildcard that stands for every node address.
+func (s *Service) hostAddr() netip.Addr {
+	if s.HostIP.IsValid() {
+		return s.HostIP
+	}
+	return netip.IPv4Unspecified()
 }

@@ -52,6 +52,10 @@ func frontendsOf(s *Service) []frontendSpec {
 		if s.ClusterIP.IsValid() {
 			add(s.ClusterIP, p.Port, maps.ScopeInternal)
 		}
+		if s.Type == TypeHostPort {
+			add(s.hostAddr(), p.Port, maps.ScopeInternal)
+			add(s.hostAddr(), p.Port, maps.ScopeExternal)
+		}
 		if (s.Type == TypeNodePort || s.Type == TypeLoadBalancer) && p.NodePort != 0 {
 			add(netip.IPv4Unspecified(), p.NodePort, maps.ScopeInternal)
 			add(netip.IPv4Unspecified(), p.NodePort, maps.ScopeExternal)

@@ -148,10 +148,19 @@ func (v *validator) service(id string, s *Service) {
 	}
 	switch s.Type {
 	case TypeClusterIP, TypeNodePort, TypeLoadBalancer:
+	case TypeHostPort:
+		if s.ClusterIP.IsValid() || len(s.ExternalIPs) > 0 || len(s.LoadBalancerIPs) > 0 {
+			v.add(id, "type", "a HostPort service has no clusterIP, externalIPs or loadBalancerIPs")
+		}
+		if s.HostIP.IsValid() {
+			if msg := unicastProblem(s.HostIP); msg != "" {
+				v.add(id, "hostIP", "%s", msg)
+			}
+		}
 	case "ExternalName":
 		v.add(id, "type", "ExternalName services are DNS aliases and have nothing to load-balance: not supported")
 	default:
-		v.add(id, "type", "%q: want ClusterIP, NodePort or LoadBalancer", s.Type)
+		v.add(id, "type", "%q: want ClusterIP, NodePort, LoadBalancer or HostPort", s.Type)
 	}
 	if s.ClusterIP.IsValid() {
 		if msg := unicastProblem(s.ClusterIP); msg != "" {
@@ -169,6 +178,9 @@ func (v *validator) service(id string, s *Service) {
 		if msg := unicastProblem(a); msg != "" {
 			v.add(id, fmt.Sprintf("loadBalancerIPs[%d]", i), "%s", msg)
 		}
+	}
+	if s.HostIP.IsValid() && s.Type != TypeHostPort {
+		v.add(id, "hostIP", "only for type HostPort (this service is %s)", s.Type)
 	}
 	if len(s.LoadBalancerIPs) > 0 && s.Type != TypeLoadBalancer {
 		v.add(id, "loadBalancerIPs", "only for type LoadBalancer (this service is %s)", s.Type)
@@ -269,7 +281,7 @@ func (v *validator) ports(id string, s *Service) {
 		seen[pp] = i
 		switch {
 		case p.NodePort == 0:
-		case s.Type == TypeClusterIP:
+		case s.Type == TypeClusterIP || s.Type == TypeHostPort:
 			v.add(id, f+".nodePort", "only for types NodePort and LoadBalancer")
 		case !v.nodePort.Contains(p.NodePort):
 			v.add(id, f+".nodePort", "%d outside the node-port range %s", p.NodePort, v.nodePort)
@@ -340,8 +352,11 @@ func (v *validator) frontendConflicts(desired []Service) {
 			for j, a := range s.LoadBalancerIPs {
 				check(a, p.Port, claim{i, "loadBalancerIPs", j, ""})
 			}
-			if s.Type != TypeClusterIP {
+			switch s.Type {
+			case TypeNodePort, TypeLoadBalancer:
 				check(netip.IPv4Unspecified(), p.NodePort, claim{i, "ports", pi, ".nodePort"})
+			case TypeHostPort:
+				check(s.hostAddr(), p.Port, claim{i, "ports", pi, ".port"})
 			}
 		}
 	}

@@ -66,6 +66,25 @@ type Pod struct {
 	NS          ns.NetNS
 	IP          netip.Addr
 	Result      *types100.Result
+	// PortMappings are the hostPorts the runtime passes (the portMappings
+	// capability), as containerd and Docker do for -p.
+	PortMappings []PortMapping
+}
+
+// PortMapping is one entry of the portMappings capability.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// PodOption adjusts a pod before its ADD.
+type PodOption func(*Pod)
+
+// WithPortMappings gives the pod hostPorts.
+func WithPortMappings(pm ...PortMapping) PodOption {
+	return func(p *Pod) { p.PortMappings = append(p.PortMappings, pm...) }
 }
 
 type options struct {
@@ -216,9 +235,10 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 		"cniVersion": "1.1.0",
 		"name":       n.NetName,
 		"plugins": []map[string]any{{
-			"type":     PluginType,
-			"pinRoot":  n.PinRoot,
-			"stateDir": n.StateDir,
+			"type":         PluginType,
+			"pinRoot":      n.PinRoot,
+			"stateDir":     n.StateDir,
+			"capabilities": map[string]bool{"portMappings": true},
 		}},
 	}
 	if !o.dns.IsEmpty() {
@@ -283,13 +303,16 @@ func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 	if p.NS != nil {
 		rt.NetNS = p.NS.Path()
 	}
+	if len(p.PortMappings) > 0 {
+		rt.CapabilityArgs = map[string]any{"portMappings": p.PortMappings}
+	}
 	return rt
 }
 
 // AddPod creates a pod's network namespace and connects it with a CNI ADD.
 // A failed ADD is followed by a DEL, as runtimes do, and the namespace is
 // removed.
-func (n *Node) AddPod(ctx context.Context, name string) (_ *Pod, err error) {
+func (n *Node) AddPod(ctx context.Context, name string, opts ...PodOption) (_ *Pod, err error) {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -310,6 +333,9 @@ func (n *Node) AddPod(ctx context.Context, name string) (_ *Pod, err error) {
 	}()
 
 	p := &Pod{Name: name, ContainerID: newContainerID()}
+	for _, o := range opts {
+		o(p)
+	}
 	if p.NS, err = newNetNS(uniqueName(n.Name, name)); err != nil {
 		return nil, err
 	}
