@@ -65,11 +65,16 @@ static __always_inline __u32 lb_pick(const struct svc_info *svc, __u32 hash)
 		return slot_backend(id, *next % n + 1);
 	case LB_MAGLEV:
 		table = bpf_map_lookup_elem(&maglev, &id);
-		if (!table || !maglev_table_size)
-			return 0;
-		hash %= maglev_table_size;
-		inner_id = bpf_map_lookup_elem(table, &hash);
-		return inner_id ? *inner_id : 0;
+		if (table && maglev_table_size) {
+			__u32 idx = hash % maglev_table_size;
+
+			inner_id = bpf_map_lookup_elem(table, &idx);
+			if (inner_id && *inner_id)
+				return *inner_id;
+		}
+		/* No table (yet): still consistent per flow, only not minimally
+		 * disruptive when backends change. */
+		return slot_backend(id, hash % n + 1);
 	default:
 		return slot_backend(id, bpf_get_prandom_u32() % n + 1);
 	}
