@@ -55,14 +55,14 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	switch (snat_ingress4(skb, &f)) {
 	case 1:
-		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV);
+		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV, 0, 0);
 	case -1:
 		return drop(skb, REASON_DROP_NAT_FAILED);
 	}
 	if (!f.has_ports)
-		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV);
+		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV, 0, 0);
 
-	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, &reason);
+	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 0, &reason);
 	if (svc == SVC_DROP)
 		return drop(skb, reason);
 	if (svc == SVC_REJECT) {
@@ -71,5 +71,5 @@ int from_netdev(struct __sk_buff *skb)
 		count(REASON_SVC_REJECT, HOOK_FROM_NETDEV, skb->len);
 		return bpf_redirect(skb->ingress_ifindex, 0);
 	}
-	return forward4(skb, svc, HOOK_FROM_NETDEV);
+	return forward4(skb, svc, HOOK_FROM_NETDEV, 0, 0);
 }

@@ -58,7 +58,7 @@ static __always_inline int from_pod_arp(struct __sk_buff *skb)
 static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 {
 	enum reason reason = ipv4_check(skb);
-	struct endpoint_info *src;
+	struct endpoint_info *src, *dst;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct flow4 f;
@@ -79,8 +79,9 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 
 	if (flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
+	dst = endpoint_lookup4(f.daddr);
 	if (f.has_ports) {
-		svc = service_translate(skb, &f, SVC_SCOPE_INTERNAL, &reason);
+		svc = service_translate(skb, &f, SVC_SCOPE_INTERNAL, dst != 0, &reason);
 		if (svc == SVC_DROP)
 			return drop(skb, reason);
 		if (svc == SVC_REJECT) {
@@ -90,7 +91,7 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 			return bpf_redirect_peer(skb->ingress_ifindex, 0);
 		}
 	}
-	return forward4(skb, svc, HOOK_FROM_POD);
+	return forward4(skb, svc, HOOK_FROM_POD, 1, dst);
 }
 
 SEC("tc")

@@ -11,10 +11,12 @@
 
 /* forward4 delivers a (possibly translated) packet: into a local pod, out by
  * the FIB for a translated reply, or to the stack. hook says who is asking,
- * for the counters. */
-static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook)
+ * for the counters. The caller may have looked the destination up already
+ * (known: dst is the result, possibly none); a rewritten destination is
+ * looked up here. */
+static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook,
+				    int known, struct endpoint_info *dst)
 {
-	struct endpoint_info *dst;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	int ok, ret;
@@ -24,7 +26,8 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 	if (!eth || !ip)
 		return verdict(skb, hook, REASON_DROP_TRUNCATED, TC_ACT_SHOT);
 
-	dst = endpoint_lookup4(ip->daddr);
+	if (!known || svc == SVC_FORWARD || svc == SVC_REPLY)
+		dst = endpoint_lookup4(ip->daddr);
 	if (!dst && svc != SVC_REPLY)
 		return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
 

@@ -91,9 +91,10 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 
 /* service_translate sends a packet to a service frontend (of the given
  * scope) to one of its backends (svc_backend4); a reply of a translated
- * flow gets its frontend back. */
+ * flow gets its frontend back. A destination that is a local pod
+ * (to_pod) is no frontend: only the reply lookup is done for it. */
 static __always_inline int service_translate(struct __sk_buff *skb, struct flow4 *f,
-					     __u8 scope, enum reason *reason)
+					     __u8 scope, int to_pod, enum reason *reason)
 {
 	struct svc_info *svc;
 	struct ct_entry *e;
@@ -104,6 +105,8 @@ static __always_inline int service_translate(struct __sk_buff *skb, struct flow4
 	e = ct_lookup4(f);
 	if (e && (e->flags & CT_F_REPLY))
 		return reply_translate(skb, f, e, reason);
+	if (to_pod)
+		return SVC_UNTOUCHED;
 
 	svc = svc_lookup4_node(f->daddr, f->dport, f->proto, scope);
 	if (!svc)
