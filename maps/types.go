@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -92,13 +93,25 @@ func putNativeU32(b []byte, v uint32) {
 // "drop_spoofed_ip" once the prefix is trimmed.
 type Names map[uint64]string
 
-var reasonNames, hookNames = mustEnumNames("reason", "REASON_"), mustEnumNames("hook", "HOOK_")
+// The names are read on first use: parsing the embedded object costs
+// milliseconds that short-lived processes (the CNI plugin) never need.
+var (
+	enumNamesOnce          sync.Once
+	reasonNames, hookNames Names
+)
 
-func mustEnumNames(enum, prefix string) Names {
-	spec, err := loadFromPod()
-	if err != nil {
-		panic(fmt.Sprintf("load embedded BPF spec: %v", err))
-	}
+func enumNames() {
+	enumNamesOnce.Do(func() {
+		spec, err := loadFromPod()
+		if err != nil {
+			panic(fmt.Sprintf("load embedded BPF spec: %v", err))
+		}
+		reasonNames = mustEnumNames(spec, "reason", "REASON_")
+		hookNames = mustEnumNames(spec, "hook", "HOOK_")
+	})
+}
+
+func mustEnumNames(spec *ebpf.CollectionSpec, enum, prefix string) Names {
 	var e *btf.Enum
 	if err := spec.Types.TypeByName(enum, &e); err != nil {
 		panic(fmt.Sprintf("enum %s missing from BTF: %v", enum, err))
@@ -111,10 +124,11 @@ func mustEnumNames(enum, prefix string) Names {
 }
 
 // ReasonNames returns every reason code and its name.
-func ReasonNames() Names { return reasonNames }
+func ReasonNames() Names { enumNames(); return reasonNames }
 
 // String names a reason, e.g. "drop_spoofed_ip".
 func (r Reason) String() string {
+	enumNames()
 	if n, ok := reasonNames[uint64(r)]; ok {
 		return n
 	}
@@ -126,6 +140,7 @@ func (r Reason) IsDrop() bool { return strings.HasPrefix(r.String(), "drop_") }
 
 // String names a hook, e.g. "from_pod".
 func (h Hook) String() string {
+	enumNames()
 	if n, ok := hookNames[uint64(h)]; ok {
 		return n
 	}
