@@ -6,7 +6,7 @@ BIN     := bin
 GOPATH  := $(shell $(GO) env GOPATH)
 export PATH := $(PATH):/usr/local/go/bin:$(GOPATH)/bin
 
-.PHONY: all build generate deps test unit-test demo vet clean
+.PHONY: all build generate deps test demo vet bench bench-quick clean
 
 all: build
 
@@ -33,6 +33,15 @@ test: deps vet build
 # A throwaway node with three pods in network namespaces on this machine.
 demo: deps build
 	$(BIN)/podpath demo
+
+# Benchmarks against the peers (bare veth, Docker's bridge + iptables,
+# kube-proxy-shaped iptables, MASQUERADE); JSON, Markdown and PNG charts in
+# bench/results/.
+bench: deps
+	$(GO) run ./bench
+
+bench-quick: deps
+	$(GO) run ./bench -quick
 
 clean:
 	rm -rf $(BIN)
