@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Runs podpath's tests inside Debian LTS kernels under qemu (test/vm/runner),
+# so the datapath is tested on the kernels it supports and not only on this
+# machine's. Everything is compiled here on the host; each kernel boots one
+# VM that runs every package's test binary in turn, from the package's
+# directory, exactly as `go test` would (the guest has no toolchain use and
+# no VM-only skips). Then docs/kernels.md is regenerated from the loader's
+# probe and the tests' output.
+#
+#   scripts/vmtest.sh            # the 6.1 kernel
+#   scripts/vmtest.sh 6.1 5.10   # more kernels, one VM each
+#
+# Environment:
+#   PODPATH_VM_KERNELS  kernel series when none are given (default: 6.1)
+#   PODPATH_VM_CACHE    where kernels are kept (default /var/cache/podpath-vm)
+#   PODPATH_VMTEST_OUT  where binaries, logs and results go (default: a new
+#                       directory under /tmp, printed at the end)
+#   PODPATH_CNI_BIN     set by this script for the tests: the podpath-cni
+#                       binary built on the host, so no test builds in the guest
+#   VMTEST_VERBOSE=1    stream every test's output, not only per-package lines
+set -euo pipefail
+
+# Packages with tests that do not run in the VM, with the reason. Patterns
+# are module-relative package paths; a trailing /... takes the subtree.
+VM_EXCLUDE=(
+	"test/runtime|starts containerd and runc and pulls images apart: too heavy for an emulated CPU"
+	"test/vm/...|the VM tooling itself, which runs on the host (make test covers it)"
+)
+
+# Each package's test binary gets this long in the guest, where the CPU is
+# emulated and several times slower than the host's.
+PKG_TIMEOUT=10m
+# The whole VM, per kernel.
+VM_TIMEOUT=30m
+
+# guest PLAN RESULTS PROBE: runs inside the VM. PLAN has one package a line:
+# name, package directory, test binary, import path, tab-separated. Like
+# `go test`, it runs as many packages at once as there are CPUs, so packages
+# must not get in each other's way here any more than on the host.
+guest() {
+	local plan=$1 res=$2 probe=$3 jobs name dir bin
+	jobs=$(nproc)
+	[ "${VMTEST_VERBOSE:-}" != 1 ] || jobs=1
+	mkdir -p "$res/logs"
+	"$probe" >"$res/probe.json" || true
+	while IFS=$'\t' read -r name dir bin _; do
+		while (($(jobs -rp | wc -l) >= jobs)); do
+			wait -n || true
+		done
+		run_package "$name" "$dir" "$bin" "$res" &
+	done <"$plan"
+	wait
+}
+
+run_package() { # NAME DIR BIN RESULTS, in the guest
+	local name=$1 dir=$2 bin=$3 res=$4 start rc ms
+	local log=$res/logs/$name.log
+	start=${EPOCHREALTIME/./}
+	if [ "${VMTEST_VERBOSE:-}" = 1 ]; then
+		(cd "$dir" && exec "$bin" -test.v -test.count=1 -test.timeout="$PKG_TIMEOUT") 2>&1 | tee "$log"
+		rc=${PIPESTATUS[0]}
+	elif (cd "$dir" && exec "$bin" -test.v -test.count=1 -test.timeout="$PKG_TIMEOUT") >"$log" 2>&1; then
+		rc=0
+	else
+		rc=$?
+	fi
+	ms=$(((${EPOCHREALTIME/./} - start) / 1000))
+	echo "$rc $ms" >"$res/logs/$name.rc"
+	printf '  %-4s %-28s %6d.%01ds\n' "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$name" $((ms / 1000)) $((ms % 1000 / 100))
+}
+
+excluded() { # PKG (module-relative): prints the reason if excluded
+	local e pat
+	for e in "${VM_EXCLUDE[@]}"; do
+		pat=${e%%|*}
+		if [ "$1" = "$pat" ] || { [[ $pat == */... ]] && [[ $1 == "${pat%/...}" || $1 == "${pat%/...}"/* ]]; }; then
+			echo "${e#*|}"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# longest_first PLAN TIMES: PLAN ordered by the packages' durations in the
+# last run (TIMES: name and milliseconds), longest and new ones first, so
+# that a long package does not start last and leave a CPU idle.
+longest_first() {
+	awk -F '\t' 'NR == FNR { ms[$1] = $2; next }
+		{ printf "%d\t%s\n", ($1 in ms) ? ms[$1] : 1e9, $0 }' "$2" "$1" |
+		sort -t $'\t' -k1,1 -rn | cut -f2-
+}
+
+secs() { # elapsed seconds since an $EPOCHREALTIME
+	awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
+}
+
+main() {
+	local t0=$EPOCHREALTIME
+	cd "$(dirname "$0")/.."
+	export PATH="$PATH:/usr/local/go/bin"
+
+	local need=() p
+	for p in qemu-system-x86 busybox-static xz-utils; do
+		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+	done
+	if ((${#need[@]})); then
+		echo "installing: ${need[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	fi
+
+	local kernels=("$@")
+	((${#kernels[@]})) || read -ra kernels <<<"${PODPATH_VM_KERNELS:-6.1}"
+	local out=${PODPATH_VMTEST_OUT:-}
+	[ -n "$out" ] || out=$(mktemp -d /tmp/podpath-vmtest.XXXXXX)
+	rm -rf "$out/bin" "$out/kernels" "$out/host"
+	mkdir -p "$out/bin" "$out/kernels" "$out/host"
+	out=$(cd "$out" && pwd)
+
+	echo "building on the host into $out/bin"
+	local module
+	module=$(go list -m)
+	go build -o "$out/bin/vm-runner" ./test/vm/runner
+	go build -o "$out/bin/probe" ./test/vm/probe
+	go build -o "$out/bin/kerneldoc" ./test/vm/kerneldoc
+	if [ -d cmd/podpath-cni ]; then
+		go build -o "$out/bin/podpath-cni" ./cmd/podpath-cni
+		export PODPATH_CNI_BIN=$out/bin/podpath-cni
+	fi
+
+	local pkg dir rel name reason plan=$out/plan
+	: >"$plan"
+	while read -r pkg dir; do
+		rel=${pkg#"$module"}
+		rel=${rel#/}
+		[ -n "$rel" ] || rel=.
+		if reason=$(excluded "$rel"); then
+			echo "  skip $rel: $reason"
+			continue
+		fi
+		name=${rel//\//-}
+		go test -c -o "$out/bin/$name.test" "$pkg"
+		printf '%s\t%s\t%s\t%s\n' "$name" "$dir" "$out/bin/$name.test" "$pkg" >>"$plan"
+		echo "  built $rel"
+	done < <(go list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}' ./...)
+	echo "built in $(secs "$t0")s"
+
+	"$out/bin/probe" >"$out/host/probe.json"
+
+	local k kdir res vm_rc failed=0 kernel_dirs=() times ms f
+	local cache=${PODPATH_VM_CACHE:-/var/cache/podpath-vm}
+	for k in "${kernels[@]}"; do
+		kdir=$("$out/bin/vm-runner" -kernel "$k" -print-kernel-dir)
+		res=$out/kernels/$k
+		mkdir -p "$res/logs" "$res/tests"
+		cp "$kdir/kernel.json" "$res/"
+		times=$cache/vmtest-durations-$k.tsv
+		[ -f "$times" ] || : >"$times"
+		longest_first "$plan" "$times" >"$res/plan"
+		echo "kernel $k ($(basename "$kdir")): one VM for $(wc -l <"$plan") packages"
+		local tk=$EPOCHREALTIME
+		set +e
+		"$out/bin/vm-runner" -kernel-dir "$kdir" -rw "$res" -timeout "$VM_TIMEOUT" -- \
+			bash "$PWD/scripts/vmtest.sh" --guest "$res/plan" "$res" "$out/bin/probe"
+		vm_rc=$?
+		set -e
+		for f in "$res"/logs/*.rc; do
+			[ -e "$f" ] || continue
+			read -r _ ms <"$f"
+			printf '%s\t%s\n' "$(basename "$f" .rc)" "$ms"
+		done >"$times"
+		echo "kernel $k: VM done in $(secs "$tk")s"
+		if [ "$vm_rc" != 0 ]; then
+			echo "kernel $k: the VM failed (exit $vm_rc)"
+			failed=1
+		fi
+		[ -s "$res/probe.json" ] && kernel_dirs+=("$res")
+	done
+
+	# Per-package results, from the logs the guest wrote back.
+	local total_pass=0 total_fail=0 total_skip=0 rc f s
+	echo
+	echo "results:"
+	for k in "${kernels[@]}"; do
+		res=$out/kernels/$k
+		while IFS=$'\t' read -r name _ _ pkg; do
+			if [ ! -s "$res/logs/$name.rc" ]; then
+				printf '  %-5s %-4s %-28s did not run\n' "$k" FAIL "$name"
+				failed=1
+				total_fail=$((total_fail + 1))
+				continue
+			fi
+			read -r rc ms <"$res/logs/$name.rc"
+			go tool test2json -p "$pkg" <"$res/logs/$name.log" >"$res/tests/$name.json"
+			p=$(grep -c '^--- PASS' "$res/logs/$name.log" || true)
+			f=$(grep -c '^--- FAIL' "$res/logs/$name.log" || true)
+			s=$(grep -c '^--- SKIP' "$res/logs/$name.log" || true)
+			total_pass=$((total_pass + p)) total_fail=$((total_fail + f)) total_skip=$((total_skip + s))
+			if [ "$rc" != 0 ]; then
+				failed=1
+				# A binary that failed without a failing test (panic, timeout,
+				# TestMain) still counts as one failure.
+				((f > 0)) || total_fail=$((total_fail + 1))
+			fi
+			printf '  %-5s %-4s %-28s %3d passed %2d failed %2d skipped %6d.%01ds\n' "$k" \
+				"$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$name" "$p" "$f" "$s" $((ms / 1000)) $((ms % 1000 / 100))
+		done <"$plan"
+	done
+
+	if ((${#kernel_dirs[@]})); then
+		"$out/bin/kerneldoc" -o docs/kernels.md -host "$out/host/probe.json" "${kernel_dirs[@]}"
+		echo "wrote docs/kernels.md"
+	fi
+
+	for k in "${kernels[@]}"; do
+		res=$out/kernels/$k
+		while IFS=$'\t' read -r name _; do
+			[ -s "$res/logs/$name.rc" ] || continue
+			read -r rc _ <"$res/logs/$name.rc"
+			[ "$rc" = 0 ] && continue
+			echo
+			echo "=== $name on $k failed (exit $rc); the end of $res/logs/$name.log:"
+			tail -n 60 "$res/logs/$name.log"
+		done <"$plan"
+	done
+
+	echo
+	echo "logs in $out; total $(secs "$t0")s"
+	echo "vmtest: $total_pass passed, $total_fail failed, $total_skip skipped"
+	return "$failed"
+}
+
+if [ "${1:-}" = --guest ]; then
+	shift
+	guest "$@"
+else
+	main "$@"
+fi

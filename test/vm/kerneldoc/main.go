@@ -1,0 +1,260 @@
+// Command kerneldoc writes docs/kernels.md from what scripts/vmtest.sh
+// collected: the loader's feature probe (test/vm/probe) on the host and in
+// each guest kernel, and the guest test runs as go tool test2json events.
+// Nothing in the document is typed by hand.
+//
+//	kerneldoc -o docs/kernels.md -host HOST/probe.json KERNELDIR...
+//
+// Each KERNELDIR holds probe.json, kernel.json (the runner's record of the
+// Debian package) and tests/*.json.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// probe is test/vm/probe's output line.
+type probe struct {
+	Kernel        string `json:"kernel"`
+	TCX           bool   `json:"tcx"`
+	RedirectPeer  bool   `json:"redirectPeer"`
+	RedirectNeigh bool   `json:"redirectNeigh"`
+	LRUHash       bool   `json:"lruHash"`
+	RingBuf       bool   `json:"ringBuf"`
+	TCMechanism   string `json:"tcMechanism"`
+	Error         string `json:"error"`
+}
+
+// kernelPackage is the runner's kernel.json.
+type kernelPackage struct {
+	Package string `json:"package"`
+	Version string `json:"version"`
+}
+
+// event is one go tool test2json event.
+type event struct {
+	Action  string
+	Package string
+	Test    string
+	Output  string
+}
+
+type pkgResult struct {
+	Package               string
+	Passed, Failed, Skips int
+	Outcome               string   // pass, fail, or "" when the binary never finished
+	SkipReasons           []string // "TestX: why"
+}
+
+type kernelRun struct {
+	Probe   probe
+	From    kernelPackage
+	Results []pkgResult
+}
+
+func main() {
+	out := flag.String("o", "docs/kernels.md", "file to write")
+	host := flag.String("host", "", "the host's probe.json")
+	flag.Parse()
+	if err := run(*out, *host, flag.Args()); err != nil {
+		fmt.Fprintf(os.Stderr, "kerneldoc: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(out, hostProbe string, kernelDirs []string) error {
+	var host *probe
+	if hostProbe != "" {
+		p, err := readProbe(hostProbe)
+		if err != nil {
+			return err
+		}
+		host = &p
+	}
+	var runs []kernelRun
+	for _, dir := range kernelDirs {
+		r, err := readKernelRun(dir)
+		if err != nil {
+			return err
+		}
+		runs = append(runs, r)
+	}
+	return os.WriteFile(out, render(host, runs), 0o644)
+}
+
+func readProbe(path string) (probe, error) {
+	var p probe
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return p, err
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(b), &p); err != nil {
+		return p, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}
+
+func readKernelRun(dir string) (kernelRun, error) {
+	var r kernelRun
+	var err error
+	if r.Probe, err = readProbe(filepath.Join(dir, "probe.json")); err != nil {
+		return r, err
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "kernel.json")); err == nil {
+		json.Unmarshal(b, &r.From)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "tests", "*.json"))
+	for _, f := range files {
+		res, err := readTestRun(f)
+		if err != nil {
+			return r, err
+		}
+		r.Results = append(r.Results, res)
+	}
+	sort.Slice(r.Results, func(i, j int) bool { return r.Results[i].Package < r.Results[j].Package })
+	return r, nil
+}
+
+// readTestRun counts top-level tests (subtests are part of their parent's
+// verdict) and keeps each skip's message.
+func readTestRun(path string) (pkgResult, error) {
+	var res pkgResult
+	f, err := os.Open(path)
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	output := map[string][]string{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e event
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			continue
+		}
+		if res.Package == "" {
+			res.Package = e.Package
+		}
+		if e.Test == "" {
+			if e.Action == "pass" || e.Action == "fail" {
+				res.Outcome = e.Action
+			}
+			continue
+		}
+		if strings.Contains(e.Test, "/") {
+			continue
+		}
+		switch e.Action {
+		case "output":
+			output[e.Test] = append(output[e.Test], e.Output)
+		case "pass":
+			res.Passed++
+		case "fail":
+			res.Failed++
+		case "skip":
+			res.Skips++
+			res.SkipReasons = append(res.SkipReasons, e.Test+": "+skipMessage(output[e.Test]))
+		}
+	}
+	return res, sc.Err()
+}
+
+// skipMessage is what t.Skip said: the indented "file.go:N: ..." lines.
+func skipMessage(lines []string) string {
+	var msg []string
+	for _, l := range lines {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "=== ") || strings.HasPrefix(t, "--- ") || t == "" {
+			continue
+		}
+		if _, rest, ok := strings.Cut(t, ".go:"); ok {
+			if _, m, ok := strings.Cut(rest, ": "); ok {
+				t = m
+			}
+		}
+		msg = append(msg, t)
+	}
+	return strings.Join(msg, " ")
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func mechanism(p probe) string {
+	switch {
+	case p.Error != "":
+		return "probe failed: " + p.Error
+	case p.TCMechanism == "tc":
+		return "legacy tc (clsact + cls_bpf)"
+	case p.TCMechanism == "tcx":
+		return "tcx (bpf_link)"
+	}
+	return p.TCMechanism
+}
+
+func render(host *probe, runs []kernelRun) []byte {
+	var b bytes.Buffer
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# Kernels\n\n")
+	w("Generated by `scripts/vmtest.sh` (test/vm/kerneldoc): the loader's own feature probe\n")
+	w("(`loader.Probe`, printed by test/vm/probe) on the host and inside each Debian kernel booted\n")
+	w("by test/vm/runner, and the outcome of the test binaries run there. Do not edit by hand.\n\n")
+
+	w("## Features and the mechanism the loader picks\n\n")
+	w("| kernel | where | tcx | bpf_redirect_peer | bpf_redirect_neigh | LRU hash | ring buffer | tc programs attach with |\n")
+	w("|---|---|---|---|---|---|---|---|\n")
+	row := func(p probe, where string) {
+		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Kernel, where, yesNo(p.TCX),
+			yesNo(p.RedirectPeer), yesNo(p.RedirectNeigh), yesNo(p.LRUHash), yesNo(p.RingBuf), mechanism(p))
+	}
+	if host != nil {
+		row(*host, "host")
+	}
+	for _, r := range runs {
+		where := "qemu"
+		if r.From.Package != "" {
+			where = fmt.Sprintf("qemu, Debian %s %s", r.From.Package, r.From.Version)
+		}
+		row(r.Probe, where)
+	}
+
+	if len(runs) == 0 {
+		return b.Bytes()
+	}
+	w("\n## Tests in each guest kernel\n\n")
+	w("Top-level tests; a package whose binary did not finish shows as `did not finish`.\n\n")
+	w("| kernel | package | passed | failed | skipped | result |\n")
+	w("|---|---|---|---|---|---|\n")
+	for _, r := range runs {
+		for _, res := range r.Results {
+			outcome := map[string]string{"pass": "ok", "fail": "FAIL", "": "did not finish"}[res.Outcome]
+			w("| %s | %s | %d | %d | %d | %s |\n", r.Probe.Kernel, res.Package, res.Passed, res.Failed, res.Skips, outcome)
+		}
+	}
+	for _, r := range runs {
+		var skips []string
+		for _, res := range r.Results {
+			for _, s := range res.SkipReasons {
+				skips = append(skips, fmt.Sprintf("- %s %s", res.Package, s))
+			}
+		}
+		if len(skips) == 0 {
+			continue
+		}
+		w("\n### Skipped on %s, in the tests' words\n\n", r.Probe.Kernel)
+		w("%s\n", strings.Join(skips, "\n"))
+	}
+	return b.Bytes()
+}
