@@ -177,7 +177,7 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 	}
 
 	step(out, "TCP and UDP between every pair of pods")
-	before, err := readCounters(node)
+	before, err := node.Counters()
 	if err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 				from.Name, to.Name, len(msg), rtt.Round(time.Microsecond), urtt.Round(time.Microsecond))
 		}
 	}
-	after, err := readCounters(node)
+	after, err := node.Counters()
 	if err != nil {
 		return err
 	}
@@ -212,7 +212,7 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 		return err
 	}
 	time.Sleep(50 * time.Millisecond)
-	final, err := readCounters(node)
+	final, err := node.Counters()
 	if err != nil {
 		return err
 	}
@@ -227,7 +227,7 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 	}
 
 	step(out, "Counters (podpath counters)")
-	if final, err = readCounters(node); err != nil {
+	if final, err = node.Counters(); err != nil {
 		return err
 	}
 	rows := make([]counterRow, 0, len(final))
@@ -259,15 +259,6 @@ func readStatus(n *sim.Node) (st *loader.Status, err error) {
 		return err
 	})
 	return st, err
-}
-
-func readCounters(n *sim.Node) ([]maps.Counter, error) {
-	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	return maps.ReadCounters(m)
 }
 
 func delta(before, after []maps.Counter, hook maps.Hook, reason maps.Reason) uint64 {

@@ -146,13 +146,13 @@ func TestNodePortFromOutside(t *testing.T) {
 	}
 	// In through from_netdev straight into the pods, back out through
 	// from_pod and the FIB: the node's stack routed none of it.
-	if n := counter(t, node.PinRoot, maps.HookFromNetdev, maps.ReasonForwardLocal); n < 40*3 {
+	if n := counter(t, node, maps.HookFromNetdev, maps.ReasonForwardLocal); n < 40*3 {
 		t.Fatalf("from_netdev delivered %d packets to pods, want at least %d", n, 40*3)
 	}
-	if n := counter(t, node.PinRoot, maps.HookXDP, maps.ReasonPassTranslated); n < 40*3 {
+	if n := counter(t, node, maps.HookXDP, maps.ReasonPassTranslated); n < 40*3 {
 		t.Fatalf("XDP translated %d packets, want at least %d", n, 40*3)
 	}
-	if n := counter(t, node.PinRoot, maps.HookFromPod, maps.ReasonForwardFIB); n < 40*3 {
+	if n := counter(t, node, maps.HookFromPod, maps.ReasonForwardFIB); n < 40*3 {
 		t.Fatalf("from_pod routed %d replies out by FIB, want at least %d", n, 40*3)
 	}
 
@@ -194,23 +194,13 @@ func TestExternalIP(t *testing.T) {
 	}
 }
 
-func counter(t *testing.T, root string, hook maps.Hook, reason maps.Reason) uint64 {
+func counter(t *testing.T, n *sim.Node, hook maps.Hook, reason maps.Reason) uint64 {
 	t.Helper()
-	m, err := maps.OpenPinned(root, maps.MapCounters)
+	v, err := n.Packets(hook, reason)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	cs, err := maps.ReadCounters(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cs {
-		if c.Hook == hook && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	return 0
+	return v
 }
 
 // routeVia adds a host route to dst through gw in the current namespace.

@@ -361,19 +361,9 @@ func TestPodReachesNodeUnmasqueraded(t *testing.T) {
 
 func counter(t *testing.T, n *sim.Node, hook maps.Hook, reason maps.Reason) uint64 {
 	t.Helper()
-	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
+	v, err := n.Packets(hook, reason)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	cs, err := maps.ReadCounters(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cs {
-		if c.Hook == hook && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	return 0
+	return v
 }

@@ -129,20 +129,9 @@ func testReloadKeepsTraffic(t *testing.T, wantMode string) {
 		t.Fatalf("%d of %d requests lost while the datapath was reloaded", lost.Load(), sent.Load())
 	}
 	// The packets went through from_pod, not around it.
-	m, err := maps.OpenPinned(node.PinRoot, maps.MapCounters)
+	fwd, err := node.Packets(maps.HookFromPod, maps.ReasonForwardLocal)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer m.Close()
-	cs, err := maps.ReadCounters(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fwd uint64
-	for _, c := range cs {
-		if c.Hook == maps.HookFromPod && c.Reason == maps.ReasonForwardLocal {
-			fwd = c.Packets
-		}
 	}
 	if fwd < uint64(2*sent.Load()) {
 		t.Fatalf("forward_local counted %d packets for %d round trips: counters lost across reloads", fwd, sent.Load())
