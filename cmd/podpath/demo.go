@@ -17,6 +17,7 @@ import (
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
+	"github.com/podpath/podpath/services"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
@@ -58,6 +59,84 @@ var (
 	demoNodeAddr    = netip.MustParsePrefix("10.254.0.1/24")
 	demoOutsideAddr = netip.MustParsePrefix("10.254.0.2/24")
 )
+
+// demoService puts a ClusterIP and NodePort service in front of pod-b and
+// pod-c, and has pod-a and the outside host use it.
+func demoService(ctx context.Context, out io.Writer, node *sim.Node, pods []*sim.Pod) error {
+	step(out, "A Service: ClusterIP 10.96.0.10:80 and NodePort 30080 -> pod-b, pod-c :8080 (no kube-proxy)")
+	for _, p := range pods[1:] {
+		var ln net.Listener
+		if err := p.Do(func() (err error) {
+			ln, err = net.Listen("tcp4", net.JoinHostPort(p.IP.String(), "8080"))
+			return err
+		}); err != nil {
+			return err
+		}
+		defer ln.Close()
+		go func(name string) {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, name)
+				c.Close()
+			}
+		}(p.Name)
+	}
+	m, err := services.Open(node.PinRoot, node.StateDir)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	svc := services.Service{
+		Namespace: "demo", Name: "web", Type: services.TypeNodePort,
+		ClusterIP: netip.MustParseAddr("10.96.0.10"),
+		Ports:     []services.Port{{Protocol: services.ProtocolTCP, Port: 80, TargetPort: 8080, NodePort: 30080}},
+		Backends:  []services.Backend{{IP: pods[1].IP, Ready: true, Local: true}, {IP: pods[2].IP, Ready: true, Local: true}},
+	}
+	if _, err := m.Upsert(ctx, svc); err != nil {
+		return err
+	}
+	fetch := func(do func(func() error) error, addr string) (string, error) {
+		var b []byte
+		err := do(func() error {
+			c, err := net.DialTimeout("tcp4", addr, 3*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			b, err = io.ReadAll(c)
+			return err
+		})
+		return string(b), err
+	}
+	count := func(who string, do func(func() error) error, addr string) error {
+		seen := map[string]int{}
+		for range 20 {
+			name, err := fetch(do, addr)
+			if err != nil {
+				return fmt.Errorf("%s -> %s: %w", who, addr, err)
+			}
+			seen[name]++
+		}
+		fmt.Fprintf(out, "  %s -> %s, 20 new connections: pod-b %d, pod-c %d\n", who, addr, seen["pod-b"], seen["pod-c"])
+		return nil
+	}
+	if err := count("pod-a", pods[0].Do, "10.96.0.10:80"); err != nil {
+		return err
+	}
+	if err := count("outside host", node.Outside.Do, net.JoinHostPort(node.Outside.NodeIP.String(), "30080")); err != nil {
+		return err
+	}
+	flows, err := m.Conntrack().List(services.FlowFilter{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  conntrack holds %d flow directions of the service (podpath ct list)\n", len(flows))
+	return nil
+}
 
 // demoSNAT has a pod talk to the outside host, which sees only the node.
 func demoSNAT(out io.Writer, node *sim.Node, pod *sim.Pod) error {
@@ -222,6 +301,9 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 		return fmt.Errorf("the spoofed packet was not counted as dropped")
 	}
 
+	if err := demoService(ctx, out, node, pods); err != nil {
+		return err
+	}
 	if err := demoSNAT(out, node, pods[0]); err != nil {
 		return err
 	}
