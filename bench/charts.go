@@ -34,6 +34,7 @@ var seriesColors = map[string]color.Color{
 	cPodpath:   color.RGBA{40, 110, 200, 255},
 	cniBridge:  color.RGBA{230, 140, 40, 255},
 	cniPodpath: color.RGBA{40, 110, 200, 255},
+	cIptables:  color.RGBA{230, 140, 40, 255},
 }
 
 var fallbackColors = []color.Color{
@@ -51,7 +52,14 @@ func colorOf(series string, i int) color.Color {
 // drawCharts writes one PNG per measured family.
 func drawCharts(r *results, dir string) error {
 	for _, fam := range families {
-		panels := familyPanels(r, fam)
+		var panels []chartPanel
+		if fam == famServices {
+			panels = servicePanels(r)
+		} else {
+			for _, p := range familyPanels(r, fam) {
+				panels = append(panels, p)
+			}
+		}
 		if len(panels) == 0 {
 			continue
 		}
@@ -111,6 +119,12 @@ func familyPanels(r *results, fam string) []panel {
 			{title: "ADD latency (lower is better)", unit: "ms", groups: []string{"add_seq_p50", "add_seq_p99", "add_par_p50", "add_par_p99"}, series: contenders, get: get, ratio: vsRef(cniBridge)},
 			{title: "DEL latency (lower is better)", unit: "ms", groups: []string{"del_seq_p50", "del_seq_p99", "del_par_p50", "del_par_p99"}, series: contenders, get: get, ratio: vsRef(cniBridge)},
 		}
+	case famSNAT:
+		return []panel{
+			{title: "throughput (higher is better)", unit: "Gbit/s", groups: []string{"throughput"}, series: contenders, get: get, ratio: vsRef(cIptables)},
+			{title: "TCP_RR (higher is better)", unit: "transactions/s", groups: []string{"rr_rate"}, series: contenders, get: get, ratio: vsRef(cIptables)},
+			{title: "TCP_CRR (higher is better)", unit: "connections/s", groups: []string{"crr_rate"}, series: contenders, get: get, ratio: vsRef(cIptables)},
+		}
 	case famMemory:
 		var parts, totals []string
 		for _, g := range uniq(ms, func(m *measurement) string { return m.Metric }) {
@@ -140,8 +154,13 @@ func uniq(ms []*measurement, key func(*measurement) string) []string {
 	return out
 }
 
+// chartPanel is one panel of a chart.
+type chartPanel interface {
+	plot(panelW vg.Length) (*plot.Plot, error)
+}
+
 // savePanels draws panels side by side into one PNG.
-func savePanels(path, title string, panels []panel, stacked bool) error {
+func savePanels(path, title string, panels []chartPanel, stacked bool) error {
 	panelW, h := 7*vg.Inch, 5*vg.Inch
 	width := panelW * vg.Length(len(panels))
 	rows, cols := 1, len(panels)
@@ -285,5 +304,132 @@ func (pn panel) plot(panelW vg.Length) (*plot.Plot, error) {
 		p.X.Tick.Label.XAlign = draw.XRight
 		p.X.Tick.Label.YAlign = draw.YTop
 	}
+	return p, nil
+}
+
+// servicePanels: the rate against the number of services (log x axis), one
+// line per contender, for TCP_RR and TCP_CRR; then the time to program
+// services into an empty node.
+func servicePanels(r *results) []chartPanel {
+	counts := serviceCounts(r)
+	if len(counts) == 0 {
+		return nil
+	}
+	var out []chartPanel
+	for _, k := range []struct{ metric, title, unit string }{
+		{"rr_rate", "TCP_RR through a ClusterIP (higher is better)", "transactions/s"},
+		{"crr_rate", "TCP_CRR through a ClusterIP (higher is better)", "connections/s"},
+	} {
+		lp := linePanel{title: k.title, unit: k.unit, xLabel: "services programmed (the measured one last)"}
+		for _, c := range []string{cPodpath, cIptables} {
+			var ms []*measurement
+			var xs []float64
+			for _, n := range counts {
+				if m := r.find(famServices, fmt.Sprintf("%s@%d", k.metric, n), c); m != nil {
+					ms, xs = append(ms, m), append(xs, float64(n))
+				}
+			}
+			lp.lines = append(lp.lines, line{name: c, x: xs, m: ms})
+		}
+		out = append(out, lp)
+	}
+	var prog []string
+	var contenders []string
+	for _, m := range r.family(famServices) {
+		if strings.HasPrefix(m.Metric, "program@") {
+			prog = append(prog[:0], m.Metric)
+			contenders = append(contenders, m.Contender)
+		}
+	}
+	if len(prog) > 0 {
+		out = append(out, panel{
+			title: "time to program " + strings.TrimPrefix(prog[0], "program@") + " services into an empty node (lower is better)", unit: "s",
+			groups: prog, series: contenders,
+			get: func(g, s string) *measurement { return r.find(famServices, g, s) },
+			ratio: func(g, s string) string {
+				m, base := r.find(famServices, g, s), r.find(famServices, g, cPodpath)
+				if s == cPodpath || m == nil || base == nil || base.Median == 0 {
+					return ""
+				}
+				return fmt.Sprintf("%.0fx podpath", m.Median/base.Median)
+			},
+		})
+	}
+	return out
+}
+
+// line is one series of a linePanel: medians with min-max error bars.
+type line struct {
+	name string
+	x    []float64
+	m    []*measurement
+}
+
+// linePanel plots series against a logarithmic x axis.
+type linePanel struct {
+	title, unit, xLabel string
+	lines               []line
+}
+
+func (lp linePanel) plot(vg.Length) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = lp.title
+	p.Y.Label.Text = lp.unit
+	p.X.Label.Text = lp.xLabel
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Min = 0
+	p.Legend.Top = true
+	p.Legend.Left = false
+	ymax, xmin, xmax := 0.0, math.Inf(1), 0.0
+	for i, l := range lp.lines {
+		if len(l.m) == 0 {
+			continue
+		}
+		var bars errBars
+		xys := make(plotter.XYs, len(l.m))
+		labels := make([]string, len(l.m))
+		for j, m := range l.m {
+			bars.add(l.x[j], m)
+			xys[j] = plotter.XY{X: l.x[j], Y: m.Median}
+			labels[j] = formatValue(m.Median)
+			ymax = math.Max(ymax, m.Max)
+			xmin, xmax = math.Min(xmin, l.x[j]), math.Max(xmax, l.x[j])
+		}
+		ln, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return nil, err
+		}
+		c := colorOf(l.name, i)
+		ln.Color, pts.Color = c, c
+		ln.Width = vg.Points(2)
+		pts.Shape = draw.CircleGlyph{}
+		pts.Radius = vg.Points(3)
+		p.Add(ln, pts)
+		p.Legend.Add(l.name, ln, pts)
+		eb, err := plotter.NewYErrorBars(bars)
+		if err != nil {
+			return nil, err
+		}
+		eb.Color = c
+		eb.CapWidth = vg.Points(6)
+		p.Add(eb)
+		lb, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: labels})
+		if err != nil {
+			return nil, err
+		}
+		for k := range lb.TextStyle {
+			lb.TextStyle[k].Font.Size = vg.Points(8)
+			lb.TextStyle[k].Color = c
+			lb.TextStyle[k].XAlign = draw.XLeft
+		}
+		lb.Offset = vg.Point{X: vg.Points(5), Y: vg.Points(2)}
+		p.Add(lb)
+	}
+	if xmax == 0 {
+		return p, nil
+	}
+	p.Y.Max = ymax * 1.25
+	p.X.Min, p.X.Max = xmin/2, xmax*3
 	return p, nil
 }

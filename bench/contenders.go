@@ -119,11 +119,48 @@ func (dockerContender) build(ctx context.Context, e *env) (_ *topology, err erro
 			t.close()
 		}
 	}()
-	node, rm, err := newNS("bridge", "node")
+	br, err := newBridgeNode(e, "bridge", []string{"client", "server"}, &closers)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, rm)
+	t.client, t.server = br.pods[0], br.pods[1]
+	t.devices = br.devices
+	t.dst = t.server.IP
+	t.info.Notes = append(t.info.Notes, "br_netfilter: "+br.brnf.status)
+	if _, err := runIn(ctx, br.node, dockerRules, "iptables-restore"); err != nil {
+		return nil, fmt.Errorf("load Docker's rules: %w", err)
+	}
+	backend, _ := runIn(ctx, br.node, "", "iptables", "--version")
+	t.info.Notes = append(t.info.Notes, "rules loaded with "+strings.TrimSpace(backend))
+	node := br.node
+	t.path = &pathCounter{
+		name:     "forward_conntrack_accept_pkts",
+		required: br.brnf.active,
+		read:     func() (uint64, error) { return ruleCounter(ctx, node, "RELATED,ESTABLISHED") },
+	}
+	return t, nil
+}
+
+// bridgeNode is Docker's default network without its rules: a node
+// namespace with docker0 (172.17.0.1/16, the pods' gateway), one pod
+// namespace per role with its veth on the bridge, ip_forward=1 and
+// br_netfilter on in the node namespace.
+type bridgeNode struct {
+	node    ns.NetNS
+	pods    []endpoint // 172.17.0.2, .3, ... in the order of the roles
+	brnf    brNetfilter
+	devices []nsDevice
+}
+
+// newBridgeNode builds a bridgeNode whose namespaces are named
+// pp-bench-<label>-<role>-<pid>; their removal goes on closers.
+func newBridgeNode(e *env, label string, roles []string, closers *[]func() error) (*bridgeNode, error) {
+	node, rm, err := newNS(label, "node")
+	if err != nil {
+		return nil, err
+	}
+	*closers = append(*closers, rm)
+	b := &bridgeNode{node: node}
 	err = node.Do(func(ns.NetNS) error {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU = "docker0", mtu
@@ -139,14 +176,14 @@ func (dockerContender) build(ctx context.Context, e *env) (_ *topology, err erro
 		return nil, err
 	}
 	gw := netip.MustParseAddr("172.17.0.1")
-	pods := []*endpoint{&t.client, &t.server}
-	for i, role := range []string{"client", "server"} {
-		pns, rm, err := newNS("bridge", role)
+	for i, role := range roles {
+		pns, rm, err := newNS(label, role)
 		if err != nil {
 			return nil, err
 		}
-		closers = append(closers, rm)
-		*pods[i] = endpoint{Name: "bridge-" + role, NS: pns, IP: netip.AddrFrom4([4]byte{172, 17, 0, byte(2 + i)})}
+		*closers = append(*closers, rm)
+		p := endpoint{Name: label + "-" + role, NS: pns, IP: netip.AddrFrom4([4]byte{172, 17, 0, byte(2 + i)})}
+		b.pods = append(b.pods, p)
 		host := "veth" + role
 		if err := addVeth(node, host, pns, "eth0", mtu); err != nil {
 			return nil, err
@@ -168,7 +205,7 @@ func (dockerContender) build(ctx context.Context, e *env) (_ *topology, err erro
 		if err != nil {
 			return nil, err
 		}
-		if err := configureIf(pns, "eth0", netip.PrefixFrom(pods[i].IP, 16)); err != nil {
+		if err := configureIf(pns, "eth0", netip.PrefixFrom(p.IP, 16)); err != nil {
 			return nil, err
 		}
 		err = pns.Do(func(ns.NetNS) error {
@@ -177,32 +214,20 @@ func (dockerContender) build(ctx context.Context, e *env) (_ *topology, err erro
 		if err != nil {
 			return nil, fmt.Errorf("default route in %s: %w", role, err)
 		}
-		t.devices = append(t.devices,
+		b.devices = append(b.devices,
 			nsDevice{role + " eth0", pns, "eth0"},
 			nsDevice{"node " + host, node, host})
 	}
-	t.devices = append(t.devices, nsDevice{"node docker0", node, "docker0"})
-	t.dst = t.server.IP
+	b.devices = append(b.devices, nsDevice{"node docker0", node, "docker0"})
 
 	if err := writeSysctl(node, "net.ipv4.ip_forward", "1"); err != nil {
 		return nil, err
 	}
-	brnf := enableBrNetfilter(node)
-	t.info.Notes = append(t.info.Notes, "br_netfilter: "+brnf.status)
-	if !brnf.active {
-		e.res.Notes = append(e.res.Notes, "bridge contender ran WITHOUT br_netfilter: "+brnf.status)
+	b.brnf = enableBrNetfilter(node)
+	if !b.brnf.active {
+		e.res.Notes = append(e.res.Notes, label+" topology ran WITHOUT br_netfilter: "+b.brnf.status)
 	}
-	if _, err := runIn(ctx, node, dockerRules, "iptables-restore"); err != nil {
-		return nil, fmt.Errorf("load Docker's rules: %w", err)
-	}
-	backend, _ := runIn(ctx, node, "", "iptables", "--version")
-	t.info.Notes = append(t.info.Notes, "rules loaded with "+strings.TrimSpace(backend))
-	t.path = &pathCounter{
-		name:     "forward_conntrack_accept_pkts",
-		required: brnf.active,
-		read:     func() (uint64, error) { return ruleCounter(ctx, node, "RELATED,ESTABLISHED") },
-	}
-	return t, nil
+	return b, nil
 }
 
 type brNetfilter struct {

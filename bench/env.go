@@ -34,6 +34,10 @@ func (e *env) runFamily(ctx context.Context, fam string) error {
 		return e.runCNI(ctx)
 	case famMemory:
 		return e.runMemory(ctx)
+	case famServices:
+		return e.runServices(ctx)
+	case famSNAT:
+		return e.runSNAT(ctx)
 	}
 	return fmt.Errorf("unknown family %s", fam)
 }

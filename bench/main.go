@@ -3,13 +3,17 @@
 // default bridge with br_netfilter and Docker's iptables rules, and podpath
 // through its real CNI plugin. It also times the BPF programs with
 // BPF_PROG_RUN, CNI ADD/DEL against the reference bridge + host-local
-// plugins, and reads the kernel memory of podpath's maps.
+// plugins, and reads the kernel memory of podpath's maps. Two families
+// compare podpath with iptables beyond pod to pod: a pod reaching a
+// ClusterIP with up to 100,000 services programmed (against kube-proxy's
+// iptables rules), and a pod reaching a host outside, masqueraded (against
+// Docker's MASQUERADE).
 //
 // Every topology is built here, in network namespaces, and removed again,
 // also on failure or Ctrl-C. Run as root from the repository root:
 //
-//	go run ./bench -quick   # smoke run, under two minutes
-//	go run ./bench          # full run, every measurement 5 times
+//	go run ./bench -quick   # smoke run, about 2.5 minutes
+//	go run ./bench          # full run, about 20 minutes
 //
 // Results go to bench/results: latest.json, latest.md and one PNG chart per
 // measurement family.
@@ -48,11 +52,28 @@ type config struct {
 	LargeEps    uint32        `json:"memoryLargeMaxEndpoints"`
 	VethGRO     bool          `json:"vethGRO"`
 
+	// services: the service counts measured, repetitions, the RR/CRR
+	// durations there, how many services the programming time is taken
+	// for, how long one iptables-restore may take, and whether the
+	// nf_tables backend's restore is timed too.
+	SvcCounts    []int         `json:"serviceCounts"`
+	SvcReps      int           `json:"serviceRepetitions"`
+	SvcTime      time.Duration `json:"-"`
+	SvcWarmup    time.Duration `json:"-"`
+	SvcProgramN  int           `json:"serviceProgramCount"`
+	RestoreLimit time.Duration `json:"-"`
+	NftProgram   bool          `json:"serviceProgramNft"`
+	// snat: repetitions (durations as tcp_stream and tcp_rr).
+	SNATReps int `json:"snatRepetitions"`
+
 	// Human-readable copies of the durations for the JSON.
 	StreamTimeS float64 `json:"streamSeconds"`
 	StreamOmitS float64 `json:"streamOmitSeconds"`
 	RRTimeS     float64 `json:"rrSeconds"`
 	RRWarmupS   float64 `json:"rrWarmupSeconds"`
+	SvcTimeS    float64 `json:"serviceRRSeconds"`
+	SvcWarmupS  float64 `json:"serviceRRWarmupSeconds"`
+	RestoreS    float64 `json:"restoreLimitSeconds"`
 }
 
 func newConfig(quick bool) config {
@@ -62,7 +83,11 @@ func newConfig(quick bool) config {
 		RRTime: 5 * time.Second, RRWarmup: time.Second,
 		CNIPods: 100, CNIParallel: 8,
 		ProgCalls: 5000, ProgRepeat: 200,
-		LargeEps: 1 << 20,
+		LargeEps:  1 << 20,
+		SvcCounts: []int{1, 1000, 10000, 100000}, SvcReps: 5,
+		SvcTime: 2500 * time.Millisecond, SvcWarmup: 500 * time.Millisecond,
+		SvcProgramN: 10000, RestoreLimit: 5 * time.Minute, NftProgram: true,
+		SNATReps: 5,
 	}
 	if quick {
 		c.Mode, c.Reps, c.CNIReps = "quick", 2, 2
@@ -70,14 +95,19 @@ func newConfig(quick bool) config {
 		c.RRTime, c.RRWarmup = 2*time.Second, 500*time.Millisecond
 		c.CNIPods = 20
 		c.ProgCalls = 1000
+		c.SvcCounts, c.SvcReps = []int{1, 1000}, 2
+		c.SvcTime, c.SvcWarmup = 1500*time.Millisecond, 300*time.Millisecond
+		c.NftProgram = false
+		c.SNATReps = 2
 	}
 	c.StreamTimeS, c.StreamOmitS = c.StreamTime.Seconds(), c.StreamOmit.Seconds()
 	c.RRTimeS, c.RRWarmupS = c.RRTime.Seconds(), c.RRWarmup.Seconds()
+	c.SvcTimeS, c.SvcWarmupS, c.RestoreS = c.SvcTime.Seconds(), c.SvcWarmup.Seconds(), c.RestoreLimit.Seconds()
 	return c
 }
 
 // families are the measurement families, in the order they run.
-var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory}
+var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT}
 
 func main() {
 	quick := flag.Bool("quick", false, "smoke run: 2 repetitions, 2 s measurements, 20 pods")
@@ -187,6 +217,13 @@ func methodNotes(c config) []string {
 		"bpf_prog_run local delivery: from_pod rewrites the frame it forwards and BPF_PROG_RUN reruns it on the rewritten frame, so the destination's gateway MAC is seeded equal to the source pod's MAC and TTL starts at 255: every run takes the forwarding path",
 		fmt.Sprintf("cni: each pod in a fresh netns (made and removed outside the timing), ADD/DEL through libcni in the node's netns, %d pods one at a time then %d at a time; reference: bridge (isGateway, ipMasq false, like podpath sets up no NAT) + host-local, containernetworking/plugins %s", c.CNIPods, c.CNIParallel, cniPluginsVersion),
 		"memory: read once (deterministic) from the kernel, fdinfo memlock via ebpf MapInfo/ProgramInfo, after loader.Init into a temporary pin root",
+		fmt.Sprintf("services: a client pod reaches %s:%d (ClusterIP) whose one backend is a server pod on the same node (port %d), with %v services programmed, the measured one last; the other services have %d backends each on other nodes (never reached). "+
+			"TCP_RR and TCP_CRR as above, %v warm-up, %v measured, %d repetitions; every (contender, N) is a topology of its own, all built first, then measured interleaved (rotated order) so rates at different N are compared within the same minutes",
+			measuredVIP, svcPort, svcTargetPort, c.SvcCounts, fillerBackends, c.SvcWarmup, c.SvcTime, c.SvcReps),
+		"services, iptables: Docker's bridge topology with kube-proxy's iptables-mode rules generated here in its proxier's format (KUBE-SERVICES from PREROUTING and OUTPUT, one rule per ClusterIP, KUBE-SVC chains with statistic rules to KUBE-SEP chains doing DNAT, KUBE-MARK-MASQ and KUBE-POSTROUTING, --cluster-cidr " + kpClusterCIDR + ", comments left off endpoint rules above 1000 endpoints as kube-proxy does) loaded with one " + kpRestore + " --noflush --counters; Docker's rules loaded with the same backend. The legacy backend is used because iptables-nft 1.8.9's --noflush restore grows with the square of the rules (see program@ iptables-nft)",
+		"services, podpath: from_pod's forward_local counter must rise and the measured service must have conntrack entries after every measurement; iptables: the packet counter of the measured service's DNAT rule must rise; both: the server must see the client pod's own address",
+		fmt.Sprintf("services, programming time: podpath's services.Manager.Apply of %d services (state file included) into a node with none (after one empty Apply, since a fresh node's first one re-synchronises), then an Apply of nothing, untimed; iptables: one restore of the same services into a fresh namespace holding Docker's rules and kube-proxy's start-up chains", c.SvcProgramN),
+		fmt.Sprintf("snat: a client pod to a server in an outside host netns behind the node's uplink veth (same addresses for both contenders, no route back to the pods outside): iperf3 as tcp_stream, TCP_RR and TCP_CRR as tcp_rr/tcp_crr, %d repetitions; the server must see the node's uplink address; podpath's to_netdev SNAT counter or the MASQUERADE rule's counter must rise", c.SNATReps),
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -17,6 +18,10 @@ const (
 	famProgRun = "bpf_prog_run"
 	famCNI     = "cni"
 	famMemory  = "memory"
+	// famServices: a pod reaching a ClusterIP with N services programmed.
+	famServices = "services"
+	// famSNAT: a pod reaching a host outside, masqueraded.
+	famSNAT = "snat"
 )
 
 // Which way is better for a metric.
@@ -172,6 +177,62 @@ func evaluateTargets(r *results) {
 			Detail: formatValue(n) + " vs " + formatValue(d) + " " + unit + " (" + g.num + " vs " + g.den + ", medians)",
 		})
 	}
+	serviceTargets(r)
+	snatTargets(r)
+}
+
+// compareTarget adds a target on the ratio of two medians; pass judges
+// the ratio.
+func (r *results) compareTarget(name, want string, num, den *measurement, numLabel, denLabel string, pass func(float64) bool) {
+	if num == nil || den == nil || den.Median == 0 || math.IsNaN(num.Median) || math.IsNaN(den.Median) {
+		return
+	}
+	ratio := num.Median / den.Median
+	r.Targets = append(r.Targets, target{
+		Name: name, Ratio: round3(ratio), Want: want, Pass: pass(ratio),
+		Detail: formatValue(num.Median) + " vs " + formatValue(den.Median) + " " + num.Unit + " (" + numLabel + " vs " + denLabel + ", medians)",
+	})
+}
+
+// serviceTargets: podpath's rate with the most services programmed stays
+// within 5% of its rate with one, and podpath is ahead of kube-proxy's
+// iptables rules at every count.
+func serviceTargets(r *results) {
+	counts := serviceCounts(r)
+	for _, kind := range []struct{ metric, label string }{{"rr_rate", "TCP_RR"}, {"crr_rate", "TCP_CRR"}} {
+		if len(counts) > 1 {
+			most := counts[len(counts)-1]
+			r.compareTarget(fmt.Sprintf("services: podpath %s rate, %d services vs 1", kind.label, most), "0.95x-1.05x",
+				r.find(famServices, fmt.Sprintf("%s@%d", kind.metric, most), cPodpath),
+				r.find(famServices, fmt.Sprintf("%s@%d", kind.metric, 1), cPodpath),
+				servicesLabel(most), servicesLabel(1),
+				func(x float64) bool { return x >= 0.95 && x <= 1.05 })
+		}
+		for _, n := range counts {
+			metric := fmt.Sprintf("%s@%d", kind.metric, n)
+			r.compareTarget(fmt.Sprintf("services: %s rate vs iptables, %s", kind.label, servicesLabel(n)), "> 1.00x",
+				r.find(famServices, metric, cPodpath), r.find(famServices, metric, cIptables), cPodpath, cIptables,
+				func(x float64) bool { return x > 1 })
+		}
+	}
+}
+
+func servicesLabel(n int) string {
+	if n == 1 {
+		return "1 service"
+	}
+	return fmt.Sprintf("%d services", n)
+}
+
+// snatTargets: podpath's masquerade carries at least iptables' throughput
+// and sets up more connections per second.
+func snatTargets(r *results) {
+	r.compareTarget("snat: TCP throughput to outside vs iptables MASQUERADE", ">= 1.00x",
+		r.find(famSNAT, "throughput", cPodpath), r.find(famSNAT, "throughput", cIptables), cPodpath, cIptables,
+		func(x float64) bool { return x >= 1 })
+	r.compareTarget("snat: TCP_CRR rate to outside vs iptables MASQUERADE", "> 1.00x",
+		r.find(famSNAT, "crr_rate", cPodpath), r.find(famSNAT, "crr_rate", cIptables), cPodpath, cIptables,
+		func(x float64) bool { return x > 1 })
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,13 @@ type rrResult struct {
 	count    int
 	rate     float64 // per second
 	p50, p99 float64 // µs
+	// peer is the client address the server saw on its first connection;
+	// otherPeers counts connections that came from any other address.
+	peer       netip.Addr
+	otherPeers int
+	// failed counts connections that could not be set up (TCP_CRR on a
+	// topology that tolerates it); their time is in the rate.
+	failed int
 }
 
 // requestResponse runs one TCP_RR or TCP_CRR measurement: warm-up, then a
@@ -72,7 +80,7 @@ func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur tim
 	var lfd, port int
 	err := t.server.Do(func() error {
 		var err error
-		lfd, port, err = listen(t.server.IP.As4())
+		lfd, port, err = listen(t.server.IP.As4(), t.listenPort)
 		return err
 	})
 	if err != nil {
@@ -80,11 +88,12 @@ func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur tim
 	}
 	var stop atomic.Bool
 	var srvErr error
+	var peers peerLog
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		srvErr = serve(lfd, &stop)
+		srvErr = serve(lfd, &stop, &peers)
 	}()
 	defer func() {
 		stop.Store(true)
@@ -94,11 +103,14 @@ func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur tim
 	}()
 
 	var r rrResult
+	if t.dstPort != 0 {
+		port = t.dstPort
+	}
 	dst := &unix.SockaddrInet4{Addr: t.dst.As4(), Port: port}
 	err = t.client.Do(func() error {
 		var err error
 		if crr {
-			r, err = crrClient(ctx, dst, warmup, dur)
+			r, err = crrClient(ctx, dst, warmup, dur, t.connectFailuresOK)
 		} else {
 			r, err = rrClient(ctx, dst, warmup, dur)
 		}
@@ -113,12 +125,38 @@ func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur tim
 	if srvErr != nil {
 		return r, fmt.Errorf("server: %w", srvErr)
 	}
+	r.peer, r.otherPeers = peers.first, peers.others
+	if t.wantPeer.IsValid() && (r.peer != t.wantPeer || r.otherPeers > 0) {
+		return r, fmt.Errorf("%s: the server saw the client as %s (%d connections from elsewhere), want %s",
+			t.contender, r.peer, r.otherPeers, t.wantPeer)
+	}
 	return r, nil
 }
 
-// listen opens a listening TCP socket on addr in the calling thread's
-// namespace.
-func listen(addr [4]byte) (fd, port int, err error) {
+// peerLog is what the server saw as its clients' address.
+type peerLog struct {
+	first  netip.Addr
+	others int
+}
+
+func (l *peerLog) add(sa unix.Sockaddr) {
+	a, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		l.others++
+		return
+	}
+	addr := netip.AddrFrom4(a.Addr)
+	switch {
+	case !l.first.IsValid():
+		l.first = addr
+	case addr != l.first:
+		l.others++
+	}
+}
+
+// listen opens a listening TCP socket on addr and port (0: any free one) in
+// the calling thread's namespace.
+func listen(addr [4]byte, port int) (fd, boundPort int, err error) {
 	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, 0, err
@@ -130,7 +168,7 @@ func listen(addr [4]byte) (fd, port int, err error) {
 	if err := setTimeouts(fd); err != nil {
 		return fail(err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr, Port: port}); err != nil {
 		return fail(err)
 	}
 	if err := unix.Listen(fd, 1024); err != nil {
@@ -144,17 +182,19 @@ func listen(addr [4]byte) (fd, port int, err error) {
 }
 
 // serve answers every byte with one byte, one connection at a time, until
-// stop is set. A connection ends when the client closes or resets it.
-func serve(lfd int, stop *atomic.Bool) error {
+// stop is set, and notes where each connection came from. A connection ends
+// when the client closes or resets it.
+func serve(lfd int, stop *atomic.Bool, peers *peerLog) error {
 	buf := make([]byte, 1)
 	for !stop.Load() {
-		cfd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		cfd, sa, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) || stop.Load() {
 				continue
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
+		peers.add(sa)
 		if err := tuneSocket(cfd); err != nil {
 			unix.Close(cfd)
 			return err
@@ -209,9 +249,13 @@ func rrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Dur
 	return summarize(samples, time.Since(measured))
 }
 
-// crrClient: a new connection per transaction, closed with RST.
-func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Duration) (rrResult, error) {
+// crrClient: a new connection per transaction, closed with RST. With
+// tolerate, a connection that cannot be set up within ioTimeout is counted
+// and the next one tried until the time is up; when none could be set up
+// the rate is 0.
+func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Duration, tolerate bool) (rrResult, error) {
 	buf := []byte{'x'}
+	failed := 0
 	samples := make([]float64, 0, 1<<17)
 	start := time.Now()
 	measureFrom, end := start.Add(warmup), start.Add(warmup+dur)
@@ -225,6 +269,11 @@ func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Du
 			return rrResult{}, ctx.Err()
 		}
 		fd, err := dial(dst, true)
+		if err != nil && tolerate {
+			failed++
+			slog.Warn("TCP_CRR: connection failed, going on", "dst", fmt.Sprintf("%d.%d.%d.%d:%d", dst.Addr[0], dst.Addr[1], dst.Addr[2], dst.Addr[3], dst.Port), "err", err)
+			continue
+		}
 		if err != nil {
 			return rrResult{}, err
 		}
@@ -244,7 +293,12 @@ func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Du
 			samples = append(samples, float64(time.Since(t0).Nanoseconds())/1e3)
 		}
 	}
-	return summarize(samples, time.Since(measured))
+	if len(samples) == 0 && failed > 0 {
+		return rrResult{failed: failed}, nil
+	}
+	r, err := summarize(samples, time.Since(measured))
+	r.failed = failed
+	return r, err
 }
 
 func summarize(samples []float64, elapsed time.Duration) (rrResult, error) {

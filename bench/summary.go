@@ -8,12 +8,14 @@ import (
 
 // familyTitles name the families in the summary and on the charts.
 var familyTitles = map[string]string{
-	famStream:  "TCP single-stream throughput, pod to pod (iperf3)",
-	famRR:      "TCP_RR: 1-byte request/response on one connection",
-	famCRR:     "TCP_CRR: one connection per 1-byte request/response",
-	famProgRun: "BPF_PROG_RUN: per-packet cost of each program path",
-	famCNI:     "CNI ADD/DEL latency",
-	famMemory:  "Kernel memory of podpath's maps and programs",
+	famStream:   "TCP single-stream throughput, pod to pod (iperf3)",
+	famRR:       "TCP_RR: 1-byte request/response on one connection",
+	famCRR:      "TCP_CRR: one connection per 1-byte request/response",
+	famProgRun:  "BPF_PROG_RUN: per-packet cost of each program path",
+	famCNI:      "CNI ADD/DEL latency",
+	famMemory:   "Kernel memory of podpath's maps and programs",
+	famServices: "Services: a pod to a ClusterIP (backend on the same node), N services programmed",
+	famSNAT:     "SNAT: a pod to a host outside the node, masqueraded",
 }
 
 // references are what each family's ratios are taken against.
@@ -23,6 +25,8 @@ func references(fam string) []string {
 		return []string{cDocker, cLimit}
 	case famCNI:
 		return []string{cniBridge}
+	case famSNAT:
+		return []string{cIptables}
 	}
 	return nil
 }
@@ -55,6 +59,10 @@ func summary(r *results) string {
 			continue
 		}
 		fmt.Fprintf(&b, "## %s\n\n", familyTitles[fam])
+		if fam == famServices {
+			b.WriteString(servicesSummary(r))
+			continue
+		}
 		refs := references(fam)
 		header := "| metric | contender | median | min | max | unit |"
 		sep := "|---|---|---|---|---|---|"
@@ -145,4 +153,60 @@ func formatValue(v float64) string {
 	default:
 		return fmt.Sprintf("%.3f", v)
 	}
+}
+
+// servicesSummary pivots the services family: one row per service count,
+// podpath and iptables side by side, then the programming times.
+func servicesSummary(r *results) string {
+	var b strings.Builder
+	get := func(metric string, n int, c string) *measurement {
+		return r.find(famServices, fmt.Sprintf("%s@%d", metric, n), c)
+	}
+	med := func(m *measurement) string {
+		if m == nil {
+			return "not measured"
+		}
+		return fmt.Sprintf("%s (%s-%s)", formatValue(m.Median), formatValue(m.Min), formatValue(m.Max))
+	}
+	counts := serviceCounts(r)
+	b.WriteString("Median (min-max) over repetitions; every (contender, N) is its own topology, all measured interleaved.\n\n")
+	b.WriteString("| services | podpath TCP_RR /s | iptables TCP_RR /s | podpath vs iptables | podpath vs podpath at 1 | podpath TCP_CRR /s | iptables TCP_CRR /s | podpath vs iptables | podpath vs podpath at 1 |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	for _, n := range counts {
+		fmt.Fprintf(&b, "| %d |", n)
+		for _, kind := range []string{"rr_rate", "crr_rate"} {
+			pp, ipt := get(kind, n, cPodpath), get(kind, n, cIptables)
+			fmt.Fprintf(&b, " %s | %s | %s | %s |", med(pp), med(ipt), ratioCell(pp, ipt), ratioCell(pp, get(kind, 1, cPodpath)))
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\nTime to program the services (one run each, as the topologies were built; podpath: services.Manager.Apply; iptables: one " +
+		kpRestore + " --noflush --counters):\n\n| services | podpath | iptables | iptables vs podpath |\n|---|---|---|---|\n")
+	for _, n := range counts {
+		pp, ipt := get("program_all", n, cPodpath), get("program_all", n, cIptables)
+		fmt.Fprintf(&b, "| %d | %s | %s | %s |\n", n, secs(pp), secs(ipt), ratioCell(ipt, pp))
+	}
+	var prog []*measurement
+	for _, m := range r.family(famServices) {
+		if strings.HasPrefix(m.Metric, "program@") {
+			prog = append(prog, m)
+		}
+	}
+	if len(prog) > 0 {
+		fmt.Fprintf(&b, "\nTime to program %s services into a node that has none (median over repetitions):\n\n| contender | median | min | max | vs podpath |\n|---|---|---|---|---|\n",
+			strings.TrimPrefix(prog[0].Metric, "program@"))
+		for _, m := range prog {
+			fmt.Fprintf(&b, "| %s | %s s | %s s | %s s | %s |\n", m.Contender, formatValue(m.Median), formatValue(m.Min), formatValue(m.Max),
+				ratioCell(m, r.find(famServices, m.Metric, cPodpath)))
+		}
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func secs(m *measurement) string {
+	if m == nil {
+		return "-"
+	}
+	return formatValue(m.Median) + " s"
 }

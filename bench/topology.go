@@ -58,14 +58,48 @@ type topology struct {
 	client, server endpoint
 	// dst is the address the client sends to: the server's own unless the
 	// contender puts something (a service address) in front of it.
-	dst  netip.Addr
-	info topologyInfo
+	dst netip.Addr
+	// listenPort is the request/response server's port (0: any free one);
+	// dstPort the port the client connects to (0: the server's).
+	listenPort, dstPort int
+	// wantPeer, if set, is the client address the server must see (the
+	// client's own, or the node's when it is masqueraded).
+	wantPeer netip.Addr
+	// connectFailuresOK: a TCP_CRR connection that cannot be set up is
+	// counted (its time stays in the rate) instead of ending the run.
+	connectFailuresOK bool
+	info              topologyInfo
 	// path, if set, counts packets on the contender's own path, so a
 	// measurement can prove its traffic took it.
 	path *pathCounter
+	// extra, if set, reads further datapath counters (drops, NAT
+	// statistics); a measurement records those that rose.
+	extra func() map[string]uint64
+	// state, if set, reads datapath state worth recording as it is after
+	// each measurement (map occupancy).
+	state func() map[string]uint64
 	// devices are recorded (MTU, offloads) for the fairness check.
 	devices []nsDevice
 	close   func() error
+}
+
+// extras reads the topology's further counters (none without extra).
+func (t *topology) extras() map[string]uint64 {
+	if t.extra == nil {
+		return nil
+	}
+	return t.extra()
+}
+
+// recordExtras adds to m the further counters that rose since before and
+// returns their values now, the next measurement's before.
+func (t *topology) recordExtras(m *measurement, before map[string]uint64) map[string]uint64 {
+	if t.extra == nil {
+		return nil
+	}
+	now := t.extras()
+	m.addExtra("datapath_counters_rose", rose(before, now))
+	return now
 }
 
 // pathCounter is a counter that rises only on the contender's intended
