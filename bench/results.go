@@ -202,11 +202,14 @@ func serviceTargets(r *results) {
 	for _, kind := range []struct{ metric, label string }{{"rr_rate", "TCP_RR"}, {"crr_rate", "TCP_CRR"}} {
 		if len(counts) > 1 {
 			most := counts[len(counts)-1]
-			r.compareTarget(fmt.Sprintf("services: podpath %s rate, %d services vs 1", kind.label, most), "0.95x-1.05x",
-				r.find(famServices, fmt.Sprintf("%s@%d", kind.metric, most), cPodpath),
-				r.find(famServices, fmt.Sprintf("%s@%d", kind.metric, 1), cPodpath),
-				servicesLabel(most), servicesLabel(1),
+			num := r.find(famServices, fmt.Sprintf("%s@%d", kind.metric, most), cPodpath)
+			den := r.find(famServices, fmt.Sprintf("%s@%d", kind.metric, 1), cPodpath)
+			name := fmt.Sprintf("services: podpath %s rate, %s vs 1", kind.label, servicesLabel(most))
+			r.compareTarget(name, "0.95x-1.05x", num, den, servicesLabel(most), servicesLabel(1),
 				func(x float64) bool { return x >= 0.95 && x <= 1.05 })
+			if p := pairedRatios(num, den); p != "" && len(r.Targets) > 0 && r.Targets[len(r.Targets)-1].Name == name {
+				r.Targets[len(r.Targets)-1].Detail += "; " + p
+			}
 		}
 		for _, n := range counts {
 			metric := fmt.Sprintf("%s@%d", kind.metric, n)
@@ -215,6 +218,23 @@ func serviceTargets(r *results) {
 				func(x float64) bool { return x > 1 })
 		}
 	}
+}
+
+// pairedRatios describes the ratios of two measurements repetition by
+// repetition (each pair measured in the same round of the interleaving),
+// which drift between rounds does not move.
+func pairedRatios(num, den *measurement) string {
+	if num == nil || den == nil || len(num.Reps) != len(den.Reps) || len(num.Reps) == 0 {
+		return ""
+	}
+	var rs []float64
+	for i := range num.Reps {
+		if den.Reps[i] > 0 {
+			rs = append(rs, num.Reps[i]/den.Reps[i])
+		}
+	}
+	lo, med, hi := minMedMax(rs)
+	return fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx", med, lo, hi)
 }
 
 func servicesLabel(n int) string {
