@@ -85,6 +85,25 @@ static __always_inline void nat_touch(struct nat_entry *e, const struct flow4 *f
 		e->expires = expires;
 }
 
+/* nat_close_partner shortens the other direction's mapping when one
+ * direction sees FIN or RST: a reset from the pod is never answered, and
+ * without this its reply mapping would hold the port for the established
+ * lifetime. */
+static __always_inline void nat_close_partner(const struct flow4 *f, const struct ct_key *partner)
+{
+	__u64 closing = bpf_ktime_get_ns() + CT_LIFETIME_TCP_CLOSE;
+	struct nat_entry *p;
+
+	if (f->proto != IPPROTO_TCP || !(f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return;
+	p = bpf_map_lookup_elem(&snat, partner);
+	if (!p)
+		return;
+	p->tcp_flags |= f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST);
+	if (p->expires > closing)
+		p->expires = closing;
+}
+
 /* snat_alloc4 finds a free node port for f towards its destination and
  * records both directions. Returns the port (network order) or 0 with
  * *reason set. A port is free when no live mapping to the same destination
@@ -181,6 +200,8 @@ static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, 
 	if (e && !(e->flags & NAT_F_REVERSE) && e->expires >= bpf_ktime_get_ns()) {
 		nat_touch(e, f, skb->len);
 		port = e->to_port;
+		ct_key4(&k, f->daddr, cfg->addr[0], f->dport, port, f->proto);
+		nat_close_partner(f, &k);
 	} else {
 		port = snat_alloc4(f, cfg, skb->len, reason);
 		if (!port)
@@ -262,5 +283,10 @@ static __always_inline int snat_ingress4(struct __sk_buff *skb, struct flow4 *f)
 	if (!e || !(e->flags & NAT_F_REVERSE) || e->expires < bpf_ktime_get_ns())
 		return 0;
 	nat_touch(e, f, skb->len);
-	return nat4_apply(skb, f, 1, e->to_addr[0], e->to_port) < 0 ? -1 : 1;
+	if (nat4_apply(skb, f, 1, e->to_addr[0], e->to_port) < 0)
+		return -1;
+	/* f now reads destination -> pod: the forward mapping is its mirror. */
+	ct_key4(&k, f->daddr, f->saddr, f->dport, f->sport, f->proto);
+	nat_close_partner(f, &k);
+	return 1;
 }

@@ -290,10 +290,15 @@ func TestPortExhaustionAndRecovery(t *testing.T) {
 			t.Fatalf("established flow %d broke: %v", i, err)
 		}
 	}
-	for _, c := range conns {
+	// Half close gracefully, half with a reset the other side never
+	// answers: both must free their mappings promptly.
+	for i, c := range conns {
+		if i%2 == 1 {
+			c.(*net.TCPConn).SetLinger(0)
+		}
 		c.Close()
 	}
-	// FIN both ways shortens the mappings' lifetime to 10 s; after that
+	// FIN or RST shortens the mappings' lifetime to 10 s; after that
 	// the reaper frees them (and the allocator would take them over).
 	time.Sleep(11 * time.Second)
 	snat, err := maps.OpenPinned(node.PinRoot, maps.MapSNAT)
