@@ -7,14 +7,15 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // sendOverVeth sends frames from the pod side of a real veth pair, with
-// from_pod attached (tcx) at ingress of the host side, and waits until the
+// from_pod attached at ingress of the host side (tcx or legacy tc, as the
+// loader picks for this kernel), and waits until the
 // counters have seen them all. It is for the packets BPF_PROG_RUN refuses to
 // build: recent kernels (this one included) reject skb input whose
 // ethertype is IPv4 but whose IPv4 header is shorter than 20 bytes, while a
@@ -59,15 +60,15 @@ func (d *datapath) sendInNewNetns(frames [][]byte, wantPackets uint64) error {
 			return fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
 		}
 	}
-	l, err := link.AttachTCX(link.TCXOptions{
-		Interface: host.Attrs().Index,
-		Program:   d.fromPod,
-		Attach:    ebpf.AttachTCXIngress,
-	})
+	root, err := os.MkdirTemp(loader.BPFFSMount, "podpath-veth-test-")
 	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	if _, err := loader.AttachTC(root, "", maps.ProgFromPod, d.fromPod, host.Attrs().Index, loader.Ingress); err != nil {
 		return fmt.Errorf("attach from_pod: %w", err)
 	}
-	defer l.Close()
+	defer loader.DetachTC(root, maps.ProgFromPod, "host0", loader.Ingress)
 
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
