@@ -227,10 +227,17 @@ func render(host *probe, runs []kernelRun) []byte {
 		if r.From.Package != "" {
 			where = fmt.Sprintf("qemu, Debian %s %s", r.From.Package, r.From.Version)
 		}
+		if len(r.Results) == 0 {
+			where += "; probed only, tests not run"
+		}
 		row(r.Probe, where)
 	}
 
-	if len(runs) == 0 {
+	tested := 0
+	for _, r := range runs {
+		tested += len(r.Results)
+	}
+	if tested == 0 {
 		return b.Bytes()
 	}
 	w("\n## Tests in each guest kernel\n\n")

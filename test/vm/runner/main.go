@@ -4,7 +4,10 @@
 // the host's.
 //
 //	go run ./test/vm/runner -kernel 6.1 -- ip -br link
-//	go test -exec "$PWD/bin/vm-runner -kernel-dir /var/cache/podpath-vm/6.1.0-56-amd64" ./loader
+//	go build -o /tmp/vm-runner ./test/vm/runner
+//	go test -exec "/tmp/vm-runner -kernel 6.1" ./loader
+//
+// scripts/vmtest.sh uses it to run every test package in the guest.
 //
 // # What the guest sees
 //
@@ -40,15 +43,20 @@
 // # Acceleration
 //
 // KVM is used when kvm_intel or kvm_amd is loaded and /dev/kvm opens;
-// otherwise qemu emulates the CPU (TCG, -cpu max), which costs a few seconds
-// per boot and makes guest code several times slower. Build everything on
-// the host and run only the result in the guest.
+// otherwise qemu emulates the CPU (TCG), which costs about 3 s per boot and
+// makes guest code 10-30 times slower than the host's: loading a BPF program
+// is mostly the verifier's CPU time, and it is what the tests wait for. Build
+// everything on the host and run only the result in the guest. The guest has
+// 2 CPUs and 1.5 GiB unless -cpus and -mem say otherwise; -append adds to
+// the kernel command line.
 //
 // # Exit status
 //
 // The command's exit code, 128+N when a signal N ended it, and 125 when the
-// VM itself failed (then the tail of the guest's console log is printed to
-// stderr; -v streams that log as it is written).
+// VM itself failed: it did not boot within -boot-timeout (3m), ran past
+// -timeout, or powered off without reporting. Then the tail of the guest's
+// console log is printed to stderr; -v streams the whole log as it is
+// written.
 //
 // # Requirements
 //
