@@ -6,7 +6,7 @@ BIN     := bin
 GOPATH  := $(shell $(GO) env GOPATH)
 export PATH := $(PATH):/usr/local/go/bin:$(GOPATH)/bin
 
-.PHONY: all build generate deps test demo vet bench bench-quick clean
+.PHONY: all build generate deps test vmtest demo vet bench bench-quick clean
 
 all: build
 
@@ -29,6 +29,11 @@ vet:
 # namespaces, real runtimes (cnitool, containerd + runc).
 test: deps vet build
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The same tests inside Debian's 6.1 LTS kernel under qemu (kernel fetched
+# and cached by test/vm/runner); regenerates docs/kernels.md.
+vmtest: deps
+	bash scripts/vmtest.sh
 
 # A throwaway node with three pods in network namespaces on this machine.
 demo: deps build
