@@ -228,7 +228,7 @@ main() {
 	done
 
 	if ((${#kernel_dirs[@]})); then
-		"$out/bin/kerneldoc" -o docs/kernels.md -host "$out/host/probe.json" "${kernel_dirs[@]}"
+		"$out/bin/kerneldoc" -o docs/kernels.md -module "$module" -host "$out/host/probe.json" "${kernel_dirs[@]}"
 		echo "wrote docs/kernels.md"
 	fi
 

@@ -3,7 +3,7 @@
 // each guest kernel, and the guest test runs as go tool test2json events.
 // Nothing in the document is typed by hand.
 //
-//	kerneldoc -o docs/kernels.md -host HOST/probe.json KERNELDIR...
+//	kerneldoc -o docs/kernels.md -module M -host HOST/probe.json KERNELDIR...
 //
 // Each KERNELDIR holds probe.json, kernel.json (the runner's record of the
 // Debian package) and tests/*.json.
@@ -63,14 +63,15 @@ type kernelRun struct {
 func main() {
 	out := flag.String("o", "docs/kernels.md", "file to write")
 	host := flag.String("host", "", "the host's probe.json")
+	module := flag.String("module", "", "module path to strip from package names")
 	flag.Parse()
-	if err := run(*out, *host, flag.Args()); err != nil {
+	if err := run(*out, *host, *module, flag.Args()); err != nil {
 		fmt.Fprintf(os.Stderr, "kerneldoc: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, hostProbe string, kernelDirs []string) error {
+func run(out, hostProbe, module string, kernelDirs []string) error {
 	var host *probe
 	if hostProbe != "" {
 		p, err := readProbe(hostProbe)
@@ -85,9 +86,25 @@ func run(out, hostProbe string, kernelDirs []string) error {
 		if err != nil {
 			return err
 		}
+		for i := range r.Results {
+			r.Results[i].Package = relPackage(r.Results[i].Package, module)
+		}
 		runs = append(runs, r)
 	}
 	return os.WriteFile(out, render(host, runs), 0o644)
+}
+
+// relPackage names a package of the module by its directory in it.
+func relPackage(pkg, module string) string {
+	switch {
+	case module == "":
+		return pkg
+	case pkg == module:
+		return "."
+	case strings.HasPrefix(pkg, module+"/"):
+		return pkg[len(module)+1:]
+	}
+	return pkg
 }
 
 func readProbe(path string) (probe, error) {

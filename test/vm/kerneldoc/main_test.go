@@ -36,7 +36,7 @@ func TestRender(t *testing.T) {
 	host := filepath.Join(dir, "host.json")
 	os.WriteFile(host, []byte(`{"kernel":"6.18.44","tcx":true,"redirectPeer":true,"redirectNeigh":true,"lruHash":true,"ringBuf":true,"tcMechanism":"tcx"}`), 0o644)
 	out := filepath.Join(dir, "kernels.md")
-	if err := run(out, host, []string{dir}); err != nil {
+	if err := run(out, host, "", []string{dir}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(out)
