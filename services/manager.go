@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
@@ -83,6 +84,11 @@ func Open(pinRoot, stateDir string, opts ...Option) (_ *Manager, err error) {
 	node, err := loader.ReadNodeConfig(cfg.StateDir)
 	if err != nil {
 		return nil, err
+	}
+	// Maglev tables are new maps: on kernels before 5.11 they count against
+	// RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lift the locked-memory limit for BPF maps: %w", err)
 	}
 	node = node.WithDefaults()
 

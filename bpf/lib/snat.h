@@ -117,7 +117,10 @@ static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct na
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key rk, fk;
 	__be16 nport = 0;
-	long err;
+	/* int, not long: before 6.4 the kernel inlines the map's own update
+	 * function, whose 32-bit int result arrives zero-extended, so -EEXIST
+	 * would read as 4294967279 in a long. */
+	int err;
 	int i;
 
 	rev.flags = NAT_F_REVERSE;
@@ -132,7 +135,7 @@ static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct na
 			ct_key4(&rk, f->daddr, cfg->addr[0], 0, nport, f->proto);
 		else
 			ct_key4(&rk, f->daddr, cfg->addr[0], f->dport, nport, f->proto);
-		err = bpf_map_update_elem(&snat, &rk, &rev, BPF_NOEXIST);
+		err = (int)bpf_map_update_elem(&snat, &rk, &rev, BPF_NOEXIST);
 		if (!err)
 			break;
 		if (err != -17 /* EEXIST */) {
@@ -168,7 +171,7 @@ static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct na
 	fwd.bytes = bytes;
 	fwd.tcp_flags = f->tcp_flags;
 	ct_key4(&fk, f->saddr, f->daddr, f->sport, f->dport, f->proto);
-	if (bpf_map_update_elem(&snat, &fk, &fwd, BPF_ANY) < 0) {
+	if ((int)bpf_map_update_elem(&snat, &fk, &fwd, BPF_ANY) < 0) {
 		bpf_map_delete_elem(&snat, &rk);
 		nat_stat(NAT_STAT_MAP_FULL);
 		*reason = REASON_DROP_NAT_MAP_FULL;
