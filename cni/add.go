@@ -245,25 +245,11 @@ func setupPod(conf *Config, ifname string, addr netip.Addr, hostMAC net.Hardware
 	if err := netlink.NeighSet(gatewayNeigh(conf.Gateway, idx, hostMAC)); err != nil {
 		return ps, fmt.Errorf("add neighbour %s lladdr %s: %w", conf.Gateway, hostMAC, err)
 	}
-	ps.cookie, err = netnsCookie()
+	ps.cookie, err = loader.NetnsCookie()
 	if err != nil {
 		return ps, err
 	}
 	return ps, nil
-}
-
-// netnsCookie identifies the current network namespace for the datapath.
-func netnsCookie() (uint64, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("netns cookie: %w", err)
-	}
-	defer unix.Close(fd)
-	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-	if err != nil {
-		return 0, fmt.Errorf("netns cookie: %w", err)
-	}
-	return c, nil
 }
 
 func disableIPv6(ifname string) {

@@ -39,7 +39,7 @@ func loadSocketLB(c Config) error {
 	if err := sizeMaps(spec, c); err != nil {
 		return fmt.Errorf("sock: %w", err)
 	}
-	cookie, err := currentNetnsCookie()
+	cookie, err := NetnsCookie()
 	if err != nil {
 		return err
 	}
@@ -72,9 +72,9 @@ func loadSocketLB(c Config) error {
 	return replaceCgroupAttached(c.PinRoot, coll.Programs)
 }
 
-// currentNetnsCookie identifies the calling thread's network namespace as
-// bpf_get_netns_cookie() does.
-func currentNetnsCookie() (uint64, error) {
+// NetnsCookie identifies the calling thread's network namespace as
+// bpf_get_netns_cookie() does (the endpoints map records each pod's).
+func NetnsCookie() (uint64, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("netns cookie: %w", err)
