@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -49,38 +48,16 @@ func writeNonMasq(c Config) error {
 		return err
 	}
 	defer m.Close()
-	want := map[maps.NonmasqKey]bool{}
+	want := map[maps.NonmasqKey]uint32{}
 	for _, p := range append(append([]netip.Prefix{c.PodCIDR}, c.ClusterCIDRs...), c.NonMasqCIDRs...) {
 		if !p.Addr().Is4() {
 			continue
 		}
 		p = p.Masked()
-		want[maps.NonmasqKey{Prefixlen: 32 + uint32(p.Bits()), Family: maps.FamilyIPv4, Addr: maps.Addr16(p.Addr())}] = true
+		want[maps.NonmasqKey{Prefixlen: 32 + uint32(p.Bits()), Family: maps.FamilyIPv4, Addr: maps.Addr16(p.Addr())}] = 1
 	}
-	var (
-		key   maps.NonmasqKey
-		val   uint32
-		stale []maps.NonmasqKey
-	)
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		if !want[key] {
-			stale = append(stale, key)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read nonmasq: %w", err)
-	}
-	for _, k := range stale {
-		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove nonmasq entry: %w", err)
-		}
-	}
-	one := uint32(1)
-	for k := range want {
-		if err := m.Update(&k, &one, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("add nonmasq entry: %w", err)
-		}
+	if err := syncMap(m, want); err != nil {
+		return fmt.Errorf("nonmasq ranges: %w", err)
 	}
 	return nil
 }

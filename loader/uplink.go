@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -82,29 +81,8 @@ func writeNodeAddrs(root string, addrs []nodeAddr) error {
 	for _, a := range addrs {
 		want[maps.NewEndpointKey(a.ip)] = a.ifindex
 	}
-	var (
-		key   maps.EndpointKey
-		val   uint32
-		stale []maps.EndpointKey
-	)
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		if _, ok := want[key]; !ok {
-			stale = append(stale, key)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read node addresses: %w", err)
-	}
-	for _, k := range stale {
-		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove node address %s: %w", k.IP(), err)
-		}
-	}
-	for k, v := range want {
-		if err := m.Update(&k, &v, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("add node address %s: %w", k.IP(), err)
-		}
+	if err := syncMap(m, want); err != nil {
+		return fmt.Errorf("node addresses: %w", err)
 	}
 	return nil
 }
