@@ -52,10 +52,12 @@ static __always_inline __u32 slot_backend(__u32 svc_id, __u32 slot)
 
 static __always_inline __u32 lb_pick(const struct svc_info *svc, __u32 hash)
 {
-	__u32 n = svc->backends, id = svc->id;
+	__u32 n = *(volatile const __u16 *)&svc->backends, id = svc->id;
 	__u32 *next, *inner_id;
 	void *table;
 
+	if (!n)
+		return 0;
 	switch (svc->algo) {
 	case LB_ROUND_ROBIN:
 		next = bpf_map_lookup_elem(&svc_rr, &id);
@@ -107,6 +109,11 @@ static __always_inline __u32 lb_select4(const struct svc_info *svc, __be32 clien
 		}
 	}
 	id = lb_pick(svc, hash);
+	/* The count read by lb_pick may predate a shrink whose extra slots are
+	 * already gone: the count is written first, so a second pick sees the
+	 * new one and only slots that exist. */
+	if (!id && svc->backends)
+		id = lb_pick(svc, hash);
 	if (id && (svc->flags & SVC_F_AFFINITY)) {
 		av.last_used = now;
 		av.backend_id = id;
