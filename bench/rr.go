@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/podpath/podpath/internal/sockwait"
 	"golang.org/x/sys/unix"
 )
 
@@ -334,37 +335,13 @@ func dial(dst *unix.SockaddrInet4, abortiveClose bool) (int, error) {
 	err = unix.Connect(fd, dst)
 	if errors.Is(err, unix.EINTR) {
 		// The connection goes on in the background; wait for its outcome.
-		err = waitConnected(fd)
+		err = sockwait.Connected(fd, ioTimeout)
 	}
 	if err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("connect %d.%d.%d.%d:%d: %w", dst.Addr[0], dst.Addr[1], dst.Addr[2], dst.Addr[3], dst.Port, err)
 	}
 	return fd, nil
-}
-
-func waitConnected(fd int) error {
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-	for {
-		n, err := unix.Poll(pfd, int(ioTimeout.Milliseconds()))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return unix.ETIMEDOUT
-		}
-		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return err
-		}
-		if soErr != 0 {
-			return unix.Errno(soErr)
-		}
-		return nil
-	}
 }
 
 // tuneSocket: no Nagle (1-byte messages go out at once), bounded blocking.

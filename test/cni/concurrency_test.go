@@ -64,7 +64,7 @@ func TestConcurrentAddDel(t *testing.T) {
 	if v := hostVeths(t, n); len(v) != 0 {
 		t.Errorf("host veths left: %v", v)
 	}
-	if p := linkPins(t, n); len(p) != 0 {
-		t.Errorf("link pins left: %v", p)
+	if p := attachedVeths(t, n); len(p) != 0 {
+		t.Errorf("attachments left: %v", p)
 	}
 }

@@ -32,7 +32,7 @@ func nodeRoutes(t *testing.T, n *sim.Node) []netlink.Route {
 }
 
 // DEL removes the host veth (and with it the pod end and the node route),
-// the endpoint entry, the address file and the link pin; a second DEL, and
+// the endpoint entry, the address file and the attachment of from_pod; a second DEL, and
 // one without a netns as containerd sends at sandbox removal, succeed.
 func TestDelRemovesEverything(t *testing.T) {
 	n := newNode(t, "del", "10.77.5.0/24")
@@ -43,8 +43,8 @@ func TestDelRemovesEverything(t *testing.T) {
 	if _, err := os.Stat(addrFile); err != nil {
 		t.Fatalf("address file after ADD: %v", err)
 	}
-	if got := linkPins(t, n); !slices.Equal(got, []string{"from_pod@ingress@" + hostName}) {
-		t.Fatalf("link pins after ADD: %v", got)
+	if got := attachedVeths(t, n); !slices.Equal(got, []string{"from_pod@ingress@" + hostName}) {
+		t.Fatalf("attachments after ADD: %v", got)
 	}
 	if len(nodeRoutes(t, n)) != 1 {
 		t.Fatalf("node routes after ADD: %v", nodeRoutes(t, n))
@@ -63,8 +63,8 @@ func TestDelRemovesEverything(t *testing.T) {
 	if _, err := os.Stat(addrFile); !os.IsNotExist(err) {
 		t.Errorf("address file after DEL: %v", err)
 	}
-	if pins := linkPins(t, n); len(pins) != 0 {
-		t.Errorf("link pins after DEL: %v", pins)
+	if pins := attachedVeths(t, n); len(pins) != 0 {
+		t.Errorf("attachments after DEL: %v", pins)
 	}
 	if r := nodeRoutes(t, n); len(r) != 0 {
 		t.Errorf("node routes after DEL: %v", r)

@@ -15,7 +15,7 @@ import (
 )
 
 // assertNoPartialState fails when anything of an attachment exists: an
-// address, an endpoint, a host veth, a link pin, or a device in the pod.
+// address, an endpoint, a host veth, an attached program, or a device in the pod.
 func assertNoPartialState(t *testing.T, n *sim.Node, pod ns.NetNS, wantAddrs int) {
 	t.Helper()
 	if a := allocations(t, n); len(a) != wantAddrs {
@@ -27,8 +27,8 @@ func assertNoPartialState(t *testing.T, n *sim.Node, pod ns.NetNS, wantAddrs int
 	if v := hostVeths(t, n); len(v) != wantAddrs {
 		t.Errorf("host veths: %v, want %d", v, wantAddrs)
 	}
-	if p := linkPins(t, n); len(p) != wantAddrs {
-		t.Errorf("link pins: %v, want %d", p, wantAddrs)
+	if p := attachedVeths(t, n); len(p) != wantAddrs {
+		t.Errorf("attachments: %v, want %d", p, wantAddrs)
 	}
 	if pod == nil {
 		return

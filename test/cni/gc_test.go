@@ -11,7 +11,7 @@ import (
 )
 
 // GC releases every attachment not in cni.dev/valid-attachments (address,
-// endpoint, veth, link pin), including one whose address record was lost,
+// endpoint, veth, attached program), including one whose address record was lost,
 // and keeps the valid ones working.
 func TestGCKeepsOnlyValidAttachments(t *testing.T) {
 	n := newNode(t, "gc", "10.77.10.0/24")
@@ -53,13 +53,13 @@ func TestGCKeepsOnlyValidAttachments(t *testing.T) {
 	if !slices.Equal(gotEps, wantAddrs) {
 		t.Errorf("endpoints after GC: %v, want %v", gotEps, wantAddrs)
 	}
-	var wantPins []string
+	var wantAtts []string
 	for _, v := range wantVeths {
-		wantPins = append(wantPins, "from_pod@ingress@"+v)
+		wantAtts = append(wantAtts, "from_pod@ingress@"+v)
 	}
-	slices.Sort(wantPins)
-	if got := linkPins(t, n); !slices.Equal(got, wantPins) {
-		t.Errorf("link pins after GC: %v, want %v", got, wantPins)
+	slices.Sort(wantAtts)
+	if got := attachedVeths(t, n); !slices.Equal(got, wantAtts) {
+		t.Errorf("attachments after GC: %v, want %v", got, wantAtts)
 	}
 
 	for _, p := range []*sim.Pod{a, c} {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"github.com/vishvananda/netlink"
 )
@@ -157,20 +159,33 @@ func hostVeths(t *testing.T, n *sim.Node) []string {
 	return out
 }
 
-// linkPins lists the pinned bpf_links of the node.
-func linkPins(t *testing.T, n *sim.Node) []string {
+// attachedVeths lists, as "<program>@<direction>@<device>", every program
+// podpath has attached in the node's namespace, whichever mechanism carries
+// it: pinned tcx links, or cls_bpf filters on kernels without tcx. Each one
+// must use the mechanism the loader's probe picks on this kernel, so on a
+// kernel without tcx the test also checks that the plugin fell back to
+// legacy tc.
+func attachedVeths(t *testing.T, n *sim.Node) []string {
 	t.Helper()
-	entries, err := os.ReadDir(maps.LinkDir(n.PinRoot))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	f, err := loader.Probe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, e := range entries {
-		out = append(out, e.Name())
+	var atts []loader.Attachment
+	if err := n.Do(func() (err error) {
+		atts, err = loader.Attachments(n.PinRoot)
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
+	var out []string
+	for _, a := range atts {
+		if a.Mode != f.TCMechanism() {
+			t.Errorf("%s on %s attached with %q, want %q on kernel %s", a.Program, a.Ifname, a.Mode, f.TCMechanism(), f.Kernel)
+		}
+		out = append(out, fmt.Sprintf("%s@%s@%s", a.Program, a.Direction, a.Ifname))
+	}
+	slices.Sort(out)
 	return out
 }
 

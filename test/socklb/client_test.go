@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podpath/podpath/internal/sockwait"
 	"golang.org/x/sys/unix"
 )
 
@@ -174,7 +175,7 @@ func tcpExchange(to *unix.SockaddrInet4) exchange {
 		return failed("socket", err)
 	}
 	defer unix.Close(fd)
-	if err := unix.Connect(fd, to); err != nil {
+	if err := connect(fd, to); err != nil {
 		return failed("connect", err)
 	}
 	var e exchange
@@ -185,7 +186,7 @@ func tcpExchange(to *unix.SockaddrInet4) exchange {
 	e.Peer = sockaddrString(peer)
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Read(fd, buf)
+		n, err := sockwait.Retry(func() (int, error) { return unix.Read(fd, buf) })
 		if err != nil {
 			return failed("read", err)
 		}
@@ -207,7 +208,7 @@ func udpExchanges(to *unix.SockaddrInet4, count int, connected bool) []exchange 
 	defer unix.Close(fd)
 	var peer string
 	if connected {
-		if err := unix.Connect(fd, to); err != nil {
+		if err := connect(fd, to); err != nil {
 			return []exchange{failed("connect", err)}
 		}
 		sa, err := unix.Getpeername(fd)
@@ -220,16 +221,21 @@ func udpExchanges(to *unix.SockaddrInet4, count int, connected bool) []exchange 
 	buf := make([]byte, 256)
 	for i := range count {
 		msg := []byte(fmt.Sprintf("datagram %d", i))
-		if connected {
-			err = unix.Send(fd, msg, 0)
-		} else {
-			err = unix.Sendto(fd, msg, 0, to)
-		}
+		_, err = sockwait.Retry(func() (struct{}, error) {
+			if connected {
+				return struct{}{}, unix.Send(fd, msg, 0)
+			}
+			return struct{}{}, unix.Sendto(fd, msg, 0, to)
+		})
 		if err != nil {
 			out = append(out, failed("send", err))
 			continue
 		}
-		n, from, err := unix.Recvfrom(fd, buf, 0)
+		var from unix.Sockaddr
+		n, err := sockwait.Retry(func() (n int, err error) {
+			n, from, err = unix.Recvfrom(fd, buf, 0)
+			return n, err
+		})
 		if err != nil {
 			out = append(out, failed("recvfrom", err))
 			continue
@@ -237,4 +243,14 @@ func udpExchanges(to *unix.SockaddrInet4, count int, connected bool) []exchange 
 		out = append(out, exchange{Peer: peer, From: sockaddrString(from), Reply: string(buf[:n])})
 	}
 	return out
+}
+
+// connect is a blocking connect that a signal cannot fail: an interrupted
+// TCP connect carries on in the kernel, and its outcome is waited for.
+func connect(fd int, to unix.Sockaddr) error {
+	err := unix.Connect(fd, to)
+	if errors.Is(err, unix.EINTR) {
+		err = sockwait.Connected(fd, clientTimeout)
+	}
+	return err
 }
