@@ -12,6 +12,10 @@
 /* Ports tried per new flow: a random start, then the next ones. */
 #define SNAT_TRIES 32
 
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
 #define ICMP_CSUM_OFF 2
 #define ICMP_ID_OFF 4
 
@@ -104,81 +108,117 @@ static __always_inline void nat_close_partner(const struct flow4 *f, const struc
 		p->expires = closing;
 }
 
-/* snat_alloc4 finds a free node port for f towards its destination and
- * records both directions. Returns the port (network order) or 0 with
- * *reason set. A port is free when no live mapping to the same destination
- * (address, port, protocol) holds it; expired mappings are taken over. */
-static __always_inline __be16 snat_alloc4(const struct flow4 *f, const struct nat_config *cfg,
-					  __u32 bytes, enum reason *reason)
+/* Arguments of snat_new_mapping4, packed: a global function takes at most
+ * five, each a scalar. */
+#define SNAT_META(proto, echo, tcp_flags) \
+	((__u32)(proto) | ((__u32)!!(echo) << 8) | ((__u32)(tcp_flags) << 16))
+#define SNAT_PORTS(sport, dport) ((__u32)(sport) | ((__u32)(dport) << 16))
+
+static __always_inline void nat_stat_add(__u32 stat, __u64 n)
 {
+	__u64 *v = bpf_map_lookup_elem(&nat_stats, &stat);
+
+	if (v)
+		*v += n;
+}
+
+/* snat_new_mapping4 allocates a free node port for a new flow saddr:sport
+ * -> daddr:dport (network order; for an ICMP echo, sport is the identifier
+ * and dport 0) and records both directions. Returns the port in network
+ * order (never 0), or minus the reason the flow must be dropped.
+ *
+ * The search starts at a random port of the range and tries up to
+ * SNAT_TRIES in a row. A port is free when no mapping to the same
+ * destination (address, port, protocol) holds it, and BPF_NOEXIST on the
+ * reply's tuple claims it atomically against other CPUs; a port whose
+ * mapping has expired is taken over, and the old flow's forward half
+ * deleted so that flow cannot come back through it.
+ *
+ * This is a global function, not inlined: the verifier checks it once, on
+ * its own and for any argument values, instead of walking the loop again
+ * for each distinct way the caller reached it. And every try that finds
+ * its port taken takes one path back to the loop's head, so the verifier
+ * carries one state from try to try, not one per combination of outcomes.
+ * Inlined and branchier, this loop cost the 6.1 verifier about 670,000 of
+ * its 1,000,000 instructions. */
+__noinline int snat_new_mapping4(__u32 saddr, __u32 daddr, __u32 ports, __u32 meta, __u32 bytes)
+{
+	__u32 zero = 0;
+	struct nat_config *cfg = bpf_map_lookup_elem(&nat_config, &zero);
 	struct nat_entry fwd = {}, rev = {}, *old;
-	__u32 range = (__u32)cfg->port_max - cfg->port_min + 1;
-	__u32 port = cfg->port_min + bpf_get_prandom_u32() % range;
+	__u8 proto = meta & 0xff, echo = (meta >> 8) & 1, tcp_flags = meta >> 16;
+	__be16 sport = ports & 0xffff, dport = ports >> 16;
 	__u64 now = bpf_ktime_get_ns();
+	__u32 port_min, port_max, port, node;
 	struct ct_key rk, fk;
-	__be16 nport = 0;
 	/* int, not long: before 6.4 the kernel inlines the map's own update
 	 * function, whose 32-bit int result arrives zero-extended, so -EEXIST
 	 * would read as 4294967279 in a long. */
-	int err;
+	int err = -EEXIST;
 	int i;
 
+	if (!cfg || cfg->port_min == 0 || cfg->port_max < cfg->port_min)
+		return -REASON_DROP_NAT_FAILED;
+	node = cfg->addr[0];
+	port_min = cfg->port_min;
+	port_max = cfg->port_max;
+	port = port_min + bpf_get_prandom_u32() % (port_max - port_min + 1);
+
 	rev.flags = NAT_F_REVERSE;
-	rev.to_addr[0] = f->saddr;
-	rev.to_port = f->sport;
-	rev.expires = now + ct_lifetime(f->proto, 0);
+	rev.to_addr[0] = saddr;
+	rev.to_port = sport;
+	rev.expires = now + ct_lifetime(proto, 0);
+	/* The reply's tuple: destination -> node address and port. */
+	ct_key4(&rk, daddr, node, echo ? 0 : dport, 0, proto);
 
 	for (i = 0; i < SNAT_TRIES; i++) {
-		nport = bpf_htons((__u16)port);
-		/* The reply's tuple: destination -> node address and port. */
-		if (f->icmp == FLOW_ICMP_ECHO)
-			ct_key4(&rk, f->daddr, cfg->addr[0], 0, nport, f->proto);
-		else
-			ct_key4(&rk, f->daddr, cfg->addr[0], f->dport, nport, f->proto);
+		rk.dport = bpf_htons((__u16)port);
 		err = (int)bpf_map_update_elem(&snat, &rk, &rev, BPF_NOEXIST);
-		if (!err)
+		if (err != -EEXIST)
 			break;
-		if (err != -17 /* EEXIST */) {
-			nat_stat(NAT_STAT_MAP_FULL);
-			*reason = REASON_DROP_NAT_MAP_FULL;
-			return 0;
-		}
 		old = bpf_map_lookup_elem(&snat, &rk);
-		if (old && old->expires < now) {
-			/* Take the expired mapping over, and drop its forward half
-			 * so the old flow cannot come back to this port. */
-			ct_key4(&fk, old->to_addr[0], f->daddr, old->to_port,
-				f->icmp == FLOW_ICMP_ECHO ? 0 : f->dport, f->proto);
-			bpf_map_delete_elem(&snat, &fk);
-			if (!bpf_map_update_elem(&snat, &rk, &rev, BPF_ANY)) {
-				nat_stat(NAT_STAT_REUSED_EXPIRED);
-				break;
-			}
-		}
-		nat_stat(NAT_STAT_RETRIES);
-		port = port >= cfg->port_max ? cfg->port_min : port + 1;
+		if (old && old->expires < now)
+			break;
+		port = port >= port_max ? port_min : port + 1;
 	}
-	if (i == SNAT_TRIES) {
-		nat_stat(NAT_STAT_NO_PORT);
-		*reason = REASON_DROP_NAT_NO_PORT;
-		return 0;
+	/* Ports found taken (and live) before the one chosen. Added without
+	 * a branch on i: a branch would make the verifier tell the loop's
+	 * exits apart by i and walk what follows once per exit. */
+	nat_stat_add(NAT_STAT_RETRIES, i);
+
+	if (err == -EEXIST) {
+		/* The last port tried is taken: by an expired mapping when the
+		 * loop stopped there, else every try found a live one. */
+		old = bpf_map_lookup_elem(&snat, &rk);
+		if (!old || old->expires >= now) {
+			nat_stat(NAT_STAT_NO_PORT);
+			return -REASON_DROP_NAT_NO_PORT;
+		}
+		ct_key4(&fk, old->to_addr[0], daddr, old->to_port, echo ? 0 : dport, proto);
+		bpf_map_delete_elem(&snat, &fk);
+		err = (int)bpf_map_update_elem(&snat, &rk, &rev, BPF_ANY);
+		if (!err)
+			nat_stat(NAT_STAT_REUSED_EXPIRED);
+	}
+	if (err) {
+		nat_stat(NAT_STAT_MAP_FULL);
+		return -REASON_DROP_NAT_MAP_FULL;
 	}
 
-	fwd.to_addr[0] = cfg->addr[0];
-	fwd.to_port = nport;
+	fwd.to_addr[0] = node;
+	fwd.to_port = rk.dport;
 	fwd.expires = rev.expires;
 	fwd.packets = 1;
 	fwd.bytes = bytes;
-	fwd.tcp_flags = f->tcp_flags;
-	ct_key4(&fk, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+	fwd.tcp_flags = tcp_flags;
+	ct_key4(&fk, saddr, daddr, sport, dport, proto);
 	if ((int)bpf_map_update_elem(&snat, &fk, &fwd, BPF_ANY) < 0) {
 		bpf_map_delete_elem(&snat, &rk);
 		nat_stat(NAT_STAT_MAP_FULL);
-		*reason = REASON_DROP_NAT_MAP_FULL;
-		return 0;
+		return -REASON_DROP_NAT_MAP_FULL;
 	}
 	nat_stat(NAT_STAT_ALLOCATED);
-	return nport;
+	return rk.dport;
 }
 
 /* snat_egress4 masquerades a pod's packet to a destination outside the
@@ -206,9 +246,15 @@ static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, 
 		ct_key4(&k, f->daddr, cfg->addr[0], f->dport, port, f->proto);
 		nat_close_partner(f, &k);
 	} else {
-		port = snat_alloc4(f, cfg, skb->len, reason);
-		if (!port)
+		int r = snat_new_mapping4(f->saddr, f->daddr, SNAT_PORTS(f->sport, f->dport),
+					  SNAT_META(f->proto, f->icmp == FLOW_ICMP_ECHO, f->tcp_flags),
+					  skb->len);
+
+		if (r <= 0 || r > 0xffff) {
+			*reason = r < 0 ? -r : REASON_DROP_NAT_FAILED;
 			return -1;
+		}
+		port = r;
 	}
 	if (nat4_apply(skb, f, 0, cfg->addr[0], port) < 0) {
 		*reason = REASON_DROP_NAT_FAILED;

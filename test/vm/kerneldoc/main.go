@@ -18,19 +18,18 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/podpath/podpath/loader"
 )
 
 // probe is test/vm/probe's output line.
 type probe struct {
-	Kernel        string `json:"kernel"`
-	TCX           bool   `json:"tcx"`
-	RedirectPeer  bool   `json:"redirectPeer"`
-	RedirectNeigh bool   `json:"redirectNeigh"`
-	LRUHash       bool   `json:"lruHash"`
-	RingBuf       bool   `json:"ringBuf"`
-	TCMechanism   string `json:"tcMechanism"`
-	Error         string `json:"error"`
+	loader.Features
+	TCMechanism string                 `json:"tcMechanism"`
+	Programs    []loader.VerifierStats `json:"programs"`
+	Error       string                 `json:"error"`
 }
 
 // kernelPackage is the runner's kernel.json.
@@ -221,6 +220,70 @@ func mechanism(p probe) string {
 	return p.TCMechanism
 }
 
+// renderVerifier tabulates, program by program, the instructions each
+// kernel's verifier walked (of its 1,000,000) when the program loaded.
+func renderVerifier(w func(string, ...any), host *probe, runs []kernelRun) {
+	var probes []probe
+	if host != nil {
+		probes = append(probes, *host)
+	}
+	for _, r := range runs {
+		probes = append(probes, r.Probe)
+	}
+	cells := map[string]map[string]string{} // program -> kernel -> cell
+	var programs []string
+	for _, p := range probes {
+		for _, v := range p.Programs {
+			if cells[v.Program] == nil {
+				cells[v.Program] = map[string]string{}
+				programs = append(programs, v.Program)
+			}
+			cell := fmt.Sprintf("%s (%.1f%%)", thousands(v.Insns), float64(v.Insns)/10000)
+			if v.Error != "" {
+				cell = "rejected: " + strings.ReplaceAll(v.Error, "|", "/")
+			}
+			cells[v.Program][p.Kernel] = cell
+		}
+	}
+	if len(programs) == 0 {
+		return
+	}
+	sort.Strings(programs)
+	w("\n## What the verifier walks\n\n")
+	w("Instructions each kernel's verifier processed to load each program (`loader.Verify`), and\n")
+	w("their share of its budget of 1,000,000. Older kernels prune less, so the same program costs\n")
+	w("more there; the loader's tests fail any program over 10%% on the kernel they run on.\n\n")
+	w("| program |")
+	for _, p := range probes {
+		w(" %s |", p.Kernel)
+	}
+	w("\n|---|")
+	for range probes {
+		w("---|")
+	}
+	w("\n")
+	for _, prog := range programs {
+		w("| %s |", prog)
+		for _, p := range probes {
+			c := cells[prog][p.Kernel]
+			if c == "" {
+				c = "not probed"
+			}
+			w(" %s |", c)
+		}
+		w("\n")
+	}
+}
+
+// thousands writes n with comma separators: 671,330.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
 func render(host *probe, runs []kernelRun) []byte {
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
@@ -249,6 +312,8 @@ func render(host *probe, runs []kernelRun) []byte {
 		}
 		row(r.Probe, where)
 	}
+
+	renderVerifier(w, host, runs)
 
 	tested := 0
 	for _, r := range runs {

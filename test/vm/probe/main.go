@@ -1,7 +1,9 @@
 // Command probe prints, as one JSON line, what the loader finds the running
-// kernel offers (loader.Probe) and the tc attach mechanism it picks there.
-// scripts/vmtest.sh runs it on the host and in each guest kernel, and
-// test/vm/kerneldoc turns the lines into docs/kernels.md. Needs root.
+// kernel offers (loader.Probe), the tc attach mechanism it picks there, and
+// what the kernel's verifier makes of each BPF program podpath ships
+// (loader.Verify). scripts/vmtest.sh runs it on the host and in each guest
+// kernel, and test/vm/kerneldoc turns the lines into docs/kernels.md. Needs
+// root.
 package main
 
 import (
@@ -16,13 +18,17 @@ import (
 // top level.
 type Result struct {
 	loader.Features
-	TCMechanism string `json:"tcMechanism"`
-	Error       string `json:"error,omitempty"`
+	TCMechanism string                 `json:"tcMechanism"`
+	Programs    []loader.VerifierStats `json:"programs"`
+	Error       string                 `json:"error,omitempty"`
 }
 
 func main() {
 	f, err := loader.Probe()
 	r := Result{Features: f, TCMechanism: f.TCMechanism()}
+	if err == nil {
+		r.Programs, err = loader.Verify()
+	}
 	if err != nil {
 		r.Error = err.Error()
 	}
@@ -30,8 +36,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if r.Error != "" {
+	failed := r.Error != ""
+	if failed {
 		fmt.Fprintf(os.Stderr, "probe: %s\n", r.Error)
+	}
+	for _, p := range r.Programs {
+		if p.Error != "" {
+			fmt.Fprintf(os.Stderr, "probe: %s: %s\n", p.Program, p.Error)
+			failed = true
+		}
+	}
+	if failed {
 		os.Exit(1)
 	}
 }

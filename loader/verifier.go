@@ -1,0 +1,115 @@
+package loader
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/podpath/podpath/maps"
+)
+
+// VerifierBudget is the kernel's limit on the instructions its verifier
+// walks for one program (BPF_COMPLEXITY_LIMIT_INSNS).
+const VerifierBudget = 1_000_000
+
+// VerifierStats is what the running kernel's verifier made of one program.
+type VerifierStats struct {
+	Program string `json:"program"`
+	// Insns is the verifier's "processed N insns": instructions walked
+	// over every path it explored, against VerifierBudget.
+	Insns int `json:"insns"`
+	// States is the verifier's total_states.
+	States int `json:"states"`
+	// LoadMs is the wall time of loading the program, verifier included.
+	LoadMs float64 `json:"loadMs"`
+	Error  string  `json:"error,omitempty"`
+}
+
+var (
+	processedRe = regexp.MustCompile(`processed (\d+) insns`)
+	statesRe    = regexp.MustCompile(`total_states (\d+)`)
+)
+
+// Verify loads every program podpath ships, on its own with small unpinned
+// maps (map sizes do not change what the verifier walks), and reports the
+// verifier's statistics. A program the kernel rejects has Error set; the
+// error returned is for what keeps Verify from trying at all.
+func Verify() ([]VerifierStats, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, err
+	}
+	specs, err := maps.Specs()
+	if err != nil {
+		return nil, err
+	}
+	sock, err := maps.SocketSpec()
+	if err != nil {
+		return nil, err
+	}
+	all := map[string]*ebpf.CollectionSpec{}
+	for name, s := range specs {
+		all[name] = s
+	}
+	// The socket programs share one object; each is verified alone.
+	for name := range sock.Programs {
+		one := sock.Copy()
+		for other := range one.Programs {
+			if other != name {
+				delete(one.Programs, other)
+			}
+		}
+		all[name] = one
+	}
+	names := make([]string, 0, len(all))
+	for name := range all {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	out := make([]VerifierStats, 0, len(names))
+	for _, name := range names {
+		out = append(out, verifyOne(name, all[name]))
+	}
+	return out, nil
+}
+
+func verifyOne(name string, spec *ebpf.CollectionSpec) VerifierStats {
+	v := VerifierStats{Program: name}
+	for _, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinNone
+		if ms.MaxEntries > 1024 && ms.Type != ebpf.Array && ms.Type != ebpf.PerCPUArray {
+			ms.MaxEntries = 1024
+		}
+		if ms.InnerMap != nil && ms.InnerMap.MaxEntries > 1024 {
+			ms.InnerMap.MaxEntries = 1024
+		}
+	}
+	start := time.Now()
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats},
+	})
+	v.LoadMs = float64(time.Since(start).Microseconds()) / 1000
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	defer coll.Close()
+	prog := coll.Programs[name]
+	if prog == nil {
+		v.Error = fmt.Sprintf("object has no program %s", name)
+		return v
+	}
+	if m := processedRe.FindStringSubmatch(prog.VerifierLog); m != nil {
+		v.Insns, _ = strconv.Atoi(m[1])
+	}
+	if m := statesRe.FindStringSubmatch(prog.VerifierLog); m != nil {
+		v.States, _ = strconv.Atoi(m[1])
+	}
+	if v.Insns == 0 {
+		v.Error = "the verifier's log has no instruction count"
+	}
+	return v
+}
