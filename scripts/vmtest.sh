@@ -19,7 +19,8 @@
 #   PODPATH_VMTEST_OUT  where binaries, logs and results go (default: a new
 #                       directory under /tmp, printed at the end)
 #   PODPATH_CNI_BIN     set by this script for the tests: the podpath-cni
-#                       binary built on the host, so no test builds in the guest
+#   PODPATH_BIN         and podpath binaries built on the host, so no test
+#                       builds in the guest
 #   VMTEST_VERBOSE=1    stream every test's output, not only per-package lines
 set -euo pipefail
 
@@ -28,6 +29,14 @@ set -euo pipefail
 VM_EXCLUDE=(
 	"test/runtime|starts containerd and runc and pulls images apart: too heavy for an emulated CPU"
 	"test/vm/...|the VM tooling itself, which runs on the host (make test covers it)"
+)
+
+# Tests that do not run in the VM, with the reason: they check the build,
+# not the kernel, and their outcome is the same wherever they run (make
+# test runs them on the host). One regular expression each, anchored, as
+# -test.skip takes it.
+VM_SKIP_TESTS=(
+	"TestGeneratedReproducible|rebuilds every BPF object with clang and compares bytes: the compiler's output, not the kernel's behaviour (a minute of emulated CPU)"
 )
 
 # Each package's test binary gets this long in the guest, where the CPU is
@@ -58,11 +67,12 @@ guest() {
 run_package() { # NAME DIR BIN RESULTS, in the guest
 	local name=$1 dir=$2 bin=$3 res=$4 start rc ms
 	local log=$res/logs/$name.log
+	local args=(-test.v -test.count=1 -test.timeout="$PKG_TIMEOUT" -test.skip="$(skip_regexp)")
 	start=${EPOCHREALTIME/./}
 	if [ "${VMTEST_VERBOSE:-}" = 1 ]; then
-		(cd "$dir" && exec "$bin" -test.v -test.count=1 -test.timeout="$PKG_TIMEOUT") 2>&1 | tee "$log"
+		(cd "$dir" && exec "$bin" "${args[@]}") 2>&1 | tee "$log"
 		rc=${PIPESTATUS[0]}
-	elif (cd "$dir" && exec "$bin" -test.v -test.count=1 -test.timeout="$PKG_TIMEOUT") >"$log" 2>&1; then
+	elif (cd "$dir" && exec "$bin" "${args[@]}") >"$log" 2>&1; then
 		rc=0
 	else
 		rc=$?
@@ -70,6 +80,14 @@ run_package() { # NAME DIR BIN RESULTS, in the guest
 	ms=$(((${EPOCHREALTIME/./} - start) / 1000))
 	echo "$rc $ms" >"$res/logs/$name.rc"
 	printf '  %-4s %-28s %6d.%01ds\n' "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$name" $((ms / 1000)) $((ms % 1000 / 100))
+}
+
+skip_regexp() { # the -test.skip pattern of VM_SKIP_TESTS
+	local e re=
+	for e in "${VM_SKIP_TESTS[@]}"; do
+		re+="${re:+|}${e%%|*}"
+	done
+	echo "^(${re})\$"
 }
 
 excluded() { # PKG (module-relative): prints the reason if excluded
@@ -131,15 +149,21 @@ main() {
 		go build -o "$out/bin/podpath-cni" ./cmd/podpath-cni
 		export PODPATH_CNI_BIN=$out/bin/podpath-cni
 	fi
+	if [ -d cmd/podpath ]; then
+		go build -o "$out/bin/podpath" ./cmd/podpath
+		export PODPATH_BIN=$out/bin/podpath
+	fi
 
 	local pkg dir rel name reason plan=$out/plan
 	: >"$plan"
+	: >"$out/not-in-vm.tsv"
 	while read -r pkg dir; do
 		rel=${pkg#"$module"}
 		rel=${rel#/}
 		[ -n "$rel" ] || rel=.
 		if reason=$(excluded "$rel"); then
 			echo "  skip $rel: $reason"
+			printf 'package %s\t%s\n' "$rel" "$reason" >>"$out/not-in-vm.tsv"
 			continue
 		fi
 		name=${rel//\//-}
@@ -148,6 +172,11 @@ main() {
 		echo "  built $rel"
 	done < <(go list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}' ./...)
 	echo "built in $(secs "$t0")s"
+	local e
+	for e in "${VM_SKIP_TESTS[@]}"; do
+		echo "  not in the VM: ${e%%|*}: ${e#*|}"
+		printf '%s\t%s\n' "${e%%|*}" "${e#*|}" >>"$out/not-in-vm.tsv"
+	done
 
 	"$out/bin/probe" >"$out/host/probe.json"
 
@@ -228,7 +257,8 @@ main() {
 	done
 
 	if ((${#kernel_dirs[@]})); then
-		"$out/bin/kerneldoc" -o docs/kernels.md -module "$module" -host "$out/host/probe.json" "${kernel_dirs[@]}"
+		"$out/bin/kerneldoc" -o docs/kernels.md -module "$module" -host "$out/host/probe.json" \
+			-not-in-vm "$out/not-in-vm.tsv" "${kernel_dirs[@]}"
 		echo "wrote docs/kernels.md"
 	fi
 

@@ -22,45 +22,58 @@ var (
 
 // BuildCNI builds cmd/podpath-cni into dir as podpath-cni (the name the
 // network configuration's type asks for) and returns dir. Each directory is
-// built once per process.
+// built once per process. PODPATH_CNI_BIN names a binary built beforehand
+// to use instead (the VM test driver builds on the host, where compiling
+// is fast, and the guest only runs).
 func BuildCNI(dir string) (string, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err
 	}
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	if err, done := buildCache[dir]; done {
-		return dir, err
-	}
-	err = buildCNI(dir)
-	buildCache[dir] = err
-	return dir, err
+	return dir, build("podpath-cni", "PODPATH_CNI_BIN", filepath.Join(dir, PluginType))
 }
 
-func buildCNI(dir string) error {
-	// A binary built beforehand (the VM test driver builds it on the host,
-	// where compiling is fast) is linked in instead of building here.
-	if bin := os.Getenv("PODPATH_CNI_BIN"); bin != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		return os.Symlink(bin, filepath.Join(dir, "podpath-cni"))
+// BuildPodpath builds cmd/podpath, the CLI and node agent, into dir and
+// returns the binary's path; PODPATH_BIN names a prebuilt one instead.
+func BuildPodpath(dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "podpath")
+	return bin, build("podpath", "PODPATH_BIN", bin)
+}
+
+// build puts command cmd/<name> at bin, once per process: a link to the
+// binary the environment variable prebuilt names, or a fresh build.
+func build(name, prebuilt, bin string) error {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if err, done := buildCache[bin]; done {
+		return err
+	}
+	err := buildOnce(name, prebuilt, bin)
+	buildCache[bin] = err
+	return err
+}
+
+func buildOnce(name, prebuilt, bin string) error {
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		return err
+	}
+	if pre := os.Getenv(prebuilt); pre != "" {
+		return os.Symlink(pre, bin)
 	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	bin := filepath.Join(dir, "podpath-cni")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/podpath-cni")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = root
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("build podpath-cni: %w\n%s", err, out.String())
+		return fmt.Errorf("build %s: %w\n%s", name, err, out.String())
 	}
 	return nil
 }

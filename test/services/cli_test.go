@@ -5,24 +5,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/services"
 )
 
 // buildPodpath builds the CLI into a temporary directory.
 func buildPodpath(t *testing.T) string {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	bin := filepath.Join(t.TempDir(), "podpath")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/podpath")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build podpath: %v\n%s", err, out)
+	bin, err := sim.BuildPodpath(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }

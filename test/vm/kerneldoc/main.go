@@ -63,14 +63,15 @@ func main() {
 	out := flag.String("o", "docs/kernels.md", "file to write")
 	host := flag.String("host", "", "the host's probe.json")
 	module := flag.String("module", "", "module path to strip from package names")
+	notInVM := flag.String("not-in-vm", "", "what the guests do not run and why: a tab-separated line each")
 	flag.Parse()
-	if err := run(*out, *host, *module, flag.Args()); err != nil {
+	if err := run(*out, *host, *module, *notInVM, flag.Args()); err != nil {
 		fmt.Fprintf(os.Stderr, "kerneldoc: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, hostProbe, module string, kernelDirs []string) error {
+func run(out, hostProbe, module, notInVM string, kernelDirs []string) error {
 	var host *probe
 	if hostProbe != "" {
 		p, err := readProbe(hostProbe)
@@ -90,7 +91,19 @@ func run(out, hostProbe, module string, kernelDirs []string) error {
 		}
 		runs = append(runs, r)
 	}
-	return os.WriteFile(out, render(host, runs), 0o644)
+	var left [][2]string
+	if notInVM != "" {
+		b, err := os.ReadFile(notInVM)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if what, why, ok := strings.Cut(line, "\t"); ok {
+				left = append(left, [2]string{what, why})
+			}
+		}
+	}
+	return os.WriteFile(out, render(host, runs, left), 0o644)
 }
 
 // relPackage names a package of the module by its directory in it.
@@ -284,7 +297,7 @@ func thousands(n int) string {
 	return s
 }
 
-func render(host *probe, runs []kernelRun) []byte {
+func render(host *probe, runs []kernelRun, notInVM [][2]string) []byte {
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# Kernels\n\n")
@@ -330,6 +343,13 @@ func render(host *probe, runs []kernelRun) []byte {
 		for _, res := range r.Results {
 			outcome := map[string]string{"pass": "ok", "fail": "FAIL", "": "did not finish"}[res.Outcome]
 			w("| %s | %s | %d | %d | %d | %s |\n", r.Probe.Kernel, res.Package, res.Passed, res.Failed, res.Skips, outcome)
+		}
+	}
+	if len(notInVM) > 0 {
+		w("\n### Not run in the guests\n\n")
+		w("The host runs these (`make test`); the guests leave them out:\n\n")
+		for _, l := range notInVM {
+			w("- %s: %s\n", l[0], l[1])
 		}
 	}
 	for _, r := range runs {

@@ -36,7 +36,9 @@ func TestRender(t *testing.T) {
 	host := filepath.Join(dir, "host.json")
 	os.WriteFile(host, []byte(`{"kernel":"6.18.44","tcx":true,"redirectPeer":true,"redirectNeigh":true,"lruHash":true,"ringBuf":true,"tcMechanism":"tcx","programs":[{"program":"to_netdev","insns":8510,"states":291}]}`), 0o644)
 	out := filepath.Join(dir, "kernels.md")
-	if err := run(out, host, "", []string{dir}); err != nil {
+	notInVM := filepath.Join(dir, "not-in-vm.tsv")
+	os.WriteFile(notInVM, []byte("package test/runtime\ttoo heavy\nTestGeneratedReproducible\tthe compiler's output\n"), 0o644)
+	if err := run(out, host, "", notInVM, []string{dir}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(out)
@@ -52,6 +54,7 @@ func TestRender(t *testing.T) {
 		"| program | 6.18.44 | 6.1.0-56-amd64 |",
 		"| from_pod | not probed | rejected: load program: permission denied |",
 		"| to_netdev | 8,510 (0.9%) | 671,330 (67.1%) |",
+		"- package test/runtime: too heavy\n- TestGeneratedReproducible: the compiler's output\n",
 	} {
 		if !strings.Contains(doc, want) {
 			t.Errorf("missing %q in\n%s", want, doc)
