@@ -35,3 +35,14 @@ fi
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
 	mount -t bpf bpf /sys/fs/bpf
 fi
+
+# Named network namespaces live in /run/netns, which `ip netns add` makes a
+# shared mount point of its own. Set it up before tests in parallel binaries
+# add namespaces there: a helper that does it later binds the directory
+# onto itself with the namespaces already in it, and those can then never
+# be removed (EBUSY).
+if ! mountpoint -q /run/netns; then
+	mkdir -p /run/netns
+	mount --bind /run/netns /run/netns
+	mount --make-shared /run/netns
+fi

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -14,6 +15,41 @@ import (
 
 // netnsDir is where named network namespaces live, as `ip netns` keeps them.
 const netnsDir = "/run/netns"
+
+// PrepareNetnsDir makes /run/netns a shared mount point of its own, as
+// `ip netns add` and the CNI plugins' testutils.NewNS leave it. Done once, up
+// front: testutils, finding a plain directory, binds it onto itself
+// recursively, and a namespace mounted there before that is mounted twice,
+// once hidden, so removing its file fails with EBUSY ever after. Several
+// test binaries run at once, so the first to come here must get it right
+// for all of them; the lock file keeps two from doing it at the same time.
+func PrepareNetnsDir() error {
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(netnsDir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return err
+	}
+	// Making it shared fails with EINVAL where it is no mount point yet.
+	err = unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) {
+		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s onto itself: %w", netnsDir, err)
+		}
+		err = unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", netnsDir, err)
+	}
+	return nil
+}
+
+var prepareNetnsDir = sync.OnceValue(PrepareNetnsDir)
 
 // NewNetNS creates a network namespace named after parts and this process
 // (so parallel test binaries never collide), loopback up, for callers that
@@ -26,7 +62,7 @@ func RemoveNetNS(n ns.NetNS) error { return removeNetNS(n) }
 // newNetNS creates a network namespace bind-mounted at /run/netns/<name>,
 // with its loopback up.
 func newNetNS(name string) (ns.NetNS, error) {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+	if err := prepareNetnsDir(); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(netnsDir, name)

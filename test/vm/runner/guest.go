@@ -137,8 +137,8 @@ func isExecutable(p string) bool {
 	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
 }
 
-// mountGuestFS mounts what a container host has: /run on tmpfs gives
-// `ip netns` its /run/netns, bpffs holds the datapath's pins.
+// mountGuestFS mounts what a container host has: /run on tmpfs with
+// /run/netns for `ip netns`, bpffs for the datapath's pins.
 func mountGuestFS() error {
 	for _, m := range []struct{ source, target, fstype, data string }{
 		{"proc", "/proc", "proc", ""},
@@ -162,7 +162,15 @@ func mountGuestFS() error {
 	if err := os.MkdirAll("/run/lock", 0o1777); err != nil {
 		return err
 	}
-	return nil
+	// /run/netns as `ip netns add` leaves it: a shared mount point of its
+	// own, before any test binary races to make it one.
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("/run/netns", "/run/netns", "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind /run/netns: %w", err)
+	}
+	return unix.Mount("", "/run/netns", "", unix.MS_SHARED, "")
 }
 
 // setupModules puts the guest kernel's modules where modprobe looks and
