@@ -106,7 +106,9 @@ excluded() { # PKG (module-relative): prints the reason if excluded
 # last run (TIMES: name and milliseconds), longest and new ones first, so
 # that a long package does not start last and leave a CPU idle.
 longest_first() {
-	awk -F '\t' 'NR == FNR { ms[$1] = $2; next }
+	# FILENAME, not NR == FNR: that test is true throughout an empty
+	# first file's successor too.
+	awk -F '\t' 'FILENAME == ARGV[1] { ms[$1] = $2; next }
 		{ printf "%d\t%s\n", ($1 in ms) ? ms[$1] : 1e9, $0 }' "$2" "$1" |
 		sort -t $'\t' -k1,1 -rn | cut -f2-
 }
