@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,8 +31,18 @@ const hookCgroup = "cgroup"
 // loadSocketLB loads the socket object for the node in c, restricted to the
 // network namespace of the calling thread, pins its programs and points
 // every cgroup they are attached to at the new versions. Init calls it
-// after the device attachments are replaced.
+// after the device attachments are replaced. On a kernel that cannot name
+// the namespace (no SO_NETNS_COOKIE) the programs could not tell the node's
+// sockets from pods', so they are not loaded and AttachSocketLB refuses.
 func loadSocketLB(c Config) error {
+	f, err := Probe()
+	if err != nil {
+		return err
+	}
+	if !f.NetnsCookie {
+		slog.Info("socket load balancing not available", "reason", ErrNoNetnsCookie)
+		return nil
+	}
 	spec, err := maps.SocketSpec()
 	if err != nil {
 		return err
@@ -72,6 +83,10 @@ func loadSocketLB(c Config) error {
 	return replaceCgroupAttached(c.PinRoot, coll.Programs)
 }
 
+// ErrNoNetnsCookie is NetnsCookie's error on kernels that cannot tell a
+// socket's network namespace cookie (before 5.14).
+var ErrNoNetnsCookie = errors.New("the kernel does not report network namespace cookies (SO_NETNS_COOKIE, Linux 5.14)")
+
 // NetnsCookie identifies the calling thread's network namespace as
 // bpf_get_netns_cookie() does (the endpoints map records each pod's).
 func NetnsCookie() (uint64, error) {
@@ -81,6 +96,9 @@ func NetnsCookie() (uint64, error) {
 	}
 	defer unix.Close(fd)
 	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if errors.Is(err, unix.ENOPROTOOPT) {
+		return 0, ErrNoNetnsCookie
+	}
 	if err != nil {
 		return 0, fmt.Errorf("netns cookie: %w", err)
 	}
@@ -140,6 +158,11 @@ func EnsureCgroup2(dir string) (mounted bool, err error) {
 // again to the same cgroup updates them in place. Several nodes may attach
 // to one cgroup: each translates only sockets of its own network namespace.
 func AttachSocketLB(root, cgroupPath string) error {
+	if f, err := Probe(); err != nil {
+		return err
+	} else if !f.NetnsCookie {
+		return fmt.Errorf("socket load balancing: %w", ErrNoNetnsCookie)
+	}
 	cgroupPath = filepath.Clean(cgroupPath)
 	if !filepath.IsAbs(cgroupPath) {
 		return fmt.Errorf("socket load balancing: cgroup %s: want an absolute path", cgroupPath)

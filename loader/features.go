@@ -21,6 +21,10 @@ type Features struct {
 	RedirectNeigh bool   `json:"redirectNeigh"`
 	LRUHash       bool   `json:"lruHash"`
 	RingBuf       bool   `json:"ringBuf"`
+	// NetnsCookie: sockets report their network namespace's cookie
+	// (SO_NETNS_COOKIE, Linux 5.14). The socket load balancer needs it to
+	// tell the node's sockets from pods'.
+	NetnsCookie bool `json:"netnsCookie"`
 }
 
 // TCMechanism names how tc programs are attached on this kernel.
@@ -56,6 +60,11 @@ func probe() (Features, error) {
 	f.RedirectNeigh = features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectNeigh) == nil
 	f.LRUHash = features.HaveMapType(ebpf.LRUHash) == nil
 	f.RingBuf = features.HaveMapType(ebpf.RingBuf) == nil
+	if _, err := NetnsCookie(); err == nil {
+		f.NetnsCookie = true
+	} else if !errors.Is(err, ErrNoNetnsCookie) {
+		return f, err
+	}
 	tcx, err := probeTCX()
 	if err != nil {
 		return f, err

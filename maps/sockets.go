@@ -40,6 +40,9 @@ type (
 // SocketSpec returns the collection spec of the socket object. It is not in
 // Specs: that object holds several programs, one per cgroup hook.
 func SocketSpec() (*ebpf.CollectionSpec, error) {
+	if err := liftMemlock(); err != nil {
+		return nil, err
+	}
 	spec, err := loadSock()
 	if err != nil {
 		return nil, fmt.Errorf("load sock object: %w", err)

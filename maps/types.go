@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/rlimit"
 )
 
 // Go mirrors of the C map keys and values. They are generated from the
@@ -147,9 +148,25 @@ func (h Hook) String() string {
 	return fmt.Sprintf("hook_%d", uint32(h))
 }
 
+// liftMemlock removes RLIMIT_MEMLOCK for this process where the kernel
+// charges BPF objects against it (cilium/ebpf checks, once).
+func liftMemlock() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("lift RLIMIT_MEMLOCK for BPF maps: %w", err)
+	}
+	return nil
+}
+
 // Specs returns the collection spec of every BPF object, keyed by the name
 // of its entry program.
+//
+// Whoever asks for specs is about to create maps and programs, so this also
+// lifts RLIMIT_MEMLOCK where the kernel still charges BPF memory against it
+// (before 5.11; a no-op after).
 func Specs() (map[string]*ebpf.CollectionSpec, error) {
+	if err := liftMemlock(); err != nil {
+		return nil, err
+	}
 	fromPod, err := loadFromPod()
 	if err != nil {
 		return nil, fmt.Errorf("load from_pod object: %w", err)

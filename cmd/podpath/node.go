@@ -146,6 +146,11 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 	fmt.Fprintf(w, "tc attach:\t%s (tcx available: %s)\n", f.TCMechanism(), yesNo(f.TCX))
 	fmt.Fprintf(w, "Helpers:\tredirect_peer %s, redirect_neigh %s\n", yesNo(f.RedirectPeer), yesNo(f.RedirectNeigh))
 	fmt.Fprintf(w, "Maps:\tlru_hash %s, ringbuf %s\n", yesNo(f.LRUHash), yesNo(f.RingBuf))
+	if f.NetnsCookie {
+		fmt.Fprintf(w, "Socket LB:\tavailable (netns cookies: yes)\n")
+	} else {
+		fmt.Fprintf(w, "Socket LB:\tnot available: %v\n", loader.ErrNoNetnsCookie)
+	}
 	if !st.Loaded {
 		fmt.Fprintf(w, "Datapath:\tnot loaded under %s (run `podpath node init`)\n", root)
 		return

@@ -2,6 +2,7 @@ package cni_test
 
 import (
 	"encoding/json"
+	"errors"
 	"net"
 	"reflect"
 	"strings"
@@ -105,8 +106,20 @@ func TestAddResultIsSpecExact(t *testing.T) {
 	}
 	info := eps[0].Info
 	if int(info.Ifindex) != host.Attrs().Index || info.PodMAC().String() != podMAC ||
-		info.GatewayMAC().String() != host.Attrs().HardwareAddr.String() || info.NetnsCookie == 0 {
+		info.GatewayMAC().String() != host.Attrs().HardwareAddr.String() {
 		t.Fatalf("endpoint info %+v", info)
+	}
+	// The pod's namespace cookie, where the kernel can tell it (5.14+), else 0.
+	var wantCookie uint64
+	inPod(t, p, func() (err error) {
+		wantCookie, err = loader.NetnsCookie()
+		if errors.Is(err, loader.ErrNoNetnsCookie) {
+			return nil
+		}
+		return err
+	})
+	if info.NetnsCookie != wantCookie {
+		t.Errorf("endpoint netns cookie %d, want the pod's %d", info.NetnsCookie, wantCookie)
 	}
 
 	if err := n.CheckPod(testContext(t), p); err != nil {

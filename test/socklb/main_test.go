@@ -221,10 +221,25 @@ type cgroupFixture struct {
 	mount string
 }
 
+// requireNetnsCookie skips a test of socket load balancing on a kernel that
+// cannot report network namespace cookies: podpath does not offer it there,
+// and TestRefusedWithoutNetnsCookie checks that it says so.
+func requireNetnsCookie(t *testing.T) {
+	t.Helper()
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.NetnsCookie {
+		t.Skipf("kernel %s: %v; socket load balancing is not offered here (TestRefusedWithoutNetnsCookie checks the refusal)", f.Kernel, loader.ErrNoNetnsCookie)
+	}
+}
+
 // newCgroupFixture mounts cgroup2 where nothing is mounted yet, through
 // loader.EnsureCgroup2, as `node init` does on a cgroup v1 host.
 func newCgroupFixture(t *testing.T) *cgroupFixture {
 	t.Helper()
+	requireNetnsCookie(t)
 	base, err := os.MkdirTemp("/run", "podpath-socklb-")
 	if err != nil {
 		t.Fatal(err)

@@ -297,6 +297,13 @@ func thousands(n int) string {
 	return s
 }
 
+func socketLB(p probe) string {
+	if p.NetnsCookie {
+		return "offered"
+	}
+	return "not offered (cannot tell the node's sockets from pods')"
+}
+
 func render(host *probe, runs []kernelRun, notInVM [][2]string) []byte {
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
@@ -306,11 +313,12 @@ func render(host *probe, runs []kernelRun, notInVM [][2]string) []byte {
 	w("by test/vm/runner, and the outcome of the test binaries run there. Do not edit by hand.\n\n")
 
 	w("## Features and the mechanism the loader picks\n\n")
-	w("| kernel | where | tcx | bpf_redirect_peer | bpf_redirect_neigh | LRU hash | ring buffer | tc programs attach with |\n")
-	w("|---|---|---|---|---|---|---|---|\n")
+	w("| kernel | where | tcx | bpf_redirect_peer | bpf_redirect_neigh | LRU hash | ring buffer | SO_NETNS_COOKIE | tc programs attach with | socket LB |\n")
+	w("|---|---|---|---|---|---|---|---|---|---|\n")
 	row := func(p probe, where string) {
-		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Kernel, where, yesNo(p.TCX),
-			yesNo(p.RedirectPeer), yesNo(p.RedirectNeigh), yesNo(p.LRUHash), yesNo(p.RingBuf), mechanism(p))
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Kernel, where, yesNo(p.TCX),
+			yesNo(p.RedirectPeer), yesNo(p.RedirectNeigh), yesNo(p.LRUHash), yesNo(p.RingBuf),
+			yesNo(p.NetnsCookie), mechanism(p), socketLB(p))
 	}
 	if host != nil {
 		row(*host, "host")
