@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,6 +50,11 @@ func Probe() (Features, error) {
 
 func probe() (Features, error) {
 	var f Features
+	// Probing creates programs and maps, charged against RLIMIT_MEMLOCK
+	// before 5.11.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return f, fmt.Errorf("lift RLIMIT_MEMLOCK: %w", err)
+	}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err == nil {
 		f.Kernel = unix.ByteSliceToString(uts.Release[:])

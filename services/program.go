@@ -3,6 +3,7 @@ package services
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -190,8 +191,25 @@ func (d *dataplane) update(m *ebpf.Map, name string, keys, values any, n int) er
 		return nil
 	}
 	d.wrote(name, n)
-	if _, err := m.BatchUpdate(keys, values, nil); err != nil {
+	_, err := m.BatchUpdate(keys, values, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		// Map types without batch operations on this kernel (a
+		// hash of maps before 5.14, say): one entry at a time.
+		err = updateEach(m, keys, values, n)
+	}
+	if err != nil {
 		return fmt.Errorf("write %d %s entries: %w", n, name, err)
+	}
+	return nil
+}
+
+// updateEach writes the n keys and values of two slices one by one.
+func updateEach(m *ebpf.Map, keys, values any, n int) error {
+	ks, vs := reflect.ValueOf(keys), reflect.ValueOf(values)
+	for i := range n {
+		if err := m.Put(ks.Index(i).Interface(), vs.Index(i).Interface()); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -209,15 +227,29 @@ func removeKeys[K any](d *dataplane, m *ebpf.Map, name string, keys []K) error {
 // batch at the first missing key; that key is skipped and the rest retried.
 func batchDelete[K any](m *ebpf.Map, keys []K, n int) error {
 	for i := 0; i < n; {
-		done, err := m.BatchDelete(keys[i:], nil)
+		done, err := m.BatchDelete(keys[i:n], nil)
 		i += done
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return deleteEach(m, keys[i:n])
 		}
 		if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete: %w", err)
 		}
 		i++ // the missing key
+	}
+	return nil
+}
+
+// deleteEach deletes keys one by one, for maps without batch operations;
+// keys already gone are skipped.
+func deleteEach[K any](m *ebpf.Map, keys []K) error {
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete: %w", err)
+		}
 	}
 	return nil
 }

@@ -5,17 +5,16 @@
 package datapath_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
+	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/maps"
 )
 
@@ -131,17 +130,8 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 	return d
 }
 
-// skbContext is the head of struct __sk_buff (linux/bpf.h) up to the fields
-// BPF_PROG_RUN lets a test set; the kernel zero-fills the rest. The kernel
-// copies ingress_ifindex into skb->skb_iif, which is what tc ingress on a
-// veth sees; ifindex (the device) stays 0, meaning loopback, because the
-// kernel insists it name a real device.
-type skbContext struct {
-	Len, PktType, Mark, QueueMapping, Protocol uint32
-	VlanPresent, VlanTCI, VlanProto, Priority  uint32
-	IngressIfindex                             uint32
-	Ifindex                                    uint32
-}
+// skbContext is the __sk_buff head a test may set (internal/progrun).
+type skbContext = progrun.SkbContext
 
 // xdpContext is struct xdp_md (linux/bpf.h).
 type xdpContext struct {
@@ -150,41 +140,23 @@ type xdpContext struct {
 	EgressIfindex                uint32
 }
 
-var kernelSkbLayout = sync.OnceValue(func() error {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return fmt.Errorf("load kernel BTF: %w", err)
+// requireIngressIfindex skips a test that must present packets as arriving
+// on a device, on a kernel whose BPF_PROG_RUN cannot; the netns end-to-end
+// tests still run the same programs there, on real devices.
+func requireIngressIfindex(t *testing.T) {
+	t.Helper()
+	if err := progrun.IngressIfindex(); errors.Is(err, progrun.ErrNoIngressIfindex) {
+		t.Skipf("%v; the end-to-end tests in network namespaces cover this path on this kernel", err)
+	} else if err != nil {
+		t.Fatal(err)
 	}
-	var skb *btf.Struct
-	if err := spec.TypeByName("__sk_buff", &skb); err != nil {
-		return err
-	}
-	var ctx skbContext
-	want := map[string]uintptr{
-		"ingress_ifindex": unsafe.Offsetof(ctx.IngressIfindex),
-		"ifindex":         unsafe.Offsetof(ctx.Ifindex),
-	}
-	for _, m := range skb.Members {
-		off, ok := want[m.Name]
-		if !ok {
-			continue
-		}
-		if uintptr(m.Offset.Bytes()) != off {
-			return fmt.Errorf("__sk_buff.%s is at byte %d, skbContext has it at %d", m.Name, m.Offset.Bytes(), off)
-		}
-		delete(want, m.Name)
-	}
-	if len(want) > 0 {
-		return fmt.Errorf("kernel __sk_buff lacks %v", want)
-	}
-	return nil
-})
+}
 
 // checkSkbContextLayout guards skbContext against the running kernel's
 // definition, so a context field can never silently land in the wrong place.
 func checkSkbContextLayout(t *testing.T) {
 	t.Helper()
-	if err := kernelSkbLayout(); err != nil {
+	if err := progrun.CheckLayout(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -193,6 +165,7 @@ func checkSkbContextLayout(t *testing.T) {
 // returns its verdict and the packet as it leaves the program.
 func (d *datapath) runFromPod(t *testing.T, ingressIfindex uint32, frame []byte) (uint32, []byte) {
 	t.Helper()
+	requireIngressIfindex(t)
 	in := slices.Clone(frame)
 	out := make([]byte, len(frame)+256)
 	opts := ebpf.RunOptions{

@@ -168,6 +168,9 @@ func (d *snatDatapath) ingress(t *testing.T, frame []byte) run {
 
 func runTC(t *testing.T, prog *ebpf.Program, name string, ctx skbContext, frame []byte) run {
 	t.Helper()
+	if ctx.IngressIfindex != 0 {
+		requireIngressIfindex(t)
+	}
 	opts := ebpf.RunOptions{
 		Data:    slices.Clone(frame),
 		DataOut: make([]byte, len(frame)+256),
