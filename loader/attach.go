@@ -51,6 +51,24 @@ func legacyFilterProgram(root, name string) (string, bool) {
 	return prog, true
 }
 
+// dropLink detaches a link from its hook, removes its pin and closes it.
+// Detaching explicitly (BPF_LINK_DETACH) matters: the kernel otherwise
+// detaches when the last reference goes, and before 6.x dropping a bpffs
+// pin puts that reference from an RCU callback, through a workqueue, some
+// time later; until then the hook stays taken and a new attach there fails
+// with EBUSY. A link whose hook is already gone has nothing to detach.
+func dropLink(l link.Link) error {
+	err := l.Detach()
+	if errors.Is(err, link.ErrNotSupported) || errors.Is(err, unix.ENOLINK) || errors.Is(err, unix.EINVAL) {
+		err = nil
+	}
+	if uerr := l.Unpin(); uerr != nil && err == nil {
+		err = uerr
+	}
+	l.Close()
+	return err
+}
+
 // Attachment is one program attached to one device.
 type Attachment struct {
 	Program   string    `json:"program"`
@@ -114,8 +132,7 @@ func attachTCX(root, progName string, prog *ebpf.Program, ifindex int, ifname st
 			}
 			return nil
 		}
-		l.Unpin()
-		l.Close()
+		dropLink(l)
 	}
 	attach := ebpf.AttachTCXIngress
 	if dir == Egress {
@@ -180,8 +197,7 @@ func attachLegacyTC(root, progName string, prog *ebpf.Program, ifindex int, dir 
 func DetachTC(root, progName, ifname string, dir Direction) error {
 	pin := linkPin(root, progName, ifname, dir)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		l.Unpin()
-		l.Close() // the last reference: the kernel detaches the link
+		dropLink(l)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		os.Remove(pin)
 	}
@@ -213,8 +229,7 @@ func AttachXDP(root, progName string, prog *ebpf.Program, ifindex int) (string, 
 	ifname := dev.Attrs().Name
 	pin := linkPin(root, progName, ifname, "")
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		l.Unpin()
-		l.Close()
+		dropLink(l)
 	}
 	mode := ModeXDPNative
 	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
@@ -246,8 +261,10 @@ func DetachXDP(root, progName, ifname string) error {
 	if err != nil {
 		return fmt.Errorf("detach %s from %s: %w", progName, ifname, err)
 	}
-	l.Unpin()
-	return l.Close()
+	if err := dropLink(l); err != nil {
+		return fmt.Errorf("detach %s from %s: %w", progName, ifname, err)
+	}
+	return nil
 }
 
 // parseLinkPin reverses linkPin.

@@ -206,8 +206,7 @@ func attachCgroup(root, name string, prog *ebpf.Program, attach ebpf.AttachType,
 			}
 			return nil
 		}
-		l.Unpin()
-		l.Close()
+		dropLink(l)
 	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: attach, Program: prog})
 	if err != nil {
@@ -242,10 +241,9 @@ func DetachSocketLB(root, cgroupPath string) error {
 			}
 			continue
 		}
-		if err := l.Unpin(); err != nil {
+		if err := dropLink(l); err != nil {
 			errs = append(errs, fmt.Errorf("detach %s from cgroup %s: %w", name, cgroupPath, err))
 		}
-		l.Close() // the last reference: the kernel detaches the program
 	}
 	return errors.Join(errs...)
 }

@@ -228,12 +228,15 @@ func removeKeys[K any](d *dataplane, m *ebpf.Map, name string, keys []K) error {
 func batchDelete[K any](m *ebpf.Map, keys []K, n int) error {
 	for i := 0; i < n; {
 		done, err := m.BatchDelete(keys[i:n], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			// done is not to be trusted here: on a kernel without
+			// batch deletes for this map type it reads as the whole
+			// batch, though nothing was deleted.
+			return deleteEach(m, keys[i:n])
+		}
 		i += done
 		if err == nil {
 			return nil
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return deleteEach(m, keys[i:n])
 		}
 		if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete: %w", err)

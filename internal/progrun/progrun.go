@@ -90,3 +90,39 @@ var IngressIfindex = sync.OnceValue(func() error {
 	}
 	return err
 })
+
+// XDPContext is struct xdp_md (linux/bpf.h), which BPF_PROG_RUN takes as
+// the context of an XDP program on kernels that allow one.
+type XDPContext struct {
+	Data, DataEnd, DataMeta      uint32
+	IngressIfindex, RxQueueIndex uint32
+	EgressIfindex                uint32
+}
+
+// ErrNoXDPContext says the kernel's BPF_PROG_RUN takes no xdp_md context
+// for XDP programs, so a test cannot place data_end before the end of the
+// data it passes, and so cannot present a frame shorter than the 14 bytes
+// the kernel insists on.
+var ErrNoXDPContext = errors.New("this kernel's BPF_PROG_RUN takes no xdp_md context (EINVAL), so a test cannot present a frame shorter than 14 bytes")
+
+// XDPContextSupported tells whether BPF_PROG_RUN takes an XDPContext: nil,
+// ErrNoXDPContext, or the error that kept the probe from running.
+var XDPContextSupported = sync.OnceValue(func() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return err
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("probe BPF_PROG_RUN: %w", err)
+	}
+	defer prog.Close()
+	_, err = prog.Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: XDPContext{DataEnd: 2}})
+	if errors.Is(err, unix.EINVAL) {
+		return ErrNoXDPContext
+	}
+	return err
+})

@@ -41,3 +41,34 @@ func TestIngressIfindexReachesTheProgram(t *testing.T) {
 		t.Errorf("probe said %v, yet the kernel took the context (program saw %d)", probe, ret)
 	}
 }
+
+// Where the probe says the kernel takes an xdp_md context, a program sees
+// data_end where the context put it; where it says not, the kernel refuses.
+func TestXDPContextSetsDataEnd(t *testing.T) {
+	probe := XDPContextSupported()
+	if probe != nil && !errors.Is(probe, ErrNoXDPContext) {
+		t.Fatal(probe)
+	}
+	// r0 = ctx->data_end - ctx->data
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.XDP,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+			asm.LoadMem(asm.R0, asm.R1, 4, asm.Word),
+			asm.Sub.Reg(asm.R0, asm.R2),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	ret, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: XDPContext{DataEnd: 3}})
+	switch {
+	case probe == nil && (err != nil || ret != 3):
+		t.Errorf("program saw %d bytes (%v), want 3", ret, err)
+	case probe != nil && err == nil:
+		t.Errorf("probe said %v, yet the kernel took the context (program saw %d bytes)", probe, ret)
+	}
+}

@@ -133,12 +133,6 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 // skbContext is the __sk_buff head a test may set (internal/progrun).
 type skbContext = progrun.SkbContext
 
-// xdpContext is struct xdp_md (linux/bpf.h).
-type xdpContext struct {
-	Data, DataEnd, DataMeta      uint32
-	IngressIfindex, RxQueueIndex uint32
-	EgressIfindex                uint32
-}
 
 // requireIngressIfindex skips a test that must present packets as arriving
 // on a device, on a kernel whose BPF_PROG_RUN cannot; the netns end-to-end
@@ -191,7 +185,12 @@ func (d *datapath) runXDP(t *testing.T, frame []byte) (uint32, []byte) {
 	in := slices.Clone(frame)
 	opts := ebpf.RunOptions{Repeat: 1}
 	if len(in) < ethHeaderLen {
-		opts.Context = xdpContext{DataEnd: uint32(len(in))}
+		if err := progrun.XDPContextSupported(); errors.Is(err, progrun.ErrNoXDPContext) {
+			t.Skipf("%v; veth in the end-to-end tests never delivers one", err)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		opts.Context = progrun.XDPContext{DataEnd: uint32(len(in))}
 		in = append(in, make([]byte, ethHeaderLen-len(in))...)
 	}
 	opts.Data = in
