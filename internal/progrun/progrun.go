@@ -69,11 +69,21 @@ var ErrNoIngressIfindex = errors.New("this kernel's BPF_PROG_RUN refuses ingress
 // IngressIfindex tells whether BPF_PROG_RUN takes SkbContext.IngressIfindex:
 // nil, ErrNoIngressIfindex, or the error that kept the probe from running.
 var IngressIfindex = sync.OnceValue(func() error {
+	return probeRun(ebpf.SchedCLS, ErrNoIngressIfindex, &ebpf.RunOptions{
+		Data:    make([]byte, 64),
+		Context: SkbContext{IngressIfindex: 1},
+	})
+})
+
+// probeRun runs a program of type typ that returns 0 with opts and tells
+// whether the kernel took them: nil, refused (on EINVAL), or the error
+// that kept the probe from running.
+func probeRun(typ ebpf.ProgramType, refused error, opts *ebpf.RunOptions) error {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return err
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
+		Type:         typ,
 		License:      "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 	})
@@ -81,15 +91,13 @@ var IngressIfindex = sync.OnceValue(func() error {
 		return fmt.Errorf("probe BPF_PROG_RUN: %w", err)
 	}
 	defer prog.Close()
-	_, err = prog.Run(&ebpf.RunOptions{
-		Data:    make([]byte, 64),
-		Context: SkbContext{IngressIfindex: 1},
-	})
-	if errors.Is(err, unix.EINVAL) {
-		return ErrNoIngressIfindex
+	if _, err := prog.Run(opts); errors.Is(err, unix.EINVAL) {
+		return refused
+	} else if err != nil {
+		return fmt.Errorf("probe BPF_PROG_RUN: %w", err)
 	}
-	return err
-})
+	return nil
+}
 
 // XDPContext is struct xdp_md (linux/bpf.h), which BPF_PROG_RUN takes as
 // the context of an XDP program on kernels that allow one.
@@ -108,21 +116,8 @@ var ErrNoXDPContext = errors.New("this kernel's BPF_PROG_RUN takes no xdp_md con
 // XDPContextSupported tells whether BPF_PROG_RUN takes an XDPContext: nil,
 // ErrNoXDPContext, or the error that kept the probe from running.
 var XDPContextSupported = sync.OnceValue(func() error {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return err
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.XDP,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
+	return probeRun(ebpf.XDP, ErrNoXDPContext, &ebpf.RunOptions{
+		Data:    make([]byte, 14),
+		Context: XDPContext{DataEnd: 2},
 	})
-	if err != nil {
-		return fmt.Errorf("probe BPF_PROG_RUN: %w", err)
-	}
-	defer prog.Close()
-	_, err = prog.Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: XDPContext{DataEnd: 2}})
-	if errors.Is(err, unix.EINVAL) {
-		return ErrNoXDPContext
-	}
-	return err
 })

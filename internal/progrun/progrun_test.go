@@ -21,18 +21,9 @@ func TestIngressIfindexReachesTheProgram(t *testing.T) {
 		t.Fatal(probe)
 	}
 	var ctx SkbContext
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.SchedCLS,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.LoadMem(asm.R0, asm.R1, int16(unsafe.Offsetof(ctx.IngressIfindex)), asm.Word),
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
+	prog := load(t, ebpf.SchedCLS,
+		asm.LoadMem(asm.R0, asm.R1, int16(unsafe.Offsetof(ctx.IngressIfindex)), asm.Word),
+		asm.Return())
 	ret, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64), Context: SkbContext{IngressIfindex: 7}})
 	switch {
 	case probe == nil && (err != nil || ret != 7):
@@ -50,20 +41,11 @@ func TestXDPContextSetsDataEnd(t *testing.T) {
 		t.Fatal(probe)
 	}
 	// r0 = ctx->data_end - ctx->data
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.XDP,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
-			asm.LoadMem(asm.R0, asm.R1, 4, asm.Word),
-			asm.Sub.Reg(asm.R0, asm.R2),
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
+	prog := load(t, ebpf.XDP,
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+		asm.LoadMem(asm.R0, asm.R1, 4, asm.Word),
+		asm.Sub.Reg(asm.R0, asm.R2),
+		asm.Return())
 	ret, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: XDPContext{DataEnd: 3}})
 	switch {
 	case probe == nil && (err != nil || ret != 3):
@@ -71,4 +53,14 @@ func TestXDPContextSetsDataEnd(t *testing.T) {
 	case probe != nil && err == nil:
 		t.Errorf("probe said %v, yet the kernel took the context (program saw %d bytes)", probe, ret)
 	}
+}
+
+func load(t *testing.T, typ ebpf.ProgramType, insns ...asm.Instruction) *ebpf.Program {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: typ, License: "GPL", Instructions: insns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
 }

@@ -133,7 +133,6 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 // skbContext is the __sk_buff head a test may set (internal/progrun).
 type skbContext = progrun.SkbContext
 
-
 // requireIngressIfindex skips a test that must present packets as arriving
 // on a device, on a kernel whose BPF_PROG_RUN cannot; the netns end-to-end
 // tests still run the same programs there, on real devices.
