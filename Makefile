@@ -27,8 +27,8 @@ vet:
 
 # Every test, as root: BPF_PROG_RUN, loader, CNI end-to-end in network
 # namespaces, real runtimes (cnitool, containerd + runc) on this machine's
-# kernel; then the same tests inside Debian's LTS kernels under qemu
-# (scripts/vmtest.sh, which prints its total time and regenerates
+# kernel; then the same tests inside Debian's 6.1 and 5.10 kernels under
+# qemu (scripts/vmtest.sh, which prints its total time and regenerates
 # docs/kernels.md).
 test: deps vet build
 	$(GO) test -count=1 -timeout 20m ./...

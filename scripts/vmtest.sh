@@ -7,13 +7,13 @@
 # no VM-only skips). Then docs/kernels.md is regenerated from the loader's
 # probe and the tests' output.
 #
-#   scripts/vmtest.sh            # the 6.1 kernel
-#   scripts/vmtest.sh 6.1 5.10   # more kernels, one VM each
+#   scripts/vmtest.sh            # Debian's 6.1 and 5.10 kernels, one VM each
+#   scripts/vmtest.sh 6.1        # one kernel
 #
 # Environment:
-#   PODPATH_VM_KERNELS  kernel series when none are given (default: 6.1)
+#   PODPATH_VM_KERNELS  kernel series when none are given (default: 6.1 5.10)
 #   PODPATH_VM_PROBE_KERNELS  series whose features are only probed, for
-#                       docs/kernels.md (default: 5.10; best effort: a kernel
+#                       docs/kernels.md (default: none; best effort: a kernel
 #                       that cannot be fetched is left out, not a failure)
 #   PODPATH_VM_CACHE    where kernels are kept (default /var/cache/podpath-vm)
 #   PODPATH_VMTEST_OUT  where binaries, logs and results go (default: a new
@@ -134,7 +134,7 @@ main() {
 	fi
 
 	local kernels=("$@")
-	((${#kernels[@]})) || read -ra kernels <<<"${PODPATH_VM_KERNELS:-6.1}"
+	((${#kernels[@]})) || read -ra kernels <<<"${PODPATH_VM_KERNELS:-6.1 5.10}"
 	local out=${PODPATH_VMTEST_OUT:-}
 	[ -n "$out" ] || out=$(mktemp -d /tmp/podpath-vmtest.XXXXXX)
 	rm -rf "$out/bin" "$out/kernels" "$out/host"
@@ -214,7 +214,7 @@ main() {
 
 	# Kernels whose features go into docs/kernels.md without a test run.
 	local pk
-	for pk in ${PODPATH_VM_PROBE_KERNELS-5.10}; do
+	for pk in ${PODPATH_VM_PROBE_KERNELS-}; do
 		[[ " ${kernels[*]} " != *" $pk "* ]] || continue
 		res=$out/kernels/$pk
 		mkdir -p "$res"
@@ -277,8 +277,8 @@ main() {
 	done
 
 	echo
-	echo "logs in $out; total $(secs "$t0")s"
-	echo "vmtest: $total_pass passed, $total_fail failed, $total_skip skipped"
+	echo "logs in $out"
+	echo "vmtest: kernels ${kernels[*]}: $total_pass passed, $total_fail failed, $total_skip skipped; total time $(secs "$t0") s"
 	return "$failed"
 }
 
