@@ -273,7 +273,16 @@ func privateApt(dir, codename string) (apt, error) {
 		}
 	}
 	if len(lines) == 0 {
-		return apt{}, errors.New("the system's apt sources name no Debian mirror")
+		// Not a Debian system (Ubuntu, say): Debian's own mirror, checked
+		// against debian-archive-keyring, which such systems package too.
+		kr := "/usr/share/keyrings/debian-archive-keyring.gpg"
+		if !fileExists(kr) {
+			return apt{}, fmt.Errorf("the system's apt sources name no Debian mirror, and %s is missing to check deb.debian.org's (apt-get install debian-archive-keyring)", kr)
+		}
+		lines = []string{
+			fmt.Sprintf("deb [signed-by=%s] http://deb.debian.org/debian %s main", kr, codename),
+			fmt.Sprintf("deb [signed-by=%s] http://deb.debian.org/debian-security %s-security main", kr, codename),
+		}
 	}
 	for _, d := range []string{"lists/partial", "cache/archives/partial"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
