@@ -69,6 +69,34 @@ func dropLink(l link.Link) error {
 	return err
 }
 
+// reusePinnedLink points the link pinned at pin at prog, in place, when
+// onHook says it is still on the hook wanted, and reports whether it did.
+// A link pinned there on another hook (the device or cgroup of that name
+// was removed and made again) is dropped, and so is one that cannot say
+// where it is.
+func reusePinnedLink(pin string, prog *ebpf.Program, onHook func(*link.Info) bool) (bool, error) {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return false, nil
+	}
+	if info, err := l.Info(); err == nil && onHook(info) {
+		defer l.Close()
+		return true, l.Update(prog)
+	}
+	dropLink(l)
+	return false, nil
+}
+
+// updatePinnedLink points the link pinned at pin at prog.
+func updatePinnedLink(pin string, prog *ebpf.Program) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	return l.Update(prog)
+}
+
 // Attachment is one program attached to one device.
 type Attachment struct {
 	Program   string    `json:"program"`
@@ -121,18 +149,14 @@ func AttachTC(root, mode, progName string, prog *ebpf.Program, ifindex int, dir 
 
 func attachTCX(root, progName string, prog *ebpf.Program, ifindex int, ifname string, dir Direction) error {
 	pin := linkPin(root, progName, ifname, dir)
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		// A link pinned under this name: reuse it if it is still on this device.
-		info, ierr := l.Info()
-		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
-			err := l.Update(prog)
-			l.Close()
-			if err != nil {
-				return fmt.Errorf("attach %s to %s: update link: %w", progName, ifname, err)
-			}
-			return nil
-		}
-		dropLink(l)
+	reused, err := reusePinnedLink(pin, prog, func(info *link.Info) bool {
+		return info.TCX() != nil && int(info.TCX().Ifindex) == ifindex
+	})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: update link: %w", progName, ifname, err)
+	}
+	if reused {
+		return nil
 	}
 	attach := ebpf.AttachTCXIngress
 	if dir == Egress {
@@ -372,13 +396,7 @@ func replaceAttached(root string, progs map[string]*ebpf.Program) error {
 				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
 			}
 		case ModeTCX, ModeXDPNative, ModeXDPGeneric:
-			l, err := link.LoadPinnedLink(a.pin, nil)
-			if err != nil {
-				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
-			}
-			err = l.Update(prog)
-			l.Close()
-			if err != nil {
+			if err := updatePinnedLink(a.pin, prog); err != nil {
 				return fmt.Errorf("replace %s on %s: %w", a.Program, a.Ifname, err)
 			}
 		default:

@@ -194,19 +194,15 @@ func AttachSocketLB(root, cgroupPath string) error {
 
 func attachCgroup(root, name string, prog *ebpf.Program, attach ebpf.AttachType, cgroupPath string, id uint64) error {
 	pin := cgroupLinkPin(root, name, cgroupPath)
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		// A link pinned under this name: reuse it if it is still on this
-		// cgroup (not on a removed one that had the same path).
-		info, ierr := l.Info()
-		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == id {
-			err := l.Update(prog)
-			l.Close()
-			if err != nil {
-				return fmt.Errorf("attach %s to cgroup %s: update link: %w", name, cgroupPath, err)
-			}
-			return nil
-		}
-		dropLink(l)
+	// Not a link on a removed cgroup that had the same path.
+	reused, err := reusePinnedLink(pin, prog, func(info *link.Info) bool {
+		return info.Cgroup() != nil && info.Cgroup().CgroupId == id
+	})
+	if err != nil {
+		return fmt.Errorf("attach %s to cgroup %s: update link: %w", name, cgroupPath, err)
+	}
+	if reused {
+		return nil
 	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: attach, Program: prog})
 	if err != nil {
@@ -302,16 +298,11 @@ func replaceCgroupAttached(root string, progs map[string]*ebpf.Program) error {
 		if !ok {
 			continue
 		}
-		l, err := link.LoadPinnedLink(a.pin, nil)
-		if err != nil {
-			return fmt.Errorf("replace %s on cgroup %s: %w", a.Program, a.Cgroup, err)
-		}
-		err = l.Update(prog)
+		err := updatePinnedLink(a.pin, prog)
 		if errors.Is(err, unix.ENOLINK) {
 			// The cgroup is gone: the pin is all that is left of it.
-			err = l.Unpin()
+			err = os.Remove(a.pin)
 		}
-		l.Close()
 		if err != nil {
 			return fmt.Errorf("replace %s on cgroup %s: %w", a.Program, a.Cgroup, err)
 		}

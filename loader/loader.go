@@ -14,7 +14,6 @@ import (
 	"sort"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/podpath/podpath/maps"
 )
 
@@ -221,11 +220,6 @@ func Init(c Config) error {
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
 		return err
-	}
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (64 KiB by
-	// default); later ones to the memory cgroup, where this does nothing.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("lift the locked-memory limit for BPF maps: %w", err)
 	}
 	prev, prevErr := ReadNodeConfig(c.StateDir)
 	if prevErr == nil && prev.PodCIDR != c.PodCIDR {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/podpath/podpath/maps"
 )
 
@@ -39,10 +38,7 @@ var (
 // verifier's statistics. A program the kernel rejects has Error set; the
 // error returned is for what keeps Verify from trying at all.
 func Verify() ([]VerifierStats, error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, err
-	}
-	specs, err := maps.Specs()
+	specs, err := maps.Specs() // lifts RLIMIT_MEMLOCK where it applies
 	if err != nil {
 		return nil, err
 	}
