@@ -86,12 +86,7 @@ func addPod(t *testing.T, n *sim.Node, name string) *sim.Pod {
 // counters sums the node's counters of one hook by reason name.
 func counters(t *testing.T, n *sim.Node) map[string]uint64 {
 	t.Helper()
-	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	cs, err := maps.ReadCounters(m)
+	cs, err := n.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ package hostport_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"syscall"
@@ -27,39 +26,17 @@ var (
 
 func serve(t *testing.T, p *sim.Pod, port string) {
 	t.Helper()
-	var ln net.Listener
-	if err := p.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", net.JoinHostPort(p.IP.String(), port))
-		return err
-	}); err != nil {
+	ln, err := sim.ServeTCP(p.Do, net.JoinHostPort(p.IP.String(), port), func(c net.Conn) string {
+		return p.Name + " saw " + c.RemoteAddr().(*net.TCPAddr).IP.String()
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, p.Name+" saw "+c.RemoteAddr().(*net.TCPAddr).IP.String())
-			c.Close()
-		}
-	}()
 }
 
 func fetch(o *sim.Outside, addr string) (string, error) {
-	var out []byte
-	err := o.Do(func() error {
-		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		out, err = io.ReadAll(c)
-		return err
-	})
-	return string(out), err
+	return sim.FetchTCP(o.Do, addr, 2*time.Second)
 }
 
 func TestHostPortPublishesPod(t *testing.T) {

@@ -5,7 +5,6 @@ package nodeport_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -65,40 +64,18 @@ func frontend(t *testing.T, root string, id uint32, addr netip.Addr, port uint16
 // serve runs an HTTP-less echo of the pod's own name on port 8080.
 func serve(t *testing.T, p *sim.Pod) {
 	t.Helper()
-	var ln net.Listener
-	if err := p.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", net.JoinHostPort(p.IP.String(), "8080"))
-		return err
-	}); err != nil {
+	// Answer with the pod's name and the client address it saw.
+	ln, err := sim.ServeTCP(p.Do, net.JoinHostPort(p.IP.String(), "8080"), func(c net.Conn) string {
+		return p.Name + " " + c.RemoteAddr().(*net.TCPAddr).IP.String()
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// Answer with the pod's name and the client address it saw.
-			io.WriteString(c, p.Name+" "+c.RemoteAddr().(*net.TCPAddr).IP.String())
-			c.Close()
-		}
-	}()
 }
 
 func fetch(o *sim.Outside, addr string) (string, error) {
-	var out []byte
-	err := o.Do(func() error {
-		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		out, err = io.ReadAll(c)
-		return err
-	})
-	return string(out), err
+	return sim.FetchTCP(o.Do, addr, 2*time.Second)
 }
 
 func newNode(t *testing.T) (*sim.Node, []*sim.Pod) {

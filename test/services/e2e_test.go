@@ -217,12 +217,7 @@ func request(p *sim.Pod, addr string) (backend, client string, err error) {
 
 func counter(t *testing.T, n *sim.Node, reason maps.Reason) uint64 {
 	t.Helper()
-	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	cs, err := maps.ReadCounters(m)
+	cs, err := n.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
