@@ -117,6 +117,22 @@ type Counter struct {
 	Bytes   uint64
 }
 
+// withPinned opens the map pinned as name under root for the length of fn.
+func withPinned[T any](root, name string, fn func(*ebpf.Map) (T, error)) (T, error) {
+	m, err := OpenPinned(root, name)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	defer m.Close()
+	return fn(m)
+}
+
+// ReadPinnedCounters is ReadCounters of the counters map pinned under root.
+func ReadPinnedCounters(root string) ([]Counter, error) {
+	return withPinned(root, MapCounters, ReadCounters)
+}
+
 // ReadCounters sums the per-CPU counters map, sorted by hook then reason.
 func ReadCounters(m *ebpf.Map) ([]Counter, error) {
 	var (

@@ -30,6 +30,16 @@ func Monotonic() uint64 {
 	return uint64(ts.Nano())
 }
 
+// ReadPinnedNAT is ReadNAT of the snat map pinned under root.
+func ReadPinnedNAT(root string) ([]NATMapping, error) {
+	return withPinned(root, MapSNAT, ReadNAT)
+}
+
+// ReapExpiredPinnedNAT is ReapExpiredNAT of the snat map pinned under root.
+func ReapExpiredPinnedNAT(root string) (int, error) {
+	return withPinned(root, MapSNAT, ReapExpiredNAT)
+}
+
 // ReadNAT returns every mapping of the snat map, forward ones first, each
 // sorted by source.
 func ReadNAT(m *ebpf.Map) ([]NATMapping, error) {

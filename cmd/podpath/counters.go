@@ -13,12 +13,7 @@ func newCountersCmd(g *globals) *cobra.Command {
 		Use:   "counters",
 		Short: "Packets and bytes per reason and hook, drops included",
 		RunE: func(*cobra.Command, []string) error {
-			m, err := maps.OpenPinned(g.pinRoot, maps.MapCounters)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			cs, err := maps.ReadCounters(m)
+			cs, err := maps.ReadPinnedCounters(g.pinRoot)
 			if err != nil {
 				return err
 			}

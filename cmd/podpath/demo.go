@@ -176,12 +176,7 @@ func demoSNAT(out io.Writer, node *sim.Node, pod *sim.Pod) error {
 	}
 	fmt.Fprintf(out, "  %s (%s) connected to %s and got %q\n", pod.Name, pod.IP, ln.Addr(), strings.TrimSpace(string(reply)))
 	fmt.Fprintf(out, "  the outside host saw the connection come from %s: the node, not the pod\n", <-seen)
-	m, err := maps.OpenPinned(node.PinRoot, maps.MapSNAT)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	all, err := maps.ReadNAT(m)
+	all, err := maps.ReadPinnedNAT(node.PinRoot)
 	if err != nil {
 		return err
 	}

@@ -24,12 +24,7 @@ func newNATCmd(g *globals) *cobra.Command {
 			if err := f.parse(); err != nil {
 				return err
 			}
-			m, err := maps.OpenPinned(g.pinRoot, maps.MapSNAT)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			all, err := maps.ReadNAT(m)
+			all, err := maps.ReadPinnedNAT(g.pinRoot)
 			if err != nil {
 				return err
 			}
@@ -82,12 +77,7 @@ func newNATCmd(g *globals) *cobra.Command {
 		Use:   "gc",
 		Short: "Delete expired mappings (the datapath also reuses them by itself)",
 		RunE: func(*cobra.Command, []string) error {
-			m, err := maps.OpenPinned(g.pinRoot, maps.MapSNAT)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			n, err := maps.ReapExpiredNAT(m)
+			n, err := maps.ReapExpiredPinnedNAT(g.pinRoot)
 			if err != nil {
 				return err
 			}

@@ -4,12 +4,7 @@ import "github.com/podpath/podpath/maps"
 
 // Counters reads the node's packet counters, summed over CPUs.
 func (n *Node) Counters() ([]maps.Counter, error) {
-	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	return maps.ReadCounters(m)
+	return maps.ReadPinnedCounters(n.PinRoot)
 }
 
 // Packets is how many packets the node counted under reason at hook.

@@ -145,14 +145,9 @@ func (n *node) endpoints(t testing.TB) map[netip.Addr]maps.EndpointInfo {
 // forwarded is how many packets from_pod redirected straight to a local pod.
 func (n *node) forwarded(t testing.TB) uint64 {
 	t.Helper()
-	m, err := maps.OpenPinned(n.pinRoot, maps.MapCounters)
+	counters, err := maps.ReadPinnedCounters(n.pinRoot)
 	if err != nil {
-		t.Fatalf("open counters of %s: %v", n.name, err)
-	}
-	defer m.Close()
-	counters, err := maps.ReadCounters(m)
-	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("read counters of %s: %v", n.name, err)
 	}
 	var total uint64
 	for _, c := range counters {

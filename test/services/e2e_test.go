@@ -471,12 +471,7 @@ func TestClusterIPEndToEnd(t *testing.T) {
 // dropCounters lists the node's drop counters, "" when there are none.
 func dropCounters(t *testing.T, n *sim.Node) string {
 	t.Helper()
-	m, err := maps.OpenPinned(n.PinRoot, maps.MapCounters)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	cs, err := maps.ReadCounters(m)
+	cs, err := n.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}

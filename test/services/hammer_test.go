@@ -283,12 +283,7 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cm, err := maps.OpenPinned(cfg.PinRoot, maps.MapCounters)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cm.Close()
-	cs, err := maps.ReadCounters(cm)
+	cs, err := maps.ReadPinnedCounters(cfg.PinRoot)
 	if err != nil {
 		t.Fatal(err)
 	}

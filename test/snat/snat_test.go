@@ -301,12 +301,7 @@ func TestPortExhaustionAndRecovery(t *testing.T) {
 	// FIN or RST shortens the mappings' lifetime to 10 s; after that
 	// the reaper frees them (and the allocator would take them over).
 	time.Sleep(11 * time.Second)
-	snat, err := maps.OpenPinned(node.PinRoot, maps.MapSNAT)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snat.Close()
-	reaped, err := maps.ReapExpiredNAT(snat)
+	reaped, err := maps.ReapExpiredPinnedNAT(node.PinRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
