@@ -117,6 +117,23 @@ type Counter struct {
 	Bytes   uint64
 }
 
+// Entries reads every entry of a map whose keys are comparable.
+func Entries[K comparable, V any](m *ebpf.Map) (map[K]V, error) {
+	out := map[K]V{}
+	var (
+		k K
+		v V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", m, err)
+	}
+	return out, nil
+}
+
 // withPinned opens the map pinned as name under root for the length of fn.
 func withPinned[T any](root, name string, fn func(*ebpf.Map) (T, error)) (T, error) {
 	m, err := OpenPinned(root, name)

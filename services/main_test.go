@@ -110,16 +110,8 @@ type dump struct {
 
 func dumpMap[K comparable, V any](t testing.TB, m *ebpf.Map) map[K]V {
 	t.Helper()
-	out := map[K]V{}
-	var (
-		k K
-		v V
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
+	out, err := maps.Entries[K, V](m)
+	if err != nil {
 		t.Fatalf("dump: %v", err)
 	}
 	return out

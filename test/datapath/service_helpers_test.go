@@ -350,16 +350,8 @@ func (d *svcDatapath) putCtEntry(t *testing.T, k maps.CtKey, e maps.CtEntry) {
 // ctAll returns every conntrack entry.
 func (d *svcDatapath) ctAll(t *testing.T) map[maps.CtKey]maps.CtEntry {
 	t.Helper()
-	out := map[maps.CtKey]maps.CtEntry{}
-	var (
-		k maps.CtKey
-		e maps.CtEntry
-	)
-	it := d.conntrack.Iterate()
-	for it.Next(&k, &e) {
-		out[k] = e
-	}
-	if err := it.Err(); err != nil {
+	out, err := maps.Entries[maps.CtKey, maps.CtEntry](d.conntrack)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -357,16 +357,8 @@ func mappingOnly(e maps.NatEntry) maps.NatEntry {
 // mappings returns every snat entry.
 func (d *snatDatapath) mappings(t *testing.T) map[maps.CtKey]maps.NatEntry {
 	t.Helper()
-	out := map[maps.CtKey]maps.NatEntry{}
-	var (
-		k maps.CtKey
-		e maps.NatEntry
-	)
-	it := d.snat.Iterate()
-	for it.Next(&k, &e) {
-		out[k] = e
-	}
-	if err := it.Err(); err != nil {
+	out, err := maps.Entries[maps.CtKey, maps.NatEntry](d.snat)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -11,11 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	stdmaps "maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -354,20 +356,11 @@ func client(t *testing.T, f *cgroupFixture, cgroup, netns string, ops ...clientO
 // creates two per translated flow.
 func conntrackEntries(t *testing.T, root string) []maps.CtKey {
 	t.Helper()
-	m := openMap(t, root, maps.MapConntrack)
-	var (
-		k   maps.CtKey
-		v   maps.CtEntry
-		out []maps.CtKey
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, k)
-	}
-	if err := it.Err(); err != nil {
+	all, err := maps.Entries[maps.CtKey, maps.CtEntry](openMap(t, root, maps.MapConntrack))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return out
+	return slices.Collect(stdmaps.Keys(all))
 }
 
 // sockRevEntry is one entry of the socket reverse translation map.
@@ -380,23 +373,18 @@ type sockRevEntry struct {
 
 func sockRevEntries(t *testing.T, root string) []sockRevEntry {
 	t.Helper()
-	m := openMap(t, root, maps.MapSockRevNat)
-	var (
-		k   maps.SockRevKey
-		v   maps.SockRevValue
-		out []sockRevEntry
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
+	all, err := maps.Entries[maps.SockRevKey, maps.SockRevValue](openMap(t, root, maps.MapSockRevNat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []sockRevEntry
+	for k, v := range all {
 		out = append(out, sockRevEntry{
 			Cookie:   k.Cookie,
 			Backend:  netip.AddrPortFrom(maps.AddrFrom16(k.Family, k.Addr), maps.HostPort(k.Port)),
 			Frontend: netip.AddrPortFrom(maps.AddrFrom16(v.Family, v.Addr), maps.HostPort(v.Port)),
 			SvcID:    v.SvcId,
 		})
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }
