@@ -240,7 +240,7 @@ func (c *Conntrack) ReapExpired() (int, error) {
 			expired = append(expired, k)
 		}
 	}
-	if err := batchDelete(ct, expired, len(expired)); err != nil {
+	if err := batchDelete(ct, expired); err != nil {
 		return 0, fmt.Errorf("reap conntrack: %w", err)
 	}
 	return len(expired), nil

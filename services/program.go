@@ -3,7 +3,6 @@ package services
 import (
 	"errors"
 	"fmt"
-	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -185,8 +184,9 @@ func (d *dataplane) wrote(name string, n int) {
 	}
 }
 
-// update writes keys and values in one batch.
-func (d *dataplane) update(m *ebpf.Map, name string, keys, values any, n int) error {
+// update writes keys[i] = values[i] in one batch.
+func update[K, V any](d *dataplane, m *ebpf.Map, name string, keys []K, values []V) error {
+	n := len(keys)
 	if n == 0 {
 		return nil
 	}
@@ -195,21 +195,13 @@ func (d *dataplane) update(m *ebpf.Map, name string, keys, values any, n int) er
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		// Map types without batch operations on this kernel (a
 		// hash of maps before 5.14, say): one entry at a time.
-		err = updateEach(m, keys, values, n)
+		err = nil
+		for i := 0; i < n && err == nil; i++ {
+			err = m.Put(&keys[i], &values[i])
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("write %d %s entries: %w", n, name, err)
-	}
-	return nil
-}
-
-// updateEach writes the n keys and values of two slices one by one.
-func updateEach(m *ebpf.Map, keys, values any, n int) error {
-	ks, vs := reflect.ValueOf(keys), reflect.ValueOf(values)
-	for i := range n {
-		if err := m.Put(ks.Index(i).Interface(), vs.Index(i).Interface()); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -220,19 +212,19 @@ func removeKeys[K any](d *dataplane, m *ebpf.Map, name string, keys []K) error {
 		return nil
 	}
 	d.wrote(name, len(keys))
-	return batchDelete(m, keys, len(keys))
+	return batchDelete(m, keys)
 }
 
-// batchDelete deletes the n keys of the slice keys. The kernel stops a
-// batch at the first missing key; that key is skipped and the rest retried.
-func batchDelete[K any](m *ebpf.Map, keys []K, n int) error {
-	for i := 0; i < n; {
-		done, err := m.BatchDelete(keys[i:n], nil)
+// batchDelete deletes keys in batches. The kernel stops a batch at the
+// first missing key; that key is skipped and the rest retried.
+func batchDelete[K any](m *ebpf.Map, keys []K) error {
+	for i := 0; i < len(keys); {
+		done, err := m.BatchDelete(keys[i:], nil)
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			// done is not to be trusted here: on a kernel without
 			// batch deletes for this map type it reads as the whole
 			// batch, though nothing was deleted.
-			return deleteEach(m, keys[i:n])
+			return deleteEach(m, keys[i:])
 		}
 		i += done
 		if err == nil {
@@ -270,7 +262,7 @@ func (d *dataplane) apply(o *ops, next *programmed) error {
 		}
 	}
 	// 3. Slots.
-	if err := d.update(d.slots, maps.MapSvcSlots, o.slotWrite, o.slotVal, len(o.slotWrite)); err != nil {
+	if err := update(d, d.slots, maps.MapSvcSlots, o.slotWrite, o.slotVal); err != nil {
 		return err
 	}
 	// 4. Frontends: the new count becomes visible, or the frontend goes.
@@ -279,7 +271,7 @@ func (d *dataplane) apply(o *ops, next *programmed) error {
 	for i, f := range o.feWrite {
 		fk[i], fv[i] = f.Key.mapKey(), f.info()
 	}
-	if err := d.update(d.services, maps.MapServices, fk, fv, len(fk)); err != nil {
+	if err := update(d, d.services, maps.MapServices, fk, fv); err != nil {
 		return err
 	}
 	dk := make([]maps.SvcKey, len(o.feDelete))
@@ -312,7 +304,7 @@ func (d *dataplane) writeBackends(bs []*backendEntry) error {
 	for i, b := range bs {
 		keys[i], vals[i] = b.ID, b.value()
 	}
-	return d.update(d.backends, maps.MapBackends, keys, vals, len(keys))
+	return update(d, d.backends, maps.MapBackends, keys, vals)
 }
 
 // writeMaglev builds f's table into a new inner map and swaps it in with
@@ -375,7 +367,7 @@ func deleteConntrack(m *ebpf.Map, match func(*maps.CtKey, *maps.CtEntry) bool) (
 	if err != nil {
 		return 0, err
 	}
-	if err := batchDelete(m, keys, len(keys)); err != nil {
+	if err := batchDelete(m, keys); err != nil {
 		return 0, fmt.Errorf("flush conntrack: %w", err)
 	}
 	return len(keys), nil
@@ -438,7 +430,7 @@ func deleteAffinity(m *ebpf.Map, match func(*maps.AffinityKey, *maps.AffinityVal
 	if err != nil {
 		return 0, fmt.Errorf("read affinity: %w", err)
 	}
-	if err := batchDelete(m, keys, len(keys)); err != nil {
+	if err := batchDelete(m, keys); err != nil {
 		return 0, fmt.Errorf("flush affinity: %w", err)
 	}
 	return len(keys), nil
