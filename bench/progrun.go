@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
 )
@@ -330,7 +331,7 @@ func tcpFrame(src benchPod, dst netip.Addr, ttl uint8, syn bool, ipLen int) []by
 	binary.BigEndian.PutUint16(tcp[14:], 64240)
 	s, d := src.IP.As4(), dst.As4()
 	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, 6, byte(len(tcp)>>8), byte(len(tcp)))
-	binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+	binary.BigEndian.PutUint16(tcp[16:], csum.Checksum(append(pseudo, tcp...), 0))
 
 	ip := make([]byte, 20, 20+len(tcp))
 	ip[0] = 0x45
@@ -339,7 +340,7 @@ func tcpFrame(src benchPod, dst netip.Addr, ttl uint8, syn bool, ipLen int) []by
 	ip[8], ip[9] = ttl, 6
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], csum.Checksum(ip, 0))
 	ip = append(ip, tcp...)
 
 	frame := make([]byte, 0, 14+len(ip))
@@ -347,20 +348,6 @@ func tcpFrame(src benchPod, dst netip.Addr, ttl uint8, syn bool, ipLen int) []by
 	frame = append(frame, src.MAC...)
 	frame = binary.BigEndian.AppendUint16(frame, 0x0800)
 	return append(frame, ip...)
-}
-
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
 }
 
 func mac(s string) net.HardwareAddr {

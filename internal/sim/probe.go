@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/podpath/podpath/internal/csum"
 	"golang.org/x/sys/unix"
 )
 
@@ -124,7 +125,7 @@ func SendSpoofedUDP(from *Pod, src, dst netip.Addr, port uint16, payload []byte)
 	s, d := src.As4(), dst.As4()
 	copy(ip[12:16], s[:])
 	copy(ip[16:20], d[:])
-	binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], csum.Checksum(ip, 0))
 	udp := pkt[20:]
 	binary.BigEndian.PutUint16(udp[0:], 40000)
 	binary.BigEndian.PutUint16(udp[2:], port)
@@ -138,15 +139,4 @@ func SendSpoofedUDP(from *Pod, src, dst netip.Addr, port uint16, payload []byte)
 		defer unix.Close(fd)
 		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: d})
 	})
-}
-
-func ipChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+
+	"github.com/podpath/podpath/internal/csum"
 )
 
 // A packet from a pod to a pod on the same node is routed one hop by
@@ -121,7 +123,7 @@ func TestLocalDelivery(t *testing.T) {
 				t.Errorf("TTL %d, want %d", ttl, tc.hdr.TTL-1)
 			}
 			hdr := ipv4HeaderOf(out)
-			if !checksumValid(hdr, 0) {
+			if !csum.Valid(hdr, 0) {
 				t.Errorf("IPv4 header checksum %#04x does not verify", binary.BigEndian.Uint16(hdr[10:]))
 			}
 			if got, fresh := binary.BigEndian.Uint16(hdr[10:]), ipv4HeaderChecksum(hdr); got != fresh {

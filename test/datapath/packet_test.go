@@ -8,6 +8,8 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+
+	"github.com/podpath/podpath/internal/csum"
 )
 
 // Ethertypes and IP protocols the tests speak.
@@ -72,7 +74,7 @@ func ipv4(h ipv4Header, payload []byte) []byte {
 	copy(b[12:], src[:])
 	copy(b[16:], dst[:])
 	copy(b[20:], h.Options)
-	binary.BigEndian.PutUint16(b[10:], checksum(b, 0))
+	binary.BigEndian.PutUint16(b[10:], csum.Checksum(b, 0))
 	return append(b, payload...)
 }
 
@@ -88,7 +90,7 @@ func tcp(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	b[13] = 0x18                                  // ACK|PSH
 	binary.BigEndian.PutUint16(b[14:], 64240)     // window
 	b = append(b, payload...)
-	binary.BigEndian.PutUint16(b[16:], checksum(b, pseudoHeaderSum(src, dst, protoTCP, len(b))))
+	binary.BigEndian.PutUint16(b[16:], csum.Checksum(b, csum.Pseudo4(src, dst, protoTCP, len(b))))
 	return b
 }
 
@@ -99,7 +101,7 @@ func udp(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	binary.BigEndian.PutUint16(b[2:], dport)
 	binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
 	b = append(b, payload...)
-	sum := checksum(b, pseudoHeaderSum(src, dst, protoUDP, len(b)))
+	sum := csum.Checksum(b, csum.Pseudo4(src, dst, protoUDP, len(b)))
 	if sum == 0 {
 		sum = 0xffff // zero means "no checksum" in UDP
 	}
@@ -136,44 +138,6 @@ func arp(a arpIPv4) []byte {
 	return append(b, tip[:]...)
 }
 
-// sum16 is the 32-bit sum of b as big-endian 16-bit words, the odd last
-// byte padded with zero.
-func sum16(b []byte, sum uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	return sum
-}
-
-// checksum is the Internet checksum (RFC 1071) of b, starting from a partial
-// sum (for a pseudo-header). The checksum field inside b must be zero.
-func checksum(b []byte, initial uint32) uint16 {
-	return ^fold(sum16(b, initial))
-}
-
-func fold(sum uint32) uint16 {
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
-}
-
-// checksumValid tells whether b, its checksum field included, sums to
-// 0xffff: what a receiver checks.
-func checksumValid(b []byte, initial uint32) bool {
-	return fold(sum16(b, initial)) == 0xffff
-}
-
-func pseudoHeaderSum(src, dst netip.Addr, proto uint8, l4len int) uint32 {
-	s, d := src.As4(), dst.As4()
-	sum := sum16(s[:], 0)
-	sum = sum16(d[:], sum)
-	return sum + uint32(proto) + uint32(l4len)
-}
-
 // ipv4HeaderOf returns the IPv4 header of an Ethernet frame.
 func ipv4HeaderOf(frame []byte) []byte {
 	ihl := int(frame[offIPVersionIHL]&0x0f) * 4
@@ -187,14 +151,14 @@ func l4ChecksumValid(frame []byte) bool {
 	l4 := frame[ethHeaderLen+len(hdr) : ethHeaderLen+totLen]
 	src, _ := netip.AddrFromSlice(hdr[12:16])
 	dst, _ := netip.AddrFromSlice(hdr[16:20])
-	return checksumValid(l4, pseudoHeaderSum(src, dst, hdr[9], len(l4)))
+	return csum.Valid(l4, csum.Pseudo4(src, dst, hdr[9], len(l4)))
 }
 
 // ipv4HeaderChecksum recomputes an IPv4 header's checksum from scratch.
 func ipv4HeaderChecksum(hdr []byte) uint16 {
 	h := append([]byte(nil), hdr...)
 	h[10], h[11] = 0, 0
-	return checksum(h, 0)
+	return csum.Checksum(h, 0)
 }
 
 func netip4(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
 )
@@ -526,7 +527,7 @@ func tcpSegment(src, dst netip.Addr, sport, dport uint16, flags uint8, payload [
 	b := tcp(src, dst, sport, dport, payload)
 	b[13] = flags
 	b[16], b[17] = 0, 0
-	binary.BigEndian.PutUint16(b[16:], checksum(b, pseudoHeaderSum(src, dst, protoTCP, len(b))))
+	binary.BigEndian.PutUint16(b[16:], csum.Checksum(b, csum.Pseudo4(src, dst, protoTCP, len(b))))
 	return b
 }
 
@@ -543,7 +544,7 @@ func l4Checksum(frame []byte) uint16 {
 	l4[off], l4[off+1] = 0, 0
 	src, _ := netip.AddrFromSlice(hdr[12:16])
 	dst, _ := netip.AddrFromSlice(hdr[16:20])
-	sum := checksum(l4, pseudoHeaderSum(src, dst, hdr[9], len(l4)))
+	sum := csum.Checksum(l4, csum.Pseudo4(src, dst, hdr[9], len(l4)))
 	if sum == 0 && hdr[9] == protoUDP {
 		sum = 0xffff
 	}
@@ -564,7 +565,7 @@ func l4ChecksumField(frame []byte) uint16 {
 func expectChecksums(t *testing.T, frame []byte) {
 	t.Helper()
 	hdr := ipv4HeaderOf(frame)
-	if !checksumValid(hdr, 0) {
+	if !csum.Valid(hdr, 0) {
 		t.Errorf("IPv4 header checksum %#04x does not verify", binary.BigEndian.Uint16(hdr[10:]))
 	}
 	if got, fresh := binary.BigEndian.Uint16(hdr[10:]), ipv4HeaderChecksum(hdr); got != fresh {
@@ -718,7 +719,7 @@ func computedZero(f flow) bool {
 		off = 6
 	}
 	b[off], b[off+1] = 0, 0
-	return checksum(b, pseudoHeaderSum(f.Src, f.Dst, f.Proto, len(b))) == 0
+	return csum.Checksum(b, csum.Pseudo4(f.Src, f.Dst, f.Proto, len(b))) == 0
 }
 
 func addrPort(a netip.Addr, p uint16) netip.AddrPort { return netip.AddrPortFrom(a, p) }

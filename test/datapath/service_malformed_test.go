@@ -3,6 +3,8 @@ package datapath_test
 import (
 	"encoding/binary"
 	"testing"
+
+	"github.com/podpath/podpath/internal/csum"
 )
 
 // Packets to the VIP that cannot be service traffic. A non-first IPv4
@@ -67,7 +69,7 @@ func fragment(f flow, data []byte, frag uint16) []byte {
 	ip := ipv4(ipv4Header{ID: f.ID, TTL: f.TTL, Protocol: f.Proto, Src: f.Src, Dst: f.Dst}, data)
 	binary.BigEndian.PutUint16(ip[6:], frag)
 	binary.BigEndian.PutUint16(ip[10:], 0)
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip[:ipv4HeaderLen], 0))
+	binary.BigEndian.PutUint16(ip[10:], csum.Checksum(ip[:ipv4HeaderLen], 0))
 	return ether(podA.NodeMAC, podA.MAC, ethPIPv4, ip)
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+
+	"github.com/podpath/podpath/internal/csum"
 )
 
 // A packet to a service without backends is answered the way iptables'
@@ -82,7 +84,7 @@ func TestServiceReject(t *testing.T) {
 func portUnreachable(p pod, from netip.Addr, orig []byte) []byte {
 	icmp := []byte{3, 3, 0, 0, 0, 0, 0, 0} // type, code, checksum, unused
 	icmp = append(icmp, orig[:ipv4HeaderLen+8]...)
-	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp, 0))
+	binary.BigEndian.PutUint16(icmp[2:], csum.Checksum(icmp, 0))
 
 	ip := make([]byte, ipv4HeaderLen, ipv4HeaderLen+len(icmp))
 	ip[0] = 0x45
@@ -93,7 +95,7 @@ func portUnreachable(p pod, from netip.Addr, orig []byte) []byte {
 	src := from.As4()
 	copy(ip[12:], src[:])
 	copy(ip[16:], orig[12:16]) // the original source
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip, 0))
+	binary.BigEndian.PutUint16(ip[10:], csum.Checksum(ip, 0))
 	return ether(p.MAC, p.NodeMAC, ethPIPv4, append(ip, icmp...))
 }
 
@@ -119,7 +121,7 @@ func expectICMPPortUnreachable(t *testing.T, frame []byte, to pod, from netip.Ad
 		t.Errorf("IPv4 version/IHL %#02x TTL %d protocol %d %s -> %s, want 0x45 TTL 64 protocol 1 %s -> %s",
 			hdr[0], hdr[8], hdr[9], src, dst, from, to.IP)
 	}
-	if !checksumValid(hdr, 0) || binary.BigEndian.Uint16(hdr[10:]) != ipv4HeaderChecksum(hdr) {
+	if !csum.Valid(hdr, 0) || binary.BigEndian.Uint16(hdr[10:]) != ipv4HeaderChecksum(hdr) {
 		t.Errorf("IPv4 header checksum %#04x, a fresh computation gives %#04x", binary.BigEndian.Uint16(hdr[10:]), ipv4HeaderChecksum(hdr))
 	}
 	icmp := frame[icmpOff:]
@@ -127,8 +129,8 @@ func expectICMPPortUnreachable(t *testing.T, frame []byte, to pod, from netip.Ad
 		t.Errorf("ICMP type %d code %d, want 3/3 (port unreachable)", icmp[0], icmp[1])
 	}
 	fresh := withFieldZeroed(icmp, 2)
-	if !checksumValid(icmp, 0) || binary.BigEndian.Uint16(icmp[2:]) != checksum(fresh, 0) {
-		t.Errorf("ICMP checksum %#04x, a fresh computation gives %#04x", binary.BigEndian.Uint16(icmp[2:]), checksum(fresh, 0))
+	if !csum.Valid(icmp, 0) || binary.BigEndian.Uint16(icmp[2:]) != csum.Checksum(fresh, 0) {
+		t.Errorf("ICMP checksum %#04x, a fresh computation gives %#04x", binary.BigEndian.Uint16(icmp[2:]), csum.Checksum(fresh, 0))
 	}
 	if q := icmp[8:]; !bytes.Equal(q, orig[:ipv4HeaderLen+8]) {
 		t.Errorf("quote\n got  % x\n want % x (the original IPv4 header and 8 bytes)", q, orig[:ipv4HeaderLen+8])

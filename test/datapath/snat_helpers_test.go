@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/maps"
 )
 
@@ -207,7 +208,7 @@ func icmpMessage(typ, code uint8, rest uint32, body []byte) []byte {
 	b[0], b[1] = typ, code
 	binary.BigEndian.PutUint32(b[4:], rest)
 	b = append(b, body...)
-	binary.BigEndian.PutUint16(b[2:], checksum(b, 0))
+	binary.BigEndian.PutUint16(b[2:], csum.Checksum(b, 0))
 	return b
 }
 
@@ -300,12 +301,12 @@ func expectSNATChecksums(t *testing.T, frame []byte) {
 		expectChecksums(t, frame)
 		return
 	}
-	if !checksumValid(hdr, 0) || binary.BigEndian.Uint16(hdr[10:]) != ipv4HeaderChecksum(hdr) {
+	if !csum.Valid(hdr, 0) || binary.BigEndian.Uint16(hdr[10:]) != ipv4HeaderChecksum(hdr) {
 		t.Errorf("IPv4 header checksum %#04x, a fresh computation gives %#04x", binary.BigEndian.Uint16(hdr[10:]), ipv4HeaderChecksum(hdr))
 	}
 	icmp := l4Of(frame)
-	got, fresh := binary.BigEndian.Uint16(icmp[2:]), checksum(withFieldZeroed(icmp, 2), 0)
-	if !checksumValid(icmp, 0) || got != fresh {
+	got, fresh := binary.BigEndian.Uint16(icmp[2:]), csum.Checksum(withFieldZeroed(icmp, 2), 0)
+	if !csum.Valid(icmp, 0) || got != fresh {
 		t.Errorf("ICMP checksum %#04x, a fresh computation gives %#04x", got, fresh)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+
+	"github.com/podpath/podpath/internal/csum"
 )
 
 // icmpErrorCase is an ICMP error about a pod's masqueraded flow: the pod
@@ -78,7 +80,7 @@ func TestSNATICMPError(t *testing.T) {
 			expectBytes(t, "packet", r.out, delivered(podA, wantErr.ip()))
 			expectSNATChecksums(t, r.out)
 			quote := l4Of(r.out)[8:]
-			if qh := quote[:ipv4HeaderLen]; !checksumValid(qh, 0) || binary.BigEndian.Uint16(qh[10:]) != ipv4HeaderChecksum(qh) {
+			if qh := quote[:ipv4HeaderLen]; !csum.Valid(qh, 0) || binary.BigEndian.Uint16(qh[10:]) != ipv4HeaderChecksum(qh) {
 				t.Errorf("quoted IPv4 header checksum %#04x, a fresh computation gives %#04x",
 					binary.BigEndian.Uint16(qh[10:]), ipv4HeaderChecksum(qh))
 			}

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
@@ -55,7 +56,7 @@ func synFrame(srcMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16)
 	s, d := src.As4(), dst.As4()
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum16(ip, 0)))
+	binary.BigEndian.PutUint16(ip[10:], csum.Checksum(ip, 0))
 	tcp := b[34:]
 	binary.BigEndian.PutUint16(tcp[0:], sport)
 	binary.BigEndian.PutUint16(tcp[2:], dport)
@@ -63,27 +64,8 @@ func synFrame(srcMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16)
 	tcp[12] = 5 << 4
 	tcp[13] = 0x02 // SYN
 	binary.BigEndian.PutUint16(tcp[14:], 64240)
-	pseudo := sum16(s[:], 0)
-	pseudo = sum16(d[:], pseudo) + 6 + 20
-	binary.BigEndian.PutUint16(tcp[16:], ^fold(sum16(tcp, pseudo)))
+	binary.BigEndian.PutUint16(tcp[16:], csum.Checksum(tcp, csum.Pseudo4(src, dst, 6, 20)))
 	return b
-}
-
-func sum16(b []byte, sum uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	return sum
-}
-
-func fold(sum uint32) uint16 {
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
 }
 
 // version is one desired state of the hammered service.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
@@ -176,7 +177,7 @@ func ping(dst netip.Addr, id uint16) error {
 	binary.BigEndian.PutUint16(msg[4:], id)
 	binary.BigEndian.PutUint16(msg[6:], 1)
 	copy(msg[8:], "podpath!")
-	binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+	binary.BigEndian.PutUint16(msg[2:], csum.Checksum(msg, 0))
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
 		return err
 	}
@@ -193,17 +194,6 @@ func ping(dst netip.Addr, id uint16) error {
 			return nil
 		}
 	}
-}
-
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }
 
 // A thousand concurrent flows from several pods to one destination port:
