@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/podpath/podpath/internal/csum"
+	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
 )
@@ -59,12 +60,7 @@ type benchPod struct {
 }
 
 func (p benchPod) info() maps.EndpointInfo {
-	var v maps.EndpointInfo
-	v.Ifindex = p.Ifindex
-	copy(v.Mac[:], p.MAC)
-	copy(v.NodeMac[:], p.NodeMAC)
-	v.NetnsCookie = p.Cookie
-	return v
+	return maps.NewEndpointInfo(p.Ifindex, p.MAC, p.NodeMAC, p.Cookie)
 }
 
 // progPath is one program path: a program, a packet, the verdict every run
@@ -243,14 +239,14 @@ func timePath(p progPath, calls, repeat int) (float64, error) {
 	return float64(total) / float64(calls), nil
 }
 
-// skbContext is the head of struct __sk_buff (linux/bpf.h) up to
-// ingress_ifindex, the fields BPF_PROG_RUN lets a caller set; the kernel
-// copies ingress_ifindex into the skb, as tc ingress on a veth sees it.
+// skbContext is the __sk_buff head a BPF_PROG_RUN caller may set
+// (progrun.SkbContext) as bytes: the kernel copies ingress_ifindex into the
+// skb, as tc ingress on a veth sees it.
 func skbContext(ingressIfindex uint32) []byte {
-	// len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci,
-	// vlan_proto, priority, ingress_ifindex, ifindex
-	b := make([]byte, 11*4)
-	binary.NativeEndian.PutUint32(b[9*4:], ingressIfindex)
+	b, err := binary.Append(nil, binary.NativeEndian, progrun.SkbContext{IngressIfindex: ingressIfindex})
+	if err != nil {
+		panic(err) // a struct of uint32s always encodes
+	}
 	return b
 }
 

@@ -129,12 +129,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return fmt.Errorf("add node route %s dev %s: %w", addr, hostName, err)
 	}
 
-	info := maps.EndpointInfo{
-		Ifindex:     uint32(hostLink.Attrs().Index),
-		NetnsCookie: ps.cookie,
-	}
-	copy(info.Mac[:], ps.podMAC)
-	copy(info.NodeMac[:], hostMAC)
+	info := maps.NewEndpointInfo(uint32(hostLink.Attrs().Index), ps.podMAC, hostMAC, ps.cookie)
 	if err := eps.Put(addr, info); err != nil {
 		return datapathError(err)
 	}

@@ -73,6 +73,16 @@ func (k EndpointKey) IP() netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// NewEndpointInfo is a pod's endpoints value: the ifindex of its host-side
+// veth, its own MAC, the MAC it sees as its gateway (the host-side veth's)
+// and the cookie of its network namespace.
+func NewEndpointInfo(ifindex uint32, podMAC, gatewayMAC net.HardwareAddr, netnsCookie uint64) EndpointInfo {
+	v := EndpointInfo{Ifindex: ifindex, NetnsCookie: netnsCookie}
+	copy(v.Mac[:], podMAC)
+	copy(v.NodeMac[:], gatewayMAC)
+	return v
+}
+
 // PodMAC returns the pod's MAC address.
 func (v *EndpointInfo) PodMAC() net.HardwareAddr { return net.HardwareAddr(v.Mac[:]) }
 

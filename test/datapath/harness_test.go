@@ -66,12 +66,7 @@ var (
 )
 
 func (p pod) info() maps.EndpointInfo {
-	var v maps.EndpointInfo
-	v.Ifindex = p.Ifindex
-	copy(v.Mac[:], p.MAC)
-	copy(v.NodeMac[:], p.NodeMAC)
-	v.NetnsCookie = p.Cookie
-	return v
+	return maps.NewEndpointInfo(p.Ifindex, p.MAC, p.NodeMAC, p.Cookie)
 }
 
 // datapath is one node's programs sharing fresh, unpinned maps.
