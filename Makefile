@@ -36,7 +36,7 @@ test: deps vet build
 
 # Only the tests inside Debian's LTS kernels under qemu (kernels fetched and
 # cached by test/vm/runner); regenerates docs/kernels.md.
-vmtest: deps
+vmtest:
 	bash scripts/vmtest.sh
 
 # A throwaway node with three pods in network namespaces on this machine.

@@ -126,16 +126,9 @@ main() {
 	cd "$(dirname "$0")/.."
 	export PATH="$PATH:/usr/local/go/bin"
 
-	local need=() p
-	for p in qemu-system-x86 busybox-static xz-utils; do
-		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-	done
-	if ((${#need[@]})); then
-		echo "installing: ${need[*]}"
-		export DEBIAN_FRONTEND=noninteractive
-		apt-get update -qq
-		apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-	fi
+	# The guests run the host's binaries (qemu aside, containerd, runc,
+	# cnitool, busybox for modprobe...): the same packages as make test.
+	bash scripts/install-deps.sh
 
 	local kernels=("$@")
 	((${#kernels[@]})) || read -ra kernels <<<"${PODPATH_VM_KERNELS:-6.1 5.10}"
