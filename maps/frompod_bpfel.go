@@ -179,6 +179,8 @@ const (
 	fromPodReasonREASON_FORWARD_FIB         fromPodReason = 5
 	fromPodReasonREASON_PASS_TRANSLATED     fromPodReason = 6
 	fromPodReasonREASON_SNAT                fromPodReason = 7
+	fromPodReasonREASON_SVC_REPLY           fromPodReason = 8
+	fromPodReasonREASON_PASS                fromPodReason = 9
 	fromPodReasonREASON_DROP_TRUNCATED      fromPodReason = 64
 	fromPodReasonREASON_DROP_BAD_IP_HEADER  fromPodReason = 65
 	fromPodReasonREASON_DROP_SPOOFED_IP     fromPodReason = 66

@@ -30,6 +30,7 @@ const VarMaglevTableSize = "maglev_table_size"
 // Program names, as the entry functions in bpf/*.c.
 const (
 	ProgFromPod    = "from_pod"
+	ProgToPod      = "to_pod"
 	ProgFromNetdev = "from_netdev"
 	ProgToNetdev   = "to_netdev"
 	ProgXDPNetdev  = "xdp_netdev"

@@ -193,8 +193,13 @@ func Specs() (map[string]*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load to_netdev object: %w", err)
 	}
+	toPod, err := loadToPod()
+	if err != nil {
+		return nil, fmt.Errorf("load to_pod object: %w", err)
+	}
 	return map[string]*ebpf.CollectionSpec{
 		ProgFromPod:    fromPod,
+		ProgToPod:      toPod,
 		ProgFromNetdev: fromNetdev,
 		ProgToNetdev:   toNetdev,
 		ProgXDPNetdev:  xdp,
@@ -263,6 +268,8 @@ const (
 	ReasonDropNATFailed  = fromPodReasonREASON_DROP_NAT_FAILED
 	ReasonDropFIBFailed  = fromPodReasonREASON_DROP_FIB_FAILED
 	ReasonSNAT           = fromPodReasonREASON_SNAT
+	ReasonSvcReply       = fromPodReasonREASON_SVC_REPLY
+	ReasonPass           = fromPodReasonREASON_PASS
 	ReasonDropNATNoPort  = fromPodReasonREASON_DROP_NAT_NO_PORT
 	ReasonDropNATMapFull = fromPodReasonREASON_DROP_NAT_MAP_FULL
 )

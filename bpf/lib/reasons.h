@@ -15,6 +15,9 @@ enum reason {
 	REASON_FORWARD_FIB = 5,		/* routed out by FIB lookup and redirect */
 	REASON_PASS_TRANSLATED = 6,	/* service DNAT done at XDP; tc delivers */
 	REASON_SNAT = 7,		/* left the node masqueraded */
+	REASON_SVC_REPLY = 8,		/* a service flow's reply the stack routed
+					 * into a pod: source restored to the frontend */
+	REASON_PASS = 9,		/* let through as it came (to_pod) */
 
 	REASON_DROP_TRUNCATED = 64,	/* shorter than the headers it claims */
 	REASON_DROP_BAD_IP_HEADER = 65,	/* IHL below 5 or not IPv4 */

@@ -1,5 +1,6 @@
 /* Service translation of a packet, shared by the programs that see service
- * traffic: from_pod (pods and their replies) and from_netdev (the network). */
+ * traffic: from_pod (pods and their replies), from_netdev (the network) and
+ * to_pod (replies the node's stack routes into pods). */
 #pragma once
 
 #include "maps.h"
@@ -92,7 +93,8 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 /* service_translate sends a packet to a service frontend (of the given
  * scope) to one of its backends (svc_backend4); a reply of a translated
  * flow gets its frontend back. A destination that is a local pod
- * (to_pod) is no frontend: only the reply lookup is done for it. */
+ * (to_pod) is no frontend: only the reply lookup is done for it, and the
+ * scope is not used (the to_pod program sees nothing else). */
 static __always_inline int service_translate(struct __sk_buff *skb, struct flow4 *f,
 					     __u8 scope, int to_pod, enum reason *reason)
 {
