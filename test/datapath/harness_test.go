@@ -1,7 +1,7 @@
 // Package datapath_test runs the real entry programs (bpf/from_pod.c,
-// bpf/xdp_netdev.c) with BPF_PROG_RUN on hand-built packets and checks the
-// verdict, every byte of the packet that comes out and the counters. Needs
-// root (CAP_BPF, CAP_NET_ADMIN).
+// bpf/to_pod.c, bpf/xdp_netdev.c, ...) with BPF_PROG_RUN on hand-built
+// packets and checks the verdict, every byte of the packet that comes out
+// and the counters. Needs root (CAP_BPF, CAP_NET_ADMIN).
 package datapath_test
 
 import (
@@ -72,6 +72,7 @@ func (p pod) info() maps.EndpointInfo {
 // datapath is one node's programs sharing fresh, unpinned maps.
 type datapath struct {
 	fromPod   *ebpf.Program
+	toPod     *ebpf.Program
 	xdpNetdev *ebpf.Program
 	endpoints *maps.Endpoints
 	counters  *ebpf.Map
@@ -97,23 +98,10 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 	}
 	t.Cleanup(fromPod.Close)
 
-	// xdp_netdev shares the maps, as the pins make it share them on a node.
-	xdpSpec := specs[maps.ProgXDPNetdev]
-	shared := map[string]*ebpf.Map{}
-	for _, name := range maps.AllMaps {
-		if _, ok := xdpSpec.Maps[name]; ok {
-			shared[name] = fromPod.Maps[name]
-		}
-	}
-	xdp, err := ebpf.NewCollectionWithOptions(xdpSpec, ebpf.CollectionOptions{MapReplacements: shared})
-	if err != nil {
-		t.Fatalf("load %s: %v", maps.ProgXDPNetdev, err)
-	}
-	t.Cleanup(xdp.Close)
-
 	d := &datapath{
 		fromPod:   fromPod.Programs[maps.ProgFromPod],
-		xdpNetdev: xdp.Programs[maps.ProgXDPNetdev],
+		toPod:     loadSharing(t, specs, maps.ProgToPod, fromPod),
+		xdpNetdev: loadSharing(t, specs, maps.ProgXDPNetdev, fromPod),
 		endpoints: maps.NewEndpoints(fromPod.Maps[maps.MapEndpoints]),
 		counters:  fromPod.Maps[maps.MapCounters],
 	}
@@ -123,6 +111,26 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 		}
 	}
 	return d
+}
+
+// loadSharing loads the object of program name with the maps of with, as
+// the pins make a node's programs share them, and returns the program.
+// The specs' map sizes must be with's.
+func loadSharing(t *testing.T, specs map[string]*ebpf.CollectionSpec, name string, with *ebpf.Collection) *ebpf.Program {
+	t.Helper()
+	spec := specs[name]
+	shared := map[string]*ebpf.Map{}
+	for _, m := range maps.AllMaps {
+		if _, ok := spec.Maps[m]; ok {
+			shared[m] = with.Maps[m]
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: shared})
+	if err != nil {
+		t.Fatalf("load %s: %v", name, err)
+	}
+	t.Cleanup(coll.Close)
+	return coll.Programs[name]
 }
 
 // skbContext is the __sk_buff head a test may set (internal/progrun).
@@ -167,6 +175,14 @@ func (d *datapath) runFromPod(t *testing.T, ingressIfindex uint32, frame []byte)
 		t.Fatalf("run from_pod: %v", err)
 	}
 	return ret, opts.DataOut
+}
+
+// runToPod runs to_pod as tc egress of a pod's veth, on a packet the node's
+// stack routed there. to_pod reads no device from the context, so this
+// runs where BPF_PROG_RUN refuses ingress_ifindex too.
+func (d *datapath) runToPod(t *testing.T, frame []byte) run {
+	t.Helper()
+	return runTC(t, d.toPod, maps.ProgToPod, skbContext{}, frame)
 }
 
 // runXDP runs xdp_netdev on frame and returns its verdict and the frame as

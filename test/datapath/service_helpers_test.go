@@ -126,7 +126,8 @@ func clusterIP(proto uint8, slots ...uint32) service {
 	}
 }
 
-// svcDatapath is from_pod with every service map at hand.
+// svcDatapath is from_pod, and to_pod sharing its maps, with every service
+// map at hand.
 type svcDatapath struct {
 	*datapath
 	services, slots, backends *ebpf.Map
@@ -149,8 +150,8 @@ var testMapSizes = map[string]uint32{
 
 // newServiceDatapath loads from_pod with fresh, unpinned maps and the Maglev
 // table size set as the loader sets it: the program's maglev_table_size and
-// the inner maps' size agree. It registers pods A, B and C and every backend
-// in allBackends, then the services.
+// the inner maps' size agree; to_pod shares the maps. It registers pods A, B
+// and C and every backend in allBackends, then the services.
 func newServiceDatapath(t *testing.T, svcs ...service) *svcDatapath {
 	t.Helper()
 	checkSkbContextLayout(t)
@@ -158,18 +159,22 @@ func newServiceDatapath(t *testing.T, svcs ...service) *svcDatapath {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := specs[maps.ProgFromPod]
-	for name, ms := range spec.Maps {
-		ms.Pinning = ebpf.PinNone
-		if size, ok := testMapSizes[name]; ok {
-			ms.MaxEntries = size
+	// Both specs get the same sizes: a replacement map must match its spec.
+	for _, prog := range []string{maps.ProgFromPod, maps.ProgToPod} {
+		spec := specs[prog]
+		for name, ms := range spec.Maps {
+			ms.Pinning = ebpf.PinNone
+			if size, ok := testMapSizes[name]; ok {
+				ms.MaxEntries = size
+			}
+		}
+		spec.Maps[maps.MapMaglev].InnerMap.MaxEntries = testMaglevSize
+		if err := spec.Variables[maps.VarMaglevTableSize].Set(uint32(testMaglevSize)); err != nil {
+			t.Fatal(err)
 		}
 	}
+	spec := specs[maps.ProgFromPod]
 	inner := spec.Maps[maps.MapMaglev].InnerMap
-	inner.MaxEntries = testMaglevSize
-	if err := spec.Variables[maps.VarMaglevTableSize].Set(uint32(testMaglevSize)); err != nil {
-		t.Fatal(err)
-	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		t.Fatalf("load %s (needs root): %v", maps.ProgFromPod, err)
@@ -179,6 +184,7 @@ func newServiceDatapath(t *testing.T, svcs ...service) *svcDatapath {
 	d := &svcDatapath{
 		datapath: &datapath{
 			fromPod:   coll.Programs[maps.ProgFromPod],
+			toPod:     loadSharing(t, specs, maps.ProgToPod, coll),
 			endpoints: maps.NewEndpoints(coll.Maps[maps.MapEndpoints]),
 			counters:  coll.Maps[maps.MapCounters],
 		},
