@@ -287,6 +287,9 @@ func Init(c Config) error {
 	if err := replaceAttached(c.PinRoot, progs); err != nil {
 		return err
 	}
+	if err := attachToPod(c, progs[maps.ProgToPod]); err != nil {
+		return err
+	}
 	var prevUplinks []string
 	if prevErr == nil {
 		prevUplinks = prev.Uplinks

@@ -140,9 +140,11 @@ func testReplaceInPlace(t *testing.T, mode string) {
 	if after == before {
 		t.Fatalf("init did not load a new program (id %d)", after)
 	}
-	atts = n.attachments(t)
-	if len(atts) != 1 || atts[0].ProgramID != after {
-		t.Fatalf("after re-init attachments = %+v, want program %d on lt0", atts, after)
+	// lt0 is an endpoint's veth now, so init attached to_pod there too
+	// (TestInitAttachesToPod).
+	byProg := n.attachmentsByProgram(t)
+	if len(byProg) != 2 || byProg[maps.ProgFromPod].ProgramID != after || byProg[maps.ProgToPod].Ifname != "lt0" {
+		t.Fatalf("after re-init attachments = %+v, want program %d and to_pod on lt0", byProg, after)
 	}
 	reopened, err := maps.OpenEndpoints(n.cfg.PinRoot)
 	if err != nil {
@@ -154,11 +156,107 @@ func testReplaceInPlace(t *testing.T, mode string) {
 	}
 
 	n.do(t, func() error { return loader.DetachTC(n.cfg.PinRoot, maps.ProgFromPod, "lt0", loader.Ingress) })
+	n.do(t, func() error { return loader.DetachTC(n.cfg.PinRoot, maps.ProgToPod, "lt0", loader.Egress) })
 	if atts := n.attachments(t); len(atts) != 0 {
 		t.Fatalf("after detach: %+v", atts)
 	}
 	// Detaching what is not attached is fine: DEL is retried too.
 	n.do(t, func() error { return loader.DetachTC(n.cfg.PinRoot, maps.ProgFromPod, "lt0", loader.Ingress) })
+}
+
+// attachmentsByProgram is the node's attachments by program name; a
+// program attached twice fails the test.
+func (n *testNode) attachmentsByProgram(t *testing.T) map[string]loader.Attachment {
+	t.Helper()
+	out := map[string]loader.Attachment{}
+	for _, a := range n.attachments(t) {
+		if _, dup := out[a.Program]; dup {
+			t.Fatalf("%s attached twice: %+v", a.Program, n.attachments(t))
+		}
+		out[a.Program] = a
+	}
+	return out
+}
+
+// Node init is the upgrade path: a pod connected by a build without
+// to_pod has only from_pod on its veth, and init attaches to_pod at the
+// veth's tc egress, found through the endpoints map, with the node's
+// mechanism. Entries whose device is gone or is no veth are skipped. The
+// next init replaces to_pod in place rather than attaching it again, and
+// reset detaches it.
+func testInitAttachesToPod(t *testing.T, mode string) {
+	n := newTestNode(t)
+	n.cfg.TCAttach = mode
+	n.do(t, func() error { return loader.Init(n.cfg) })
+	n.attachFromPod(t)
+	eps, err := maps.OpenEndpoints(n.cfg.PinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eps.Close()
+	for ip, ifindex := range map[string]uint32{
+		"10.99.0.7": uint32(n.index), // the pod on lt0
+		"10.99.0.8": 1,               // lo: no veth
+		"10.99.0.9": 4000,            // no such device
+	} {
+		if err := eps.Put(netip.MustParseAddr(ip), maps.EndpointInfo{Ifindex: ifindex}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if byProg := n.attachmentsByProgram(t); len(byProg) != 1 {
+		t.Fatalf("before the upgrade: %+v, want from_pod only", byProg)
+	}
+
+	n.do(t, func() error { return loader.Init(n.cfg) })
+
+	byProg := n.attachmentsByProgram(t)
+	toPod, ok := byProg[maps.ProgToPod]
+	if len(byProg) != 2 || !ok || toPod.Ifindex != n.index || toPod.Direction != loader.Egress || toPod.Mode != mode {
+		t.Fatalf("after init: %+v, want from_pod and to_pod (%s egress) on lt0 only", byProg, mode)
+	}
+	if id := programID(t, n.cfg.PinRoot, maps.ProgToPod); toPod.ProgramID != id {
+		t.Fatalf("to_pod attached is program %d, pinned %d", toPod.ProgramID, id)
+	}
+
+	n.do(t, func() error { return loader.Init(n.cfg) })
+
+	byProg = n.attachmentsByProgram(t)
+	again := byProg[maps.ProgToPod]
+	if len(byProg) != 2 || again.ProgramID == toPod.ProgramID || again.ProgramID != programID(t, n.cfg.PinRoot, maps.ProgToPod) {
+		t.Fatalf("second init: %+v, want to_pod replaced in place (was program %d)", byProg, toPod.ProgramID)
+	}
+
+	n.do(t, func() error { return loader.Reset(n.cfg.PinRoot, n.cfg.StateDir) })
+	if atts := n.attachments(t); len(atts) != 0 {
+		t.Fatalf("after reset: %+v", atts)
+	}
+	n.do(t, func() error {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			filters, err := netlink.FilterList(n.veth, parent)
+			if err != nil {
+				return err
+			}
+			if len(filters) != 0 {
+				t.Errorf("filters left on lt0 after reset (parent %#x): %+v", parent, filters)
+			}
+		}
+		return nil
+	})
+}
+
+func TestInitAttachesToPodTCX(t *testing.T) {
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.TCX {
+		t.Skipf("kernel %s has no tcx; the loader uses legacy tc here (TestInitAttachesToPodLegacyTC)", f.Kernel)
+	}
+	testInitAttachesToPod(t, loader.ModeTCX)
+}
+
+func TestInitAttachesToPodLegacyTC(t *testing.T) {
+	testInitAttachesToPod(t, loader.ModeLegacyTC)
 }
 
 func TestReplaceInPlaceTCX(t *testing.T) {

@@ -20,7 +20,7 @@ func TestVerifierBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"from_netdev", "from_pod", "sock_connect4", "sock_getpeername4",
-		"sock_recvmsg4", "sock_sendmsg4", "to_netdev", "xdp_netdev"}
+		"sock_recvmsg4", "sock_sendmsg4", "to_netdev", "to_pod", "xdp_netdev"}
 	if len(stats) != len(want) {
 		t.Errorf("verified %d programs, want %d (%v)", len(stats), len(want), want)
 	}
