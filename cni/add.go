@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -39,7 +40,8 @@ type podSide struct {
 
 // Add connects a pod: a veth pair whose pod end carries a /32 from the pool
 // and routes everything to a link-local gateway that is the host end, the
-// pod registered in the endpoints map, and from_pod attached to the host end.
+// pod registered in the endpoints map, and from_pod (tc ingress) and to_pod
+// (tc egress) attached to the host end.
 func Add(args *skel.CmdArgs) (err error) {
 	conf, err := ParseConfig(args.StdinData, true)
 	if err != nil {
@@ -69,11 +71,13 @@ func Add(args *skel.CmdArgs) (err error) {
 		return datapathError(err)
 	}
 	defer eps.Close()
-	prog, err := loader.LoadPinnedProgram(conf.PinRoot, maps.ProgFromPod)
-	if err != nil {
-		return datapathError(err)
+	progs := make([]*ebpf.Program, len(podPrograms))
+	for i, p := range podPrograms {
+		if progs[i], err = loader.LoadPinnedProgram(conf.PinRoot, p.name); err != nil {
+			return datapathError(err)
+		}
+		defer progs[i].Close()
 	}
-	defer prog.Close()
 
 	var undo undoStack
 	defer func() {
@@ -139,9 +143,12 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	})
 
-	mode, err := loader.AttachTC(conf.PinRoot, conf.TCAttach, maps.ProgFromPod, prog, hostLink.Attrs().Index, loader.Ingress)
-	if err != nil {
-		return err
+	// A failed ADD detaches them again with removeHostSide (undo above).
+	var mode string
+	for i, p := range podPrograms {
+		if mode, err = loader.AttachTC(conf.PinRoot, conf.TCAttach, p.name, progs[i], hostLink.Attrs().Index, p.dir); err != nil {
+			return err
+		}
 	}
 
 	if err := addHostPorts(conf, hostName, addr); err != nil {

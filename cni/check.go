@@ -111,12 +111,18 @@ func checkAttachment(conf *Config, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	attached := map[string]bool{}
 	for _, a := range atts {
-		if a.Program == maps.ProgFromPod && a.Ifindex == hostLink.Attrs().Index && a.Direction == loader.Ingress {
-			return nil
+		if isPodProgram(a) && a.Ifindex == hostLink.Attrs().Index {
+			attached[a.Program] = true
 		}
 	}
-	return checkFailed("%s is not attached to host veth %s", maps.ProgFromPod, hostName)
+	for _, p := range podPrograms {
+		if !attached[p.name] {
+			return checkFailed("%s is not attached to host veth %s (tc %s)", p.name, hostName, p.dir)
+		}
+	}
+	return nil
 }
 
 func checkPrevResult(conf *Config, args *skel.CmdArgs, addr netip.Addr) error {

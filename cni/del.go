@@ -104,11 +104,23 @@ func deleteEndpointsOf(eps *maps.Endpoints, ifindex int) error {
 	return errors.Join(errs...)
 }
 
-// removeHostSide detaches from_pod from a host veth, unpins its link and
-// deletes the veth, which deletes its pod end and its node route too.
+// podPrograms are the programs ADD attaches to a pod's host veth, and where.
+var podPrograms = []struct {
+	name string
+	dir  loader.Direction
+}{
+	{maps.ProgFromPod, loader.Ingress},
+	{maps.ProgToPod, loader.Egress},
+}
+
+// removeHostSide detaches from_pod and to_pod from a host veth, unpins
+// their links and deletes the veth, which deletes its pod end and its node
+// route too.
 func removeHostSide(pinRoot, hostName string) error {
-	if err := loader.DetachTC(pinRoot, maps.ProgFromPod, hostName, loader.Ingress); err != nil {
-		return err
+	for _, p := range podPrograms {
+		if err := loader.DetachTC(pinRoot, p.name, hostName, p.dir); err != nil {
+			return err
+		}
 	}
 	l, err := netlink.LinkByName(hostName)
 	var notFound netlink.LinkNotFoundError

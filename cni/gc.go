@@ -107,10 +107,21 @@ func GC(args *skel.CmdArgs) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, a := range atts {
-		if a.Program == maps.ProgFromPod && a.Ifindex == 0 && strings.HasPrefix(a.Ifname, hostVethPrefix) {
-			errs = append(errs, loader.DetachTC(conf.PinRoot, a.Program, a.Ifname, loader.Ingress))
-			slog.Info("gc: removed link pin of a deleted device", "veth", a.Ifname)
+		if isPodProgram(a) && a.Ifindex == 0 && strings.HasPrefix(a.Ifname, hostVethPrefix) {
+			errs = append(errs, loader.DetachTC(conf.PinRoot, a.Program, a.Ifname, a.Direction))
+			slog.Info("gc: removed link pin of a deleted device", "veth", a.Ifname, "program", a.Program)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isPodProgram tells whether a is one of the programs ADD attaches to a
+// pod's host veth, at its hook.
+func isPodProgram(a loader.Attachment) bool {
+	for _, p := range podPrograms {
+		if a.Program == p.name && a.Direction == p.dir {
+			return true
+		}
+	}
+	return false
 }

@@ -12,7 +12,9 @@ import (
 
 // Status reports whether the plugin can serve ADD: it fails with code 50
 // (plugin not available) when the node's datapath is not loaded, that is
-// when a pinned map or from_pod is missing, or when the pod CIDR is unknown.
+// when a pinned map, from_pod or to_pod is missing (a node initialised by
+// a build without to_pod needs `podpath node init` again), or when the pod
+// CIDR is unknown.
 // An exhausted address pool is not a failure: the node still serves its
 // existing pods and frees addresses as they go, and marking the whole node's
 // network not ready would be worse than failing the next ADD with a clear
@@ -32,11 +34,13 @@ func Status(args *skel.CmdArgs) error {
 		}
 		m.Close()
 	}
-	prog, err := loader.LoadPinnedProgram(conf.PinRoot, maps.ProgFromPod)
-	if err != nil {
-		return notAvailable(err)
+	for _, p := range podPrograms {
+		prog, err := loader.LoadPinnedProgram(conf.PinRoot, p.name)
+		if err != nil {
+			return notAvailable(err)
+		}
+		prog.Close()
 	}
-	prog.Close()
 	if !conf.PodCIDR.IsValid() {
 		return newError(types.ErrPluginNotAvailable, "no podCIDR in the network configuration and none recorded in %s (run `podpath node init`)", conf.StateDir)
 	}

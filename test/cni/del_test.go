@@ -32,8 +32,9 @@ func nodeRoutes(t *testing.T, n *sim.Node) []netlink.Route {
 }
 
 // DEL removes the host veth (and with it the pod end and the node route),
-// the endpoint entry, the address file and the attachment of from_pod; a second DEL, and
-// one without a netns as containerd sends at sandbox removal, succeed.
+// the endpoint entry, the address file and the attachments of from_pod and
+// to_pod; a second DEL, and one without a netns as containerd sends at
+// sandbox removal, succeed.
 func TestDelRemovesEverything(t *testing.T) {
 	n := newNode(t, "del", "10.77.5.0/24")
 	p := addPod(t, n, "a")
@@ -43,7 +44,7 @@ func TestDelRemovesEverything(t *testing.T) {
 	if _, err := os.Stat(addrFile); err != nil {
 		t.Fatalf("address file after ADD: %v", err)
 	}
-	if got := attachedVeths(t, n); !slices.Equal(got, []string{"from_pod@ingress@" + hostName}) {
+	if got := attachedVeths(t, n); !slices.Equal(got, []string{"from_pod@ingress@" + hostName, "to_pod@egress@" + hostName}) {
 		t.Fatalf("attachments after ADD: %v", got)
 	}
 	if len(nodeRoutes(t, n)) != 1 {

@@ -27,8 +27,8 @@ func assertNoPartialState(t *testing.T, n *sim.Node, pod ns.NetNS, wantAddrs int
 	if v := hostVeths(t, n); len(v) != wantAddrs {
 		t.Errorf("host veths: %v, want %d", v, wantAddrs)
 	}
-	if p := attachedVeths(t, n); len(p) != wantAddrs {
-		t.Errorf("attachments: %v, want %d", p, wantAddrs)
+	if p := attachedVeths(t, n); len(p) != 2*wantAddrs {
+		t.Errorf("attachments: %v, want %d (from_pod and to_pod per pod)", p, 2*wantAddrs)
 	}
 	if pod == nil {
 		return

@@ -8,6 +8,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
 )
 
 // GC releases every attachment not in cni.dev/valid-attachments (address,
@@ -55,7 +58,7 @@ func TestGCKeepsOnlyValidAttachments(t *testing.T) {
 	}
 	var wantAtts []string
 	for _, v := range wantVeths {
-		wantAtts = append(wantAtts, "from_pod@ingress@"+v)
+		wantAtts = append(wantAtts, "from_pod@ingress@"+v, "to_pod@egress@"+v)
 	}
 	slices.Sort(wantAtts)
 	if got := attachedVeths(t, n); !slices.Equal(got, wantAtts) {
@@ -79,5 +82,60 @@ func TestGCKeepsOnlyValidAttachments(t *testing.T) {
 	}
 	if got := allocations(t, n); !slices.Equal(got, []string{a.IP.String()}) {
 		t.Errorf("addresses after GC keeping a: %v", got)
+	}
+}
+
+// A pod's host veth deleted behind the plugin's back leaves, with tcx, the
+// pinned links of from_pod and to_pod behind, attached to nothing; GC
+// removes both even while the attachment is still valid (its DEL will
+// find nothing left to do).
+func TestGCRemovesLinkPinsOfDeletedVeths(t *testing.T) {
+	n := newNode(t, "gcpins", "10.77.16.0/24")
+	a := addPod(t, n, "a")
+	hostName := cni.HostVethName(a.ContainerID, sim.IfName)
+	if err := n.Do(func() error {
+		l, err := netlink.LinkByName(hostName)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	if err := n.Do(func() error {
+		atts, err := loader.Attachments(n.PinRoot)
+		for _, at := range atts {
+			left = append(left, at.Program+"@"+string(at.Direction))
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// With tcx the links outlive their device; cls_bpf filters go with it.
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{loader.ModeTCX: 2, loader.ModeLegacyTC: 0}[f.TCMechanism()]; len(left) != want {
+		t.Fatalf("attachments with the veth gone: %v, want %d", left, want)
+	}
+
+	valid := []types.GCAttachment{{ContainerID: a.ContainerID, IfName: sim.IfName}}
+	if _, cerr := (pluginCall{
+		Command: "GC",
+		Stdin:   pluginConf(t, n, map[string]any{"cni.dev/valid-attachments": valid}),
+	}).run(t, n); cerr != nil {
+		t.Fatalf("GC: %v", cerr)
+	}
+	if got := attachedVeths(t, n); len(got) != 0 {
+		t.Errorf("attachments after GC: %v, want none", got)
+	}
+	entries, err := os.ReadDir(maps.LinkDir(n.PinRoot))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("link pin %s left after GC", e.Name())
 	}
 }

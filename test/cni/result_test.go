@@ -188,6 +188,13 @@ func TestCheckDetectsTampering(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "from_pod is not attached"},
+		{"to_pod", func(t *testing.T, p *sim.Pod) {
+			if err := n.Do(func() error {
+				return loader.DetachTC(n.PinRoot, maps.ProgToPod, cni.HostVethName(p.ContainerID, sim.IfName), loader.Egress)
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}, "to_pod is not attached"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,12 +2,16 @@ package cni_test
 
 import (
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/maps"
 	"github.com/vishvananda/netlink"
 )
 
@@ -58,4 +62,54 @@ func TestAddFailureAtEndpointLeavesNothing(t *testing.T) {
 	if r := nodeRoutes(t, n); len(r) != max {
 		t.Errorf("%d node routes, want %d", len(r), max)
 	}
+}
+
+// An ADD that fails attaching to_pod, the last program it attaches, has
+// by then registered the endpoint and attached from_pod: all of it is
+// undone. The failure is forced by pinning an XDP program as to_pod.
+func TestAddFailureAtToPodLeavesNothing(t *testing.T) {
+	n := newNode(t, "topodfail", "10.77.17.0/24")
+	addPod(t, n, "ok")
+	toPod := maps.ProgPath(n.PinRoot, maps.ProgToPod)
+	saved := toPod + "_saved"
+	if err := os.Rename(toPod, saved); err != nil {
+		t.Fatal(err)
+	}
+	// A second pin of xdp_netdev: a program opened by id has no pin of its
+	// own, so Pin adds one rather than moving the existing one.
+	pinned, err := ebpf.LoadPinnedProgram(maps.ProgPath(n.PinRoot, maps.ProgXDPNetdev), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := pinned.Info()
+	pinned.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	xdp, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xdp.Close()
+	if err := xdp.Pin(toPod); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = n.AddPod(testContext(t), "fails")
+	if err == nil {
+		t.Fatal("ADD with an XDP program as to_pod succeeded")
+	}
+	t.Logf("ADD: %v", err)
+	if !strings.Contains(err.Error(), "attach to_pod") {
+		t.Errorf("ADD error %q does not say it was attaching to_pod", err)
+	}
+	assertNoPartialState(t, n, nil, 1)
+
+	// The node's own program back, ADD works again.
+	if err := os.Rename(saved, toPod); err != nil {
+		t.Fatal(err)
+	}
+	addPod(t, n, "works")
+	assertNoPartialState(t, n, nil, 2)
 }
