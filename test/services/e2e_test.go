@@ -92,15 +92,23 @@ func addPod(t *testing.T, n *sim.Node, name string) *sim.Pod {
 // They stop when the test ends or when the returned func is called.
 func serve(t *testing.T, p *sim.Pod) (stop func()) {
 	t.Helper()
+	addr := net.JoinHostPort(p.IP.String(), "8080")
+	return serveIn(t, p.Do, p.Name, addr, addr)
+}
+
+// serveIn runs serve's servers as name, TCP on tcpAddr and UDP on udpAddr,
+// inside the namespace do runs in (Pod.Do, Node.Do).
+func serveIn(t *testing.T, do func(func() error) error, name, tcpAddr, udpAddr string) (stop func()) {
+	t.Helper()
 	var (
 		ln net.Listener
 		pc net.PacketConn
 	)
-	if err := p.Do(func() (err error) {
-		if ln, err = net.Listen("tcp4", net.JoinHostPort(p.IP.String(), "8080")); err != nil {
+	if err := do(func() (err error) {
+		if ln, err = net.Listen("tcp4", tcpAddr); err != nil {
 			return err
 		}
-		pc, err = net.ListenPacket("udp4", net.JoinHostPort(p.IP.String(), "8080"))
+		pc, err = net.ListenPacket("udp4", udpAddr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -116,7 +124,7 @@ func serve(t *testing.T, p *sim.Pod) (stop func()) {
 			go func() {
 				defer conns.Done()
 				defer c.Close()
-				fmt.Fprintf(c, "%s %s\n", p.Name, c.RemoteAddr().(*net.TCPAddr).IP)
+				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
 				io.Copy(c, c)
 			}()
 		}
@@ -128,7 +136,7 @@ func serve(t *testing.T, p *sim.Pod) (stop func()) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(writerTo{pc, from}, "%s %s %s", p.Name, from.(*net.UDPAddr).IP, buf[:n])
+			fmt.Fprintf(writerTo{pc, from}, "%s %s %s", name, from.(*net.UDPAddr).IP, buf[:n])
 		}
 	}()
 	var once sync.Once

@@ -104,15 +104,19 @@ func testReloadKeepsTraffic(t *testing.T, wantMode string) {
 		if err := node.Do(func() (err error) { atts, err = loader.Attachments(node.PinRoot); return err }); err != nil {
 			t.Fatal(err)
 		}
-		if len(atts) != 2 {
-			t.Fatalf("reload %d: %d attachments, want one per pod: %+v", i, len(atts), atts)
+		if len(atts) != 4 {
+			t.Fatalf("reload %d: %d attachments, want from_pod and to_pod per pod: %+v", i, len(atts), atts)
 		}
+		var fromPod uint32
 		for _, at := range atts {
 			if at.Mode != wantMode {
 				t.Fatalf("reload %d: %s attached with %s, want %s", i, at.Ifname, at.Mode, wantMode)
 			}
+			if at.Program == maps.ProgFromPod {
+				fromPod = at.ProgramID
+			}
 		}
-		ids = append(ids, atts[0].ProgramID)
+		ids = append(ids, fromPod)
 	}
 	time.Sleep(50 * time.Millisecond)
 	close(stop)
