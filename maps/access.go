@@ -191,3 +191,21 @@ func onBPFFS(path string) bool {
 		}
 	}
 }
+
+// CountEntries counts a map's keys, walking the keys only, which works for
+// every map type.
+func CountEntries(m *ebpf.Map) int {
+	n := 0
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	var prev any // nil asks for the first key
+	for m.NextKey(prev, &next) == nil {
+		n++
+		copy(key, next)
+		prev = key
+		if n > int(m.MaxEntries()) { // the map changed under us; stop
+			break
+		}
+	}
+	return n
+}

@@ -245,3 +245,32 @@ func (c *Conntrack) ReapExpired() (int, error) {
 	}
 	return len(expired), nil
 }
+
+// ReapAffinity deletes ClientIP affinity entries that no longer steer
+// anything: their service's timeout has passed since the client's last new
+// flow, or their frontend is gone. It returns the entries deleted.
+func (c *Conntrack) ReapAffinity() (int, error) {
+	now, err := monotonicNow()
+	if err != nil {
+		return 0, err
+	}
+	var timeouts map[uint32]uint64
+	err = c.m.locked(false, func() error {
+		st, err := c.m.load()
+		if err != nil {
+			return err
+		}
+		timeouts = make(map[uint32]uint64, len(st.Frontends))
+		for _, f := range st.Frontends {
+			timeouts[f.ID] = uint64(f.AffinityTimeout) * 1e9
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return deleteAffinity(c.m.dp.affinity, func(k *maps.AffinityKey, v *maps.AffinityValue) bool {
+		t, ok := timeouts[k.SvcId]
+		return !ok || v.LastUsed+t < now
+	})
+}

@@ -255,6 +255,14 @@ func (m *Manager) Apply(ctx context.Context, desired []Service) (Summary, error)
 	return m.update(ctx, false, func(cur []Service) ([]Service, error) { return withHostPorts(desired, cur), nil })
 }
 
+// Reconcile is Apply that rewrites every entry of the service maps and
+// deletes the ones nothing wants, whatever was recorded: it repairs maps
+// changed behind the manager's back (an entry deleted by hand). Flows of
+// frontends and backends that stay are kept.
+func (m *Manager) Reconcile(ctx context.Context, desired []Service) (Summary, error) {
+	return m.updateMode(ctx, false, true, func(cur []Service) ([]Service, error) { return withHostPorts(desired, cur), nil })
+}
+
 // Diff validates desired and says what Apply would change, changing nothing.
 func (m *Manager) Diff(desired []Service) (Summary, error) {
 	return m.update(context.Background(), true, func(cur []Service) ([]Service, error) { return withHostPorts(desired, cur), nil })
@@ -403,6 +411,12 @@ func summarize(old, next []Service) Summary {
 // update computes the next desired services from the current ones and
 // programs the difference.
 func (m *Manager) update(ctx context.Context, dryRun bool, next func([]Service) ([]Service, error)) (Summary, error) {
+	return m.updateMode(ctx, dryRun, false, next)
+}
+
+// updateMode is update; with resyncAll the maps are rewritten whole (and
+// entries nothing wants deleted), whatever the recorded state says.
+func (m *Manager) updateMode(ctx context.Context, dryRun, resyncAll bool, next func([]Service) ([]Service, error)) (Summary, error) {
 	var sum Summary
 	err := m.locked(!dryRun, func() error {
 		st, err := m.load()
@@ -427,7 +441,7 @@ func (m *Manager) update(ctx context.Context, dryRun bool, next func([]Service) 
 			return err
 		}
 		_, dirtyErr := os.Stat(m.dirtyPath())
-		resync := dirtyErr == nil || !stdmaps.Equal(ids, st.MapIDs)
+		resync := resyncAll || dirtyErr == nil || !stdmaps.Equal(ids, st.MapIDs)
 		var o *ops
 		if resync {
 			o = diff(newProgrammed(), prog)

@@ -92,13 +92,22 @@ type Service struct {
 	// every address of the node.
 	HostIP netip.Addr `json:"hostIP,omitzero"`
 	Ports  []Port     `json:"ports"`
+	// ExplicitNodePorts: node ports are as given and 0 means none, as when
+	// Kubernetes allocates them (a LoadBalancer with
+	// allocateLoadBalancerNodePorts false has none). Otherwise a NodePort
+	// or LoadBalancer port without one is given one from the range.
+	ExplicitNodePorts bool `json:"explicitNodePorts,omitempty"`
 	// SessionAffinity ClientIP sends a client's new flows to the backend
 	// its last flow went to, for AffinityTimeout seconds after that flow's
 	// last new connection (default DefaultAffinityTimeout).
 	SessionAffinity       SessionAffinity `json:"sessionAffinity,omitempty"`
 	AffinityTimeout       int32           `json:"affinityTimeoutSeconds,omitempty"`
 	ExternalTrafficPolicy TrafficPolicy   `json:"externalTrafficPolicy,omitempty"`
-	Algorithm             Algorithm       `json:"algorithm,omitempty"`
+	// InternalTrafficPolicy Local sends traffic from pods and the node to
+	// the cluster IP only to backends on this node (Kubernetes'
+	// spec.internalTrafficPolicy); Cluster, the default, to all.
+	InternalTrafficPolicy TrafficPolicy `json:"internalTrafficPolicy,omitempty"`
+	Algorithm             Algorithm     `json:"algorithm,omitempty"`
 	Backends              []Backend       `json:"backends,omitempty"`
 }
 
@@ -115,17 +124,30 @@ type Port struct {
 }
 
 // Backend is an endpoint of a service, as an EndpointSlice endpoint.
-// Only backends that are Ready and not Terminating receive new flows; the
-// others keep the flows they have.
+// Backends that are Ready and not Terminating receive new flows; when a
+// frontend has none of those, the Serving Terminating ones do (KEP-1669),
+// so a service whose pods are all shutting down keeps answering until the
+// last one stops serving. The others keep the flows they have.
 type Backend struct {
 	IP netip.Addr `json:"ip"`
 	// Ready is the endpoint's ready condition. In JSON and YAML an absent
 	// "ready" means true, as Kubernetes reads an unknown condition.
 	Ready       bool `json:"ready"`
 	Terminating bool `json:"terminating,omitempty"`
+	// Serving is the endpoint's serving condition: whether a terminating
+	// endpoint still answers.
+	Serving bool `json:"serving,omitempty"`
 	// Local marks a backend on this node: with externalTrafficPolicy Local
-	// only those get traffic arriving from the network.
+	// only those get traffic arriving from the network, with
+	// internalTrafficPolicy Local only those get the cluster IP's.
 	Local bool `json:"local,omitempty"`
+	// NodeName is the node the endpoint lives on, when known.
+	NodeName string `json:"nodeName,omitempty"`
+	// Ports, when set, is the backend's own port for each of the service's
+	// ports, in order, overriding TargetPort; 0 means the backend does not
+	// serve that port. Kubernetes resolves a named target port per
+	// EndpointSlice, so pods of one service may listen on different ports.
+	Ports []int32 `json:"ports,omitempty"`
 }
 
 // UnmarshalJSON reads a backend, defaulting ready to true, and accepts a
@@ -151,6 +173,28 @@ func (b *Backend) UnmarshalJSON(data []byte) error {
 
 // Active tells whether the backend takes new flows.
 func (b Backend) Active() bool { return b.Ready && !b.Terminating }
+
+// fallback tells whether the backend takes new flows when a frontend has
+// no active backend: it is terminating but still serving.
+func (b Backend) fallback() bool { return b.Terminating && b.Serving }
+
+// targetPort is the port the backend receives port i's traffic on; 0 when
+// it does not serve that port.
+func (b *Backend) targetPort(i int, p *Port) int32 {
+	if b.Ports == nil {
+		return p.TargetPort
+	}
+	if i < len(b.Ports) {
+		return b.Ports[i]
+	}
+	return 0
+}
+
+func (b *Backend) equal(o *Backend) bool {
+	return b.IP == o.IP && b.Ready == o.Ready && b.Terminating == o.Terminating &&
+		b.Serving == o.Serving && b.Local == o.Local && b.NodeName == o.NodeName &&
+		slices.Equal(b.Ports, o.Ports)
+}
 
 // Key names a service: "namespace/name".
 func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
@@ -186,6 +230,9 @@ func (s Service) normalize() Service {
 	if s.ExternalTrafficPolicy == "" {
 		s.ExternalTrafficPolicy = TrafficPolicyCluster
 	}
+	if s.InternalTrafficPolicy == "" {
+		s.InternalTrafficPolicy = TrafficPolicyCluster
+	}
 	if s.Algorithm == "" {
 		s.Algorithm = AlgorithmRandom
 	}
@@ -213,6 +260,9 @@ func (s Service) normalize() Service {
 		bs := make([]Backend, len(s.Backends))
 		for i, b := range s.Backends {
 			b.IP = b.IP.Unmap()
+			if len(b.Ports) == 0 {
+				b.Ports = nil
+			}
 			bs[i] = b
 		}
 		sortBackends(bs)
@@ -242,11 +292,13 @@ func (s *Service) equal(o *Service) bool {
 	if s.Namespace != o.Namespace || s.Name != o.Name || s.Type != o.Type ||
 		s.ClusterIP != o.ClusterIP || s.SessionAffinity != o.SessionAffinity ||
 		s.AffinityTimeout != o.AffinityTimeout || s.ExternalTrafficPolicy != o.ExternalTrafficPolicy ||
-		s.Algorithm != o.Algorithm {
+		s.InternalTrafficPolicy != o.InternalTrafficPolicy || s.Algorithm != o.Algorithm ||
+		s.ExplicitNodePorts != o.ExplicitNodePorts {
 		return false
 	}
 	return sliceEqual(s.ExternalIPs, o.ExternalIPs) && sliceEqual(s.LoadBalancerIPs, o.LoadBalancerIPs) &&
-		sliceEqual(s.Ports, o.Ports) && sliceEqual(s.Backends, o.Backends)
+		sliceEqual(s.Ports, o.Ports) &&
+		slices.EqualFunc(s.Backends, o.Backends, func(a, b Backend) bool { return a.equal(&b) })
 }
 
 func sliceEqual[T comparable](a, b []T) bool {

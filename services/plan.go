@@ -27,8 +27,8 @@ type frontendSpec struct {
 	key       feKey
 	port      *Port
 	portIndex int
-	// local: only backends on this node (externalTrafficPolicy Local,
-	// external scope).
+	// local: only backends on this node (externalTrafficPolicy Local for
+	// the external scope, internalTrafficPolicy Local for the cluster IP).
 	local bool
 }
 
@@ -37,33 +37,36 @@ type frontendSpec struct {
 // load-balancer IPs (both scopes).
 func frontendsOf(s *Service) []frontendSpec {
 	var out []frontendSpec
-	local := s.ExternalTrafficPolicy == TrafficPolicyLocal
+	extLocal := s.ExternalTrafficPolicy == TrafficPolicyLocal
 	for i := range s.Ports {
 		p := &s.Ports[i]
 		proto := protoNumber(p.Protocol)
-		add := func(addr netip.Addr, port int32, scope maps.SvcScope) {
+		add := func(addr netip.Addr, port int32, scope maps.SvcScope, local bool) {
 			out = append(out, frontendSpec{
 				key:       feKey{toIP16(addr), uint16(port), proto, scope},
 				port:      p,
 				portIndex: i,
-				local:     local && scope == maps.ScopeExternal,
+				local:     local,
 			})
 		}
+		// both adds the frontend in both scopes; externalTrafficPolicy
+		// Local narrows the external one to this node's backends.
+		both := func(addr netip.Addr, port int32) {
+			add(addr, port, maps.ScopeInternal, false)
+			add(addr, port, maps.ScopeExternal, extLocal)
+		}
 		if s.ClusterIP.IsValid() {
-			add(s.ClusterIP, p.Port, maps.ScopeInternal)
+			add(s.ClusterIP, p.Port, maps.ScopeInternal, s.InternalTrafficPolicy == TrafficPolicyLocal)
 		}
 		if s.Type == TypeHostPort {
-			add(s.hostAddr(), p.Port, maps.ScopeInternal)
-			add(s.hostAddr(), p.Port, maps.ScopeExternal)
+			both(s.hostAddr(), p.Port)
 		}
 		if (s.Type == TypeNodePort || s.Type == TypeLoadBalancer) && p.NodePort != 0 {
-			add(netip.IPv4Unspecified(), p.NodePort, maps.ScopeInternal)
-			add(netip.IPv4Unspecified(), p.NodePort, maps.ScopeExternal)
+			both(netip.IPv4Unspecified(), p.NodePort)
 		}
 		for _, ips := range [][]netip.Addr{s.ExternalIPs, s.LoadBalancerIPs} {
 			for _, a := range ips {
-				add(a, p.Port, maps.ScopeInternal)
-				add(a, p.Port, maps.ScopeExternal)
+				both(a, p.Port)
 			}
 		}
 	}
@@ -87,9 +90,10 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 	next := newProgrammedSized(len(prev.fe), len(prev.be))
 
 	// Backends: one id per (address, port, protocol), shared by every
-	// service that lists it; terminating unless some service has it active.
-	// The entry of each (service, port, backend), in loop order, for the
-	// frontends below: portEntries[portBase[si]+pi][bi].
+	// service that lists it; terminating unless some frontend gives it new
+	// flows. The entry of each (service, port, backend), in loop order, for
+	// the frontends below: portEntries[portBase[si]+pi][bi], nil where the
+	// backend does not serve that port.
 	refs := make(map[beKey]*backendEntry, len(prev.be))
 	active := make(map[*backendEntry]bool, len(prev.be))
 	var (
@@ -104,8 +108,13 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 			p := &s.Ports[pi]
 			proto := protoNumber(p.Protocol)
 			entries := make([]*backendEntry, len(s.Backends))
-			for bi, b := range s.Backends {
-				k := beKey{toIP16(b.IP), uint16(p.TargetPort), proto}
+			for bi := range s.Backends {
+				b := &s.Backends[bi]
+				tp := b.targetPort(pi, p)
+				if tp == 0 {
+					continue
+				}
+				k := beKey{toIP16(b.IP), uint16(tp), proto}
 				e := refs[k]
 				if e == nil {
 					e = &backendEntry{Key: k}
@@ -115,9 +124,6 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 						newBackends = append(newBackends, e)
 					}
 					refs[k] = e
-				}
-				if b.Active() {
-					active[e] = true
 				}
 				entries[bi] = e
 			}
@@ -150,11 +156,6 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 	if len(newBackends) > 0 {
 		next.nextBackendID = ids.cur
 	}
-	for _, e := range refs {
-		e.Terminating = !active[e]
-		next.addBackend(e)
-	}
-
 	// Frontends.
 	var newFrontends []*frontend
 	var slots uint64
@@ -179,16 +180,25 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 				f.Flags |= maps.SvcFlagNodePort
 			}
 			entries := portEntries[portBase[si]+fs.portIndex]
-			var act []*backendEntry
+			var act, fallback []*backendEntry
 			for bi, b := range s.Backends {
-				if fs.local && !b.Local {
+				be := entries[bi]
+				if be == nil || fs.local && !b.Local {
 					continue
 				}
-				be := entries[bi]
 				f.Members = append(f.Members, be.ID)
-				if b.Active() {
+				switch {
+				case b.Active():
 					act = append(act, be)
+				case b.fallback():
+					fallback = append(fallback, be)
 				}
+			}
+			if len(act) == 0 {
+				act = fallback
+			}
+			for _, be := range act {
+				active[be] = true
 			}
 			slices.Sort(f.Members)
 			old := prev.fe[fs.key]
@@ -202,6 +212,10 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 			slots += uint64(len(f.Slots))
 			next.fe[fs.key] = f
 		}
+	}
+	for _, e := range refs {
+		e.Terminating = !active[e]
+		next.addBackend(e)
 	}
 	if uint32(len(next.fe)) > lim.maxFrontendID {
 		return nil, fmt.Errorf("%w: %d frontends, the node's services map holds %d (node init --max-services)", ErrCapacity, len(next.fe), lim.maxFrontendID)

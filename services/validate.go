@@ -23,6 +23,8 @@ type FieldError struct {
 	Service string // namespace/name, or "services[i]" when unnamed
 	Field   string // Kubernetes-style path: "ports[0].nodePort"
 	Detail  string
+	// Other names the service a conflict is with, if any.
+	Other string
 }
 
 func (e FieldError) Error() string {
@@ -207,6 +209,11 @@ func (v *validator) service(id string, s *Service) {
 	default:
 		v.add(id, "externalTrafficPolicy", "%q: want Cluster or Local", s.ExternalTrafficPolicy)
 	}
+	switch s.InternalTrafficPolicy {
+	case TrafficPolicyCluster, TrafficPolicyLocal:
+	default:
+		v.add(id, "internalTrafficPolicy", "%q: want Cluster or Local", s.InternalTrafficPolicy)
+	}
 	switch s.Algorithm {
 	case AlgorithmRandom, AlgorithmRoundRobin, AlgorithmMaglev:
 	default:
@@ -224,6 +231,14 @@ func (v *validator) service(id string, s *Service) {
 		}
 		if i > 0 && s.Backends[i-1].IP == b.IP {
 			v.add(id, field(), "%s listed twice", b.IP)
+		}
+		if b.Ports != nil && len(b.Ports) != len(s.Ports) {
+			v.add(id, fmt.Sprintf("backends[%d].ports", i), "%d ports for a service of %d: want one per service port (0: not served)", len(b.Ports), len(s.Ports))
+		}
+		for j, p := range b.Ports {
+			if p < 0 || p > 65535 {
+				v.add(id, fmt.Sprintf("backends[%d].ports[%d]", i, j), "%d out of range 0-65535", p)
+			}
 		}
 		if b.Active() {
 			active++
@@ -343,6 +358,7 @@ func (v *validator) frontendConflicts(desired []Service) {
 					v.add(s.Key(), fmt.Sprintf("ports[%d]", pi), "frontend %s claimed twice (%s and %s)", k, name(prev), name(c))
 				} else {
 					v.add(s.Key(), fmt.Sprintf("ports[%d]", pi), "frontend %s (%s) is already service %s's (%s)", k, name(c), desired[prev.svc].Key(), name(prev))
+					v.errs[len(v.errs)-1].Other = desired[prev.svc].Key()
 				}
 			}
 			check(s.ClusterIP, p.Port, claim{i, "clusterIP", -1, ""})
@@ -382,7 +398,7 @@ func allocateNodePorts(desired []Service, prev map[string]int32, r PortRange) []
 	for pass := 0; pass < 2; pass++ {
 		for i := range desired {
 			s := &desired[i]
-			if s.Type != TypeNodePort && s.Type != TypeLoadBalancer {
+			if s.Type != TypeNodePort && s.Type != TypeLoadBalancer || s.ExplicitNodePorts {
 				continue
 			}
 			for pi := range s.Ports {

@@ -50,5 +50,6 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newNodeCmd(g), newEndpointCmd(g), newCountersCmd(g), newDemoCmd(g))
 	root.AddCommand(newNATCmd(g))
 	root.AddCommand(newServiceCmd(g), newCTCmd(g))
+	root.AddCommand(newAgentCmd(g))
 	return root
 }

@@ -1,0 +1,92 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/podpath/podpath/loader"
+)
+
+// CNIConfName is the conflist the agent writes; containerd reads the first
+// conflist of its conf dir in lexical order.
+const CNIConfName = "10-podpath.conflist"
+
+// cniVersion of the conflist: containerd 1.6 accepts conflists up to
+// 1.0.0, and the plugin speaks every version up to 1.1.0.
+const cniVersion = "1.0.0"
+
+// installCNI installs the podpath-cni binary and its conflist, each by an
+// atomic rename, once the datapath serves: kubelet reports NetworkReady
+// only when a conflist exists, so pods are not started before the node can
+// wire them.
+func installCNI(cfg Config, node loader.Config) error {
+	if err := copyFile(cfg.CNIBinSource, filepath.Join(cfg.CNIBinDir, "podpath-cni"), 0o755); err != nil {
+		return fmt.Errorf("install the CNI plugin: %w", err)
+	}
+	conf := map[string]any{
+		"cniVersion": cniVersion,
+		"name":       "podpath",
+		"plugins": []any{map[string]any{
+			"type":         "podpath-cni",
+			"pinRoot":      node.PinRoot,
+			"stateDir":     node.StateDir,
+			"capabilities": map[string]bool{"portMappings": true},
+		}},
+	}
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(cfg.CNIConfDir, CNIConfName), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("install the CNI configuration: %w", err)
+	}
+	slog.Info("CNI plugin installed", "bin", filepath.Join(cfg.CNIBinDir, "podpath-cni"), "conf", filepath.Join(cfg.CNIConfDir, CNIConfName))
+	return nil
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	b, err := io.ReadAll(in)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(dst, b, mode)
+}
+
+// writeFileAtomic writes a temporary file beside path and renames it over
+// path, so a reader (kubelet, containerd) never sees half a file, and a
+// running binary being replaced keeps running.
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

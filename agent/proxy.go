@@ -1,0 +1,385 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podpath/podpath/services"
+)
+
+// sliceIndex indexes EndpointSlices by their Service ("namespace/name").
+const sliceIndex = "service"
+
+// proxy follows Services and EndpointSlices and programs them through a
+// services.Manager: changes are coalesced, a sync translates only the
+// Services that changed and writes only the map entries that differ, at
+// most once per minSync, and a full resync (every entry rewritten, drift
+// repaired) runs every fullSync.
+type proxy struct {
+	node     string
+	mgr      *services.Manager
+	met      *metrics
+	health   *healthChecks
+	minSync  time.Duration
+	fullSync time.Duration
+
+	svcs   corelisters.ServiceLister
+	slices cache.Indexer
+	synced []cache.InformerSynced
+	start  func(stop <-chan struct{})
+
+	mu sync.Mutex
+	// dirty: Services whose objects changed since the last sync, with the
+	// earliest trigger time of their EndpointSlice changes (zero: none).
+	dirty        map[string]time.Time
+	pendingSince time.Time // first change not yet programmed
+	kick         chan struct{}
+
+	// Owned by the sync loop.
+	cache map[string]translated
+
+	// Read by health checks.
+	stateMu  sync.Mutex
+	synced1  bool      // a sync succeeded since start
+	lastSync time.Time // last successful sync
+	lastErr  error
+}
+
+func newProxy(client kubernetes.Interface, node string, mgr *services.Manager, met *metrics, health *healthChecks, minSync, fullSync time.Duration) *proxy {
+	p := &proxy{
+		node: node, mgr: mgr, met: met, health: health,
+		minSync: minSync, fullSync: fullSync,
+		dirty: map[string]time.Time{},
+		kick:  make(chan struct{}, 1),
+		cache: map[string]translated{},
+	}
+	// As kube-proxy: Services another proxy serves, and the slices of
+	// headless Services, are never even listed.
+	noProxy := func(o *metav1.ListOptions) { o.LabelSelector = "!" + LabelServiceProxyName }
+	noProxyHeadless := func(o *metav1.ListOptions) {
+		o.LabelSelector = "!" + LabelServiceProxyName + ",!" + LabelHeadless
+	}
+	svcFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(noProxy))
+	sliceFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(noProxyHeadless))
+
+	svcInf := svcFactory.Core().V1().Services()
+	sliceInf := sliceFactory.Discovery().V1().EndpointSlices()
+	p.svcs = svcInf.Lister()
+	p.slices = sliceInf.Informer().GetIndexer()
+	if err := sliceInf.Informer().AddIndexers(cache.Indexers{sliceIndex: sliceServiceKey}); err != nil {
+		panic(err) // only fails once the informer runs
+	}
+	svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.serviceChanged(o) },
+		UpdateFunc: func(_, o any) { p.serviceChanged(o) },
+		DeleteFunc: func(o any) { p.serviceChanged(o) },
+	})
+	sliceInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.sliceChanged(o) },
+		UpdateFunc: func(_, o any) { p.sliceChanged(o) },
+		DeleteFunc: func(o any) { p.sliceChanged(o) },
+	})
+	p.synced = []cache.InformerSynced{svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced}
+	p.start = func(stop <-chan struct{}) {
+		svcFactory.Start(stop)
+		sliceFactory.Start(stop)
+	}
+	return p
+}
+
+func sliceServiceKey(o any) ([]string, error) {
+	es, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	name := es.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return nil, nil
+	}
+	return []string{es.Namespace + "/" + name}, nil
+}
+
+func (p *proxy) serviceChanged(o any) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = d.Obj
+	}
+	s, ok := o.(*corev1.Service)
+	if !ok {
+		return
+	}
+	p.markDirty(s.Namespace+"/"+s.Name, time.Time{})
+}
+
+func (p *proxy) sliceChanged(o any) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = d.Obj
+	}
+	es, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	keys, _ := sliceServiceKey(es)
+	if len(keys) == 0 {
+		return
+	}
+	t, _ := triggerTime(es)
+	p.markDirty(keys[0], t)
+}
+
+func (p *proxy) markDirty(key string, trigger time.Time) {
+	p.mu.Lock()
+	prev, had := p.dirty[key]
+	if !had || !trigger.IsZero() && (prev.IsZero() || trigger.Before(prev)) {
+		p.dirty[key] = trigger
+	}
+	if p.pendingSince.IsZero() {
+		p.pendingSince = time.Now()
+	}
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run syncs until ctx ends: after the informers' first listing, whenever
+// something changed (at most once per minSync), and fully every fullSync.
+func (p *proxy) run(ctx context.Context) error {
+	p.start(ctx.Done())
+	slog.Info("waiting for the Service and EndpointSlice caches")
+	if !cache.WaitForCacheSync(ctx.Done(), p.synced...) {
+		return ctx.Err()
+	}
+	// Everything the caches hold is new to this process: the first sync
+	// looks at every Service and reconciles the maps whole, which is also
+	// how a restarted agent converges without flushing conntrack.
+	p.markAll()
+	full := true
+	resync := time.NewTicker(p.fullSync)
+	defer resync.Stop()
+	var last time.Time
+	for {
+		if wait := p.minSync - time.Since(last); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
+		if err := p.sync(ctx, full); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			slog.Error("service sync failed; retrying", "err", err)
+			// The dirty set was put back; come round again.
+			select {
+			case p.kick <- struct{}{}:
+			default:
+			}
+		} else {
+			full = false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.kick:
+		case <-resync.C:
+			p.markAll()
+			full = true
+		}
+	}
+}
+
+// markAll marks every Service known, and every one programmed, dirty.
+func (p *proxy) markAll() {
+	list, _ := p.svcs.List(labels.Everything())
+	p.mu.Lock()
+	for _, s := range list {
+		k := s.Namespace + "/" + s.Name
+		if _, ok := p.dirty[k]; !ok {
+			p.dirty[k] = time.Time{}
+		}
+	}
+	for k := range p.cache {
+		if _, ok := p.dirty[k]; !ok {
+			p.dirty[k] = time.Time{}
+		}
+	}
+	p.mu.Unlock()
+}
+
+// sync programs the changed Services. With full, the service maps are
+// rewritten whole (Manager.Reconcile), repairing any drift.
+func (p *proxy) sync(ctx context.Context, full bool) (err error) {
+	p.mu.Lock()
+	dirty := p.dirty
+	pendingSince := p.pendingSince
+	p.dirty = map[string]time.Time{}
+	p.pendingSince = time.Time{}
+	p.mu.Unlock()
+	if len(dirty) == 0 && !full {
+		return nil
+	}
+	start := time.Now()
+	defer func() {
+		p.met.syncDuration.Observe(time.Since(start).Seconds())
+		p.stateMu.Lock()
+		p.lastErr = err
+		if err == nil {
+			p.synced1, p.lastSync = true, time.Now()
+		}
+		p.stateMu.Unlock()
+		if err != nil {
+			p.met.syncErrors.Inc()
+			p.mu.Lock()
+			for k, t := range dirty {
+				if cur, ok := p.dirty[k]; !ok || !t.IsZero() && (cur.IsZero() || t.Before(cur)) {
+					p.dirty[k] = t
+				}
+			}
+			if p.pendingSince.IsZero() || !pendingSince.IsZero() && pendingSince.Before(p.pendingSince) {
+				p.pendingSince = pendingSince
+			}
+			p.mu.Unlock()
+		}
+	}()
+
+	for key := range dirty {
+		ns, name, _ := cache.SplitMetaNamespaceKey(key)
+		ks, err := p.svcs.Services(ns).Get(name)
+		if err != nil {
+			delete(p.cache, key)
+			continue
+		}
+		objs, _ := p.slices.ByIndex(sliceIndex, key)
+		eps := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+		for _, o := range objs {
+			eps = append(eps, o.(*discoveryv1.EndpointSlice))
+		}
+		t := translate(ks, eps, p.node)
+		for _, sk := range t.skips {
+			slog.Warn("service not fully programmed", "service", key, "reason", sk.reason, "detail", sk.detail)
+		}
+		p.cache[key] = t
+	}
+
+	desired := make([]services.Service, 0, len(p.cache))
+	for _, k := range slices.Sorted(maps.Keys(p.cache)) {
+		if s := p.cache[k].svc; s != nil {
+			desired = append(desired, *s)
+		}
+	}
+	refused := map[string]skip{}
+	var sum services.Summary
+	for attempt := 0; ; attempt++ {
+		if full {
+			sum, err = p.mgr.Reconcile(ctx, desired)
+		} else {
+			sum, err = p.mgr.Apply(ctx, desired)
+		}
+		var verr *services.ValidationError
+		if err == nil || !errors.As(err, &verr) || attempt > 3 {
+			break
+		}
+		// A Service podpath cannot serve never blocks the others: leave
+		// out the ones named, and try again.
+		drop := map[string]bool{}
+		for _, fe := range verr.Errors {
+			key, reason := fe.Service, SkipInvalid
+			if fe.Other != "" {
+				reason = SkipConflict
+				if _, ours := p.cache[key]; !ours {
+					key = fe.Other // a hostPort holds it: the Service yields
+				}
+			}
+			if _, ours := p.cache[key]; !ours {
+				continue
+			}
+			drop[key] = true
+			if _, seen := refused[key]; !seen {
+				refused[key] = skip{reason, fe.Error()}
+			}
+		}
+		if len(drop) == 0 {
+			break
+		}
+		desired = slices.DeleteFunc(desired, func(s services.Service) bool { return drop[s.Key()] })
+	}
+	if errors.Is(err, services.ErrCapacity) {
+		return fmt.Errorf("program %d services: %w", len(desired), err)
+	}
+	if err != nil {
+		return err
+	}
+	for k, sk := range refused {
+		slog.Warn("service not programmed", "service", k, "reason", sk.reason, "detail", sk.detail)
+	}
+	now := time.Now()
+	for _, t := range dirty {
+		if !t.IsZero() {
+			p.met.programming.Observe(now.Sub(t).Seconds())
+		}
+	}
+	p.report(desired, refused)
+	slog.Debug("services synced", "full", full, "changed", len(dirty), "services", len(desired),
+		"added", len(sum.Added), "updated", len(sum.Updated), "removed", len(sum.Removed),
+		"mapWrites", sum.MapWrites, "flushed", sum.Flushed, "took", time.Since(start))
+	return nil
+}
+
+// report updates the gauges and the health check servers after a sync.
+func (p *proxy) report(desired []services.Service, refused map[string]skip) {
+	backends := 0
+	for i := range desired {
+		backends += len(desired[i].Backends)
+	}
+	p.met.servicesProgrammed.Set(float64(len(desired)))
+	p.met.endpointsProgrammed.Set(float64(backends))
+	counts := map[string]int{}
+	checks := map[int32]healthCheck{}
+	for k, t := range p.cache {
+		for _, sk := range t.skips {
+			counts[sk.reason]++
+		}
+		if _, no := refused[k]; no || t.svc == nil {
+			continue
+		}
+		if t.healthCheckNodePort != 0 {
+			checks[t.healthCheckNodePort] = healthCheck{service: k, local: t.localEndpoints}
+		}
+	}
+	for _, sk := range refused {
+		counts[sk.reason]++
+	}
+	p.met.setSkipped(counts)
+	if p.health != nil {
+		p.health.update(checks)
+	}
+}
+
+// status says whether the proxy has programmed what it was told, for
+// /healthz and /readyz.
+func (p *proxy) status() (ready bool, pendingSince time.Time, lastSync time.Time, lastErr error) {
+	p.mu.Lock()
+	pendingSince = p.pendingSince
+	p.mu.Unlock()
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	return p.synced1, pendingSince, p.lastSync, p.lastErr
+}
