@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"encoding/binary"
+	stdmaps "maps"
 	"testing"
 	"time"
 
@@ -213,23 +214,11 @@ func TestToPodPassesTheRest(t *testing.T) {
 			}
 			expectBytes(t, "packet", r.out, tc.frame)
 			d.expectCounts(t, one("to_pod/pass", tc.frame))
-			if after := d.ctAll(t); !ctEqual(before, after) {
+			if after := d.ctAll(t); !stdmaps.Equal(before, after) {
 				t.Errorf("conntrack changed:\n before %v\n after  %v", before, after)
 			}
 		})
 	}
-}
-
-func ctEqual(a, b map[maps.CtKey]maps.CtEntry) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // Malformed IPv4 is dropped with the reason that names what is wrong, as
