@@ -20,6 +20,9 @@ type globals struct {
 	verbose  bool
 }
 
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
 func main() {
 	if err := newRoot().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "podpath:", err)
@@ -32,6 +35,7 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "podpath",
 		Short:         "eBPF datapath for container hosts",
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRun: func(*cobra.Command, []string) {

@@ -270,7 +270,8 @@ func (c *Cluster) start(t testing.TB, name, bin string, args ...string) {
 	}
 	cmd := exec.Command("nsenter", append([]string{"--net=" + c.NS.Path(), "--", bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the forking thread exits, and Go ends
+	// threads that a namespace switch left locked. Cleanup stops it.
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		t.Fatalf("start %s: %v", name, err)

@@ -137,7 +137,8 @@ func (e *env) startAgent(t *testing.T, bin string, extra ...string) *agentProc {
 	p.cmd = exec.Command("nsenter", args...)
 	w := syncWriter{p.mu, p.log}
 	p.cmd.Stdout, p.cmd.Stderr = w, w
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the forking thread exits, and Go ends
+	// threads that a namespace switch left locked. Cleanup kills it.
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
