@@ -26,12 +26,13 @@ vet:
 	$(GO) vet ./...
 
 # Every test, as root: BPF_PROG_RUN, loader, CNI end-to-end in network
-# namespaces, real runtimes (cnitool, containerd + runc) on this machine's
-# kernel; then the same tests inside Debian's 6.1 and 5.10 kernels under
+# namespaces, real runtimes (cnitool, containerd + runc), the agent against
+# a real kube-apiserver (etcd and Kubernetes built from the Go module proxy
+# by scripts/kube-bins.sh, cached by version) on this machine's kernel; then the same tests inside Debian's 6.1 and 5.10 kernels under
 # qemu (scripts/vmtest.sh, which prints its total time and regenerates
 # docs/kernels.md).
 test: deps vet build
-	$(GO) test -count=1 -timeout 20m ./...
+	PODPATH_KUBE_BIN=$$(bash scripts/kube-bins.sh) $(GO) test -count=1 -timeout 20m ./...
 	bash scripts/vmtest.sh
 
 # Only the tests inside Debian's LTS kernels under qemu (kernels fetched and
