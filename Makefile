@@ -6,7 +6,7 @@ BIN     := bin
 GOPATH  := $(shell $(GO) env GOPATH)
 export PATH := $(PATH):/usr/local/go/bin:$(GOPATH)/bin
 
-.PHONY: all build generate deps test vmtest demo vet bench bench-quick clean
+.PHONY: all build generate deps test vmtest demo vet bench bench-quick clean image
 
 all: build
 
@@ -16,6 +16,12 @@ deps:
 build:
 	$(GO) build -o $(BIN)/podpath ./cmd/podpath
 	$(GO) build -o $(BIN)/podpath-cni ./cmd/podpath-cni
+
+# The container image (deploy/podpath.yaml runs it), built without Docker
+# as an OCI archive: `ctr -n k8s.io images import bin/podpath-image.tar`.
+VERSION ?= dev
+image:
+	$(GO) run ./deploy/image -o $(BIN)/podpath-image.tar -tag $(VERSION)
 
 # Rebuild the BPF objects and their Go bindings (needs clang-19).
 generate: deps

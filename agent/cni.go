@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +27,19 @@ const cniVersion = "1.0.0"
 func installCNI(cfg Config, node loader.Config) error {
 	if err := copyFile(cfg.CNIBinSource, filepath.Join(cfg.CNIBinDir, "podpath-cni"), 0o755); err != nil {
 		return fmt.Errorf("install the CNI plugin: %w", err)
+	}
+	// Runtimes set up each pod's lo with the reference loopback plugin;
+	// a node without it cannot start pods. One shipped beside podpath-cni
+	// is installed where none is.
+	loopback := filepath.Join(filepath.Dir(cfg.CNIBinSource), "loopback")
+	if _, err := os.Stat(filepath.Join(cfg.CNIBinDir, "loopback")); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(loopback); err == nil {
+			if err := copyFile(loopback, filepath.Join(cfg.CNIBinDir, "loopback"), 0o755); err != nil {
+				return fmt.Errorf("install the loopback plugin: %w", err)
+			}
+		} else {
+			slog.Warn("no loopback CNI plugin in the CNI bin dir: runtimes need it to start pods", "dir", cfg.CNIBinDir)
+		}
 	}
 	conf := map[string]any{
 		"cniVersion": cniVersion,
