@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podpath/podpath/internal/ctrtest"
 )
 
 // cniResult is the part of a CNI result the tests look at.
@@ -25,7 +27,7 @@ type cniResult struct {
 // the pod's netns is gone).
 func TestCNITool(t *testing.T) {
 	requireRoot(t)
-	cnitool := requireTool(t, "cnitool", goBin(t))
+	cnitool := ctrtest.RequireTool(t, "cnitool", goBin(t))
 	n := newNode(t, "cnitool", netip.MustParsePrefix("10.244.61.0/24"))
 	n.writeConflist(t, "1.1.0")
 	// libcni caches results under /var/lib/cni whatever the runtime; the

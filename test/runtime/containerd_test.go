@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podpath/podpath/internal/ctrtest"
 	"github.com/podpath/podpath/internal/sim"
 )
 
@@ -18,21 +19,21 @@ import (
 // Stopping and removing the pods must release the endpoints and veths.
 func TestContainerd(t *testing.T) {
 	requireRoot(t)
-	requireTools(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "nsenter", "unshare")
-	busybox := requireStaticBusybox(t)
+	ctrtest.RequireTools(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "nsenter", "unshare")
+	busybox := ctrtest.RequireStaticBusybox(t)
 	n := newNode(t, "cri", netip.MustParsePrefix("10.244.62.0/24"))
 	n.writeConflist(t, "1.0.0") // containerd 1.6 speaks CNI up to 1.0.0
 	calls := n.recordPluginCalls(t)
 
 	bins := buildArtifacts(t)
-	cd := startContainerd(t, n)
+	cd := ctrtest.Start(t, ctrtest.Options{NetNS: n.netns, BinDir: n.binDir, ConfDir: n.confDir})
 	cri := dialCRI(t, cd)
-	cd.importImages(t, writeImages(t, t.TempDir(), bins.pause, busybox))
-	cri.waitImage(t, pauseImage)
-	cri.waitImage(t, busyboxImage)
+	cd.ImportImages(t, ctrtest.WriteImages(t, t.TempDir(), bins.pause, busybox))
+	cri.waitImage(t, ctrtest.PauseImage)
+	cri.waitImage(t, ctrtest.BusyboxImage)
 
-	web := cri.runPod(t, "web", cd.cgroupParent)
-	client := cri.runPod(t, "client", cd.cgroupParent)
+	web := cri.runPod(t, "web", cd.CgroupParent)
+	client := cri.runPod(t, "client", cd.CgroupParent)
 	if web.ip == client.ip {
 		t.Fatalf("both pods got %s", web.ip)
 	}

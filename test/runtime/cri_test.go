@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podpath/podpath/internal/ctrtest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -30,23 +31,23 @@ type criClient struct {
 
 // dialCRI connects to the runtime's socket and waits until it reports the
 // runtime and its network ready (the CNI configuration was loaded).
-func dialCRI(t *testing.T, cd *containerd) *criClient {
+func dialCRI(t *testing.T, cd *ctrtest.Containerd) *criClient {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+cd.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+cd.Sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		t.Fatalf("dial %s: %v", cd.sock, err)
+		t.Fatalf("dial %s: %v", cd.Sock, err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	c := &criClient{
 		rt:     runtimeapi.NewRuntimeServiceClient(conn),
 		images: runtimeapi.NewImageServiceClient(conn),
-		logDir: filepath.Join(cd.dir, "pod-logs"),
+		logDir: filepath.Join(cd.Dir, "pod-logs"),
 	}
 	var last string
 	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		select {
-		case <-cd.exited:
-			t.Fatalf("containerd exited during start-up:\n%s", tail(cd.logPath, 30))
+		case <-cd.Exited:
+			t.Fatalf("containerd exited during start-up:\n%s", ctrtest.Tail(cd.Log, 30))
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -67,7 +68,7 @@ func dialCRI(t *testing.T, cd *containerd) *criClient {
 		}
 		last = fmt.Sprint(st.GetStatus().GetConditions())
 	}
-	t.Fatalf("containerd not ready after 20s: %s\n%s", last, tail(cd.logPath, 30))
+	t.Fatalf("containerd not ready after 20s: %s\n%s", last, ctrtest.Tail(cd.Log, 30))
 	return nil
 }
 
@@ -196,7 +197,7 @@ func (c *criClient) runContainer(t testing.TB, p *pod, name, script string) stri
 		PodSandboxId: p.id,
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: name},
-			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
+			Image:    &runtimeapi.ImageSpec{Image: ctrtest.BusyboxImage},
 			Command:  []string{"sh", "-c", script},
 			LogPath:  name + ".log",
 			Linux:    &runtimeapi.LinuxContainerConfig{},

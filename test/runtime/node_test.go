@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/podpath/podpath/internal/ctrtest"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
@@ -39,8 +40,7 @@ type node struct {
 func newNode(t *testing.T, role string, podCIDR netip.Prefix) *node {
 	t.Helper()
 	requireRoot(t)
-	requireTool(t, "ip")
-	requireTool(t, "nsenter")
+	ctrtest.RequireTools(t, "ip", "nsenter")
 	bins := buildArtifacts(t)
 
 	dir := t.TempDir()

@@ -1,4 +1,4 @@
-package runtimetest
+package ctrtest
 
 import (
 	"bufio"
@@ -19,17 +19,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// containerd is a containerd daemon private to one test: its own config,
-// root, state, socket and cgroup parent, all under dir, running inside the
+// Containerd is a containerd daemon private to one test: its own config,
+// root, state, socket and cgroup parent, all under Dir, running inside the
 // node's netns.
-type containerd struct {
-	dir          string
-	sock         string
-	ctr          string
-	cmd          *exec.Cmd
-	exited       chan struct{}
-	logPath      string
-	cgroupParent string
+type Containerd struct {
+	Dir  string
+	Sock string // the CRI's (and ctr's) socket
+	// Log is the daemon's output.
+	Log string
+	// CgroupParent is where pods of a CRI client that names no parent of
+	// its own should go; teardown removes it.
+	CgroupParent string
+	// Exited is closed when the daemon has exited.
+	Exited chan struct{}
+
+	ctr string
+	cmd *exec.Cmd
+}
+
+// Options say where a containerd runs and where it finds the network.
+type Options struct {
+	// NetNS is the path of the node's network namespace.
+	NetNS string
+	// MountNS is the path of a mount namespace to run in (shared with a
+	// kubelet, which mounts the pods' volumes that runc then binds); empty:
+	// one of the daemon's own.
+	MountNS string
+	// BinDir and ConfDir are the CNI plugin and configuration directories.
+	BinDir, ConfDir string
 }
 
 // containerdConfig is the daemon's configuration (version 2, as containerd
@@ -84,114 +101,118 @@ disabled_plugins = [
       max_conf_num = 1
 `))
 
-// startContainerd starts containerd in the node's netns and in a mount
-// namespace of its own, whose mounts (overlay roots, netns bind mounts, shm)
-// vanish with the daemon and its shims instead of piling up on the host.
-// Teardown stops it by PID, ends its leftover shims, unmounts whatever is
-// still mounted under its directory and removes its cgroups.
-func startContainerd(t *testing.T, n *node) *containerd {
+// Start starts containerd in the node's netns and in a mount namespace
+// that is not the host's: its own, or o.MountNS. Its mounts (overlay roots,
+// netns bind mounts, shm) vanish with the daemon, its shims and the
+// namespace instead of piling up on the host. Teardown, at the end of the
+// test, waits for its tasks to end, stops it by PID, ends its leftover
+// shims, unmounts whatever is still mounted under its directory and removes
+// CgroupParent.
+func Start(t *testing.T, o Options) *Containerd {
 	t.Helper()
-	bin := requireTool(t, "containerd")
-	requireTool(t, "runc")
-	requireTool(t, "containerd-shim-runc-v2")
-	requireTool(t, "unshare")
-	cd := &containerd{
-		dir:          t.TempDir(),
-		ctr:          requireTool(t, "ctr"),
-		exited:       make(chan struct{}),
-		cgroupParent: fmt.Sprintf("/podpath-rt-%d", os.Getpid()),
+	bin := RequireTool(t, "containerd")
+	RequireTools(t, "runc", "containerd-shim-runc-v2", "unshare", "nsenter")
+	cd := &Containerd{
+		Dir:          t.TempDir(),
+		ctr:          RequireTool(t, "ctr"),
+		Exited:       make(chan struct{}),
+		CgroupParent: fmt.Sprintf("/podpath-rt-%d", os.Getpid()),
 	}
-	cd.sock = filepath.Join(cd.dir, "containerd.sock")
-	cd.logPath = filepath.Join(cd.dir, "containerd.log")
+	cd.Sock = filepath.Join(cd.Dir, "containerd.sock")
+	cd.Log = filepath.Join(cd.Dir, "containerd.log")
 
 	var cfg bytes.Buffer
 	err := containerdConfig.Execute(&cfg, map[string]string{
-		"Dir":          cd.dir,
-		"Sock":         cd.sock,
-		"SandboxImage": pauseImage,
-		"BinDir":       n.binDir,
-		"ConfDir":      n.confDir,
+		"Dir":          cd.Dir,
+		"Sock":         cd.Sock,
+		"SandboxImage": PauseImage,
+		"BinDir":       o.BinDir,
+		"ConfDir":      o.ConfDir,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgPath := filepath.Join(cd.dir, "config.toml")
+	cfgPath := filepath.Join(cd.Dir, "config.toml")
 	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(cd.logPath)
+	logf, err := os.Create(cd.Log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
 
 	// unshare and nsenter exec in place, so the PID is containerd's own.
-	cd.cmd = exec.Command("unshare", "--mount", "--propagation", "slave", "--",
-		"nsenter", "--net="+n.netns, "--", bin, "--config", cfgPath)
+	if o.MountNS != "" {
+		cd.cmd = exec.Command("nsenter", "--mount="+o.MountNS, "--net="+o.NetNS, "--", bin, "--config", cfgPath)
+	} else {
+		cd.cmd = exec.Command("unshare", "--mount", "--propagation", "slave", "--",
+			"nsenter", "--net="+o.NetNS, "--", bin, "--config", cfgPath)
+	}
 	cd.cmd.Stdout, cd.cmd.Stderr = logf, logf
 	cd.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cd.cmd.Start(); err != nil {
 		t.Fatalf("start containerd: %v", err)
 	}
-	go func() { cd.cmd.Wait(); close(cd.exited) }()
+	go func() { cd.cmd.Wait(); close(cd.Exited) }()
 	t.Cleanup(func() { cd.teardown(t) })
 	return cd
 }
 
 // teardown stops the daemon and removes every trace of it. Pods must have
 // been removed before, so the plugin saw their DELs.
-func (cd *containerd) teardown(t *testing.T) {
+func (cd *Containerd) teardown(t *testing.T) {
 	if t.Failed() {
-		t.Logf("containerd log (last lines):\n%s", tail(cd.logPath, 40))
+		t.Logf("containerd log (last lines):\n%s", Tail(cd.Log, 40))
 	}
-	cd.waitNoTasks(t, 10*time.Second)
+	cd.WaitNoTasks(t, 10*time.Second)
 	cd.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-cd.exited:
+	case <-cd.Exited:
 	case <-time.After(10 * time.Second):
 		t.Errorf("containerd (pid %d) ignored SIGTERM for 10s; killing it", cd.cmd.Process.Pid)
 		cd.cmd.Process.Kill()
-		<-cd.exited
+		<-cd.Exited
 	}
 	for _, pid := range cd.shims() {
 		t.Errorf("containerd shim %d outlived its daemon; killing it", pid)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	if err := unmountUnder(cd.dir); err != nil {
+	if err := unmountUnder(cd.Dir); err != nil {
 		t.Errorf("unmount leftovers of containerd: %v", err)
 	}
-	if err := removeCgroups(cd.cgroupParent); err != nil {
-		t.Errorf("remove cgroups under %s: %v", cd.cgroupParent, err)
+	if err := RemoveCgroups(cd.CgroupParent); err != nil {
+		t.Errorf("remove cgroups under %s: %v", cd.CgroupParent, err)
 	}
 }
 
-// ctrCmd runs ctr against this daemon in the CRI's namespace.
-func (cd *containerd) ctrCmd(args ...string) ([]byte, error) {
-	cmd := exec.Command(cd.ctr, append([]string{"--address", cd.sock, "--namespace", "k8s.io"}, args...)...)
+// Ctr runs ctr against this daemon in the CRI's namespace.
+func (cd *Containerd) Ctr(args ...string) ([]byte, error) {
+	cmd := exec.Command(cd.ctr, append([]string{"--address", cd.Sock, "--namespace", "k8s.io"}, args...)...)
 	return cmd.CombinedOutput()
 }
 
-// importImages loads docker-save archives into the CRI's image store.
-func (cd *containerd) importImages(t testing.TB, archives []string) {
+// ImportImages loads docker-save archives into the CRI's image store.
+func (cd *Containerd) ImportImages(t testing.TB, archives []string) {
 	t.Helper()
 	for _, a := range archives {
-		if out, err := cd.ctrCmd("images", "import", a); err != nil {
+		if out, err := cd.Ctr("images", "import", a); err != nil {
 			t.Fatalf("ctr images import %s: %v\n%s", filepath.Base(a), err, out)
 		}
 	}
 }
 
-// waitNoTasks waits until the daemon runs no task (container process).
-func (cd *containerd) waitNoTasks(t testing.TB, timeout time.Duration) {
+// WaitNoTasks waits until the daemon runs no task (container process).
+func (cd *Containerd) WaitNoTasks(t testing.TB, timeout time.Duration) {
 	var out []byte
 	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
 		select {
-		case <-cd.exited:
+		case <-cd.Exited:
 			return
 		default:
 		}
 		var err error
-		out, err = cd.ctrCmd("tasks", "list", "--quiet")
+		out, err = cd.Ctr("tasks", "list", "--quiet")
 		if err == nil && len(bytes.TrimSpace(out)) == 0 {
 			return
 		}
@@ -201,7 +222,7 @@ func (cd *containerd) waitNoTasks(t testing.TB, timeout time.Duration) {
 
 // shims lists the PIDs of shims serving this daemon; each carries the
 // daemon's socket address on its command line.
-func (cd *containerd) shims() []int {
+func (cd *Containerd) shims() []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -218,7 +239,7 @@ func (cd *containerd) shims() []int {
 			continue
 		}
 		for i := 0; i+1 < len(args); i++ {
-			if args[i] == "-address" && args[i+1] == cd.sock {
+			if args[i] == "-address" && args[i+1] == cd.Sock {
 				pids = append(pids, pid)
 			}
 		}
@@ -275,10 +296,10 @@ func unescapeMountPath(s string) string {
 	return b.String()
 }
 
-// removeCgroups removes the cgroup parent the pods ran under from every
+// RemoveCgroups removes the cgroup parent the pods ran under from every
 // hierarchy (cgroup v1 has one per controller, v2 a single one). runc
 // removes the pods' own cgroups; the parent it created stays behind.
-func removeCgroups(parent string) error {
+func RemoveCgroups(parent string) error {
 	var roots []string
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
 		roots = []string{"/sys/fs/cgroup"}
@@ -307,8 +328,8 @@ func removeCgroups(parent string) error {
 	return errors.Join(errs...)
 }
 
-// tail returns the last n lines of a file, for failure reports.
-func tail(path string, n int) string {
+// Tail returns the last n lines of a file, for failure reports.
+func Tail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()

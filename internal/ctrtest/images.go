@@ -1,4 +1,4 @@
-package runtimetest
+package ctrtest
 
 import (
 	"archive/tar"
@@ -16,10 +16,11 @@ import (
 	"time"
 )
 
-// Images the containerd test imports; there is no registry to pull from.
+// Images WriteImages packs; there is no registry to pull from. The pause
+// image is the sandbox image of every containerd Start runs.
 const (
-	pauseImage   = "localhost/podpath-rt/pause:1"
-	busyboxImage = "localhost/podpath-rt/busybox:1"
+	PauseImage   = "localhost/podpath-rt/pause:1"
+	BusyboxImage = "localhost/podpath-rt/busybox:1"
 )
 
 // fileEntry is one file of an image layer.
@@ -143,7 +144,7 @@ func pauseArchive(pauseBin string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return dockerArchive(pauseImage, imageConfig{Entrypoint: []string{"/pause"}}, l)
+	return dockerArchive(PauseImage, imageConfig{Entrypoint: []string{"/pause"}}, l)
 }
 
 // busyboxArchive is a shell image: the static busybox and a symlink per
@@ -172,14 +173,16 @@ func busyboxArchive(busybox string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return dockerArchive(busyboxImage, imageConfig{
+	return dockerArchive(BusyboxImage, imageConfig{
 		Cmd: []string{"sh"},
 		Env: []string{"PATH=/bin"},
 	}, l)
 }
 
-// writeImages writes both archives into dir and returns their paths.
-func writeImages(t testing.TB, dir, pauseBin, busybox string) []string {
+// WriteImages writes the pause image (pauseBin, see BuildPause) and the
+// busybox image (a static busybox, see RequireStaticBusybox) into dir as
+// docker-save archives and returns their paths, for ImportImages.
+func WriteImages(t testing.TB, dir, pauseBin, busybox string) []string {
 	t.Helper()
 	var paths []string
 	for name, build := range map[string]func() ([]byte, error){
