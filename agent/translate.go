@@ -37,7 +37,6 @@ const (
 	SkipNoPorts  = "no-ports"   // no port podpath can serve
 	SkipInvalid  = "invalid"    // refused by validation (a node port outside the range, ...)
 	SkipConflict = "conflict"   // a frontend already held by a hostPort or another Service
-	SkipCapacity = "capacity"   // the service maps are full
 	SkipIPv6Part = "ipv6-parts" // IPv6 external or load-balancer IPs or endpoints, left out
 )
 

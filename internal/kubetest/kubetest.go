@@ -127,8 +127,7 @@ type Cluster struct {
 	Bins   string
 
 	mu    sync.Mutex
-	procs map[string]*exec.Cmd
-	logs  map[string]*os.File
+	procs map[string]*proc
 	pki   *pki
 }
 
@@ -146,7 +145,7 @@ type Options struct {
 func Start(t testing.TB, netns ns.NetNS, address netip.Addr, o Options) *Cluster {
 	t.Helper()
 	c := &Cluster{NS: netns, Address: address, Dir: t.TempDir(), Bins: Bins(t),
-		procs: map[string]*exec.Cmd{}, logs: map[string]*os.File{}}
+		procs: map[string]*proc{}}
 	t.Cleanup(func() { c.stopAll(t) })
 	var err error
 	if c.pki, err = makePKI(c.Dir, address); err != nil {
@@ -233,6 +232,9 @@ func (c *Cluster) StartAPIServer(t testing.TB) {
 		"--kubelet-preferred-address-types=InternalIP",
 		"--enable-priority-and-fairness=false",
 		"--v=0",
+		// The lease reconciler keeps the kubernetes Service's endpoint on
+		// the advertised address, which must not be loopback.
+		"--endpoint-reconciler-type="+map[bool]string{true: "none", false: "lease"}[c.Address.IsLoopback()],
 	)
 	c.waitReady(t)
 }
@@ -261,6 +263,13 @@ func (c *Cluster) startControllerManager(t testing.TB, clusterCIDR string) {
 	c.start(t, "kube-controller-manager", filepath.Join(c.Bins, "kube-controller-manager"), args...)
 }
 
+// proc is a running control-plane process.
+type proc struct {
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{} // closed when it exited
+}
+
 // start runs a binary in the cluster's namespace, its output in Dir.
 func (c *Cluster) start(t testing.TB, name, bin string, args ...string) {
 	t.Helper()
@@ -276,30 +285,29 @@ func (c *Cluster) start(t testing.TB, name, bin string, args ...string) {
 		log.Close()
 		t.Fatalf("start %s: %v", name, err)
 	}
+	p := &proc{cmd: cmd, log: log, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
 	c.mu.Lock()
-	c.procs[name], c.logs[name] = cmd, log
+	c.procs[name] = p
 	c.mu.Unlock()
 }
 
 func (c *Cluster) stop(t testing.TB, name string) {
 	c.mu.Lock()
-	cmd, log := c.procs[name], c.logs[name]
+	p := c.procs[name]
 	delete(c.procs, name)
-	delete(c.logs, name)
 	c.mu.Unlock()
-	if cmd == nil {
+	if p == nil {
 		return
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-done:
+	case <-p.done:
 	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		<-done
+		p.cmd.Process.Kill()
+		<-p.done
 	}
-	log.Close()
+	p.log.Close()
 }
 
 func (c *Cluster) stopAll(t testing.TB) {
@@ -343,12 +351,20 @@ func (c *Cluster) waitReady(t testing.TB) {
 			last = err.Error()
 		}
 		c.mu.Lock()
-		cmd := c.procs["kube-apiserver"]
+		p := c.procs["kube-apiserver"]
 		c.mu.Unlock()
-		if cmd != nil && cmd.ProcessState != nil {
+		exited := p == nil
+		if p != nil {
+			select {
+			case <-p.done:
+				exited = true
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		if exited {
+			last = "kube-apiserver exited"
 			break
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	b, _ := os.ReadFile(filepath.Join(c.Dir, "kube-apiserver.log"))
 	t.Fatalf("kube-apiserver not ready after a minute (%s):\n%s", last, tail(string(b), 4000))
