@@ -229,6 +229,24 @@ func (e *env) metric(t *testing.T, sample string) float64 {
 	return -1
 }
 
+// metricSum adds up the samples of a metric whose labels contain label.
+func (e *env) metricSum(t *testing.T, name, label string) float64 {
+	t.Helper()
+	_, body, err := e.get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, label) {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			sum += v
+		}
+	}
+	return sum
+}
+
 // frontend is one programmed frontend as the maps hold it.
 type frontend struct {
 	Active   []string // active backends "ip:port", sorted

@@ -229,6 +229,19 @@ func TestRestartAndUpgradeKeepTraffic(t *testing.T) {
 		t.Errorf("too little traffic to tell: %d connections, %d rounds on the long one", tr.ok.Load(), tr.longRounds.Load())
 	}
 	t.Logf("%d new connections, 0 failed; %d round trips on the long connection", tr.ok.Load(), tr.longRounds.Load())
+
+	// The datapath's counters are exported, and closed flows' conntrack
+	// entries (10 s after FIN) are reaped without anyone running a command.
+	if v := e.metricSum(t, "podpath_datapath_packets_total", `hook="from_pod"`); v < float64(tr.ok.Load()) {
+		t.Errorf("from_pod counted %v packets for %d connections", v, tr.ok.Load())
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for e.metric(t, `podpath_reaped_entries_total{table="conntrack"}`) <= 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no conntrack entry reaped 20 s after the connections closed")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func TestDriftRepaired(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -70,6 +71,11 @@ func (e *env) slice(t *testing.T, svc, name string, ports []discoveryv1.Endpoint
 	es := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: ns,
+			Annotations: map[string]string{
+				// The controller stamps when the change happened; network
+				// programming latency is measured from it.
+				"endpoints.kubernetes.io/last-change-trigger-time": time.Now().UTC().Format(time.RFC3339Nano),
+			},
 			Labels: map[string]string{
 				discoveryv1.LabelServiceName: svc,
 				discoveryv1.LabelManagedBy:   "podpath-test",
@@ -453,6 +459,26 @@ func TestServicesFromTheAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.waitServiceFrontends(t, s, map[string]frontend{})
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		for _, m := range []string{
+			"podpath_network_programming_duration_seconds_count",
+			"podpath_sync_duration_seconds_count",
+			`podpath_map_max_entries{map="conntrack"}`,
+			`podpath_map_entries{map="services"}`,
+		} {
+			if v := e.metric(t, m); v <= 0 {
+				t.Errorf("%s = %v, want > 0", m, v)
+			}
+		}
+		// Every EndpointSlice write above carried a trigger time.
+		if v := e.metric(t, "podpath_network_programming_duration_seconds_count"); v < float64(len(cases)) {
+			t.Errorf("network programming latency observed %v times, want at least %d", v, len(cases))
+		}
+		if v := e.metric(t, "podpath_services_programmed"); v < 10 {
+			t.Errorf("podpath_services_programmed = %v", v)
+		}
 	})
 
 	t.Run("cni-installed", func(t *testing.T) {
