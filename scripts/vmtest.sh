@@ -29,6 +29,7 @@ set -euo pipefail
 # are module-relative package paths; a trailing /... takes the subtree.
 VM_EXCLUDE=(
 	"test/vm/...|the VM tooling itself, which runs on the host (make test covers it)"
+	"test/image|builds the container image (compiling in the guest) and checks the artifact, the same on every kernel"
 	"test/agent|runs a real kube-apiserver and etcd (minutes of emulated CPU to start); what it drives in the kernel (node init, service maps, CNI) is the code test/services, test/cni and loader run in every guest"
 )
 
