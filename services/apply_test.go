@@ -121,7 +121,7 @@ func (m *Manager) serviceIDs(t *testing.T, key string) (frontends, backends map[
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range st.Frontends {
+	for _, f := range st.prog.fe {
 		if f.Service == key {
 			frontends[f.ID] = true
 			for _, id := range f.Members {

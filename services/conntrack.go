@@ -117,7 +117,7 @@ func (c *Conntrack) resolve(f FlowFilter) (*selector, *state, error) {
 			return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, key)
 		}
 		s.svcIDs = map[uint32]bool{}
-		for _, fe := range st.Frontends {
+		for _, fe := range st.prog.fe {
 			if fe.Service == key {
 				s.svcIDs[fe.ID] = true
 			}
@@ -125,7 +125,7 @@ func (c *Conntrack) resolve(f FlowFilter) (*selector, *state, error) {
 	}
 	if f.Backend.IsValid() {
 		s.backendID = map[uint32]bool{}
-		for _, b := range st.Backends {
+		for _, b := range st.prog.be {
 			if b.Key.addrPort() == f.Backend && (s.proto == 0 || b.Key.Proto == s.proto) {
 				s.backendID[b.ID] = true
 			}
@@ -260,8 +260,8 @@ func (c *Conntrack) ReapAffinity() (int, error) {
 		if err != nil {
 			return err
 		}
-		timeouts = make(map[uint32]uint64, len(st.Frontends))
-		for _, f := range st.Frontends {
+		timeouts = make(map[uint32]uint64, len(st.prog.fe))
+		for _, f := range st.prog.fe {
 			timeouts[f.ID] = uint64(f.AffinityTimeout) * 1e9
 		}
 		return nil

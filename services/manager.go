@@ -1,7 +1,6 @@
 package services
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -224,7 +223,6 @@ func (m *Manager) save(st *state) error {
 	if err != nil {
 		return err
 	}
-	st.index()
 	m.cache, m.stat = st, fi
 	return nil
 }
@@ -483,17 +481,7 @@ func (m *Manager) updateMode(ctx context.Context, dryRun, resyncAll bool, next f
 				return err
 			}
 		}
-		nst := &state{Version: stateVersion, MapIDs: ids, Services: desired, NextBackendID: prog.nextBackendID}
-		nst.Frontends = make([]*frontend, 0, len(prog.fe))
-		for _, f := range prog.fe {
-			nst.Frontends = append(nst.Frontends, f)
-		}
-		slices.SortFunc(nst.Frontends, func(a, b *frontend) int { return cmp.Compare(a.ID, b.ID) })
-		nst.Backends = make([]*backendEntry, 0, len(prog.be))
-		for _, b := range prog.be {
-			nst.Backends = append(nst.Backends, b)
-		}
-		slices.SortFunc(nst.Backends, func(a, b *backendEntry) int { return cmp.Compare(a.ID, b.ID) })
+		nst := &state{Version: stateVersion, MapIDs: ids, Services: desired, prog: prog}
 		if err := m.save(nst); err != nil {
 			return err
 		}

@@ -2,11 +2,13 @@ package services
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/gob"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -242,6 +244,8 @@ type state struct {
 	prog *programmed
 }
 
+// index builds prog from the recorded lists, which then go: prog is the
+// one truth in memory, and the lists are filled again only to be written.
 func (s *state) index() {
 	s.prog = newProgrammedSized(len(s.Frontends), len(s.Backends))
 	for _, f := range s.Frontends {
@@ -251,6 +255,19 @@ func (s *state) index() {
 		s.prog.addBackend(b)
 	}
 	s.prog.nextBackendID = s.NextBackendID
+	s.Frontends, s.Backends = nil, nil
+}
+
+// frontendsOfService lists a service's frontends by id.
+func (p *programmed) frontendsOfService(key string) []*frontend {
+	var out []*frontend
+	for _, f := range p.fe {
+		if f.Service == key {
+			out = append(out, f)
+		}
+	}
+	slices.SortFunc(out, func(a, b *frontend) int { return cmp.Compare(a.ID, b.ID) })
+	return out
 }
 
 // Files in the state directory.
@@ -284,8 +301,20 @@ func readState(path string) (*state, error) {
 }
 
 func writeState(path string, st *state) error {
+	rec := *st
+	rec.Frontends = make([]*frontend, 0, len(st.prog.fe))
+	for _, f := range st.prog.fe {
+		rec.Frontends = append(rec.Frontends, f)
+	}
+	slices.SortFunc(rec.Frontends, func(a, b *frontend) int { return cmp.Compare(a.ID, b.ID) })
+	rec.Backends = make([]*backendEntry, 0, len(st.prog.be))
+	for _, b := range st.prog.be {
+		rec.Backends = append(rec.Backends, b)
+	}
+	slices.SortFunc(rec.Backends, func(a, b *backendEntry) int { return cmp.Compare(a.ID, b.ID) })
+	rec.NextBackendID = st.prog.nextBackendID
 	var buf bytes.Buffer
-	if err := gob.NewEncoder(&buf).Encode(st); err != nil {
+	if err := gob.NewEncoder(&buf).Encode(&rec); err != nil {
 		return err
 	}
 	tmp := path + ".tmp"

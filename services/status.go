@@ -51,10 +51,8 @@ func (m *Manager) Status(namespace, name string) (ServiceStatus, error) {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, namespace, name)
 		}
 		out.Service = st.Services[i]
-		for _, f := range st.Frontends {
-			if f.Service == out.Service.Key() {
-				out.Frontends = append(out.Frontends, frontendStatus(f, st.prog))
-			}
+		for _, f := range st.prog.frontendsOfService(out.Service.Key()) {
+			out.Frontends = append(out.Frontends, frontendStatus(f, st.prog))
 		}
 		return nil
 	})
