@@ -108,7 +108,7 @@ type Service struct {
 	// spec.internalTrafficPolicy); Cluster, the default, to all.
 	InternalTrafficPolicy TrafficPolicy `json:"internalTrafficPolicy,omitempty"`
 	Algorithm             Algorithm     `json:"algorithm,omitempty"`
-	Backends              []Backend       `json:"backends,omitempty"`
+	Backends              []Backend     `json:"backends,omitempty"`
 }
 
 // Port is one port of a service. A backend receives the port's traffic on
