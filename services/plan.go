@@ -88,134 +88,28 @@ func algoOf(a Algorithm) uint8 {
 // and backends that stay.
 func build(services []Service, prev *programmed, lim limits) (*programmed, error) {
 	next := newProgrammedSized(len(prev.fe), len(prev.be))
-
-	// Backends: one id per (address, port, protocol), shared by every
-	// service that lists it; terminating unless some frontend gives it new
-	// flows. The entry of each (service, port, backend), in loop order, for
-	// the frontends below: portEntries[portBase[si]+pi][bi], nil where the
-	// backend does not serve that port.
-	refs := make(map[beKey]*backendEntry, len(prev.be))
-	active := make(map[*backendEntry]bool, len(prev.be))
-	var (
-		newBackends []*backendEntry
-		portEntries [][]*backendEntry
-		portBase    = make([]int, len(services))
-	)
-	for si := range services {
-		s := &services[si]
-		portBase[si] = len(portEntries)
-		for pi := range s.Ports {
-			p := &s.Ports[pi]
-			proto := protoNumber(p.Protocol)
-			entries := make([]*backendEntry, len(s.Backends))
-			for bi := range s.Backends {
-				b := &s.Backends[bi]
-				tp := b.targetPort(pi, p)
-				if tp == 0 {
-					continue
-				}
-				k := beKey{toIP16(b.IP), uint16(tp), proto}
-				e := refs[k]
-				if e == nil {
-					e = &backendEntry{Key: k}
-					if old := prev.be[k]; old != nil {
-						e.ID = old.ID
-					} else {
-						newBackends = append(newBackends, e)
-					}
-					refs[k] = e
-				}
-				entries[bi] = e
-			}
-			portEntries = append(portEntries, entries)
-		}
+	// Ids in use before this update stay reserved for its length: a
+	// frontend or backend removed now may still have conntrack and affinity
+	// entries until the update finishes flushing them.
+	feIDs := newIDAllocator(1, lim.maxFrontendID, len(prev.fe))
+	for _, f := range prev.fe {
+		feIDs.reserve(f.ID)
 	}
-	if uint32(len(refs)) > lim.maxBackends {
-		return nil, fmt.Errorf("%w: %d backends, the node's backends map holds %d (node init --max-backends)", ErrCapacity, len(refs), lim.maxBackends)
-	}
-	// Backend ids count up and wrap: an id is not handed out again soon
-	// after its backend went, so nothing a racing packet may still have
-	// recorded under the old id (a conntrack or affinity entry created
-	// while the backend was being removed) can point at a new backend.
-	ids := newIDAllocator(1, maxBackendID, len(prev.beByID))
-	ids.cur = max(prev.nextBackendID, 1)
+	beIDs := newIDAllocator(1, maxBackendID, len(prev.beByID))
+	beIDs.cur = max(prev.nextBackendID, 1)
 	for id := range prev.beByID {
-		ids.reserve(id)
+		beIDs.reserve(id)
 	}
-	for _, b := range newBackends {
-		id, ok := ids.next()
-		if !ok {
-			ids.cur = 1
-			if id, ok = ids.next(); !ok {
-				return nil, fmt.Errorf("%w: backend ids exhausted", ErrCapacity)
-			}
-		}
-		b.ID = id
-	}
-	next.nextBackendID = max(prev.nextBackendID, 1)
-	if len(newBackends) > 0 {
-		next.nextBackendID = ids.cur
-	}
-	// Frontends.
-	var newFrontends []*frontend
+	p := newPlanner(prev, feIDs, beIDs)
 	var slots uint64
 	for si := range services {
-		s := &services[si]
-		var flags uint8
-		var timeout uint32
-		if s.SessionAffinity == AffinityClientIP {
-			flags |= maps.SvcFlagAffinity
-			timeout = uint32(s.AffinityTimeout)
-		}
-		for _, fs := range frontendsOf(s) {
-			f := &frontend{
-				Key:             fs.key,
-				Service:         s.Key(),
-				Port:            portLabel(fs.port),
-				Algo:            algoOf(s.Algorithm),
-				Flags:           flags,
-				AffinityTimeout: timeout,
-			}
-			if fs.key.Addr.addr().IsUnspecified() {
-				f.Flags |= maps.SvcFlagNodePort
-			}
-			entries := portEntries[portBase[si]+fs.portIndex]
-			var act, fallback []*backendEntry
-			for bi, b := range s.Backends {
-				be := entries[bi]
-				if be == nil || fs.local && !b.Local {
-					continue
-				}
-				f.Members = append(f.Members, be.ID)
-				switch {
-				case b.Active():
-					act = append(act, be)
-				case b.fallback():
-					fallback = append(fallback, be)
-				}
-			}
-			if len(act) == 0 {
-				act = fallback
-			}
-			for _, be := range act {
-				active[be] = true
-			}
-			slices.Sort(f.Members)
-			old := prev.fe[fs.key]
-			if old != nil {
-				f.ID = old.ID
-				f.Slots = stableSlots(old.Slots, act)
-			} else {
-				newFrontends = append(newFrontends, f)
-				f.Slots = stableSlots(nil, act)
-			}
+		for _, f := range p.service(&services[si]) {
+			next.fe[f.Key] = f
 			slots += uint64(len(f.Slots))
-			next.fe[fs.key] = f
 		}
 	}
-	for _, e := range refs {
-		e.Terminating = !active[e]
-		next.addBackend(e)
+	if uint32(len(p.be)) > lim.maxBackends {
+		return nil, fmt.Errorf("%w: %d backends, the node's backends map holds %d (node init --max-backends)", ErrCapacity, len(p.be), lim.maxBackends)
 	}
 	if uint32(len(next.fe)) > lim.maxFrontendID {
 		return nil, fmt.Errorf("%w: %d frontends, the node's services map holds %d (node init --max-services)", ErrCapacity, len(next.fe), lim.maxFrontendID)
@@ -223,21 +117,159 @@ func build(services []Service, prev *programmed, lim limits) (*programmed, error
 	if slots > uint64(lim.maxSlots) {
 		return nil, fmt.Errorf("%w: %d backend slots, the node's svc_slots map holds %d (node init --max-backends)", ErrCapacity, slots, lim.maxSlots)
 	}
-	// New ids avoid every id in use before this update too: a frontend
-	// removed now may still have conntrack and affinity entries until the
-	// update finishes flushing them.
-	fids := newIDAllocator(1, lim.maxFrontendID, len(prev.fe))
-	for _, f := range prev.fe {
-		fids.reserve(f.ID)
+	if err := p.err(lim); err != nil {
+		return nil, err
 	}
-	for _, f := range newFrontends {
-		id, ok := fids.next()
-		if !ok {
-			return nil, fmt.Errorf("%w: frontend ids 1-%d exhausted (node init --max-services)", ErrCapacity, lim.maxFrontendID)
-		}
-		f.ID = id
+	for _, e := range p.be {
+		e.Terminating = !p.active[e]
+		next.addBackend(e)
 	}
+	next.nextBackendID = p.nextBackendID()
 	return next, nil
+}
+
+// planner computes the frontends of services and the backend entries they
+// reference, reusing prev's ids for the frontends and backends that stay
+// and taking new ones from its allocators.
+type planner struct {
+	prev         *programmed
+	feIDs, beIDs *idAllocator
+	// be holds every backend referenced so far: prev's entries copied,
+	// new ones with fresh ids. active: those some frontend gives new flows.
+	be     map[beKey]*backendEntry
+	active map[*backendEntry]bool
+	newBe  bool
+	// noFeID, noBeID: an allocator ran dry.
+	noFeID, noBeID bool
+}
+
+func newPlanner(prev *programmed, feIDs, beIDs *idAllocator) *planner {
+	return &planner{prev: prev, feIDs: feIDs, beIDs: beIDs, be: map[beKey]*backendEntry{}, active: map[*backendEntry]bool{}}
+}
+
+// err reports an allocator that ran dry.
+func (p *planner) err(lim limits) error {
+	switch {
+	case p.noFeID:
+		return fmt.Errorf("%w: frontend ids 1-%d exhausted (node init --max-services)", ErrCapacity, lim.maxFrontendID)
+	case p.noBeID:
+		return fmt.Errorf("%w: backend ids exhausted", ErrCapacity)
+	}
+	return nil
+}
+
+// nextBackendID is where the next backend id search starts.
+func (p *planner) nextBackendID() uint32 {
+	if !p.newBe {
+		return max(p.prev.nextBackendID, 1)
+	}
+	return p.beIDs.cur
+}
+
+// backend returns the entry for k: the one this plan has, prev's (same
+// id), or a new one. Backend ids count up and wrap: an id is not handed
+// out again soon after its backend went, so nothing a racing packet may
+// still have recorded under the old id (a conntrack or affinity entry
+// created while the backend was being removed) can point at a new backend.
+func (p *planner) backend(k beKey) *backendEntry {
+	if e := p.be[k]; e != nil {
+		return e
+	}
+	e := &backendEntry{Key: k}
+	if old := p.prev.be[k]; old != nil {
+		e.ID = old.ID
+	} else {
+		id, ok := p.beIDs.next()
+		if !ok {
+			p.beIDs.cur = 1
+			if id, ok = p.beIDs.next(); !ok {
+				p.noBeID = true
+			}
+		}
+		e.ID, p.newBe = id, true
+	}
+	p.be[k] = e
+	return e
+}
+
+// service plans one service's frontends.
+func (p *planner) service(s *Service) []*frontend {
+	var flags uint8
+	var timeout uint32
+	if s.SessionAffinity == AffinityClientIP {
+		flags |= maps.SvcFlagAffinity
+		timeout = uint32(s.AffinityTimeout)
+	}
+	specs := frontendsOf(s)
+	// Backend entries per port, [port][backend]: nil where the backend does
+	// not serve the port or no frontend of the port can reach it (every
+	// one is narrowed to local backends and it is not local).
+	entries := make([][]*backendEntry, len(s.Ports))
+	for pi := range s.Ports {
+		port := &s.Ports[pi]
+		proto := protoNumber(port.Protocol)
+		reachAll := false
+		for _, fs := range specs {
+			reachAll = reachAll || fs.portIndex == pi && !fs.local
+		}
+		entries[pi] = make([]*backendEntry, len(s.Backends))
+		for bi := range s.Backends {
+			b := &s.Backends[bi]
+			tp := b.targetPort(pi, port)
+			if tp == 0 || !reachAll && !b.Local {
+				continue
+			}
+			entries[pi][bi] = p.backend(beKey{toIP16(b.IP), uint16(tp), proto})
+		}
+	}
+	out := make([]*frontend, 0, len(specs))
+	for _, fs := range specs {
+		f := &frontend{
+			Key:             fs.key,
+			Service:         s.Key(),
+			Port:            portLabel(fs.port),
+			Algo:            algoOf(s.Algorithm),
+			Flags:           flags,
+			AffinityTimeout: timeout,
+		}
+		if fs.key.Addr.addr().IsUnspecified() {
+			f.Flags |= maps.SvcFlagNodePort
+		}
+		var act, fallback []*backendEntry
+		for bi, b := range s.Backends {
+			be := entries[fs.portIndex][bi]
+			if be == nil || fs.local && !b.Local {
+				continue
+			}
+			f.Members = append(f.Members, be.ID)
+			switch {
+			case b.Active():
+				act = append(act, be)
+			case b.fallback():
+				fallback = append(fallback, be)
+			}
+		}
+		if len(act) == 0 {
+			act = fallback
+		}
+		for _, be := range act {
+			p.active[be] = true
+		}
+		slices.Sort(f.Members)
+		if old := p.prev.fe[fs.key]; old != nil {
+			f.ID = old.ID
+			f.Slots = stableSlots(old.Slots, act)
+		} else {
+			id, ok := p.feIDs.next()
+			if !ok {
+				p.noFeID = true
+			}
+			f.ID = id
+			f.Slots = stableSlots(nil, act)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // stableSlots keeps backends that stay active in the slots they had: one
