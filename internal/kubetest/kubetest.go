@@ -28,7 +28,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -49,10 +48,22 @@ var ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
 
 const serviceCIDR6 = "fd00:10:96::/112"
 
+// TB is what kubetest needs of a test: testing.TB satisfies it, and a
+// program that is not a test (the benchmark) can bring its own.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+	Failed() bool
+}
+
 // Bins finds the cached binaries, building them on first use (about 8
 // minutes cold on 2 cores). PODPATH_KUBE_BIN names a directory that has
 // them already.
-func Bins(t testing.TB) string {
+func Bins(t TB) string {
 	t.Helper()
 	if d := os.Getenv("PODPATH_KUBE_BIN"); d != "" {
 		return d
@@ -142,7 +153,7 @@ type Options struct {
 // Start runs etcd and kube-apiserver in netns (advertising address, which
 // must be an address there, or 127.0.0.1) and waits until the API answers.
 // Everything stops and is removed when the test ends.
-func Start(t testing.TB, netns ns.NetNS, address netip.Addr, o Options) *Cluster {
+func Start(t TB, netns ns.NetNS, address netip.Addr, o Options) *Cluster {
 	t.Helper()
 	c := &Cluster{NS: netns, Address: address, Dir: t.TempDir(), Bins: Bins(t),
 		procs: map[string]*proc{}}
@@ -192,7 +203,7 @@ func (c *Cluster) HTTPClient() *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: c.dial}}
 }
 
-func (c *Cluster) startEtcd(t testing.TB) {
+func (c *Cluster) startEtcd(t TB) {
 	data := filepath.Join(c.Dir, "etcd")
 	c.start(t, "etcd", filepath.Join(c.Bins, "etcd"),
 		"--name=podpath-test",
@@ -208,7 +219,7 @@ func (c *Cluster) startEtcd(t testing.TB) {
 
 // StartAPIServer starts (or, after StopAPIServer, restarts) kube-apiserver
 // and waits until it is ready.
-func (c *Cluster) StartAPIServer(t testing.TB) {
+func (c *Cluster) StartAPIServer(t TB) {
 	t.Helper()
 	p := c.pki
 	c.start(t, "kube-apiserver", filepath.Join(c.Bins, "kube-apiserver"),
@@ -240,9 +251,9 @@ func (c *Cluster) StartAPIServer(t testing.TB) {
 }
 
 // StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL).
-func (c *Cluster) StopAPIServer(t testing.TB) { c.stop(t, "kube-apiserver") }
+func (c *Cluster) StopAPIServer(t TB) { c.stop(t, "kube-apiserver") }
 
-func (c *Cluster) startControllerManager(t testing.TB, clusterCIDR string) {
+func (c *Cluster) startControllerManager(t TB, clusterCIDR string) {
 	p := c.pki
 	args := []string{
 		"--kubeconfig=" + c.Kubeconfig,
@@ -271,7 +282,7 @@ type proc struct {
 }
 
 // start runs a binary in the cluster's namespace, its output in Dir.
-func (c *Cluster) start(t testing.TB, name, bin string, args ...string) {
+func (c *Cluster) start(t TB, name, bin string, args ...string) {
 	t.Helper()
 	log, err := os.OpenFile(filepath.Join(c.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -292,7 +303,7 @@ func (c *Cluster) start(t testing.TB, name, bin string, args ...string) {
 	c.mu.Unlock()
 }
 
-func (c *Cluster) stop(t testing.TB, name string) {
+func (c *Cluster) stop(t TB, name string) {
 	c.mu.Lock()
 	p := c.procs[name]
 	delete(c.procs, name)
@@ -310,7 +321,7 @@ func (c *Cluster) stop(t testing.TB, name string) {
 	p.log.Close()
 }
 
-func (c *Cluster) stopAll(t testing.TB) {
+func (c *Cluster) stopAll(t TB) {
 	for _, name := range []string{"kube-controller-manager", "kube-apiserver", "etcd"} {
 		c.stop(t, name)
 	}
@@ -325,7 +336,7 @@ func (c *Cluster) stopAll(t testing.TB) {
 
 // waitReady polls /readyz until the API server answers ok (a minute at
 // most: the first start creates every built-in object).
-func (c *Cluster) waitReady(t testing.TB) {
+func (c *Cluster) waitReady(t TB) {
 	t.Helper()
 	cert, err := tls.X509KeyPair(c.pki.adminCert, c.pki.adminKey)
 	if err != nil {
