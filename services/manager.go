@@ -45,6 +45,8 @@ type Manager struct {
 	mu    sync.Mutex
 	cache *state
 	stat  os.FileInfo // services.state as it was when cache was read
+	jstat os.FileInfo // services.journal likewise (nil: none)
+	ids   map[string]uint32
 }
 
 // Summary says what an update changed.
@@ -189,21 +191,29 @@ func (m *Manager) statePath() string { return StatePath(m.cfg.StateDir) }
 func StatePath(stateDir string) string { return filepath.Join(stateDir, stateFile) }
 func (m *Manager) dirtyPath() string   { return filepath.Join(m.cfg.StateDir, dirtyFile) }
 
-// load returns the state, re-reading services.state only when another
-// process (or Manager) replaced it since it was last read or written here.
+// load returns the state, re-reading services.state and its journal only
+// when another process (or Manager) changed them since they were last read
+// or written here.
 func (m *Manager) load() (*state, error) {
 	fi, err := os.Stat(m.statePath())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	if m.cache != nil && sameFile(fi, m.stat) {
+	ji, err := os.Stat(m.journalPath())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if m.cache != nil && sameFile(fi, m.stat) && sameFile(ji, m.jstat) {
 		return m.cache, nil
 	}
 	st, err := readState(m.statePath())
 	if err != nil {
 		return nil, err
 	}
-	m.cache, m.stat = st, fi
+	if err := replayJournal(m.journalPath(), st); err != nil {
+		return nil, fmt.Errorf("read %s: %w", m.journalPath(), err)
+	}
+	m.cache, m.stat, m.jstat = st, fi, ji
 	return st, nil
 }
 
@@ -214,10 +224,16 @@ func sameFile(a, b os.FileInfo) bool {
 	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
+// save writes st as the next generation of services.state and drops the
+// journal, whose records are in it now.
 func (m *Manager) save(st *state) error {
-	m.cache, m.stat = nil, nil
+	m.cache, m.stat, m.jstat = nil, nil, nil
+	st.Gen++
 	if err := writeState(m.statePath(), st); err != nil {
 		return fmt.Errorf("record services: %w", err)
+	}
+	if err := os.Remove(m.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	fi, err := os.Stat(m.statePath())
 	if err != nil {
@@ -228,7 +244,11 @@ func (m *Manager) save(st *state) error {
 }
 
 // mapIDs identifies the map instances: node reset and init make new ones.
+// The maps this manager holds open never change, so they are read once.
 func (m *Manager) mapIDs() (map[string]uint32, error) {
+	if m.ids != nil {
+		return m.ids, nil
+	}
 	ids := map[string]uint32{}
 	for name, mp := range map[string]*ebpf.Map{
 		maps.MapServices: m.dp.services, maps.MapSvcSlots: m.dp.slots,
@@ -241,6 +261,7 @@ func (m *Manager) mapIDs() (map[string]uint32, error) {
 		id, _ := info.ID()
 		ids[name] = uint32(id)
 	}
+	m.ids = ids
 	return ids, nil
 }
 
@@ -416,7 +437,17 @@ func (m *Manager) update(ctx context.Context, dryRun bool, next func([]Service) 
 // entries nothing wants deleted), whatever the recorded state says.
 func (m *Manager) updateMode(ctx context.Context, dryRun, resyncAll bool, next func([]Service) ([]Service, error)) (Summary, error) {
 	var sum Summary
-	err := m.locked(!dryRun, func() error {
+	err := m.locked(!dryRun, func() (err error) {
+		sum, err = m.updateLocked(ctx, dryRun, resyncAll, next)
+		return err
+	})
+	return sum, err
+}
+
+// updateLocked is updateMode under the lock.
+func (m *Manager) updateLocked(ctx context.Context, dryRun, resyncAll bool, next func([]Service) ([]Service, error)) (Summary, error) {
+	var sum Summary
+	err := func() error {
 		st, err := m.load()
 		if err != nil {
 			return err
@@ -481,7 +512,7 @@ func (m *Manager) updateMode(ctx context.Context, dryRun, resyncAll bool, next f
 				return err
 			}
 		}
-		nst := &state{Version: stateVersion, MapIDs: ids, Services: desired, prog: prog}
+		nst := &state{Version: stateVersion, MapIDs: ids, Services: desired, prog: prog, Gen: st.Gen}
 		if err := m.save(nst); err != nil {
 			return err
 		}
@@ -492,6 +523,6 @@ func (m *Manager) updateMode(ctx context.Context, dryRun, resyncAll bool, next f
 			"removed", len(sum.Removed), "unchanged", len(sum.Unchanged),
 			"mapWrites", sum.MapWrites, "flushed", sum.Flushed, "resynced", sum.Resynced)
 		return nil
-	})
+	}()
 	return sum, err
 }

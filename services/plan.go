@@ -337,9 +337,11 @@ func portLabel(p *Port) string {
 // maxBackendID is the highest backend id; 0 means "no backend".
 const maxBackendID = 1<<32 - 2
 
-// idAllocator hands out the lowest free ids of a range from cur on.
+// idAllocator hands out the lowest free ids of a range from cur on. An id
+// is free when neither used nor taken (when set) says otherwise.
 type idAllocator struct {
 	used     map[uint32]bool
+	taken    func(uint32) bool
 	cur, max uint32
 }
 
@@ -351,7 +353,7 @@ func (a *idAllocator) reserve(id uint32) { a.used[id] = true }
 
 func (a *idAllocator) next() (uint32, bool) {
 	for ; a.cur <= a.max && a.cur != 0; a.cur++ {
-		if !a.used[a.cur] {
+		if !a.used[a.cur] && (a.taken == nil || !a.taken(a.cur)) {
 			id := a.cur
 			a.used[id] = true
 			a.cur++

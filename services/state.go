@@ -240,8 +240,12 @@ type state struct {
 	Backends  []*backendEntry   `json:"backends"`
 	// NextBackendID is where the next backend id search starts.
 	NextBackendID uint32 `json:"nextBackendID"`
+	// Gen counts the states written; journal records carry the generation
+	// they apply to.
+	Gen uint64 `json:"gen"`
 
 	prog *programmed
+	ix   *incrIndex // built by the first incremental update
 }
 
 // index builds prog from the recorded lists, which then go: prog is the
