@@ -29,12 +29,14 @@ type panel struct {
 
 // seriesColors keeps a contender's colour the same on every chart.
 var seriesColors = map[string]color.Color{
-	cLimit:     color.RGBA{150, 150, 150, 255},
-	cDocker:    color.RGBA{230, 140, 40, 255},
-	cPodpath:   color.RGBA{40, 110, 200, 255},
-	cniBridge:  color.RGBA{230, 140, 40, 255},
-	cniPodpath: color.RGBA{40, 110, 200, 255},
-	cIptables:  color.RGBA{230, 140, 40, 255},
+	cLimit:       color.RGBA{150, 150, 150, 255},
+	cDocker:      color.RGBA{230, 140, 40, 255},
+	cPodpath:     color.RGBA{40, 110, 200, 255},
+	cniBridge:    color.RGBA{230, 140, 40, 255},
+	cniPodpath:   color.RGBA{40, 110, 200, 255},
+	cIptables:    color.RGBA{230, 140, 40, 255},
+	cpKPIptables: color.RGBA{230, 140, 40, 255},
+	cpKPNftables: color.RGBA{200, 70, 70, 255},
 }
 
 var fallbackColors = []color.Color{
@@ -125,6 +127,8 @@ func familyPanels(r *results, fam string) []panel {
 			{title: "TCP_RR (higher is better)", unit: "transactions/s", groups: []string{"rr_rate"}, series: contenders, get: get, ratio: vsRef(cIptables)},
 			{title: "TCP_CRR (higher is better)", unit: "connections/s", groups: []string{"crr_rate"}, series: contenders, get: get, ratio: vsRef(cIptables)},
 		}
+	case famControlPlane:
+		return controlPlanePanels(r)
 	case famMemory:
 		var parts, totals []string
 		for _, g := range uniq(ms, func(m *measurement) string { return m.Metric }) {

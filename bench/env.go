@@ -38,6 +38,8 @@ func (e *env) runFamily(ctx context.Context, fam string) error {
 		return e.runServices(ctx)
 	case famSNAT:
 		return e.runSNAT(ctx)
+	case famControlPlane:
+		return e.runControlPlane(ctx)
 	}
 	return fmt.Errorf("unknown family %s", fam)
 }

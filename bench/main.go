@@ -65,6 +65,19 @@ type config struct {
 	NftProgram   bool          `json:"serviceProgramNft"`
 	// snat: repetitions (durations as tcp_stream and tcp_rr).
 	SNATReps int `json:"snatRepetitions"`
+	// control_plane: Services created (1 to 10 endpoints each), rounds
+	// (each contender once per round), EndpointSlice changes in all,
+	// goroutines and client QPS creating the objects, the contenders'
+	// minimum sync period, the pause between changes, and how long
+	// programming everything may take.
+	CPServices    int           `json:"controlPlaneServices"`
+	CPRounds      int           `json:"controlPlaneRounds"`
+	CPChanges     int           `json:"controlPlaneChanges"`
+	CPWorkers     int           `json:"controlPlaneCreateWorkers"`
+	CPQPS         float32       `json:"controlPlaneClientQPS"`
+	CPMinSync     time.Duration `json:"-"`
+	CPSpacing     time.Duration `json:"-"`
+	CPSettleLimit time.Duration `json:"-"`
 
 	// Human-readable copies of the durations for the JSON.
 	StreamTimeS float64 `json:"streamSeconds"`
@@ -74,6 +87,9 @@ type config struct {
 	SvcTimeS    float64 `json:"serviceRRSeconds"`
 	SvcWarmupS  float64 `json:"serviceRRWarmupSeconds"`
 	RestoreS    float64 `json:"restoreLimitSeconds"`
+	CPMinSyncS  float64 `json:"controlPlaneMinSyncSeconds"`
+	CPSpacingS  float64 `json:"controlPlaneChangeSpacingSeconds"`
+	CPSettleS   float64 `json:"controlPlaneSettleLimitSeconds"`
 }
 
 func newConfig(quick bool) config {
@@ -87,7 +103,9 @@ func newConfig(quick bool) config {
 		SvcCounts: []int{1, 1000, 10000, 100000}, SvcReps: 5,
 		SvcTime: 2500 * time.Millisecond, SvcWarmup: 500 * time.Millisecond,
 		SvcProgramN: 10000, RestoreLimit: 5 * time.Minute, NftProgram: true,
-		SNATReps: 5,
+		SNATReps:   5,
+		CPServices: 10000, CPRounds: 3, CPChanges: 100, CPWorkers: 32, CPQPS: 5000,
+		CPMinSync: time.Millisecond, CPSpacing: 500 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
 	}
 	if quick {
 		c.Mode, c.Reps, c.CNIReps = "quick", 2, 2
@@ -99,15 +117,17 @@ func newConfig(quick bool) config {
 		c.SvcTime, c.SvcWarmup = 1500*time.Millisecond, 300*time.Millisecond
 		c.NftProgram = false
 		c.SNATReps = 2
+		c.CPServices, c.CPRounds, c.CPChanges = 1000, 1, 10
 	}
 	c.StreamTimeS, c.StreamOmitS = c.StreamTime.Seconds(), c.StreamOmit.Seconds()
 	c.RRTimeS, c.RRWarmupS = c.RRTime.Seconds(), c.RRWarmup.Seconds()
 	c.SvcTimeS, c.SvcWarmupS, c.RestoreS = c.SvcTime.Seconds(), c.SvcWarmup.Seconds(), c.RestoreLimit.Seconds()
+	c.CPMinSyncS, c.CPSpacingS, c.CPSettleS = c.CPMinSync.Seconds(), c.CPSpacing.Seconds(), c.CPSettleLimit.Seconds()
 	return c
 }
 
 // families are the measurement families, in the order they run.
-var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT}
+var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT, famControlPlane}
 
 func main() {
 	quick := flag.Bool("quick", false, "smoke run: 2 repetitions, 2 s measurements, 20 pods")

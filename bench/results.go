@@ -179,6 +179,7 @@ func evaluateTargets(r *results) {
 	}
 	serviceTargets(r)
 	snatTargets(r)
+	controlPlaneTargets(r)
 }
 
 // compareTarget adds a target on the ratio of two medians; pass judges

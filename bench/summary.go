@@ -8,14 +8,15 @@ import (
 
 // familyTitles name the families in the summary and on the charts.
 var familyTitles = map[string]string{
-	famStream:   "TCP single-stream throughput, pod to pod (iperf3)",
-	famRR:       "TCP_RR: 1-byte request/response on one connection",
-	famCRR:      "TCP_CRR: one connection per 1-byte request/response",
-	famProgRun:  "BPF_PROG_RUN: per-packet cost of each program path",
-	famCNI:      "CNI ADD/DEL latency",
-	famMemory:   "Kernel memory of podpath's maps and programs",
-	famServices: "Services: a pod to a ClusterIP (backend on the same node), N services programmed",
-	famSNAT:     "SNAT: a pod to a host outside the node, masqueraded",
+	famStream:       "TCP single-stream throughput, pod to pod (iperf3)",
+	famRR:           "TCP_RR: 1-byte request/response on one connection",
+	famCRR:          "TCP_CRR: one connection per 1-byte request/response",
+	famProgRun:      "BPF_PROG_RUN: per-packet cost of each program path",
+	famCNI:          "CNI ADD/DEL latency",
+	famMemory:       "Kernel memory of podpath's maps and programs",
+	famServices:     "Services: a pod to a ClusterIP (backend on the same node), N services programmed",
+	famSNAT:         "SNAT: a pod to a host outside the node, masqueraded",
+	famControlPlane: "Control plane: Services and EndpointSlices from a real kube-apiserver to the datapath",
 }
 
 // references are what each family's ratios are taken against.
@@ -61,6 +62,10 @@ func summary(r *results) string {
 		fmt.Fprintf(&b, "## %s\n\n", familyTitles[fam])
 		if fam == famServices {
 			b.WriteString(servicesSummary(r))
+			continue
+		}
+		if fam == famControlPlane {
+			b.WriteString(controlPlaneSummary(r))
 			continue
 		}
 		refs := references(fam)

@@ -1,0 +1,579 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The control-plane family: how fast Services and EndpointSlices written
+// to a real kube-apiserver (etcd and kube-apiserver from internal/kubetest)
+// reach the datapath, for `podpath agent` and the real kube-proxy of the
+// same Kubernetes build in iptables and nftables mode. Each contender runs
+// in a fresh node namespace of its own joined to the control plane's, one
+// at a time (rotated order each round), so none competes with another for
+// the two cores:
+//
+//	(a) CPServices Services with 1 to 10 endpoints each are created (and
+//	    their EndpointSlices, written here with the trigger-time
+//	    annotation) while the contender runs; from the last create call
+//	    returning to the end of the sync that programmed the last of them;
+//	(b) then one EndpointSlice at a time changes (an endpoint replaced by
+//	    another address), and the contender's own network programming
+//	    latency for it (trigger time to programmed) and the sync time it
+//	    spent on it are read from its metrics, before and after.
+//
+// Then the contender stops and the objects are deleted.
+
+// famControlPlane is the family's name.
+const famControlPlane = "control_plane"
+
+// cpSpecs are the contenders and their nodes.
+func cpSpecs() []cpSpec {
+	return []cpSpec{
+		{contender: cPodpath, node: "cp-podpath", port: "n-pp", addr: netip.MustParsePrefix("10.250.0.2/24"), podCIDR: "10.244.1.0/24", start: startPodpathNode},
+		{contender: cpKPIptables, node: "cp-kube-proxy-iptables", port: "n-kpi", addr: netip.MustParsePrefix("10.250.0.3/24"), podCIDR: "10.244.2.0/24", start: startKubeProxyNode},
+		{contender: cpKPNftables, node: "cp-kube-proxy-nftables", port: "n-kpn", addr: netip.MustParsePrefix("10.250.0.4/24"), podCIDR: "10.244.3.0/24", start: startKubeProxyNode},
+	}
+}
+
+func (e *env) runControlPlane(ctx context.Context) error {
+	cfg := e.cfg
+	var specs []cpSpec
+	for _, s := range cpSpecs() {
+		tool := map[string]string{cpKPIptables: "iptables-legacy-restore", cpKPNftables: "nft"}[s.contender]
+		if tool != "" {
+			if _, err := exec.LookPath(tool); err != nil {
+				e.res.Notes = append(e.res.Notes, fmt.Sprintf("control_plane: %s not measured: %s not found (apt-get install iptables nftables)", s.contender, tool))
+				continue
+			}
+		}
+		specs = append(specs, s)
+	}
+	c, err := startControlPlane(cfg.CPQPS)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if err := c.ensureNamespace(ctx); err != nil {
+		return err
+	}
+	for _, s := range specs {
+		if err := c.createNode(ctx, s.node, s.addr.Addr(), s.podCIDR); err != nil {
+			return err
+		}
+	}
+	e.res.Notes = append(e.res.Notes, cpNotes(cfg, c)...)
+	e.res.Notes = append(e.res.Notes, "control_plane: podpath agent built from the working tree: "+srcState(e.srcDir))
+
+	// The same changes for every contender: per round, which services.
+	rng := rand.New(rand.NewPCG(7, uint64(cfg.CPServices)))
+	picks := make([][]int, cfg.CPRounds)
+	for i := range cfg.CPChanges {
+		r := i % cfg.CPRounds
+		picks[r] = append(picks[r], rng.IntN(cfg.CPServices))
+	}
+	dropped := map[string]bool{}
+	for round := range cfg.CPRounds {
+		for _, s := range rotate(specs, round) {
+			if dropped[s.contender] {
+				continue
+			}
+			err := e.cpTurn(ctx, c, s, round, picks[round])
+			if err == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if s.contender == cPodpath {
+				return fmt.Errorf("%s, round %d: %w", s.contender, round+1, err)
+			}
+			// A kube-proxy mode that cannot run here is reported, not fatal.
+			dropped[s.contender] = true
+			e.res.Notes = append(e.res.Notes, fmt.Sprintf("control_plane: %s failed in round %d and was not measured further: %v", s.contender, round+1, err))
+			slog.Warn("control plane: contender failed", "contender", s.contender, "round", round+1, "err", err)
+		}
+	}
+	e.cpPercentiles()
+	return nil
+}
+
+// cpTurn is one contender's turn in a round: a fresh node running it,
+// every object created and timed until programmed, the changes measured
+// one at a time, the contender stopped and the objects deleted.
+func (e *env) cpTurn(ctx context.Context, c *cpCluster, s cpSpec, round int, picks []int) (err error) {
+	cfg := e.cfg
+	n := cfg.CPServices
+	slog.Info("control plane: starting", "contender", s.contender, "round", round+1)
+	node, err := s.start(ctx, e, c, s)
+	if err != nil {
+		return err
+	}
+	created := false
+	defer func() {
+		err = errors.Join(err, node.close())
+		if !created {
+			return
+		}
+		t0 := time.Now()
+		if derr := c.deleteAll(context.WithoutCancel(ctx), n, cfg.CPWorkers); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		slog.Info("control plane: objects deleted", "took", time.Since(t0).Round(time.Millisecond))
+	}()
+
+	t0 := time.Now()
+	created = true
+	objs, err := c.create(ctx, n, cfg.CPWorkers)
+	if err != nil {
+		return err
+	}
+	tCreated := time.Now()
+	want := node.base
+	want.services += n
+	want.endpoints += objs.endpoints
+	want.svcChanges += float64(n)
+	want.epChanges += float64(n)
+	want.rulesServices += n
+	want.rulesEps += objs.endpoints
+	slog.Info("control plane: created", "contender", s.contender, "services", n, "endpoints", objs.endpoints, "took", tCreated.Sub(t0).Round(time.Millisecond))
+	at, got, err := node.waitProgrammed(ctx, want, cfg.CPSettleLimit)
+	if errors.Is(err, errTooSlow) {
+		e.res.Notes = append(e.res.Notes, fmt.Sprintf("control_plane: %s, round %d: %v; its changes were not measured this round", s.contender, round+1, err))
+		slog.Warn("control plane: not programmed in time", "contender", s.contender, "err", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m := e.res.record(famControlPlane, "programmed_after_created", s.contender, "s", lower, at.Sub(tCreated).Seconds())
+	m.addExtra("round", round+1)
+	m.addExtra("services", n)
+	m.addExtra("endpoints", objs.endpoints)
+	m.addExtra("creation_s", round3(tCreated.Sub(t0).Seconds()))
+	m.addExtra("programmed_after_first_create_s", round3(at.Sub(t0).Seconds()))
+	m.addExtra("frontends_in_datapath", got.rulesServices-node.base.rulesServices)
+	m.addExtra("endpoints_in_datapath", got.rulesEps-node.base.rulesEps)
+	slog.Info("control plane: all programmed", "contender", s.contender, "round", round+1,
+		"after_created", at.Sub(tCreated).Round(time.Millisecond), "after_first_create", at.Sub(t0).Round(time.Millisecond))
+
+	for k, i := range picks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ch, err := node.measureChange(ctx, c, objs, i)
+		if err != nil {
+			return fmt.Errorf("change %d (service %d): %w", k+1, i, err)
+		}
+		ml := e.res.record(famControlPlane, "change_latency", s.contender, "ms", lower, ch.latency*1000)
+		ml.addExtra("round", round+1)
+		ml.addExtra("service", i)
+		ml.addExtra("programming_observations", ch.observations)
+		if ch.seen > 0 {
+			ml.addExtra("bench_saw_in_maps_ms", round3(ch.seen.Seconds()*1000))
+		}
+		ms := e.res.record(famControlPlane, "sync_per_change", s.contender, "ms", lower, ch.syncWork*1000)
+		ms.addExtra("round", round+1)
+		ms.addExtra("syncs", ch.syncs)
+		slog.Debug("control plane: change", "contender", s.contender, "service", i,
+			"latency_ms", fmt.Sprintf("%.2f", ch.latency*1000), "sync_ms", fmt.Sprintf("%.2f", ch.syncWork*1000), "syncs", ch.syncs)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(cfg.CPSpacing):
+		}
+	}
+	if l := e.res.find(famControlPlane, "change_latency", s.contender); l != nil && len(picks) > 0 {
+		slog.Info("control plane: changes", "contender", s.contender, "round", round+1, "changes", len(picks),
+			"latency_median_ms_so_far", fmt.Sprintf("%.2f", l.Median),
+			"sync_median_ms_so_far", fmt.Sprintf("%.2f", e.res.find(famControlPlane, "sync_per_change", s.contender).Median))
+	}
+	return nil
+}
+
+// waitProgrammed polls the contender's metrics until everything created
+// is programmed, then checks the datapath holds every service; it returns
+// when the sync that completed it ended, and what the datapath holds.
+func (n *cpNode) waitProgrammed(ctx context.Context, want cpCounts, limit time.Duration) (time.Time, cpCounts, error) {
+	deadline := time.Now().Add(limit)
+	var last cpCounts
+	for {
+		if n.proc.exited() {
+			return time.Time{}, last, fmt.Errorf("%s exited:\n%s", n.spec.contender, n.proc.tail(3000))
+		}
+		m, err := n.scrape(ctx)
+		if err != nil {
+			slog.Debug("control plane: scrape", "contender", n.spec.contender, "err", err)
+		} else if at, ok := n.settled(m, want); ok {
+			if last, err = n.count(ctx); err != nil {
+				return time.Time{}, last, err
+			}
+			if last.rulesServices == want.rulesServices {
+				// Counting takes a while (iptables-save): had a sync run
+				// since, it is the one that completed the state.
+				if m, err := n.scrape(ctx); err == nil {
+					if at2, ok := n.settled(m, want); ok {
+						at = at2
+					}
+				}
+				return at, last, nil
+			}
+			slog.Info("control plane: settled but the datapath differs", "contender", n.spec.contender,
+				"frontends", last.rulesServices, "want", want.rulesServices)
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, last, fmt.Errorf("%w: not everything programmed %v after the last create (datapath: %d of %d services)",
+				errTooSlow, limit, last.rulesServices, want.rulesServices)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, last, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// cpChange is what one EndpointSlice change cost a contender.
+type cpChange struct {
+	// latency is the contender's own network programming latency of the
+	// change (seconds): the histogram's sum grew by it.
+	latency float64
+	// syncWork is the sync time spent from the change until it was
+	// programmed (seconds), over syncs syncs.
+	syncWork, syncs float64
+	// observations the programming histogram gained (1 expected).
+	observations float64
+	// seen is when the bench saw the new backend in the maps (podpath).
+	seen time.Duration
+}
+
+// measureChange changes service i's slice and waits until the contender
+// reports it programmed: its programming and sync histograms both grew.
+func (n *cpNode) measureChange(ctx context.Context, c *cpCluster, o *cpObjects, i int) (cpChange, error) {
+	var ch cpChange
+	m0, err := n.scrape(ctx)
+	if err != nil {
+		return ch, err
+	}
+	pc0, ps0 := n.hist(m0, n.progMetric)
+	sc0, ss0 := n.hist(m0, n.syncMetric)
+	addr, trigger, err := c.change(ctx, o, i)
+	if err != nil {
+		return ch, err
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	if n.seen != nil {
+		for {
+			ok, err := n.seen(o.clusterIPs[i], addr)
+			if err != nil {
+				return ch, err
+			}
+			if ok {
+				ch.seen = time.Since(trigger)
+				break
+			}
+			if time.Now().After(deadline) {
+				return ch, fmt.Errorf("%s of service %d not in the maps after 2 minutes", addr, i)
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+	}
+	for {
+		m1, err := n.scrape(ctx)
+		if err != nil {
+			return ch, err
+		}
+		pc1, ps1 := n.hist(m1, n.progMetric)
+		sc1, ss1 := n.hist(m1, n.syncMetric)
+		if pc1 > pc0 && sc1 > sc0 {
+			ch.observations, ch.latency = pc1-pc0, (ps1-ps0)/(pc1-pc0)
+			ch.syncs, ch.syncWork = sc1-sc0, ss1-ss0
+			return ch, nil
+		}
+		if time.Now().After(deadline) || n.proc.exited() {
+			return ch, fmt.Errorf("change not reported programmed after 2 minutes (%s: %v -> %v, %s: %v -> %v)", n.progMetric, pc0, pc1, n.syncMetric, sc0, sc1)
+		}
+		select {
+		case <-ctx.Done():
+			return ch, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// cpPercentiles adds p50 and p99 over all changes of each contender, with
+// the same percentiles per round as the spread.
+func (e *env) cpPercentiles() {
+	for _, s := range cpSpecs() {
+		for _, base := range []string{"change_latency", "sync_per_change"} {
+			m := e.res.find(famControlPlane, base, s.contender)
+			if m == nil || len(m.Reps) == 0 {
+				continue
+			}
+			byRound := map[int][]float64{}
+			for k, v := range m.Reps {
+				r, _ := m.Extra["round"][k].(int)
+				byRound[r] = append(byRound[r], v)
+			}
+			all := slices.Sorted(slices.Values(m.Reps))
+			for _, p := range []float64{50, 99} {
+				pm := e.res.record(famControlPlane, fmt.Sprintf("%s_p%.0f", base, p), s.contender, "ms", lower, round3(percentile(all, p)))
+				pm.addExtra("changes", len(all))
+				for _, r := range slices.Sorted(maps.Keys(byRound)) {
+					v := slices.Sorted(slices.Values(byRound[r]))
+					pm.addExtra("per_round", round3(percentile(v, p)))
+				}
+			}
+		}
+	}
+}
+
+// cpNotes say how the family measures, in the results.
+func cpNotes(c config, cl *cpCluster) []string {
+	return []string{
+		fmt.Sprintf("control_plane: a real etcd + kube-apiserver (%s) in a namespace of their own; each contender in a fresh node namespace joined to it by a veth on a bridge, one contender at a time, rotated order each of %d rounds; "+
+			"per turn: %d ClusterIP Services (one TCP port, no selector) with one EndpointSlice each of 1 to 10 ready endpoints (i%%10+1), written by the bench with the %s annotation, from %d goroutines at client QPS %.0f, while the contender runs; then the contender is stopped and everything deleted",
+			cl.bins, c.CPRounds, c.CPServices, triggerAnnotation, c.CPWorkers, c.CPQPS),
+		"control_plane programmed_after_created: from the last create call returning to the end of the sync that programmed the last object. podpath: its gauges podpath_services_programmed and podpath_endpoints_programmed reach the counts, and the time is that of the agent's last \"services synced\" log line (ms); " +
+			"kube-proxy: every change received (sync_proxy_rules_endpoint_changes_total and service_changes_total), none pending (the *_changes_pending gauges) and sync_proxy_rules_last_timestamp_seconds not before sync_proxy_rules_last_queued_timestamp_seconds: the time is last_timestamp. " +
+			"Either way the datapath is then counted: podpath's services map frontends, kube-proxy's KUBE-SERVICES jumps to KUBE-SVC chains (iptables) or the service-ips map's elements (nftables) must be the Services created",
+		fmt.Sprintf("control_plane changes: %d in all over the rounds, the same services for every contender, one at a time: the first endpoint of a slice replaced by a new address, trigger time set just before the update; latency = the growth of the contender's own network programming histogram sum (podpath_network_programming_duration_seconds, kubeproxy_network_programming_duration_seconds{ip_family=IPv4}), sync work = the growth of its sync duration histogram sum (podpath_sync_duration_seconds, kubeproxy_sync_proxy_rules_duration_seconds{ip_family=IPv4}), from a scrape before the change to one after both grew; %v between changes. p50/p99 over all changes, nearest rank; per-round percentiles give the spread",
+			c.CPChanges, c.CPSpacing),
+		fmt.Sprintf("control_plane settings: every contender --min-sync-period %v (kube-proxy's default is 1 s, podpath's 1 s); podpath --sync-period 1h, as kube-proxy's full resync (FullSyncPeriod, 1 h, not configurable); kube-proxy iptables mode uses the legacy backend (iptables, iptables-save, iptables-restore on its PATH point at the -legacy binaries, as the services family), nftables mode nft %s; kube-proxy conntrack sysctls left alone (maxPerCore 0, timeouts 0); podpath's agent with --no-socket-lb, its uplink eth0 on the bridge",
+			c.CPMinSync, nftVersion()),
+	}
+}
+
+// srcState names the commit the source tree is at and the files of the
+// agent's packages that differ from it.
+func srcState(benchDir string) string {
+	root := filepath.Dir(benchDir)
+	head, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "(not a git checkout)"
+	}
+	out, _ := exec.Command("git", "-C", root, "status", "--porcelain", "--", "agent", "services", "maps", "loader", "bpf", "cmd", "internal/sim").Output()
+	dirty := strings.Join(strings.Fields(strings.ReplaceAll(string(out), "\n", " ")), " ")
+	if dirty == "" {
+		dirty = "none"
+	}
+	return fmt.Sprintf("commit %s, uncommitted changes to the agent's packages: %s", strings.TrimSpace(string(head)), dirty)
+}
+
+func nftVersion() string {
+	out, err := exec.Command("nft", "--version").Output()
+	if err != nil {
+		return "(not found)"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// controlPlaneTargets: podpath's sync work per change under 5 ms, and
+// kube-proxy taking at least 10 times podpath's time for (a) and (b).
+func controlPlaneTargets(r *results) {
+	n := r.Config.CPServices
+	for _, p := range []string{"p50", "p99"} {
+		m := r.find(famControlPlane, "sync_per_change_"+p, cPodpath)
+		if m == nil {
+			continue
+		}
+		r.Targets = append(r.Targets, target{
+			Name: fmt.Sprintf("control plane: podpath sync work per EndpointSlice change, %s, %d Services", p, n),
+			Want: "< 5 ms (ratio: value / 5 ms)", Ratio: round3(m.Median / 5), Pass: m.Median < 5,
+			Detail: fmt.Sprintf("%s ms over %v changes, per round %v", formatValue(m.Median), m.Extra["changes"], m.Extra["per_round"]),
+		})
+	}
+	for _, kp := range []string{cpKPIptables, cpKPNftables} {
+		for _, g := range []struct{ metric, label string }{
+			{"programmed_after_created", "all created to all programmed"},
+			{"change_latency_p50", "one EndpointSlice change, p50 latency"},
+			{"change_latency_p99", "one EndpointSlice change, p99 latency"},
+		} {
+			num, den := r.find(famControlPlane, g.metric, kp), r.find(famControlPlane, g.metric, cPodpath)
+			name := fmt.Sprintf("control plane: %s, %s vs podpath, %d Services", g.label, kp, n)
+			r.compareTarget(name, ">= 10x (podpath 10x faster)", num, den, kp, cPodpath, func(x float64) bool { return x >= 10 })
+			if len(r.Targets) == 0 || r.Targets[len(r.Targets)-1].Name != name {
+				continue
+			}
+			if g.metric == "programmed_after_created" {
+				if p := pairedRatios(num, den); p != "" {
+					r.Targets[len(r.Targets)-1].Detail += "; " + p
+				}
+			} else if lo, hi, ok := roundRatios(num, den); ok {
+				r.Targets[len(r.Targets)-1].Detail += fmt.Sprintf("; per round %.1fx-%.1fx", lo, hi)
+			}
+		}
+	}
+}
+
+// roundRatios is the range of num/den over rounds, from the per-round
+// percentiles.
+func roundRatios(num, den *measurement) (lo, hi float64, ok bool) {
+	a, b := num.Extra["per_round"], den.Extra["per_round"]
+	if len(a) == 0 || len(a) != len(b) {
+		return 0, 0, false
+	}
+	lo, hi = math.Inf(1), math.Inf(-1)
+	for i := range a {
+		x, _ := a[i].(float64)
+		y, _ := b[i].(float64)
+		if y <= 0 {
+			return 0, 0, false
+		}
+		lo, hi = math.Min(lo, x/y), math.Max(hi, x/y)
+	}
+	return lo, hi, true
+}
+
+// controlPlaneSummary is the family's table: one column per contender.
+func controlPlaneSummary(r *results) string {
+	var b strings.Builder
+	var contenders []string
+	for _, s := range cpSpecs() {
+		if r.find(famControlPlane, "programmed_after_created", s.contender) != nil {
+			contenders = append(contenders, s.contender)
+		}
+	}
+	if len(contenders) == 0 {
+		return ""
+	}
+	c := r.Config
+	fmt.Fprintf(&b, "%d Services, 1 to 10 endpoints each, against a real kube-apiserver; each contender alone on the machine in its turn, %d rounds (rotated order); %d EndpointSlice changes one at a time. "+
+		"(a): median (min-max) over rounds; (b): over all changes, the per-round range in brackets. Ratios: kube-proxy's figure over podpath's.\n\n", c.CPServices, c.CPRounds, c.CPChanges)
+	b.WriteString("| |")
+	for _, k := range contenders {
+		fmt.Fprintf(&b, " %s |", k)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(contenders)) + "\n")
+	row := func(label string, cell func(contender string) string) {
+		fmt.Fprintf(&b, "| %s |", label)
+		for _, k := range contenders {
+			fmt.Fprintf(&b, " %s |", cell(k))
+		}
+		b.WriteString("\n")
+	}
+	get := func(metric, k string) *measurement { return r.find(famControlPlane, metric, k) }
+	row("(a) all created to all programmed, s", func(k string) string {
+		m := get("programmed_after_created", k)
+		if m == nil {
+			return "not measured"
+		}
+		return fmt.Sprintf("%s (%s-%s)", formatValue(m.Median), formatValue(m.Min), formatValue(m.Max))
+	})
+	row("(a) vs podpath, per round", func(k string) string {
+		if k == cPodpath {
+			return "-"
+		}
+		num, den := get("programmed_after_created", k), get("programmed_after_created", cPodpath)
+		if num == nil || den == nil {
+			return "-"
+		}
+		s := ratioCell(num, den)
+		var rs []float64
+		for i := range min(len(num.Reps), len(den.Reps)) {
+			if den.Reps[i] > 0 {
+				rs = append(rs, num.Reps[i]/den.Reps[i])
+			}
+		}
+		if len(rs) > 0 {
+			lo, _, hi := minMedMax(rs)
+			s += fmt.Sprintf(" (%.1fx-%.1fx)", lo, hi)
+		}
+		return s
+	})
+	pct := func(metric string) func(string) string {
+		return func(k string) string {
+			m := get(metric, k)
+			if m == nil {
+				return "not measured"
+			}
+			return fmt.Sprintf("%s (%s)", formatValue(m.Median), roundRange(m))
+		}
+	}
+	vs := func(metric string) func(string) string {
+		return func(k string) string {
+			num, den := get(metric, k), get(metric, cPodpath)
+			if k == cPodpath || num == nil || den == nil {
+				return "-"
+			}
+			s := ratioCell(num, den)
+			if lo, hi, ok := roundRatios(num, den); ok {
+				s += fmt.Sprintf(" (%.1fx-%.1fx)", lo, hi)
+			}
+			return s
+		}
+	}
+	row("(b) change latency p50, ms", pct("change_latency_p50"))
+	row("(b) change latency p99, ms", pct("change_latency_p99"))
+	row("(b) p50 vs podpath", vs("change_latency_p50"))
+	row("(b) p99 vs podpath", vs("change_latency_p99"))
+	row("sync work per change p50, ms", pct("sync_per_change_p50"))
+	row("sync work per change p99, ms", pct("sync_per_change_p99"))
+	row("sync work p50 vs podpath", vs("sync_per_change_p50"))
+	row("syncs per change (max)", func(k string) string {
+		m := get("sync_per_change", k)
+		if m == nil {
+			return "-"
+		}
+		most := 0.0
+		for _, v := range m.Extra["syncs"] {
+			f, _ := v.(float64)
+			most = math.Max(most, f)
+		}
+		return formatValue(most)
+	})
+	b.WriteString("\n")
+	return b.String()
+}
+
+// roundRange is "lo-hi" of a percentile's per-round values.
+func roundRange(m *measurement) string {
+	var vs []float64
+	for _, v := range m.Extra["per_round"] {
+		if f, ok := v.(float64); ok {
+			vs = append(vs, f)
+		}
+	}
+	if len(vs) == 0 {
+		return "-"
+	}
+	lo, _, hi := minMedMax(vs)
+	return formatValue(lo) + "-" + formatValue(hi)
+}
+
+// controlPlanePanels: (a), the change latency and the sync work per change.
+func controlPlanePanels(r *results) []panel {
+	ms := r.family(famControlPlane)
+	if len(ms) == 0 {
+		return nil
+	}
+	contenders := uniq(ms, func(m *measurement) string { return m.Contender })
+	get := func(g, s string) *measurement { return r.find(famControlPlane, g, s) }
+	vsPodpath := func(g, s string) string {
+		m, base := get(g, s), get(g, cPodpath)
+		if s == cPodpath || m == nil || base == nil || base.Median == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.0fx podpath", m.Median/base.Median)
+	}
+	n := r.Config.CPServices
+	return []panel{
+		{title: fmt.Sprintf("(a) %d Services created to all programmed (lower is better)", n), unit: "s",
+			groups: []string{"programmed_after_created"}, series: contenders, get: get, ratio: vsPodpath},
+		{title: fmt.Sprintf("(b) one EndpointSlice change to programmed, %d Services", n), unit: "ms",
+			groups: []string{"change_latency_p50", "change_latency_p99"}, series: contenders, get: get, ratio: vsPodpath},
+		{title: "sync work per change (lower is better)", unit: "ms",
+			groups: []string{"sync_per_change_p50", "sync_per_change_p99"}, series: contenders, get: get, ratio: vsPodpath},
+	}
+}
