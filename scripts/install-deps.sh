@@ -8,7 +8,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 
 for p in clang-19 llvm-19 libbpf-dev bpftool iproute2 iptables containerd runc \
-	busybox-static iperf3 qemu-system-x86 netcat-openbsd ca-certificates \
+	busybox-static iperf3 nftables qemu-system-x86 netcat-openbsd ca-certificates \
 	ethtool util-linux strace xz-utils debian-archive-keyring; do
 	want "$p"
 done
