@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -50,8 +49,10 @@ type proxy struct {
 	pendingSince time.Time // first change not yet programmed
 	kick         chan struct{}
 
-	// Owned by the sync loop.
-	cache map[string]translated
+	// Owned by the sync loop: every Service's translation, and the ones
+	// the manager refused (retried at every sync).
+	cache   map[string]translated
+	refused map[string]skip
 
 	// Read by health checks.
 	stateMu  sync.Mutex
@@ -64,9 +65,10 @@ func newProxy(client kubernetes.Interface, node string, mgr *services.Manager, m
 	p := &proxy{
 		node: node, mgr: mgr, met: met, health: health,
 		minSync: minSync, fullSync: fullSync,
-		dirty: map[string]time.Time{},
-		kick:  make(chan struct{}, 1),
-		cache: map[string]translated{},
+		dirty:   map[string]time.Time{},
+		kick:    make(chan struct{}, 1),
+		cache:   map[string]translated{},
+		refused: map[string]skip{},
 	}
 	// As kube-proxy: Services another proxy serves, and the slices of
 	// headless Services, are never even listed.
@@ -279,56 +281,14 @@ func (p *proxy) sync(ctx context.Context, full bool) (err error) {
 		p.cache[key] = t
 	}
 
-	desired := make([]services.Service, 0, len(p.cache))
-	for _, k := range slices.Sorted(maps.Keys(p.cache)) {
-		if s := p.cache[k].svc; s != nil {
-			desired = append(desired, *s)
-		}
-	}
-	refused := map[string]skip{}
 	var sum services.Summary
-	for attempt := 0; ; attempt++ {
-		if full {
-			sum, err = p.mgr.Reconcile(ctx, desired)
-		} else {
-			sum, err = p.mgr.Apply(ctx, desired)
-		}
-		var verr *services.ValidationError
-		if err == nil || !errors.As(err, &verr) || attempt > 3 {
-			break
-		}
-		// A Service podpath cannot serve never blocks the others: leave
-		// out the ones named, and try again.
-		drop := map[string]bool{}
-		for _, fe := range verr.Errors {
-			key, reason := fe.Service, SkipInvalid
-			if fe.Other != "" {
-				reason = SkipConflict
-				if _, ours := p.cache[key]; !ours {
-					key = fe.Other // a hostPort holds it: the Service yields
-				}
-			}
-			if _, ours := p.cache[key]; !ours {
-				continue
-			}
-			drop[key] = true
-			if _, seen := refused[key]; !seen {
-				refused[key] = skip{reason, fe.Error()}
-			}
-		}
-		if len(drop) == 0 {
-			break
-		}
-		desired = slices.DeleteFunc(desired, func(s services.Service) bool { return drop[s.Key()] })
-	}
-	if errors.Is(err, services.ErrCapacity) {
-		return fmt.Errorf("program %d services: %w", len(desired), err)
+	if full {
+		sum, err = p.syncAll(ctx)
+	} else {
+		sum, err = p.syncChanged(ctx, dirty)
 	}
 	if err != nil {
 		return err
-	}
-	for k, sk := range refused {
-		slog.Warn("service not programmed", "service", k, "reason", sk.reason, "detail", sk.detail)
 	}
 	now := time.Now()
 	for _, t := range dirty {
@@ -336,37 +296,128 @@ func (p *proxy) sync(ctx context.Context, full bool) (err error) {
 			p.met.programming.Observe(now.Sub(t).Seconds())
 		}
 	}
-	p.report(desired, refused)
-	slog.Debug("services synced", "full", full, "changed", len(dirty), "services", len(desired),
+	p.report()
+	slog.Debug("services synced", "full", full, "changed", len(dirty),
 		"added", len(sum.Added), "updated", len(sum.Updated), "removed", len(sum.Removed),
 		"mapWrites", sum.MapWrites, "flushed", sum.Flushed, "took", time.Since(start))
 	return nil
 }
 
-// report updates the gauges and the health check servers after a sync.
-func (p *proxy) report(desired []services.Service, refused map[string]skip) {
-	backends := 0
-	for i := range desired {
-		backends += len(desired[i].Backends)
+// syncChanged programs the Services in dirty, and those refused before
+// (what blocked them may be gone), through Manager.Update: the work is the
+// change's, not the cluster's.
+func (p *proxy) syncChanged(ctx context.Context, dirty map[string]time.Time) (services.Summary, error) {
+	var (
+		ups     []services.Service
+		removes []string
+	)
+	keys := slices.Sorted(maps.Keys(dirty))
+	for k := range p.refused {
+		if _, ok := dirty[k]; !ok {
+			keys = append(keys, k)
+		}
 	}
-	p.met.servicesProgrammed.Set(float64(len(desired)))
-	p.met.endpointsProgrammed.Set(float64(backends))
+	for _, k := range keys {
+		delete(p.refused, k)
+		if s := p.cache[k].svc; s != nil {
+			ups = append(ups, *s)
+		} else {
+			removes = append(removes, k)
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		sum, err := p.mgr.Update(ctx, ups, removes)
+		drop := p.refuse(err, attempt)
+		if drop == nil {
+			return sum, err
+		}
+		// A refused Service must not stay programmed as it was.
+		ups = slices.DeleteFunc(ups, func(s services.Service) bool {
+			if drop[s.Key()] {
+				removes = append(removes, s.Key())
+				return true
+			}
+			return false
+		})
+	}
+}
+
+// syncAll hands every Service to Manager.Reconcile, which rewrites every
+// map entry and deletes the ones nothing wants: drift is repaired.
+func (p *proxy) syncAll(ctx context.Context) (services.Summary, error) {
+	clear(p.refused)
+	desired := make([]services.Service, 0, len(p.cache))
+	for _, k := range slices.Sorted(maps.Keys(p.cache)) {
+		if s := p.cache[k].svc; s != nil {
+			desired = append(desired, *s)
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		sum, err := p.mgr.Reconcile(ctx, desired)
+		drop := p.refuse(err, attempt)
+		if drop == nil {
+			return sum, err
+		}
+		desired = slices.DeleteFunc(desired, func(s services.Service) bool { return drop[s.Key()] })
+	}
+}
+
+// refuse reads a validation error: the Services it names (ours; for a
+// conflict with a hostPort, ours yields) are recorded as refused, with the
+// reason, and returned to be left out. It returns nil when err is not
+// such an error, or after a few attempts.
+func (p *proxy) refuse(err error, attempt int) map[string]bool {
+	var verr *services.ValidationError
+	if err == nil || !errors.As(err, &verr) || attempt > 3 {
+		return nil
+	}
+	drop := map[string]bool{}
+	for _, fe := range verr.Errors {
+		key, reason := fe.Service, SkipInvalid
+		if fe.Other != "" {
+			reason = SkipConflict
+			if _, ours := p.cache[key]; !ours {
+				key = fe.Other
+			}
+		}
+		if _, ours := p.cache[key]; !ours {
+			continue
+		}
+		drop[key] = true
+		if _, seen := p.refused[key]; !seen {
+			p.refused[key] = skip{reason, fe.Error()}
+			slog.Warn("service not programmed", "service", key, "reason", reason, "detail", fe.Error())
+		}
+	}
+	if len(drop) == 0 {
+		return nil
+	}
+	return drop
+}
+
+// report updates the gauges and the health check servers after a sync.
+func (p *proxy) report() {
+	var svcs, backends int
 	counts := map[string]int{}
 	checks := map[int32]healthCheck{}
 	for k, t := range p.cache {
 		for _, sk := range t.skips {
 			counts[sk.reason]++
 		}
-		if _, no := refused[k]; no || t.svc == nil {
+		if _, no := p.refused[k]; no || t.svc == nil {
 			continue
 		}
+		svcs++
+		backends += len(t.svc.Backends)
 		if t.healthCheckNodePort != 0 {
 			checks[t.healthCheckNodePort] = healthCheck{service: k, local: t.localEndpoints}
 		}
 	}
-	for _, sk := range refused {
+	for _, sk := range p.refused {
 		counts[sk.reason]++
 	}
+	p.met.servicesProgrammed.Set(float64(svcs))
+	p.met.endpointsProgrammed.Set(float64(backends))
 	p.met.setSkipped(counts)
 	if p.health != nil {
 		p.health.update(checks)
