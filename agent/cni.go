@@ -25,7 +25,8 @@ const cniVersion = "1.0.0"
 // only when a conflist exists, so pods are not started before the node can
 // wire them.
 func installCNI(cfg Config, node loader.Config) error {
-	if err := copyFile(cfg.CNIBinSource, filepath.Join(cfg.CNIBinDir, "podpath-cni"), 0o755); err != nil {
+	installed := []string{filepath.Join(cfg.CNIBinDir, "podpath-cni")}
+	if err := copyFile(cfg.CNIBinSource, installed[0], 0o755); err != nil {
 		return fmt.Errorf("install the CNI plugin: %w", err)
 	}
 	// Runtimes set up each pod's lo with the reference loopback plugin;
@@ -37,11 +38,12 @@ func installCNI(cfg Config, node loader.Config) error {
 			if err := copyFile(loopback, filepath.Join(cfg.CNIBinDir, "loopback"), 0o755); err != nil {
 				return fmt.Errorf("install the loopback plugin: %w", err)
 			}
+			installed = append(installed, filepath.Join(cfg.CNIBinDir, "loopback"))
 		} else {
 			slog.Warn("no loopback CNI plugin in the CNI bin dir: runtimes need it to start pods", "dir", cfg.CNIBinDir)
 		}
 	}
-	conf := map[string]any{
+	list := map[string]any{
 		"cniVersion": cniVersion,
 		"name":       "podpath",
 		"plugins": []any{map[string]any{
@@ -51,14 +53,19 @@ func installCNI(cfg Config, node loader.Config) error {
 			"capabilities": map[string]bool{"portMappings": true},
 		}},
 	}
-	b, err := json.MarshalIndent(conf, "", "  ")
+	b, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(cfg.CNIConfDir, CNIConfName), append(b, '\n'), 0o644); err != nil {
+	conf := filepath.Join(cfg.CNIConfDir, CNIConfName)
+	if err := writeFileAtomic(conf, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("install the CNI configuration: %w", err)
 	}
-	slog.Info("CNI plugin installed", "bin", filepath.Join(cfg.CNIBinDir, "podpath-cni"), "conf", filepath.Join(cfg.CNIConfDir, CNIConfName))
+	installed = append(installed, conf)
+	if err := recordInstalled(node.StateDir, installed); err != nil {
+		return err
+	}
+	slog.Info("CNI plugin installed", "files", installed)
 	return nil
 }
 
@@ -103,4 +110,44 @@ func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
+}
+
+// installedFile lists, in the node's state directory, the files the agent
+// put on the node, so `podpath node reset` can take them away again.
+const installedFile = "agent-installed.json"
+
+func recordInstalled(stateDir string, files []string) error {
+	b, err := json.Marshal(files)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(stateDir, installedFile), b, 0o600)
+}
+
+// Uninstall removes what agents installed on the node with this state
+// directory (the CNI plugin, the loopback plugin where it was the agent's,
+// the conflist): with `podpath node reset`, the node is as it was before.
+func Uninstall(stateDir string) error {
+	record := filepath.Join(stateDir, installedFile)
+	b, err := os.ReadFile(record)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var files []string
+	if err := json.Unmarshal(b, &files); err != nil {
+		return fmt.Errorf("%s: %w", record, err)
+	}
+	var errs []error
+	for _, f := range files {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, os.Remove(record))
+	}
+	return errors.Join(errs...)
 }

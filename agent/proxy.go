@@ -171,7 +171,9 @@ func (p *proxy) run(ctx context.Context) error {
 	// looks at every Service and reconciles the maps whole, which is also
 	// how a restarted agent converges without flushing conntrack.
 	p.markAll()
-	full := true
+	// The first sync hands everything to Apply, which writes only what
+	// differs from what the maps hold; the periodic one reconciles.
+	full, first := false, true
 	resync := time.NewTicker(p.fullSync)
 	defer resync.Stop()
 	var last time.Time
@@ -184,7 +186,7 @@ func (p *proxy) run(ctx context.Context) error {
 			}
 		}
 		last = time.Now()
-		if err := p.sync(ctx, full); err != nil {
+		if err := p.sync(ctx, full, first); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -195,7 +197,7 @@ func (p *proxy) run(ctx context.Context) error {
 			default:
 			}
 		} else {
-			full = false
+			full, first = false, false
 		}
 		select {
 		case <-ctx.Done():
@@ -226,16 +228,17 @@ func (p *proxy) markAll() {
 	p.mu.Unlock()
 }
 
-// sync programs the changed Services. With full, the service maps are
-// rewritten whole (Manager.Reconcile), repairing any drift.
-func (p *proxy) sync(ctx context.Context, full bool) (err error) {
+// sync programs the changed Services. The first one after start hands
+// every Service to Apply; with full, the service maps are rewritten whole
+// (Manager.Reconcile), repairing any drift.
+func (p *proxy) sync(ctx context.Context, full, first bool) (err error) {
 	p.mu.Lock()
 	dirty := p.dirty
 	pendingSince := p.pendingSince
 	p.dirty = map[string]time.Time{}
 	p.pendingSince = time.Time{}
 	p.mu.Unlock()
-	if len(dirty) == 0 && !full {
+	if len(dirty) == 0 && !full && !first {
 		return nil
 	}
 	start := time.Now()
@@ -282,8 +285,8 @@ func (p *proxy) sync(ctx context.Context, full bool) (err error) {
 	}
 
 	var sum services.Summary
-	if full {
-		sum, err = p.syncAll(ctx)
+	if full || first {
+		sum, err = p.syncAll(ctx, full)
 	} else {
 		sum, err = p.syncChanged(ctx, dirty)
 	}
@@ -342,9 +345,11 @@ func (p *proxy) syncChanged(ctx context.Context, dirty map[string]time.Time) (se
 	}
 }
 
-// syncAll hands every Service to Manager.Reconcile, which rewrites every
-// map entry and deletes the ones nothing wants: drift is repaired.
-func (p *proxy) syncAll(ctx context.Context) (services.Summary, error) {
+// syncAll hands every Service to the manager: to Apply, which writes what
+// differs from what it recorded, or with reconcile to Reconcile, which
+// rewrites every map entry and deletes the ones nothing wants, repairing
+// drift.
+func (p *proxy) syncAll(ctx context.Context, reconcile bool) (services.Summary, error) {
 	clear(p.refused)
 	desired := make([]services.Service, 0, len(p.cache))
 	for _, k := range slices.Sorted(maps.Keys(p.cache)) {
@@ -353,7 +358,11 @@ func (p *proxy) syncAll(ctx context.Context) (services.Summary, error) {
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		sum, err := p.mgr.Reconcile(ctx, desired)
+		apply := p.mgr.Apply
+		if reconcile {
+			apply = p.mgr.Reconcile
+		}
+		sum, err := apply(ctx, desired)
 		drop := p.refuse(err, attempt)
 		if drop == nil {
 			return sum, err

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/podpath/podpath/agent"
 	"github.com/podpath/podpath/loader"
 	"github.com/spf13/cobra"
 )
@@ -115,10 +116,13 @@ func parseSNATFlags(c *loader.Config, addr, ports string, cluster, nonMasq []str
 func newNodeResetCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "reset",
-		Short: "Detach every program, remove the pins and forget the node configuration",
+		Short: "Detach every program, remove the pins, forget the node configuration and remove the CNI files the agent installed",
 		RunE: func(*cobra.Command, []string) error {
 			if err := loader.Reset(g.pinRoot, g.stateDir); err != nil {
 				return err
+			}
+			if err := agent.Uninstall(g.stateDir); err != nil {
+				return fmt.Errorf("remove what the agent installed: %w", err)
 			}
 			fmt.Printf("datapath removed from %s\n", g.pinRoot)
 			return nil

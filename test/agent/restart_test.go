@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -390,5 +392,44 @@ func TestHostPortKeepsItsPort(t *testing.T) {
 		if !slices.Equal(f.Active, []string{netip.AddrPortFrom(hp.IP, 80).String()}) {
 			t.Fatalf("the hostPort's %s frontend is not the pod's: %s", scope, dump(got))
 		}
+	}
+}
+
+// TestNodeResetUndoesTheAgent: after the agent (as a deleted DaemonSet's
+// pod would), `podpath node reset` leaves the node as it was: no program
+// attached, no pin, no CNI file the agent installed.
+func TestNodeResetUndoesTheAgent(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent(t, e.bin)
+	e.checkCNIInstalled(t)
+	e.agent.signal(syscall.SIGTERM)
+	out, err := exec.Command("nsenter", "--net="+e.node.NS.Path(), "--", e.bin,
+		"--pin-root", e.node.PinRoot, "--state-dir", e.node.StateDir, "node", "reset").CombinedOutput()
+	if err != nil {
+		t.Fatalf("node reset: %v\n%s", err, out)
+	}
+	for _, f := range []string{
+		filepath.Join(e.dir, "cni-bin", "podpath-cni"),
+		filepath.Join(e.dir, "cni-conf", "10-podpath.conflist"),
+		e.node.PinRoot,
+	} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still there after node reset (%v)", f, err)
+		}
+	}
+	err = e.node.Do(func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+				return fmt.Errorf("XDP still attached to %s", l.Attrs().Name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
