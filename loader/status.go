@@ -86,7 +86,7 @@ func ReadStatus(pinRoot, stateDir string) (*Status, error) {
 			ms.ID = uint32(id)
 			ms.Memlock, _ = info.Memlock()
 		}
-		ms.Entries = countEntries(m)
+		ms.Entries = maps.CountEntries(m)
 		m.Close()
 		st.Maps = append(st.Maps, ms)
 	}
@@ -102,19 +102,3 @@ func ReadStatus(pinRoot, stateDir string) (*Status, error) {
 	return st, nil
 }
 
-// countEntries walks the keys only, which works for every map type.
-func countEntries(m *ebpf.Map) int {
-	n := 0
-	key := make([]byte, m.KeySize())
-	next := make([]byte, m.KeySize())
-	var prev any // nil asks for the first key
-	for m.NextKey(prev, &next) == nil {
-		n++
-		copy(key, next)
-		prev = key
-		if n > int(m.MaxEntries()) { // the map changed under us; stop
-			break
-		}
-	}
-	return n
-}
