@@ -101,4 +101,3 @@ func ReadStatus(pinRoot, stateDir string) (*Status, error) {
 	}
 	return st, nil
 }
-
