@@ -340,3 +340,37 @@ func Tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// WaitServing waits until the daemon answers on its socket.
+func (cd *Containerd) WaitServing(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	var out []byte
+	var err error
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		select {
+		case <-cd.Exited:
+			t.Fatalf("containerd exited during start-up:\n%s", Tail(cd.Log, 30))
+		default:
+		}
+		if out, err = cd.Ctr("version"); err == nil {
+			return
+		}
+	}
+	t.Fatalf("containerd not serving after %v: %v\n%s\n%s", timeout, err, out, Tail(cd.Log, 30))
+}
+
+// TaskPID is the PID of the running task (a container's first process) of
+// container id, as `ctr tasks list` shows it.
+func (cd *Containerd) TaskPID(id string) (int, error) {
+	out, err := cd.Ctr("tasks", "list")
+	if err != nil {
+		return 0, fmt.Errorf("ctr tasks list: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == id && f[2] == "RUNNING" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no running task %s:\n%s", id, out)
+}

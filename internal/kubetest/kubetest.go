@@ -1,5 +1,6 @@
 // Package kubetest runs a real Kubernetes control plane for tests: etcd and
-// kube-apiserver (and, on request, kube-controller-manager), built from the
+// kube-apiserver (and, on request, kube-controller-manager and
+// kube-scheduler; a real node with StartNode), built from the
 // Go module proxy by scripts/kube-bins.sh and cached by version, started as
 // processes inside a network namespace the test made, with certificates
 // made here. Nothing is faked: objects go through the real API server's
@@ -148,6 +149,14 @@ type Options struct {
 	// Services and Pods, node CIDR allocation with ClusterCIDR).
 	ControllerManager bool
 	ClusterCIDR       string
+	// NodeLifecycle also runs the controller manager's node lifecycle
+	// controller, for clusters with real kubelets: it lifts the not-ready
+	// taint kubelet registers its Node with (and evicts the pods of nodes
+	// that stop reporting).
+	NodeLifecycle bool
+	// Scheduler runs kube-scheduler (without it, pods that name no node
+	// stay Pending).
+	Scheduler bool
 }
 
 // Start runs etcd and kube-apiserver in netns (advertising address, which
@@ -180,7 +189,11 @@ func Start(t TB, netns ns.NetNS, address netip.Addr, o Options) *Cluster {
 		t.Fatal(err)
 	}
 	if o.ControllerManager {
-		c.startControllerManager(t, o.ClusterCIDR)
+		c.startControllerManager(t, o)
+	}
+	if o.Scheduler {
+		c.start(t, "kube-scheduler", filepath.Join(c.Bins, "kube-scheduler"),
+			"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0", "--v=0")
 	}
 	return c
 }
@@ -253,14 +266,18 @@ func (c *Cluster) StartAPIServer(t TB) {
 // StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL).
 func (c *Cluster) StopAPIServer(t TB) { c.stop(t, "kube-apiserver") }
 
-func (c *Cluster) startControllerManager(t TB, clusterCIDR string) {
+func (c *Cluster) startControllerManager(t TB, o Options) {
 	p := c.pki
+	// Nodes without a kubelet would turn NotReady and have their pods
+	// evicted after about 40 s.
+	controllers := "*,-node-lifecycle-controller"
+	if o.NodeLifecycle {
+		controllers = "*"
+	}
 	args := []string{
 		"--kubeconfig=" + c.Kubeconfig,
 		"--leader-elect=false",
-		// Nodes without a kubelet would turn NotReady and have their pods
-		// evicted after about 40 s.
-		"--controllers=*,-node-lifecycle-controller",
+		"--controllers=" + controllers,
 		"--service-account-private-key-file=" + p.file("sa.key"),
 		"--root-ca-file=" + p.file("ca.crt"),
 		"--use-service-account-credentials=false",
@@ -268,8 +285,8 @@ func (c *Cluster) startControllerManager(t TB, clusterCIDR string) {
 		"--secure-port=0",
 		"--v=0",
 	}
-	if clusterCIDR != "" {
-		args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24")
+	if o.ClusterCIDR != "" {
+		args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+o.ClusterCIDR, "--node-cidr-mask-size=24")
 	}
 	c.start(t, "kube-controller-manager", filepath.Join(c.Bins, "kube-controller-manager"), args...)
 }
@@ -322,11 +339,11 @@ func (c *Cluster) stop(t TB, name string) {
 }
 
 func (c *Cluster) stopAll(t TB) {
-	for _, name := range []string{"kube-controller-manager", "kube-apiserver", "etcd"} {
+	for _, name := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 		c.stop(t, name)
 	}
 	if t.Failed() {
-		for _, name := range []string{"kube-apiserver", "kube-controller-manager", "etcd"} {
+		for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"} {
 			if b, err := os.ReadFile(filepath.Join(c.Dir, name+".log")); err == nil {
 				t.Logf("%s log (tail):\n%s", name, tail(string(b), 4000))
 			}

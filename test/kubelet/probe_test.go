@@ -1,0 +1,179 @@
+package kubelet_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// dialIn opens a TCP connection from inside the network namespace at path
+// (a pod's, the node's, the outside host's). The socket keeps the
+// namespace it was made in, whichever thread uses it later; the process
+// stays in its cgroup, the root one here, where the node's processes are.
+func dialIn(netnsPath, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, timeout)
+		return err
+	})
+	return c, err
+}
+
+// fetch is one HTTP/1.0 GET / over a new connection made in the namespace
+// at netnsPath; it returns the body (the web pods answer their name).
+func fetch(netnsPath, addr string, timeout time.Duration) (string, error) {
+	c, err := dialIn(netnsPath, addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	head, body, _ := strings.Cut(string(b), "\r\n\r\n")
+	if status, _, _ := strings.Cut(head, "\r\n"); !strings.Contains(status, " 200 ") {
+		return "", fmt.Errorf("answer %q", status)
+	}
+	return strings.TrimSpace(body), nil
+}
+
+// prober opens new connections to one address in a loop and counts them
+// per phase of the test: each connection must be answered.
+type prober struct {
+	name, netns, addr string
+
+	mu       sync.Mutex
+	phase    string
+	ok       map[string]int
+	failed   map[string]int
+	failures []string            // the first few, with their phase
+	seen     map[string][]string // backends that answered, per phase
+}
+
+func newProber(name, netnsPath, addr string) *prober {
+	return &prober{name: name, netns: netnsPath, addr: addr,
+		ok: map[string]int{}, failed: map[string]int{}, seen: map[string][]string{}}
+}
+
+// run probes until ctx ends, about every 10 ms.
+func (p *prober) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		start := time.Now()
+		body, err := fetch(p.netns, p.addr, 2*time.Second)
+		p.mu.Lock()
+		if err != nil {
+			p.failed[p.phase]++
+			if len(p.failures) < 20 {
+				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond)))
+			}
+		} else {
+			p.ok[p.phase]++
+			if seen := p.seen[p.phase]; !slices.Contains(seen, body) {
+				p.seen[p.phase] = append(seen, body)
+			}
+		}
+		p.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// setPhase starts counting under a new phase.
+func (p *prober) setPhase(phase string) {
+	p.mu.Lock()
+	p.phase = phase
+	p.mu.Unlock()
+}
+
+// counts is what one phase saw.
+func (p *prober) counts(phase string) (ok, failed int, backends []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	backends = append([]string(nil), p.seen[phase]...)
+	sort.Strings(backends)
+	return p.ok[phase], p.failed[phase], backends
+}
+
+func (p *prober) failuresSeen() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.failures...)
+}
+
+// attempt is one connection attempt to a frontend being removed.
+type attempt struct {
+	at  time.Duration // since the removal was sent
+	err error         // nil: answered (connected)
+}
+
+// refused tells whether the connect failed at once: refused (RST) or
+// unreachable (ICMP).
+func (a attempt) refused() bool {
+	return errors.Is(a.err, syscall.ECONNREFUSED) || errors.Is(a.err, syscall.EHOSTUNREACH) || errors.Is(a.err, syscall.ENETUNREACH)
+}
+
+// attempts connects to addr from the namespace at netnsPath every 20 ms
+// (300 ms timeout each) until one is refused and for a second more, or
+// until limit has passed without a refusal.
+func attempts(netnsPath, addr string, since time.Time, limit time.Duration) []attempt {
+	var out []attempt
+	end := since.Add(limit)
+	for time.Now().Before(end) {
+		c, err := dialIn(netnsPath, addr, 300*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		a := attempt{time.Since(since), err}
+		if a.refused() && end.Sub(time.Now()) > time.Second {
+			end = time.Now().Add(time.Second)
+		}
+		out = append(out, a)
+		time.Sleep(20 * time.Millisecond)
+	}
+	return out
+}
+
+// icmpCounters reads the Icmp line pair of /proc/net/snmp of the calling
+// thread's network namespace into a map.
+func icmpCounters() (map[string]int64, error) {
+	b, err := os.ReadFile("/proc/thread-self/net/snmp")
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "Icmp: ")
+		if !ok {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(rest)
+			continue
+		}
+		out := map[string]int64{}
+		for i, v := range strings.Fields(rest) {
+			if i < len(names) {
+				out[names[i]], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("no Icmp counters in /proc/net/snmp")
+}
