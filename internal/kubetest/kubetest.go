@@ -281,6 +281,8 @@ func (c *Cluster) startControllerManager(t TB, o Options) {
 		"--service-account-private-key-file=" + p.file("sa.key"),
 		"--root-ca-file=" + p.file("ca.crt"),
 		"--use-service-account-credentials=false",
+		// Not the host's /usr/libexec/kubernetes/..., which it creates.
+		"--flex-volume-plugin-dir=" + filepath.Join(c.Dir, "flexvolume"),
 		"--bind-address=127.0.0.1",
 		"--secure-port=0",
 		"--v=0",

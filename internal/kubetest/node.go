@@ -63,9 +63,11 @@ type Node struct {
 	IP   netip.Addr // InternalIP
 	Dir  string
 	// MountNS is the node's mount namespace, /proc/<pid>/ns/mnt of the
-	// process that holds it. /var/log is a tmpfs there (kubelet's
-	// /var/log/containers is fixed), and the kernel settings kubelet
-	// insists on writing (see kernelTunables) are files of its own.
+	// process that holds it. /var/log, /var/lib and /run are tmpfs there
+	// (kubelet and containerd use some fixed paths in them), and the
+	// kernel settings kubelet insists on writing (see kernelTunables) are
+	// files of its own. Paths to the node's files outside those (the
+	// test's temporary directories) are the same inside and out.
 	MountNS               string
 	CNIBinDir, CNIConfDir string
 	Runtime               *ctrtest.Containerd
@@ -201,10 +203,17 @@ func (c *Cluster) StartNode(t *testing.T, o NodeOptions) *Node {
 
 // startMountNS starts the process that holds the node's mount namespace:
 // a slave of the host's (host mounts still show, the node's do not go
-// back), /var/log a tmpfs, kernel tunables masked. It is killed at the end.
+// back), /var/log, /var/lib and /run tmpfs of its own, kernel tunables
+// masked. It is killed at the end.
 func (n *Node) startMountNS(t *testing.T) {
 	t.Helper()
-	script := []string{"set -e", "mount -t tmpfs tmpfs /var/log"}
+	// Paths kubelet and containerd 1.6 use whatever their configuration
+	// says: /var/log/containers, /var/lib/kubelet/device-plugins, libcni's
+	// cache in /var/lib/cni, shim sockets in /run/containerd.
+	script := []string{"set -e"}
+	for _, dir := range []string{"/var/log", "/var/lib", "/run"} {
+		script = append(script, "mount -t tmpfs tmpfs "+dir)
+	}
 	dir := filepath.Join(n.Dir, "sysctl")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)

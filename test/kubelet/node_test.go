@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
 
@@ -157,7 +158,7 @@ func TestNode(t *testing.T) {
 
 	// 6. Scale 2 -> 4 -> 2 and a rollout restart while a pod and the node
 	// open new connections to the ClusterIP in a loop: none may fail.
-	e.churn(t, web, clientNS, clusterIP, client.Name)
+	e.churn(t, web, clientNS, clusterIP, client)
 
 	// 7. Deleting the Service makes its ClusterIP refuse at once.
 	e.deleteService(t, svc, clientNS, clusterIP)
@@ -433,13 +434,15 @@ func (e *env) apiFromPod(t *testing.T, podNS string) string {
 // churn scales the web Deployment 2 -> 4 -> 2 and restarts it, while the
 // client pod and the node each open new connections to the ClusterIP in a
 // loop, and reports every phase's connections. Not one may fail.
-func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP, clientPod string) {
+func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP string, client *corev1.Pod) {
+	clientIP, clientPod := netip.MustParseAddr(client.Status.PodIP), client.Name
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	probers := []*prober{
 		newProber("client pod", clientNS, clusterIP),
 		newProber("node", e.nodeNS.Path(), clusterIP),
 	}
+	probers[0].explain = func() string { return e.handshakes(t, clientIP, clusterIP) }
 	var wg sync.WaitGroup
 	for _, p := range probers {
 		wg.Go(func() { p.run(ctx) })
@@ -465,7 +468,7 @@ func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP, c
 		if wantBackends > 0 {
 			// Every pod must be reached: the new ones were programmed.
 			waitFor(t, name+": every pod answers", 20*time.Second, func() (bool, string) {
-				_, _, seen := probers[0].counts(name)
+				_, _, _, seen := probers[0].counts(name)
 				for _, p := range pods {
 					if !slices.Contains(seen, p.Name) {
 						return false, fmt.Sprintf("seen %v, pods %d", seen, len(pods))
@@ -480,8 +483,8 @@ func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP, c
 		}
 		var report []string
 		for _, p := range probers {
-			ok, failed, seen := p.counts(name)
-			report = append(report, fmt.Sprintf("%s %d ok / %d failed (backends %d)", p.name, ok, failed, len(seen)))
+			ok, failed, reused, seen := p.counts(name)
+			report = append(report, fmt.Sprintf("%s %d ok / %d failed (backends %d, local port reused within %v %d times)", p.name, ok, failed, len(seen), ctClosedLifetime, reused))
 		}
 		t.Logf("6. %s: %v: %s; datapath %s", name, time.Since(start).Round(time.Millisecond), strings.Join(report, "; "), e.countersSince(t, counters))
 	}
@@ -545,6 +548,55 @@ func (e *env) countersSince(t *testing.T, before map[string]uint64) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ", ")
+}
+
+// handshakes describes the flows from client to frontend whose conntrack
+// entry has seen no ACK (a connection that failed in its handshake): the
+// backend chosen and the flags each direction saw.
+func (e *env) handshakes(t *testing.T, client netip.Addr, frontend string) string {
+	fe := netip.MustParseAddrPort(frontend)
+	open := func(name string) (*ebpf.Map, error) { return maps.OpenPinned(e.pinRoot, name) }
+	ctMap, err := open(maps.MapConntrack)
+	if err != nil {
+		return err.Error()
+	}
+	defer ctMap.Close()
+	beMap, err := open(maps.MapBackends)
+	if err != nil {
+		return err.Error()
+	}
+	defer beMap.Close()
+	ct, err := maps.Entries[maps.CtKey, maps.CtEntry](ctMap)
+	if err != nil {
+		return err.Error()
+	}
+	be, err := maps.Entries[uint32, maps.Backend](beMap)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for k, v := range ct {
+		if maps.AddrFrom16(k.Family, k.Saddr) != client || maps.AddrFrom16(k.Family, k.Daddr) != fe.Addr() ||
+			maps.HostPort(k.Dport) != fe.Port() || v.TcpFlags&0x10 != 0 {
+			continue
+		}
+		b, ok := be[v.BackendId]
+		desc := fmt.Sprintf("backend %d gone", v.BackendId)
+		if ok {
+			backend := netip.AddrPortFrom(maps.AddrFrom16(b.Family, b.Addr), maps.HostPort(b.Port))
+			desc = fmt.Sprintf("backend %s (flags %#x)", backend, b.Flags)
+			var rk maps.CtKey
+			rk.Family, rk.Proto, rk.Saddr, rk.Daddr, rk.Sport, rk.Dport = k.Family, k.Proto, b.Addr, k.Saddr, b.Port, k.Sport
+			if r, ok := ct[rk]; ok {
+				desc += fmt.Sprintf(", reply direction flags %#x", r.TcpFlags)
+			}
+		}
+		out = append(out, fmt.Sprintf("port %d: flags %#x, %d packets, %s", maps.HostPort(k.Sport), v.TcpFlags, v.Packets, desc))
+	}
+	if len(out) == 0 {
+		return "; no half-open flow in conntrack"
+	}
+	return "; conntrack: " + strings.Join(out, "; ")
 }
 
 // scale is `kubectl scale deployment web --replicas n`: through the scale

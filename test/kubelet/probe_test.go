@@ -35,11 +35,23 @@ func dialIn(netnsPath, addr string, timeout time.Duration) (net.Conn, error) {
 // fetch is one HTTP/1.0 GET / over a new connection made in the namespace
 // at netnsPath; it returns the body (the web pods answer their name).
 func fetch(netnsPath, addr string, timeout time.Duration) (string, error) {
+	body, _, err := fetchFrom(netnsPath, addr, timeout)
+	return body, err
+}
+
+// fetchFrom is fetch that also returns the connection's local port.
+func fetchFrom(netnsPath, addr string, timeout time.Duration) (string, int, error) {
 	c, err := dialIn(netnsPath, addr, timeout)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer c.Close()
+	body, err := get(c, timeout)
+	return body, c.LocalAddr().(*net.TCPAddr).Port, err
+}
+
+// get sends GET / on c and returns the body of a 200 answer.
+func get(c net.Conn, timeout time.Duration) (string, error) {
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
 		return "", err
@@ -60,31 +72,51 @@ func fetch(netnsPath, addr string, timeout time.Duration) (string, error) {
 type prober struct {
 	name, netns, addr string
 
+	// explain, when set, describes a failure from the datapath's view.
+	explain func() string
+
 	mu       sync.Mutex
 	phase    string
 	ok       map[string]int
 	failed   map[string]int
 	failures []string            // the first few, with their phase
 	seen     map[string][]string // backends that answered, per phase
+	// reused counts connections whose local port an earlier one had used
+	// in the last ctClosedLifetime: its tuple's conntrack entry was alive.
+	reused   map[string]int
+	lastUsed map[int]time.Time
 }
+
+// ctClosedLifetime is how long the datapath keeps a closed TCP flow's
+// conntrack entry (CT_LIFETIME_TCP_CLOSE).
+const ctClosedLifetime = 10 * time.Second
 
 func newProber(name, netnsPath, addr string) *prober {
 	return &prober{name: name, netns: netnsPath, addr: addr,
-		ok: map[string]int{}, failed: map[string]int{}, seen: map[string][]string{}}
+		ok: map[string]int{}, failed: map[string]int{}, seen: map[string][]string{},
+		reused: map[string]int{}, lastUsed: map[int]time.Time{}}
 }
 
 // run probes until ctx ends, about every 10 ms.
 func (p *prober) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		start := time.Now()
-		body, err := fetch(p.netns, p.addr, 2*time.Second)
+		body, port, err := fetchFrom(p.netns, p.addr, 2*time.Second)
+		var why string
+		if err != nil && p.explain != nil {
+			why = p.explain()
+		}
 		p.mu.Lock()
 		if err != nil {
 			p.failed[p.phase]++
 			if len(p.failures) < 20 {
-				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond)))
+				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v%s", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond), why))
 			}
 		} else {
+			if last, ok := p.lastUsed[port]; ok && start.Sub(last) < ctClosedLifetime {
+				p.reused[p.phase]++
+			}
+			p.lastUsed[port] = start
 			p.ok[p.phase]++
 			if seen := p.seen[p.phase]; !slices.Contains(seen, body) {
 				p.seen[p.phase] = append(seen, body)
@@ -103,12 +135,12 @@ func (p *prober) setPhase(phase string) {
 }
 
 // counts is what one phase saw.
-func (p *prober) counts(phase string) (ok, failed int, backends []string) {
+func (p *prober) counts(phase string) (ok, failed, reused int, backends []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	backends = append([]string(nil), p.seen[phase]...)
 	sort.Strings(backends)
-	return p.ok[phase], p.failed[phase], backends
+	return p.ok[phase], p.failed[phase], p.reused[phase], backends
 }
 
 func (p *prober) failuresSeen() []string {
