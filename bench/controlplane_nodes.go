@@ -55,6 +55,7 @@ type cpSpec struct {
 type cpNode struct {
 	spec      cpSpec
 	ns        ns.NetNS
+	started   time.Time // when its process was started
 	closeOnce sync.Once
 	closeErr  error
 	proc      *cpProc
@@ -96,6 +97,7 @@ func (n *cpNode) close() error {
 
 // run starts the contender's process in the node and has close stop it.
 func (n *cpNode) run(logPath string, env []string, bin string, args ...string) error {
+	n.started = time.Now()
 	p, err := startProc(n.ns, logPath, env, bin, args...)
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -135,7 +136,15 @@ func main() {
 	only := flag.String("only", "", "comma-separated families to run (default all): "+strings.Join(families, ","))
 	verbose := flag.Bool("v", false, "log every step")
 	vethGRO := flag.Bool("veth-gro", false, "turn GRO on for every veth of the pod-to-pod topologies (default: kernel defaults, GRO off)")
+	render := flag.String("render", "", "measure nothing: re-evaluate the targets and rewrite latest.md and the charts from DIR/latest.json")
 	flag.Parse()
+	if *render != "" {
+		if err := rerender(*render); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	level := slog.LevelInfo
 	if *verbose {
@@ -224,6 +233,28 @@ func run(quick bool, outDir, only string, vethGRO bool) error {
 	fmt.Print("\n" + md)
 	fmt.Printf("\nresults in %s (took %s)\n", outDir, time.Since(start).Round(time.Second))
 	return nil
+}
+
+// rerender rewrites a results directory's summary and charts from its
+// latest.json, with the targets evaluated again.
+func rerender(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "latest.json"))
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return err
+	}
+	res.Targets = nil
+	evaluateTargets(&res)
+	if err := writeResults(&res, dir); err != nil {
+		return err
+	}
+	if err := drawCharts(&res, dir); err != nil {
+		return fmt.Errorf("charts: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, "latest.md"), []byte(summary(&res)), 0o644)
 }
 
 // methodNotes say how each family measures, in the results themselves.
