@@ -530,7 +530,8 @@ func startKubeProxyNode(ctx context.Context, e *env, c *cpCluster, s cpSpec) (_ 
 
 // countKubeProxyRules counts what kube-proxy programmed: service rules
 // (iptables: KUBE-SERVICES jumps to a KUBE-SVC chain; nftables: elements of
-// the service-ips map) and endpoint chains (KUBE-SEP-*, endpoint-*).
+// the service-ips map) and endpoints (iptables: KUBE-SEP chains; nftables:
+// the DNAT targets of the service chains).
 func countKubeProxyRules(ctx context.Context, n ns.NetNS, mode string) (cpCounts, error) {
 	var c cpCounts
 	if mode == "iptables" {
@@ -552,11 +553,22 @@ func countKubeProxyRules(ctx context.Context, n ns.NetNS, mode string) (cpCounts
 	if err != nil {
 		return c, err
 	}
+	// A service chain DNATs to its one endpoint, or to numgen random mod N
+	// over a map of N.
 	c.rulesServices = strings.Count(out, ": goto service-")
 	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(strings.TrimSpace(l), "chain endpoint-") {
-			c.rulesEps++
+		_, rest, ok := strings.Cut(l, " dnat ")
+		if !ok || !strings.HasPrefix(rest, "to ") && !strings.HasPrefix(rest, "ip to ") {
+			continue // "ct status dnat ..."
 		}
+		if _, mod, ok := strings.Cut(rest, "numgen random mod "); ok {
+			f := strings.Fields(mod)
+			if k, err := strconv.Atoi(f[0]); err == nil {
+				c.rulesEps += k
+			}
+			continue
+		}
+		c.rulesEps++
 	}
 	return c, nil
 }
