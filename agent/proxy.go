@@ -53,6 +53,7 @@ type proxy struct {
 	// the manager refused (retried at every sync).
 	cache   map[string]translated
 	refused map[string]skip
+	tally   tally
 
 	// Read by health checks.
 	stateMu  sync.Mutex
@@ -69,6 +70,7 @@ func newProxy(client kubernetes.Interface, node string, mgr *services.Manager, m
 		kick:    make(chan struct{}, 1),
 		cache:   map[string]translated{},
 		refused: map[string]skip{},
+		tally:   tally{skipped: map[string]int{}, checks: map[int32]healthCheck{}},
 	}
 	// As kube-proxy: Services another proxy serves, and the slices of
 	// headless Services, are never even listed.
@@ -269,7 +271,7 @@ func (p *proxy) sync(ctx context.Context, full, first bool) (err error) {
 		ns, name, _ := cache.SplitMetaNamespaceKey(key)
 		ks, err := p.svcs.Services(ns).Get(name)
 		if err != nil {
-			delete(p.cache, key)
+			p.set(key, func() { delete(p.cache, key) })
 			continue
 		}
 		objs, _ := p.slices.ByIndex(sliceIndex, key)
@@ -281,7 +283,7 @@ func (p *proxy) sync(ctx context.Context, full, first bool) (err error) {
 		for _, sk := range t.skips {
 			slog.Warn("service not fully programmed", "service", key, "reason", sk.reason, "detail", sk.detail)
 		}
-		p.cache[key] = t
+		p.set(key, func() { p.cache[key] = t })
 	}
 
 	var sum services.Summary
@@ -321,7 +323,7 @@ func (p *proxy) syncChanged(ctx context.Context, dirty map[string]time.Time) (se
 		}
 	}
 	for _, k := range keys {
-		delete(p.refused, k)
+		p.set(k, func() { delete(p.refused, k) })
 		if s := p.cache[k].svc; s != nil {
 			ups = append(ups, *s)
 		} else {
@@ -350,7 +352,9 @@ func (p *proxy) syncChanged(ctx context.Context, dirty map[string]time.Time) (se
 // rewrites every map entry and deletes the ones nothing wants, repairing
 // drift.
 func (p *proxy) syncAll(ctx context.Context, reconcile bool) (services.Summary, error) {
-	clear(p.refused)
+	for k := range p.refused {
+		p.set(k, func() { delete(p.refused, k) })
+	}
 	desired := make([]services.Service, 0, len(p.cache))
 	for _, k := range slices.Sorted(maps.Keys(p.cache)) {
 		if s := p.cache[k].svc; s != nil {
@@ -394,7 +398,7 @@ func (p *proxy) refuse(err error, attempt int) map[string]bool {
 		}
 		drop[key] = true
 		if _, seen := p.refused[key]; !seen {
-			p.refused[key] = skip{reason, fe.Error()}
+			p.set(key, func() { p.refused[key] = skip{reason, fe.Error()} })
 			slog.Warn("service not programmed", "service", key, "reason", reason, "detail", fe.Error())
 		}
 	}
@@ -404,32 +408,56 @@ func (p *proxy) refuse(err error, attempt int) map[string]bool {
 	return drop
 }
 
-// report updates the gauges and the health check servers after a sync.
+// tally is what the gauges and health checks say, kept up to date per
+// Service as its translation or refusal changes, so a sync's report costs
+// nothing per Service it did not touch.
+type tally struct {
+	services, backends int
+	skipped            map[string]int
+	checks             map[int32]healthCheck
+}
+
+// set runs change, which alters the cache entry or the refusal of key,
+// with key's part in the tally taken out before and put back after.
+func (p *proxy) set(key string, change func()) {
+	p.count(key, -1)
+	change()
+	p.count(key, 1)
+}
+
+func (p *proxy) count(key string, n int) {
+	t, ok := p.cache[key]
+	if !ok {
+		return
+	}
+	for _, sk := range t.skips {
+		p.tally.skipped[sk.reason] += n
+	}
+	if r, refused := p.refused[key]; refused {
+		p.tally.skipped[r.reason] += n
+		return
+	}
+	if t.svc == nil {
+		return
+	}
+	p.tally.services += n
+	p.tally.backends += n * len(t.svc.Backends)
+	if t.healthCheckNodePort != 0 {
+		if n > 0 {
+			p.tally.checks[t.healthCheckNodePort] = healthCheck{service: key, local: t.localEndpoints}
+		} else {
+			delete(p.tally.checks, t.healthCheckNodePort)
+		}
+	}
+}
+
+// report sets the gauges and the health check servers after a sync.
 func (p *proxy) report() {
-	var svcs, backends int
-	counts := map[string]int{}
-	checks := map[int32]healthCheck{}
-	for k, t := range p.cache {
-		for _, sk := range t.skips {
-			counts[sk.reason]++
-		}
-		if _, no := p.refused[k]; no || t.svc == nil {
-			continue
-		}
-		svcs++
-		backends += len(t.svc.Backends)
-		if t.healthCheckNodePort != 0 {
-			checks[t.healthCheckNodePort] = healthCheck{service: k, local: t.localEndpoints}
-		}
-	}
-	for _, sk := range p.refused {
-		counts[sk.reason]++
-	}
-	p.met.servicesProgrammed.Set(float64(svcs))
-	p.met.endpointsProgrammed.Set(float64(backends))
-	p.met.setSkipped(counts)
+	p.met.servicesProgrammed.Set(float64(p.tally.services))
+	p.met.endpointsProgrammed.Set(float64(p.tally.backends))
+	p.met.setSkipped(p.tally.skipped)
 	if p.health != nil {
-		p.health.update(checks)
+		p.health.update(p.tally.checks)
 	}
 }
 
