@@ -214,19 +214,36 @@ func (c *Conntrack) Flush(f FlowFilter) (int, error) {
 }
 
 // ReapExpired deletes the entries whose expiry (bpf_ktime_get_ns time,
-// CLOCK_MONOTONIC) has passed: the datapath ignores them already, and
-// deleting them makes room without waiting for LRU eviction. An entry is
-// looked up again just before its deletion, so one the datapath refreshed
+// CLOCK_MONOTONIC) has passed, and the service flows whose backend is gone
+// from the backends map (removing a backend does not scan this table: the
+// datapath ignores such entries and picks again). Both only make room:
+// the datapath ignores them already. An entry is looked up again just
+// before its deletion, and a backend too, so one refreshed or created
 // meanwhile stays. It returns the entries deleted.
 func (c *Conntrack) ReapExpired() (int, error) {
 	now, err := monotonicNow()
 	if err != nil {
 		return 0, err
 	}
-	ct := c.m.dp.conntrack
+	ct, backends := c.m.dp.conntrack, c.m.dp.backends
+	live, err := mapKeys(backends)
+	if err != nil {
+		return 0, fmt.Errorf("read backends: %w", err)
+	}
+	alive := make(map[uint32]bool, len(live))
+	for _, id := range live {
+		alive[id] = true
+	}
+	orphan := func(e *maps.CtEntry) bool {
+		if e.SvcId == 0 || alive[e.BackendId] {
+			return false
+		}
+		var b maps.Backend
+		return backends.Lookup(&e.BackendId, &b) != nil
+	}
 	var keys []maps.CtKey
 	err = scanConntrack(ct, func(k *maps.CtKey, e *maps.CtEntry) {
-		if e.Expires < now {
+		if e.Expires < now || e.SvcId != 0 && !alive[e.BackendId] {
 			keys = append(keys, *k)
 		}
 	})
@@ -234,21 +251,22 @@ func (c *Conntrack) ReapExpired() (int, error) {
 		return 0, err
 	}
 	var e maps.CtEntry
-	expired := keys[:0]
+	gone := keys[:0]
 	for _, k := range keys {
-		if err := ct.Lookup(&k, &e); err == nil && e.Expires < now {
-			expired = append(expired, k)
+		if err := ct.Lookup(&k, &e); err == nil && (e.Expires < now || orphan(&e)) {
+			gone = append(gone, k)
 		}
 	}
-	if err := batchDelete(ct, expired); err != nil {
+	if err := batchDelete(ct, gone); err != nil {
 		return 0, fmt.Errorf("reap conntrack: %w", err)
 	}
-	return len(expired), nil
+	return len(gone), nil
 }
 
 // ReapAffinity deletes ClientIP affinity entries that no longer steer
 // anything: their service's timeout has passed since the client's last new
-// flow, or their frontend is gone. It returns the entries deleted.
+// flow, or their frontend or backend is gone. It returns the entries
+// deleted.
 func (c *Conntrack) ReapAffinity() (int, error) {
 	now, err := monotonicNow()
 	if err != nil {
@@ -269,8 +287,9 @@ func (c *Conntrack) ReapAffinity() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	var b maps.Backend
 	return deleteAffinity(c.m.dp.affinity, func(k *maps.AffinityKey, v *maps.AffinityValue) bool {
 		t, ok := timeouts[k.SvcId]
-		return !ok || v.LastUsed+t < now
+		return !ok || v.LastUsed+t < now || c.m.dp.backends.Lookup(&v.BackendId, &b) != nil
 	})
 }

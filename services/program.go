@@ -103,8 +103,15 @@ func diff(old, next *programmed) *ops {
 		if prev == nil {
 			continue
 		}
+		// Flows of a backend that left the frontend but lives on (another
+		// frontend has it) would keep going to it: they go. A deleted
+		// backend needs nothing: a flow or affinity entry whose backend is
+		// gone is ignored by the datapath, which picks again, so the usual
+		// endpoint removal of a rollout scans no table.
 		for _, id := range minus(prev.Members, f.Members) {
-			o.flushPairs[pair{f.ID, id}] = true
+			if next.beByID[id] != nil {
+				o.flushPairs[pair{f.ID, id}] = true
+			}
 		}
 		switch {
 		case f.Flags&maps.SvcFlagAffinity != 0:
