@@ -23,8 +23,10 @@ type pair struct{ svc, backend uint32 }
 //  5. slots beyond the new count and Maglev tables no longer used are
 //     deleted; backends that now only keep old flows are marked terminating;
 //  6. backends no frontend references any more are deleted;
-//  7. conntrack and affinity entries of removed frontends and of backends
-//     removed from a frontend are flushed, so their clients choose again.
+//  7. conntrack and affinity entries of removed frontends, and of backends
+//     removed from a frontend that live on for another, are flushed, so
+//     their clients choose again (a deleted backend's entries need not be:
+//     the datapath finds no backend behind them and chooses again).
 type ops struct {
 	beWrite   []*backendEntry
 	maglev    []*frontend
