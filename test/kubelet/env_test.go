@@ -98,7 +98,10 @@ func newEnv(t *testing.T) *env {
 	// The agent runs as a process in the node's namespaces, not as the
 	// DaemonSet of deploy/: that needs its image in the node's containerd
 	// and a registry or an image build, which this test has neither of.
-	// What it does on the node is the same: the flags are the DaemonSet's.
+	// Its flags are the DaemonSet's, with this test's private paths (pins,
+	// state, the CNI dirs kubelet's containerd reads, the root of a
+	// cgroup2 mount of its own: the host runs cgroup v1) and a kubeconfig
+	// in place of the in-cluster configuration.
 	e.cluster.RunProcess(t, "podpath-agent", e.node.MountNS, e.podpath,
 		"--pin-root", e.pinRoot, "--state-dir", e.stateDir, "agent",
 		"--kubeconfig", e.cluster.Kubeconfig,
@@ -108,8 +111,6 @@ func newEnv(t *testing.T) *env {
 		"--cni-bin-dir", cniBin,
 		"--cni-conf-dir", cniConf,
 		"--cni-bin-source", filepath.Join(build, sim.PluginType),
-		// The root of a cgroup2 mount of the agent's own (the host runs
-		// cgroup v1): every process of the node is below it.
 		"--socket-lb-cgroup", filepath.Join(e.dir, "cgroupv2"),
 		"-v",
 	)
