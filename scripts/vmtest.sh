@@ -31,6 +31,7 @@ VM_EXCLUDE=(
 	"test/vm/...|the VM tooling itself, which runs on the host (make test covers it)"
 	"test/image|builds the container image (compiling in the guest) and checks the artifact, the same on every kernel"
 	"test/agent|runs a real kube-apiserver and etcd (minutes of emulated CPU to start); what it drives in the kernel (node init, service maps, CNI) is the code test/services, test/cni and loader run in every guest"
+	"test/kubelet|runs a whole node (control plane, containerd, kubelet: minutes of emulated CPU); what it drives in the kernel is what test/runtime, test/services, test/socklb and test/cni run in every guest"
 )
 
 # Tests that do not run in the VM, with the reason: they check the build,
