@@ -23,13 +23,38 @@ import (
 // namespace it was made in, whichever thread uses it later; the process
 // stays in its cgroup, the root one here, where the node's processes are.
 func dialIn(netnsPath, addr string, timeout time.Duration) (net.Conn, error) {
+	return dialWith(netnsPath, &net.Dialer{Timeout: timeout}, addr)
+}
+
+func dialWith(netnsPath string, d *net.Dialer, addr string) (net.Conn, error) {
 	var c net.Conn
 	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
 		var err error
-		c, err = net.DialTimeout("tcp4", addr, timeout)
+		c, err = d.Dial("tcp4", addr)
 		return err
 	})
 	return c, err
+}
+
+// fetchFromPort is fetch over a connection from local port port, which an
+// earlier connection may have used (SO_REUSEADDR): the same tuple again.
+func fetchFromPort(netnsPath, addr string, port int, timeout time.Duration) (string, error) {
+	d := &net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port},
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var err error
+			if cerr := rc.Control(func(fd uintptr) {
+				err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}); cerr != nil {
+				return cerr
+			}
+			return err
+		}}
+	c, err := dialWith(netnsPath, d, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return get(c, timeout)
 }
 
 // fetch is one HTTP/1.0 GET / over a new connection made in the namespace
@@ -72,13 +97,18 @@ func get(c net.Conn, timeout time.Duration) (string, error) {
 type prober struct {
 	name, netns, addr string
 
-	// explain, when set, describes a failure from the datapath's view.
-	explain func() string
+	// explain, when set, describes a failed connection from the
+	// datapath's view (port: its local port, 0 when the connect failed;
+	// reused: an earlier connection had that port within
+	// ctClosedLifetime), and tells whether it is the known bug (see
+	// reusedTuple).
+	explain func(port int, reused bool) (string, bool)
 
 	mu       sync.Mutex
 	phase    string
 	ok       map[string]int
 	failed   map[string]int
+	knownBug map[string]int      // failures explain attributes to the known bug
 	failures []string            // the first few, with their phase
 	seen     map[string][]string // backends that answered, per phase
 	// reused counts connections whose local port an earlier one had used
@@ -93,7 +123,7 @@ const ctClosedLifetime = 10 * time.Second
 
 func newProber(name, netnsPath, addr string) *prober {
 	return &prober{name: name, netns: netnsPath, addr: addr,
-		ok: map[string]int{}, failed: map[string]int{}, seen: map[string][]string{},
+		ok: map[string]int{}, failed: map[string]int{}, knownBug: map[string]int{}, seen: map[string][]string{},
 		reused: map[string]int{}, lastUsed: map[int]time.Time{}}
 }
 
@@ -102,18 +132,26 @@ func (p *prober) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		start := time.Now()
 		body, port, err := fetchFrom(p.netns, p.addr, 2*time.Second)
+		p.mu.Lock()
+		last, used := p.lastUsed[port]
+		reused := port != 0 && used && start.Sub(last) < ctClosedLifetime
+		p.mu.Unlock()
 		var why string
+		var known bool
 		if err != nil && p.explain != nil {
-			why = p.explain()
+			why, known = p.explain(port, reused)
 		}
 		p.mu.Lock()
 		if err != nil {
 			p.failed[p.phase]++
+			if known {
+				p.knownBug[p.phase]++
+			}
 			if len(p.failures) < 20 {
-				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v%s", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond), why))
+				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v (known bug: %v)%s", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond), known, why))
 			}
 		} else {
-			if last, ok := p.lastUsed[port]; ok && start.Sub(last) < ctClosedLifetime {
+			if reused {
 				p.reused[p.phase]++
 			}
 			p.lastUsed[port] = start
@@ -134,13 +172,31 @@ func (p *prober) setPhase(phase string) {
 	p.mu.Unlock()
 }
 
-// counts is what one phase saw.
-func (p *prober) counts(phase string) (ok, failed, reused int, backends []string) {
+// phaseCounts is what one phase saw.
+type phaseCounts struct {
+	ok, failed, knownBug, reused int
+	backends                     []string
+}
+
+func (p *prober) counts(phase string) phaseCounts {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	backends = append([]string(nil), p.seen[phase]...)
+	backends := append([]string(nil), p.seen[phase]...)
 	sort.Strings(backends)
-	return p.ok[phase], p.failed[phase], p.reused[phase], backends
+	return phaseCounts{p.ok[phase], p.failed[phase], p.knownBug[phase], p.reused[phase], backends}
+}
+
+// totals counts the failures of every phase, and those of the known bug.
+func (p *prober) totals() (failed, known int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, n := range p.failed {
+		failed += n
+	}
+	for _, n := range p.knownBug {
+		known += n
+	}
+	return failed, known
 }
 
 func (p *prober) failuresSeen() []string {
