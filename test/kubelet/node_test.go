@@ -696,7 +696,7 @@ func (e *env) reusedTuple(t *testing.T, web *appsv1.Deployment, client *corev1.P
 				unexplained++
 			}
 			lastFailure = at
-			failed = append(failed, fmt.Sprintf("+%v %v after %v (known bug: %v)%s", at.Round(time.Millisecond), err, (time.Since(start) - at).Round(time.Millisecond), known, why))
+			failed = append(failed, fmt.Sprintf("+%v %v after %v (known bug: %v)%s", at.Round(time.Millisecond), err, (time.Since(start)-at).Round(time.Millisecond), known, why))
 		case body == first:
 			toFirst++
 		default:
