@@ -18,6 +18,10 @@
 #define AF_INET6 10
 #endif
 
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
 #define ETH_ALEN_BYTES 6
 
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)

@@ -77,12 +77,26 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct flow4 *f, 
 		e->expires = expires;
 }
 
+/* ct_reopens says whether packet f starts a new connection on the tuple of
+ * entry e: a SYN without ACK after the flow was closed (FIN or RST seen), as
+ * a client that reuses its port does, or towards a terminating backend,
+ * which takes no new connections. */
+static __always_inline int ct_reopens(const struct ct_entry *e, const struct flow4 *f, __u8 backend_flags)
+{
+	if (f->proto != IPPROTO_TCP || (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return 0;
+	return (e->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) || (backend_flags & BACKEND_F_TERMINATING);
+}
+
+/* ct_create4 writes the entry of one direction of a flow. With BPF_NOEXIST
+ * it fails with -EEXIST when another packet of the flow got there first. */
 static __always_inline int ct_create4(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport,
-				      const struct flow4 *f, struct ct_entry *e)
+				      const struct flow4 *f, struct ct_entry *e, __u64 flags)
 {
 	struct ct_key k;
 
 	ct_key4(&k, saddr, daddr, sport, dport, f->proto);
 	e->expires = bpf_ktime_get_ns() + ct_lifetime(f->proto, e->tcp_flags);
-	return bpf_map_update_elem(&conntrack, &k, e, BPF_ANY);
+	/* int: before 6.4 the inlined update's result arrives zero-extended. */
+	return (int)bpf_map_update_elem(&conntrack, &k, e, flags);
 }

@@ -117,6 +117,16 @@ static __always_inline __u32 lb_select4(const struct svc_info *svc, __be32 clien
 	if (id && (svc->flags & SVC_F_AFFINITY)) {
 		av.last_used = now;
 		av.backend_id = id;
+		/* A client's first connections can race on two CPUs: the entry
+		 * is created only where none exists, and the loser takes the
+		 * winner's backend. One found stale above is replaced. */
+		if (!cur) {
+			if ((int)bpf_map_update_elem(&affinity, &ak, &av, BPF_NOEXIST) != -EEXIST)
+				return id;
+			cur = bpf_map_lookup_elem(&affinity, &ak);
+			if (cur && (b = backend_lookup(cur->backend_id)) && !(b->flags & BACKEND_F_TERMINATING))
+				return cur->backend_id;
+		}
 		bpf_map_update_elem(&affinity, &ak, &av, BPF_ANY);
 	}
 	return id;

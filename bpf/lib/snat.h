@@ -12,10 +12,6 @@
 /* Ports tried per new flow: a random start, then the next ones. */
 #define SNAT_TRIES 32
 
-#ifndef EEXIST
-#define EEXIST 17
-#endif
-
 #define ICMP_CSUM_OFF 2
 #define ICMP_ID_OFF 4
 

@@ -45,22 +45,32 @@ fail:
 /* svc_backend4 returns the backend for f's flow to svc: the one conntrack
  * remembers while that backend exists (even terminating: only new flows
  * avoid it), else a new choice, recorded in conntrack for both directions.
- * NULL with *reason REASON_UNSPEC means the service has no backend. */
+ * A SYN that reopens the tuple (ct_reopens) is a new flow.
+ * NULL with *reason REASON_UNSPEC means the service has no backend.
+ *
+ * The first packets of a flow can run on two CPUs at once: the forward
+ * entry is created only where none exists, and the packet that finds one
+ * made meanwhile takes that entry's backend instead of its own choice, so a
+ * connection is never split between backends. */
 static __always_inline struct backend *svc_backend4(const struct flow4 *f, const struct svc_info *svc,
 						    struct ct_entry *e, __u32 bytes, enum reason *reason)
 {
 	struct ct_entry fwd = {}, rev = {};
-	struct backend *b;
+	struct ct_key k;
+	struct backend *b, *won;
+	__u64 create = BPF_NOEXIST, rev_create = BPF_ANY;
 	__u32 id;
-	int hairpin;
+	int hairpin, err;
 
 	*reason = REASON_UNSPEC;
 	if (e) {
 		b = backend_lookup(e->backend_id);
-		if (b) {
+		if (b && !ct_reopens(e, f, b->flags)) {
 			ct_touch(e, f, bytes);
 			return b;
 		}
+		/* The backend is gone, or a new connection reuses the tuple. */
+		create = BPF_ANY;
 	}
 	id = lb_select4(svc, f->saddr, flow4_hash(f));
 	if (!id)
@@ -70,24 +80,47 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 		*reason = REASON_DROP_NO_BACKEND;
 		return 0;
 	}
-	hairpin = b->addr[0] == f->saddr;
-	fwd.svc_id = rev.svc_id = svc->id;
-	fwd.backend_id = rev.backend_id = id;
+	fwd.svc_id = svc->id;
+	fwd.backend_id = id;
 	fwd.tcp_flags = f->tcp_flags;
 	fwd.packets = 1;
 	fwd.bytes = bytes;
-	fwd.flags = hairpin ? CT_F_HAIRPIN : 0;
-	rev.flags = CT_F_REPLY | fwd.flags;
+	fwd.flags = b->addr[0] == f->saddr ? CT_F_HAIRPIN : 0;
+	err = ct_create4(f->saddr, f->daddr, f->sport, f->dport, f, &fwd, create);
+	if (err == -EEXIST) {
+		/* Made since our lookup, unless what is there has expired
+		 * (ct_lookup4 saw nothing) or lost its backend. */
+		ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		won = e && e->expires >= bpf_ktime_get_ns() ? backend_lookup(e->backend_id) : 0;
+		if (e && won) {
+			ct_touch(e, f, bytes);
+			b = won;
+			id = e->backend_id;
+			/* The winner writes the reply entry too: keep its. */
+			rev_create = BPF_NOEXIST;
+			err = 0;
+		} else {
+			err = ct_create4(f->saddr, f->daddr, f->sport, f->dport, f, &fwd, BPF_ANY);
+		}
+	}
+	if (err < 0)
+		goto full;
+	hairpin = b->addr[0] == f->saddr;
+	rev.svc_id = svc->id;
+	rev.backend_id = id;
+	rev.flags = CT_F_REPLY | (hairpin ? CT_F_HAIRPIN : 0);
 	rev.nat_addr[0] = f->daddr;
 	rev.nat_port = f->dport;
 	/* Replies come from the backend, to the client, or to the frontend
 	 * address when the client is the backend itself. */
-	if (ct_create4(b->addr[0], hairpin ? f->daddr : f->saddr, b->port, f->sport, f, &rev) < 0 ||
-	    ct_create4(f->saddr, f->daddr, f->sport, f->dport, f, &fwd) < 0) {
-		*reason = REASON_DROP_CT_FULL;
-		return 0;
-	}
+	err = ct_create4(b->addr[0], hairpin ? f->daddr : f->saddr, b->port, f->sport, f, &rev, rev_create);
+	if (err < 0 && err != -EEXIST)
+		goto full;
 	return b;
+full:
+	*reason = REASON_DROP_CT_FULL;
+	return 0;
 }
 
 /* service_translate sends a packet to a service frontend (of the given

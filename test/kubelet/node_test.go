@@ -479,9 +479,7 @@ func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP st
 		newProber("client pod", clientNS, clusterIP),
 		newProber("node", e.nodeNS.Path(), clusterIP),
 	}
-	probers[0].explain = func(port int, reused bool) (string, bool) {
-		return e.explainFailure(clientIP, clusterIP, port, reused)
-	}
+	probers[0].explain = func(port int) string { return e.explainFailure(clientIP, clusterIP, port) }
 	var wg sync.WaitGroup
 	for _, p := range probers {
 		wg.Go(func() { p.run(ctx) })
@@ -523,12 +521,8 @@ func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP st
 		var report []string
 		for _, p := range probers {
 			c := p.counts(name)
-			failed := fmt.Sprint(c.failed)
-			if c.knownBug > 0 {
-				failed += fmt.Sprintf(" (%d the known bug, see reused_tuple)", c.knownBug)
-			}
-			report = append(report, fmt.Sprintf("%s %d ok / %s failed (backends %d; local port reused within %v: %d)",
-				p.name, c.ok, failed, len(c.backends), ctClosedLifetime, c.reused))
+			report = append(report, fmt.Sprintf("%s %d ok / %d failed (backends %d; local port reused within %v: %d)",
+				p.name, c.ok, c.failed, len(c.backends), ctClosedLifetime, c.reused))
 		}
 		t.Logf("6. %s: %v: %s; datapath %s", name, time.Since(start).Round(time.Millisecond), strings.Join(report, "; "), e.countersSince(t, counters))
 	}
@@ -545,12 +539,8 @@ func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP st
 	stop()
 
 	for _, p := range probers {
-		failed, known := p.totals()
-		switch {
-		case failed > known:
-			t.Errorf("6. %s: connections to %s failed:\n%s", p.name, clusterIP, strings.Join(p.failuresSeen(), "\n"))
-		case failed > 0:
-			t.Logf("6. %s: %d connections to %s failed, every one the known bug (see reused_tuple):\n%s", p.name, failed, clusterIP, strings.Join(p.failuresSeen(), "\n"))
+		if failed := p.total(); failed > 0 {
+			t.Errorf("6. %s: %d connections to %s failed:\n%s", p.name, failed, clusterIP, strings.Join(p.failuresSeen(), "\n"))
 		}
 	}
 	// The client pod's own loop ran all along.
@@ -600,35 +590,31 @@ func (e *env) countersSince(t *testing.T, before map[string]uint64) string {
 
 // explainFailure describes a failed connection from client to frontend
 // from conntrack: the flow of local port port, or, when the connect failed
-// (port 0), the flows that saw no ACK. It is the known bug (see
-// reusedTuple) when the flow's tuple was a closed flow's (reused, or a
-// SYN-only entry with the old flow's packets) and its backend terminating,
-// or gone: removed while the connection waited for an answer its stopped
-// pod could no longer give.
-func (e *env) explainFailure(client netip.Addr, frontend string, port int, reused bool) (string, bool) {
+// (port 0), the flows that saw no ACK: the backend each went to, whether it
+// is terminating or gone, and each direction's TCP flags.
+func (e *env) explainFailure(client netip.Addr, frontend string, port int) string {
 	fe := netip.MustParseAddrPort(frontend)
 	open := func(name string) (*ebpf.Map, error) { return maps.OpenPinned(e.pinRoot, name) }
 	ctMap, err := open(maps.MapConntrack)
 	if err != nil {
-		return err.Error(), false
+		return err.Error()
 	}
 	defer ctMap.Close()
 	beMap, err := open(maps.MapBackends)
 	if err != nil {
-		return err.Error(), false
+		return err.Error()
 	}
 	defer beMap.Close()
 	ct, err := maps.Entries[maps.CtKey, maps.CtEntry](ctMap)
 	if err != nil {
-		return err.Error(), false
+		return err.Error()
 	}
 	be, err := maps.Entries[uint32, maps.Backend](beMap)
 	if err != nil {
-		return err.Error(), false
+		return err.Error()
 	}
 	const ack = 0x10
 	var out []string
-	known := false
 	for k, v := range ct {
 		if maps.AddrFrom16(k.Family, k.Saddr) != client || maps.AddrFrom16(k.Family, k.Daddr) != fe.Addr() || maps.HostPort(k.Dport) != fe.Port() {
 			continue
@@ -636,12 +622,8 @@ func (e *env) explainFailure(client netip.Addr, frontend string, port int, reuse
 		if port != 0 && int(maps.HostPort(k.Sport)) != port || port == 0 && v.TcpFlags&ack != 0 {
 			continue
 		}
-		closedTuple := reused || port == 0 && v.Packets > 1
 		b, ok := be[v.BackendId]
 		desc := fmt.Sprintf("backend %d gone", v.BackendId)
-		if !ok && closedTuple {
-			known = true
-		}
 		if ok {
 			backend := netip.AddrPortFrom(maps.AddrFrom16(b.Family, b.Addr), maps.HostPort(b.Port))
 			desc = fmt.Sprintf("backend %s (flags %#x)", backend, b.Flags)
@@ -650,16 +632,13 @@ func (e *env) explainFailure(client netip.Addr, frontend string, port int, reuse
 			if r, ok := ct[rk]; ok {
 				desc += fmt.Sprintf(", reply direction flags %#x", r.TcpFlags)
 			}
-			if closedTuple && b.Flags&maps.BackendFlagTerminating != 0 {
-				known = true
-			}
 		}
 		out = append(out, fmt.Sprintf("port %d: flags %#x, %d packets, %s", maps.HostPort(k.Sport), v.TcpFlags, v.Packets, desc))
 	}
 	if len(out) == 0 {
-		return "; no such flow in conntrack", false
+		return "; no such flow in conntrack"
 	}
-	return "; conntrack: " + strings.Join(out, "; "), known
+	return "; conntrack: " + strings.Join(out, "; ")
 }
 
 // reusedTuple connects from the client pod to the ClusterIP again and
@@ -683,20 +662,14 @@ func (e *env) reusedTuple(t *testing.T, web *appsv1.Deployment, client *corev1.P
 	}
 	var toFirst, toOthers int
 	var failed []string
-	var lastFailure time.Duration
-	unexplained := 0
 	var gone time.Duration // when the pod object was gone
 	for time.Since(start) < 40*time.Second && (gone == 0 || time.Since(start) < gone+3*time.Second) {
 		at := time.Since(start)
 		body, err := fetchFromPort(clientNS, clusterIP, port, 2*time.Second)
 		switch {
 		case err != nil:
-			why, known := e.explainFailure(clientIP, clusterIP, port, true)
-			if !known {
-				unexplained++
-			}
-			lastFailure = at
-			failed = append(failed, fmt.Sprintf("+%v %v after %v (known bug: %v)%s", at.Round(time.Millisecond), err, (time.Since(start)-at).Round(time.Millisecond), known, why))
+			why := e.explainFailure(clientIP, clusterIP, port)
+			failed = append(failed, fmt.Sprintf("+%v %v after %v%s", at.Round(time.Millisecond), err, (time.Since(start)-at).Round(time.Millisecond), why))
 		case body == first:
 			toFirst++
 		default:
@@ -712,22 +685,12 @@ func (e *env) reusedTuple(t *testing.T, web *appsv1.Deployment, client *corev1.P
 	e.waitRollout(t, web, 2)
 	t.Logf("6b. client pod -> ClusterIP %s, every connection from local port %d, while %s (which answered the first) is deleted (pod gone after %v): %d answered by %s, %d by other pods, %d failed",
 		clusterIP, port, first, gone.Round(time.Millisecond), toFirst, first, toOthers, len(failed))
-	if len(failed) == 0 {
-		return
+	if len(failed) > 0 {
+		t.Fatalf("6b. %d connections failed:\n%s", len(failed), strings.Join(failed, "\n"))
 	}
-	t.Logf("6b. failed connections:\n%s", strings.Join(failed, "\n"))
-	if unexplained > 0 {
-		t.Fatalf("6b. %d failed connections are not the known bug", unexplained)
+	if toOthers == 0 {
+		t.Fatalf("6b. no connection went to another pod than %s, which was deleted", first)
 	}
-	// The agent removes the backend within its min sync period (1 s) of
-	// the pod's deletion; then conntrack's stale choice is dropped.
-	if lastFailure > gone+time.Second {
-		t.Fatalf("6b. a connection begun %v after the pod was gone failed: the backend's removal did not end it", (lastFailure - gone).Round(time.Millisecond))
-	}
-	t.Skipf("podpath bug: a SYN on a closed flow's tuple keeps that flow's conntrack entry, so its backend even when terminating "+
-		"(bpf/lib/svc.h svc_backend4; conntrack.h ct_merge_tcp_flags only restarts the lifetimes); once the pod stops, until the agent "+
-		"removes the backend, such connections fail (%d here, all to %s). Clients do reuse ports within a closed flow's 10 s (step 6 counts them): "+
-		"step 6 loses a connection to this now and then, and counts those apart", len(failed), first)
 }
 
 // scale is `kubectl scale deployment web --replicas n`: through the scale

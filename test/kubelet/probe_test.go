@@ -98,17 +98,13 @@ type prober struct {
 	name, netns, addr string
 
 	// explain, when set, describes a failed connection from the
-	// datapath's view (port: its local port, 0 when the connect failed;
-	// reused: an earlier connection had that port within
-	// ctClosedLifetime), and tells whether it is the known bug (see
-	// reusedTuple).
-	explain func(port int, reused bool) (string, bool)
+	// datapath's view (port: its local port, 0 when the connect failed).
+	explain func(port int) string
 
 	mu       sync.Mutex
 	phase    string
 	ok       map[string]int
 	failed   map[string]int
-	knownBug map[string]int      // failures explain attributes to the known bug
 	failures []string            // the first few, with their phase
 	seen     map[string][]string // backends that answered, per phase
 	// reused counts connections whose local port an earlier one had used
@@ -123,7 +119,7 @@ const ctClosedLifetime = 10 * time.Second
 
 func newProber(name, netnsPath, addr string) *prober {
 	return &prober{name: name, netns: netnsPath, addr: addr,
-		ok: map[string]int{}, failed: map[string]int{}, knownBug: map[string]int{}, seen: map[string][]string{},
+		ok: map[string]int{}, failed: map[string]int{}, seen: map[string][]string{},
 		reused: map[string]int{}, lastUsed: map[int]time.Time{}}
 }
 
@@ -137,18 +133,14 @@ func (p *prober) run(ctx context.Context) {
 		reused := port != 0 && used && start.Sub(last) < ctClosedLifetime
 		p.mu.Unlock()
 		var why string
-		var known bool
 		if err != nil && p.explain != nil {
-			why, known = p.explain(port, reused)
+			why = p.explain(port)
 		}
 		p.mu.Lock()
 		if err != nil {
 			p.failed[p.phase]++
-			if known {
-				p.knownBug[p.phase]++
-			}
 			if len(p.failures) < 20 {
-				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v (known bug: %v)%s", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond), known, why))
+				p.failures = append(p.failures, fmt.Sprintf("%s: %s %v after %v (local port reused: %v)%s", p.phase, start.Format("15:04:05.000"), err, time.Since(start).Round(time.Millisecond), reused, why))
 			}
 		} else {
 			if reused {
@@ -174,8 +166,8 @@ func (p *prober) setPhase(phase string) {
 
 // phaseCounts is what one phase saw.
 type phaseCounts struct {
-	ok, failed, knownBug, reused int
-	backends                     []string
+	ok, failed, reused int
+	backends           []string
 }
 
 func (p *prober) counts(phase string) phaseCounts {
@@ -183,20 +175,17 @@ func (p *prober) counts(phase string) phaseCounts {
 	defer p.mu.Unlock()
 	backends := append([]string(nil), p.seen[phase]...)
 	sort.Strings(backends)
-	return phaseCounts{p.ok[phase], p.failed[phase], p.knownBug[phase], p.reused[phase], backends}
+	return phaseCounts{p.ok[phase], p.failed[phase], p.reused[phase], backends}
 }
 
-// totals counts the failures of every phase, and those of the known bug.
-func (p *prober) totals() (failed, known int) {
+// total counts the failures of every phase.
+func (p *prober) total() (failed int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, n := range p.failed {
 		failed += n
 	}
-	for _, n := range p.knownBug {
-		known += n
-	}
-	return failed, known
+	return failed
 }
 
 func (p *prober) failuresSeen() []string {
