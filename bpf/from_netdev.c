@@ -10,7 +10,11 @@
  *      LoadBalancer IP, hostPort) gets a backend (conntrack keeps the choice
  *      for the flow) as destination; with no backend it is answered with
  *      ICMP port unreachable, as kube-proxy's REJECT does;
- *   5. a destination that is a pod on this node is delivered straight into
+ *   5. an ICMP error about a service flow gets the addresses its receiver
+ *      knows; the later fragments of a datagram translated here get what
+ *      its first fragment got (others, the node's own included, pass as
+ *      they are);
+ *   6. a destination that is a pod on this node is delivered straight into
  *      the pod's namespace with bpf_redirect_peer; the rest goes to the stack.
  * Replies of these flows leave through from_pod, which restores the
  * frontend as their source. */
@@ -22,6 +26,7 @@
 #include "lib/snat.h"
 #include "lib/icmp.h"
 #include "lib/forward.h"
+#include "lib/frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -34,6 +39,7 @@ SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
 	enum reason reason;
+	struct frag_key first;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct flow4 f;
@@ -53,11 +59,26 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	if (flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
+	if (f.frag == FLOW_FRAG_LATER) {
+		svc = frag4_translate(skb, &f, HOOK_FROM_NETDEV);
+		if (svc == -2)
+			return drop(skb, REASON_DROP_NAT_FAILED);
+		return forward4(skb, svc < 0 ? SVC_UNTOUCHED : svc, HOOK_FROM_NETDEV, 0, 0);
+	}
+	frag4_key(&first, &f, HOOK_FROM_NETDEV);
 	switch (snat_ingress4(skb, &f)) {
 	case 1:
+		if (f.frag)
+			frag4_record(&first, &f, SVC_UNTOUCHED);
 		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV, 0, 0);
 	case -1:
 		return drop(skb, REASON_DROP_NAT_FAILED);
+	}
+	if (f.icmp == FLOW_ICMP_ERROR) {
+		svc = svc_icmp_error4(skb, &f);
+		if (svc == SVC_DROP)
+			return drop(skb, REASON_DROP_NAT_FAILED);
+		return forward4(skb, svc, HOOK_FROM_NETDEV, 0, 0);
 	}
 	if (!f.has_ports)
 		return forward4(skb, SVC_UNTOUCHED, HOOK_FROM_NETDEV, 0, 0);
@@ -65,6 +86,8 @@ int from_netdev(struct __sk_buff *skb)
 	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 0, &reason);
 	if (svc == SVC_DROP)
 		return drop(skb, reason);
+	if (f.frag && svc != SVC_UNTOUCHED)
+		frag4_record(&first, &f, svc);
 	if (svc == SVC_REJECT) {
 		if (icmp4_unreach_reply(skb, f.daddr) < 0)
 			return drop(skb, REASON_DROP_NO_BACKEND);

@@ -7,7 +7,10 @@
  *   3. a reply of a translated service flow gets its frontend address back
  *      as source; a packet to a service frontend gets a backend (conntrack
  *      keeps the choice for the flow) as destination, or, when the service
- *      has no backend, is answered with ICMP port unreachable;
+ *      has no backend, is answered with ICMP port unreachable; an ICMP
+ *      error about a service flow gets the addresses its receiver knows;
+ *      the later fragments of a datagram get what its first one got, and
+ *      are dropped when that one was not seen;
  *   4. a destination that is a pod on this node is routed straight into that
  *      pod's namespace (TTL decremented, MACs rewritten, bpf_redirect_peer),
  *      never touching a bridge or the host's routing; a translated reply to
@@ -21,6 +24,7 @@
 #include "lib/svc.h"
 #include "lib/icmp.h"
 #include "lib/forward.h"
+#include "lib/frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -55,12 +59,28 @@ static __always_inline int from_pod_arp(struct __sk_buff *skb)
 	return verdict(skb, HOOK_FROM_POD, REASON_ARP_TO_STACK, TC_ACT_OK);
 }
 
+/* A pod's stack sends a datagram's first fragment first: a later one with
+ * nothing recorded cannot be translated, whatever it was meant for. */
+static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct flow4 *f)
+{
+	int svc = frag4_translate(skb, f, HOOK_FROM_POD);
+
+	if (svc == FRAG_UNKNOWN)
+		return drop(skb, REASON_DROP_FRAG_UNKNOWN);
+	if (svc < 0)
+		return drop(skb, REASON_DROP_NAT_FAILED);
+	if (svc == SVC_REJECT)
+		return drop(skb, REASON_DROP_NO_BACKEND);
+	return forward4(skb, svc, HOOK_FROM_POD, 0, 0);
+}
+
 static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 {
 	enum reason reason = ipv4_check(skb);
 	struct endpoint_info *src, *dst;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	struct frag_key first;
 	struct flow4 f;
 	int svc = SVC_UNTOUCHED;
 
@@ -79,17 +99,30 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 
 	if (flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
+	if (f.frag == FLOW_FRAG_LATER)
+		return from_pod_later_fragment(skb, &f);
+	if (f.icmp == FLOW_ICMP_ERROR) {
+		svc = svc_icmp_error4(skb, &f);
+		if (svc == SVC_DROP)
+			return drop(skb, REASON_DROP_NAT_FAILED);
+		return forward4(skb, svc, HOOK_FROM_POD, 0, 0);
+	}
+	frag4_key(&first, &f, HOOK_FROM_POD);
 	dst = endpoint_lookup4(f.daddr);
 	if (f.has_ports) {
 		svc = service_translate(skb, &f, SVC_SCOPE_INTERNAL, dst != 0, &reason);
 		if (svc == SVC_DROP)
 			return drop(skb, reason);
+		if (f.frag)
+			frag4_record(&first, &f, svc);
 		if (svc == SVC_REJECT) {
 			if (icmp4_unreach_reply(skb, f.daddr) < 0)
 				return drop(skb, REASON_DROP_NO_BACKEND);
 			count(REASON_SVC_REJECT, HOOK_FROM_POD, skb->len);
 			return bpf_redirect_peer(skb->ingress_ifindex, 0);
 		}
+	} else if (f.frag) {
+		frag4_record(&first, &f, svc);
 	}
 	return forward4(skb, svc, HOOK_FROM_POD, 1, dst);
 }

@@ -5,7 +5,10 @@
  *      (not in the nonmasq ranges) leaves with the node's address and a port
  *      allocated without collisions (lib/snat.h); when no port or no map
  *      room is left, the new flow is dropped with a reason;
- *   2. everything else (the node's own traffic, traffic to the cluster's
+ *   2. the later fragments of a pod's datagram get what its first fragment
+ *      got; when that one was not seen and the datagram would have been
+ *      masqueraded, they are dropped rather than leak the pod's address;
+ *   3. everything else (the node's own traffic, traffic to the cluster's
  *      ranges, other protocols) leaves untouched.
  * Replies are translated back by from_netdev. */
 #include "lib/common.h"
@@ -13,6 +16,7 @@
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/snat.h"
+#include "lib/frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -20,10 +24,11 @@ SEC("tc")
 int to_netdev(struct __sk_buff *skb)
 {
 	enum reason reason = REASON_UNSPEC;
+	struct frag_key first;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct flow4 f;
-	int ret;
+	int ret, masq;
 
 	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
 		return verdict(skb, HOOK_TO_NETDEV, REASON_TO_STACK, TC_ACT_OK);
@@ -38,8 +43,19 @@ int to_netdev(struct __sk_buff *skb)
 	if (!ip || flow4_parse(skb, ip, &f) < 0)
 		return verdict(skb, HOOK_TO_NETDEV, REASON_TO_STACK, TC_ACT_OK);
 
+	masq = snat_candidate4(&f);
+	if (f.frag == FLOW_FRAG_LATER) {
+		ret = frag4_translate(skb, &f, HOOK_TO_NETDEV);
+		if (ret == -2 || (ret == FRAG_UNKNOWN && masq))
+			return verdict(skb, HOOK_TO_NETDEV, ret == -2 ? REASON_DROP_NAT_FAILED : REASON_DROP_FRAG_UNKNOWN,
+				       TC_ACT_SHOT);
+		return verdict(skb, HOOK_TO_NETDEV, ret == SVC_FORWARD ? REASON_SNAT : REASON_TO_STACK, TC_ACT_OK);
+	}
+	frag4_key(&first, &f, HOOK_TO_NETDEV);
 	ret = snat_egress4(skb, &f, &reason);
 	if (ret < 0)
 		return verdict(skb, HOOK_TO_NETDEV, reason, TC_ACT_SHOT);
+	if (f.frag && masq)
+		frag4_record(&first, &f, ret ? SVC_FORWARD : SVC_UNTOUCHED);
 	return verdict(skb, HOOK_TO_NETDEV, ret ? REASON_SNAT : REASON_TO_STACK, TC_ACT_OK);
 }

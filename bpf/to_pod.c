@@ -10,13 +10,18 @@
  *      from_pod looks it up) gets its frontend address and port back as
  *      source: from_pod sent the request to a node address, which the
  *      stack delivered locally and answers from there;
- *   3. everything else passes untouched.
+ *   3. an ICMP error about a service flow (the node could not deliver the
+ *      request to a backend, or a node-address backend refuses it) gets the
+ *      frontend back in its quote;
+ *   4. the later fragments of a translated reply get what its first
+ *      fragment got; everything else passes untouched.
  * The stack routed these packets already: no TTL or MAC is changed here. */
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/svc.h"
+#include "lib/frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -34,6 +39,7 @@ SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
 	enum reason reason;
+	struct frag_key first;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct flow4 f;
@@ -52,13 +58,35 @@ int to_pod(struct __sk_buff *skb)
 	ip = header_at(skb, ETH_HLEN, struct iphdr);
 	if (!ip || flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
+	if (f.frag == FLOW_FRAG_LATER) {
+		/* Not recorded: the node's own traffic, never translated. */
+		switch (frag4_translate(skb, &f, HOOK_TO_POD)) {
+		case SVC_REPLY:
+			return verdict(skb, HOOK_TO_POD, REASON_SVC_REPLY, TC_ACT_OK);
+		case -2:
+			return drop(skb, REASON_DROP_NAT_FAILED);
+		}
+		return pass(skb);
+	}
+	if (f.icmp == FLOW_ICMP_ERROR) {
+		switch (svc_icmp_error4(skb, &f)) {
+		case SVC_REPLY:
+			return verdict(skb, HOOK_TO_POD, REASON_SVC_REPLY, TC_ACT_OK);
+		case SVC_DROP:
+			return drop(skb, REASON_DROP_NAT_FAILED);
+		}
+		return pass(skb);
+	}
 	if (!f.has_ports)
 		return pass(skb);
 
 	/* The destination is this veth's pod, so only the reply lookup is
 	 * done: the same as from_pod's for a packet to a local pod. */
+	frag4_key(&first, &f, HOOK_TO_POD);
 	switch (service_translate(skb, &f, SVC_SCOPE_INTERNAL, 1, &reason)) {
 	case SVC_REPLY:
+		if (f.frag)
+			frag4_record(&first, &f, SVC_REPLY);
 		return verdict(skb, HOOK_TO_POD, REASON_SVC_REPLY, TC_ACT_OK);
 	case SVC_DROP:
 		return drop(skb, reason);

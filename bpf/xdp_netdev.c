@@ -37,7 +37,9 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 
 	void *l3_end = (void *)ip + bpf_ntohs(ip->tot_len);
 
-	if (ip->frag_off & bpf_htons(IP_OFFSET))
+	/* Fragments are tc's: it remembers the first one's translation for
+	 * the rest (lib/frag.h). */
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return 0;
 	ports = (void *)ip + ip->ihl * 4;
 	if (ip->protocol == IPPROTO_TCP) {

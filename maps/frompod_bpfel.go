@@ -104,6 +104,24 @@ type fromPodEndpointKey struct {
 	Addr   [4]uint32
 }
 
+type fromPodFragEntry struct {
+	_        structs.HostLayout
+	Expires  uint64
+	Saddr    uint32
+	Daddr    uint32
+	Decision uint8
+	Pad      [7]uint8
+}
+
+type fromPodFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Hook  uint8
+}
+
 type fromPodHook uint32
 
 const (
@@ -194,6 +212,7 @@ const (
 	fromPodReasonREASON_DROP_FIB_FAILED     fromPodReason = 74
 	fromPodReasonREASON_DROP_NAT_NO_PORT    fromPodReason = 75
 	fromPodReasonREASON_DROP_NAT_MAP_FULL   fromPodReason = 76
+	fromPodReasonREASON_DROP_FRAG_UNKNOWN   fromPodReason = 77
 )
 
 type fromPodSlotKey struct {
@@ -263,6 +282,7 @@ const (
 	fromPodMapConntrack          = "conntrack"
 	fromPodMapCounters           = "counters"
 	fromPodMapEndpoints          = "endpoints"
+	fromPodMapFrags              = "frags"
 	fromPodMapMaglev             = "maglev"
 	fromPodMapNatConfig          = "nat_config"
 	fromPodMapNatStats           = "nat_stats"
@@ -340,6 +360,7 @@ type fromPodMapSpecs struct {
 	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Frags      *ebpf.MapSpec `ebpf:"frags"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -393,6 +414,7 @@ type fromPodMaps struct {
 	Conntrack  *ebpf.Map `ebpf:"conntrack"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Frags      *ebpf.Map `ebpf:"frags"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
 	NatConfig  *ebpf.Map `ebpf:"nat_config"`
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
@@ -412,6 +434,7 @@ func (m *fromPodMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Frags,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,

@@ -21,6 +21,7 @@ const (
 	sockMapConntrack          = "conntrack"
 	sockMapCounters           = "counters"
 	sockMapEndpoints          = "endpoints"
+	sockMapFrags              = "frags"
 	sockMapMaglev             = "maglev"
 	sockMapNatConfig          = "nat_config"
 	sockMapNatStats           = "nat_stats"
@@ -105,6 +106,7 @@ type sockMapSpecs struct {
 	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Frags      *ebpf.MapSpec `ebpf:"frags"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -159,6 +161,7 @@ type sockMaps struct {
 	Conntrack  *ebpf.Map `ebpf:"conntrack"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Frags      *ebpf.Map `ebpf:"frags"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
 	NatConfig  *ebpf.Map `ebpf:"nat_config"`
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
@@ -178,6 +181,7 @@ func (m *sockMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Frags,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,

@@ -21,6 +21,7 @@ const (
 	toNetdevMapConntrack          = "conntrack"
 	toNetdevMapCounters           = "counters"
 	toNetdevMapEndpoints          = "endpoints"
+	toNetdevMapFrags              = "frags"
 	toNetdevMapMaglev             = "maglev"
 	toNetdevMapNatConfig          = "nat_config"
 	toNetdevMapNatStats           = "nat_stats"
@@ -97,6 +98,7 @@ type toNetdevMapSpecs struct {
 	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Frags      *ebpf.MapSpec `ebpf:"frags"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -149,6 +151,7 @@ type toNetdevMaps struct {
 	Conntrack  *ebpf.Map `ebpf:"conntrack"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Frags      *ebpf.Map `ebpf:"frags"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
 	NatConfig  *ebpf.Map `ebpf:"nat_config"`
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
@@ -168,6 +171,7 @@ func (m *toNetdevMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Frags,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,

@@ -21,6 +21,7 @@ const (
 	toPodMapConntrack          = "conntrack"
 	toPodMapCounters           = "counters"
 	toPodMapEndpoints          = "endpoints"
+	toPodMapFrags              = "frags"
 	toPodMapMaglev             = "maglev"
 	toPodMapNatConfig          = "nat_config"
 	toPodMapNatStats           = "nat_stats"
@@ -98,6 +99,7 @@ type toPodMapSpecs struct {
 	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Frags      *ebpf.MapSpec `ebpf:"frags"`
 	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -151,6 +153,7 @@ type toPodMaps struct {
 	Conntrack  *ebpf.Map `ebpf:"conntrack"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Frags      *ebpf.Map `ebpf:"frags"`
 	Maglev     *ebpf.Map `ebpf:"maglev"`
 	NatConfig  *ebpf.Map `ebpf:"nat_config"`
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
@@ -170,6 +173,7 @@ func (m *toPodMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Frags,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,

@@ -14,6 +14,22 @@
 #define ICMP_ECHOREPLY_TYPE	0
 #define ICMP_ECHO_TYPE		8
 
+/* What translation did to a packet (lib/svc.h; SNAT: forward). */
+enum svc_result {
+	SVC_UNTOUCHED,	/* not service traffic */
+	SVC_FORWARD,	/* destination rewritten to a backend */
+	SVC_REPLY,	/* a reply: source rewritten to the frontend */
+	SVC_REJECT,	/* no backend: the packet is now an ICMP error */
+	SVC_DROP,	/* dropped; *reason says why */
+};
+
+/* Which piece of a datagram a packet is. */
+enum flow_frag {
+	FLOW_FRAG_NONE = 0,	/* a whole datagram */
+	FLOW_FRAG_FIRST = 1,	/* offset 0, more to come: carries the L4 header */
+	FLOW_FRAG_LATER = 2,	/* any other: no L4 header, no ports */
+};
+
 /* What kind of ICMP message a flow is. */
 enum flow_icmp {
 	FLOW_ICMP_NONE = 0,
@@ -31,6 +47,9 @@ struct flow4 {
 	__u8 has_ports;		/* TCP or UDP with its ports readable */
 	__u8 icmp;		/* enum flow_icmp */
 	__u32 l4_off;		/* from the start of the frame */
+	__be16 ip_id;		/* IP identification, for fragments */
+	__u8 frag;		/* enum flow_frag */
+	__u8 pad;
 };
 
 /* An echo request goes out with its identifier as the source "port", the
@@ -68,8 +87,8 @@ static __always_inline int flow4_parse_icmp(struct __sk_buff *skb, struct flow4 
 }
 
 /* flow4_parse fills f from a validated IPv4 header at ETH_HLEN. Ports are
- * read only for TCP and UDP, and not from non-first fragments, which carry
- * none: those are never service traffic. Returns < 0 when the L4 header is
+ * read only for TCP and UDP, and not from later fragments, which carry none
+ * (lib/frag.h gives those their first fragment's translation). Returns < 0 when the L4 header is
  * cut short by the IP total length (bytes past it, such as Ethernet padding,
  * are not the packet's). */
 static __always_inline int flow4_parse(struct __sk_buff *skb, const struct iphdr *ip, struct flow4 *f)
@@ -85,8 +104,14 @@ static __always_inline int flow4_parse(struct __sk_buff *skb, const struct iphdr
 	f->icmp = FLOW_ICMP_NONE;
 	f->tcp_flags = 0;
 	f->sport = f->dport = 0;
-	if (ip->frag_off & bpf_htons(IP_OFFSET))
+	f->ip_id = ip->id;
+	f->frag = FLOW_FRAG_NONE;
+	if (ip->frag_off & bpf_htons(IP_OFFSET)) {
+		f->frag = FLOW_FRAG_LATER;
 		return 0;
+	}
+	if (ip->frag_off & bpf_htons(IP_MF))
+		f->frag = FLOW_FRAG_FIRST;
 	if (f->proto == IPPROTO_ICMP)
 		return flow4_parse_icmp(skb, f, l3_end);
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)

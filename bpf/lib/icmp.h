@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "flow.h"
+#include "csum.h"
 
 #define ICMP_DEST_UNREACH	3
 #define ICMP_PORT_UNREACH	3
@@ -67,5 +68,82 @@ static __always_inline int icmp4_unreach_reply(struct __sk_buff *skb, __be32 fro
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &icmp, sizeof(icmp), 0) < 0)
 		return -1;
+	return 0;
+}
+
+/* The packet an ICMP error quotes: its IP header (without options, the only
+ * kind translated) and the ports after it. */
+struct icmp_quote4 {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+	__u32 off;		/* where the quoted IP header starts */
+	__u32 end;		/* where the ICMP message ends (IP total length) */
+};
+
+/* icmp_quote4_load reads the TCP or UDP packet quoted by the ICMP error f.
+ * Returns < 0 when there is none to translate. The quote must lie inside
+ * the packet, not in bytes after it. */
+static __always_inline int icmp_quote4_load(struct __sk_buff *skb, const struct flow4 *f, struct icmp_quote4 *q)
+{
+	__be16 tot_len, ports[2];
+
+	q->off = f->l4_off + 8;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &tot_len, 2) < 0)
+		return -1;
+	q->end = ETH_HLEN + bpf_ntohs(tot_len);
+	if (q->off + sizeof(q->ip) + sizeof(ports) > q->end ||
+	    bpf_skb_load_bytes(skb, q->off, &q->ip, sizeof(q->ip)) < 0)
+		return -1;
+	if (q->ip.ihl != 5 || (q->ip.protocol != IPPROTO_TCP && q->ip.protocol != IPPROTO_UDP))
+		return -1;
+	if (bpf_skb_load_bytes(skb, q->off + sizeof(q->ip), ports, sizeof(ports)) < 0)
+		return -1;
+	q->sport = ports[0];
+	q->dport = ports[1];
+	return 0;
+}
+
+/* icmp_quote4_rewrite replaces one endpoint of the quoted packet (its
+ * source when dst is 0): address and port, the quoted IP checksum, the
+ * quoted L4 checksum where the quote holds it (UDP's always, TCP's when
+ * more than 8 bytes are quoted; a UDP checksum of 0 stays 0), and the ICMP
+ * checksum, which covers all of these and no pseudo header. */
+static __always_inline int icmp_quote4_rewrite(struct __sk_buff *skb, const struct flow4 *f,
+					       struct icmp_quote4 *q, int dst, __be32 addr, __be16 port)
+{
+	__u32 icmp_csum = f->l4_off + 2, l4 = q->off + sizeof(q->ip);
+	__u32 csum_off = l4 + (q->ip.protocol == IPPROTO_TCP ? 16 : 6);
+	__be32 old_addr = dst ? q->ip.daddr : q->ip.saddr;
+	__be16 old_port = dst ? q->dport : q->sport;
+	__u16 ip_check = q->ip.check, l4_check, old_l4;
+
+	csum_replace4(&ip_check, old_addr, addr);
+	if (bpf_l4_csum_replace(skb, icmp_csum, old_addr, addr, 4) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, q->ip.check, ip_check, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, old_port, port, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, q->off + (dst ? 16 : 12), &addr, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, q->off + offsetof(struct iphdr, check), &ip_check, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, l4 + (dst ? 2 : 0), &port, 2, 0) < 0)
+		return -1;
+	if (csum_off + 2 <= q->end && bpf_skb_load_bytes(skb, csum_off, &old_l4, 2) == 0 &&
+	    (old_l4 || q->ip.protocol == IPPROTO_TCP)) {
+		l4_check = old_l4;
+		csum_replace4(&l4_check, old_addr, addr);
+		csum_replace2(&l4_check, old_port, port);
+		if (q->ip.protocol == IPPROTO_UDP && !l4_check)
+			l4_check = 0xffff;
+		if (bpf_l4_csum_replace(skb, icmp_csum, old_l4, l4_check, 2) < 0 ||
+		    bpf_skb_store_bytes(skb, csum_off, &l4_check, 2, 0) < 0)
+			return -1;
+	}
+	q->ip.check = ip_check;
+	if (dst) {
+		q->ip.daddr = addr;
+		q->dport = port;
+	} else {
+		q->ip.saddr = addr;
+		q->sport = port;
+	}
 	return 0;
 }

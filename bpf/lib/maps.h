@@ -333,6 +333,37 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nat_stats SEC(".maps");
 
+/* ---- IP fragments ----
+ * Only the first fragment of a datagram carries its ports, on which every
+ * translation is decided. What the first fragment became (its addresses
+ * after translation, and the hook's decision) is kept per datagram and hook,
+ * keyed by the first fragment as it arrived there, and the later fragments
+ * get the same addresses. LRU: a datagram is in flight for milliseconds. */
+
+struct frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;		/* IP identification, network byte order */
+	__u8 proto;
+	__u8 hook;		/* enum hook */
+};
+
+struct frag_entry {
+	__u64 expires;		/* ktime ns */
+	__u32 saddr;		/* the addresses after translation */
+	__u32 daddr;
+	__u8 decision;		/* the hook's enum svc_result for the datagram */
+	__u8 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_entry);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} frags SEC(".maps");
+
 /* Typed handles so bpf2go emits these for user space even when a program
  * does not reference them directly. */
 const enum reason reason_unused __attribute__((unused));

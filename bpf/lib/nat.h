@@ -13,6 +13,18 @@ static __always_inline __u32 l4_csum_off(__u8 proto)
 	return proto == IPPROTO_TCP ? 16 : 6;
 }
 
+/* ip4_set_addr replaces the source (dst 0) or destination address in the IP
+ * header only, with its checksum: for packets whose L4 header is not there
+ * (later fragments) or whose checksum covers no addresses (ICMP). */
+static __always_inline int ip4_set_addr(struct __sk_buff *skb, int dst, __be32 old_addr, __be32 new_addr)
+{
+	if (old_addr == new_addr)
+		return 0;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, dst ? IP_DST_OFF : IP_SRC_OFF, &new_addr, 4, 0);
+}
+
 /* nat4_rewrite replaces one endpoint of the tuple (the source when dst is 0,
  * else the destination): address in the IP header, port in the TCP or UDP
  * header, and both checksums incrementally. A UDP datagram sent without a

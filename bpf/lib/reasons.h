@@ -32,6 +32,9 @@ enum reason {
 	REASON_DROP_FIB_FAILED = 74,	/* no route for a translated reply */
 	REASON_DROP_NAT_NO_PORT = 75,	/* SNAT: every port tried was taken */
 	REASON_DROP_NAT_MAP_FULL = 76,	/* SNAT: no room for another mapping */
+	REASON_DROP_FRAG_UNKNOWN = 77,	/* a later IP fragment whose datagram's first
+					 * fragment was not seen here: its translation
+					 * is unknown */
 };
 
 /* Where a packet was seen. */

@@ -8,6 +8,7 @@
 #include "csum.h"
 #include "conntrack.h"
 #include "endpoints.h"
+#include "icmp.h"
 
 /* Ports tried per new flow: a random start, then the next ones. */
 #define SNAT_TRIES 32
@@ -217,6 +218,16 @@ __noinline int snat_new_mapping4(__u32 saddr, __u32 daddr, __u32 ports, __u32 me
 	return rk.dport;
 }
 
+/* snat_candidate4 says whether f is a pod's packet that leaves masqueraded
+ * when it is TCP, UDP or an ICMP echo: what only ports (or the echo
+ * identifier) could still exempt. */
+static __always_inline int snat_candidate4(const struct flow4 *f)
+{
+	return nat_config4() && (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP ||
+				 f->proto == IPPROTO_ICMP) &&
+	       endpoint_lookup4(f->saddr) && !nonmasq_dest4(f->daddr);
+}
+
 /* snat_egress4 masquerades a pod's packet to a destination outside the
  * cluster. Returns 1 when translated, 0 when not ours to translate, < 0 to
  * drop with *reason. */
@@ -261,51 +272,25 @@ static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, 
 
 /* snat_icmp_error4 translates an ICMP error about a masqueraded flow (the
  * quoted packet went out as node -> destination) back to the pod: the outer
- * destination, and the quoted source address and port. The quoted L4
- * checksum is left as is: the quote is usually truncated, and receivers
- * match errors by addresses and ports. */
+ * destination, and the quoted source address and port with every checksum
+ * they are in. */
 static __always_inline int snat_icmp_error4(struct __sk_buff *skb, struct flow4 *f,
 					    const struct nat_config *cfg)
 {
-	struct iphdr inner;
+	struct icmp_quote4 q;
 	struct nat_entry *e;
-	__be16 ports[2];
 	struct ct_key k;
-	__u32 inner_off = f->l4_off + 8, icmp_csum = f->l4_off + ICMP_CSUM_OFF;
-	__be32 pod;
-	__be16 pod_port, tot_len;
-	__u16 check;
 
-	/* The quote must lie inside the packet, not in bytes after it. */
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &tot_len, 2) < 0 ||
-	    inner_off + sizeof(inner) + sizeof(ports) > ETH_HLEN + bpf_ntohs(tot_len))
+	if (icmp_quote4_load(skb, f, &q) < 0 || q.ip.saddr != cfg->addr[0])
 		return 0;
-	if (bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) < 0 ||
-	    inner.ihl != 5 || inner.saddr != cfg->addr[0])
-		return 0;
-	if (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP)
-		return 0;
-	if (bpf_skb_load_bytes(skb, inner_off + sizeof(inner), ports, sizeof(ports)) < 0)
-		return 0;
-	ct_key4(&k, inner.daddr, inner.saddr, ports[1], ports[0], inner.protocol);
+	ct_key4(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol);
 	e = bpf_map_lookup_elem(&snat, &k);
 	if (!e || !(e->flags & NAT_F_REVERSE) || e->expires < bpf_ktime_get_ns())
 		return 0;
-	pod = e->to_addr[0];
-	pod_port = e->to_port;
-
-	check = inner.check;
-	csum_replace4(&check, inner.saddr, pod);
-	if (bpf_l4_csum_replace(skb, icmp_csum, inner.saddr, pod, 4) < 0 ||
-	    bpf_l4_csum_replace(skb, icmp_csum, inner.check, check, 2) < 0 ||
-	    bpf_l4_csum_replace(skb, icmp_csum, ports[0], pod_port, 2) < 0 ||
-	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, saddr), &pod, 4, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, check), &check, 2, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, inner_off + sizeof(inner), &pod_port, 2, 0) < 0)
+	if (icmp_quote4_rewrite(skb, f, &q, 0, e->to_addr[0], e->to_port) < 0 ||
+	    ip4_set_addr(skb, 1, f->daddr, e->to_addr[0]) < 0)
 		return -1;
-	if (nat4_rewrite(skb, f, 1, f->daddr, pod, 0, 0) < 0)
-		return -1;
-	f->daddr = pod;
+	f->daddr = e->to_addr[0];
 	return 1;
 }
 

@@ -8,15 +8,7 @@
 #include "conntrack.h"
 #include "lb.h"
 #include "nat.h"
-
-/* What service translation did to a packet. */
-enum svc_result {
-	SVC_UNTOUCHED,	/* not service traffic */
-	SVC_FORWARD,	/* destination rewritten to a backend */
-	SVC_REPLY,	/* a reply: source rewritten to the frontend */
-	SVC_REJECT,	/* no backend: the packet is now an ICMP error */
-	SVC_DROP,	/* dropped; *reason says why */
-};
+#include "icmp.h"
 
 /* reply_translate restores the frontend as source of a backend's reply,
  * and for a hairpinned flow the client (the backend itself) as destination. */
@@ -168,4 +160,56 @@ static __always_inline int service_translate(struct __sk_buff *skb, struct flow4
 fail:
 	*reason = REASON_DROP_NAT_FAILED;
 	return SVC_DROP;
+}
+
+/* svc_icmp_error4 translates an ICMP error (unreachable, fragmentation
+ * needed, time exceeded) about a service flow, so the side that gets it
+ * recognises its own packet in the quote:
+ *   - about a request on its way to the backend (the quote reads client ->
+ *     backend): the quoted destination becomes the frontend again, and the
+ *     error's source too when the backend itself sent it;
+ *   - about a reply on its way to the client (the quote reads frontend ->
+ *     client): the quoted source becomes the backend, and so does the
+ *     error's destination.
+ * Hairpinned flows are left alone. Returns SVC_REPLY or SVC_FORWARD as the
+ * error now travels like the flow's reply or request, SVC_UNTOUCHED when it
+ * is about no service flow, SVC_DROP when a rewrite failed. */
+static __always_inline int svc_icmp_error4(struct __sk_buff *skb, struct flow4 *f)
+{
+	struct icmp_quote4 q;
+	struct ct_entry *e;
+	struct backend *b;
+	struct ct_key k;
+	__be32 addr;
+
+	if (icmp_quote4_load(skb, f, &q) < 0)
+		return SVC_UNTOUCHED;
+	/* The tuple of the quoted packet's answer: conntrack's key for it. */
+	ct_key4(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol);
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e || e->expires < bpf_ktime_get_ns() || (e->flags & CT_F_HAIRPIN))
+		return SVC_UNTOUCHED;
+	if (e->flags & CT_F_REPLY) {
+		addr = e->nat_addr[0];
+		if (f->saddr == q.ip.daddr) {
+			if (ip4_set_addr(skb, 0, f->saddr, addr) < 0)
+				return SVC_DROP;
+			f->saddr = addr;
+		}
+		if (icmp_quote4_rewrite(skb, f, &q, 1, addr, e->nat_port) < 0)
+			return SVC_DROP;
+		return SVC_REPLY;
+	}
+	b = backend_lookup(e->backend_id);
+	if (!b)
+		return SVC_UNTOUCHED;
+	addr = b->addr[0];
+	if (f->daddr == q.ip.saddr) {
+		if (ip4_set_addr(skb, 1, f->daddr, addr) < 0)
+			return SVC_DROP;
+		f->daddr = addr;
+	}
+	if (icmp_quote4_rewrite(skb, f, &q, 0, addr, b->port) < 0)
+		return SVC_DROP;
+	return SVC_FORWARD;
 }

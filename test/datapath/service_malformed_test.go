@@ -7,9 +7,10 @@ import (
 	"github.com/podpath/podpath/internal/csum"
 )
 
-// Packets to the VIP that cannot be service traffic. A non-first IPv4
-// fragment carries no ports (its payload starts mid-datagram), so it is not
-// translated: the stack gets it as it came. A TCP or UDP packet whose IPv4
+// Packets to the VIP that cannot be translated. A non-first IPv4 fragment
+// carries no ports (its payload starts mid-datagram): without its first
+// fragment seen before it, its translation is unknown and it is dropped
+// with its own reason (fragment_test.go has the datagrams that work). A TCP or UDP packet whose IPv4
 // total length leaves no room for the ports is truncated and dropped, even
 // when the frame carries bytes beyond the IPv4 packet (Ethernet padding):
 // those are not part of the packet. Nothing enters conntrack.
@@ -24,9 +25,9 @@ func TestServiceNotTranslatable(t *testing.T) {
 		verdict uint32
 		reason  string
 	}{
-		{name: "non-first fragment, more to follow", verdict: tcActOK, reason: "to_stack",
+		{name: "non-first fragment, more to follow", verdict: tcActShot, reason: "drop_frag_unknown",
 			frame: fragment(syn, looksLikePorts, 0x2000|185)},
-		{name: "last fragment", verdict: tcActOK, reason: "to_stack",
+		{name: "last fragment", verdict: tcActShot, reason: "drop_frag_unknown",
 			frame: fragment(syn, looksLikePorts, 370)},
 		{name: "TCP: the IPv4 header and nothing after it", verdict: tcActShot, reason: "drop_truncated",
 			frame: cutL4(syn, 0, nil)},

@@ -27,13 +27,8 @@ type icmpErrorCase struct {
 // outer destination becomes the pod; in the quote, the source address and
 // port become the pod's and the quoted IPv4 header checksum follows; the
 // ICMP checksum is correct over the changed quote. Every byte is compared
-// with an error built here from the flow as the pod sent it.
-//
-// The quoted TCP or UDP checksum is deliberately left as it was (see
-// snat_icmp_error4 in bpf/lib/snat.h): the quote is often cut short and the
-// pod's stack matches errors by addresses and ports, so the quote keeps the
-// checksum computed for node:P. The expected quote is built that way, and
-// the test says so explicitly where the quote reaches the checksum.
+// with an error built here from the flow as the pod sent it. Where the quote
+// reaches the TCP or UDP checksum, it is the one the pod computed again.
 func TestSNATICMPError(t *testing.T) {
 	tcpSyn := tcpFlow(podA.IP, podPort, serverIP, serverPort, tcpSYN).with("a SYN with data, to fill a packet")
 	udpDgram := udpFlow(podA.IP, podPort, serverIP, serverPort)
@@ -68,10 +63,9 @@ func TestSNATICMPError(t *testing.T) {
 			r := d.ingress(t, in)
 
 			// The quote as the pod must see it: its own address and port as
-			// source, a fresh header checksum, the rest of the L4 header
-			// (checksum included) as it left the node.
-			l4 := left.l4()
-			binary.BigEndian.PutUint16(l4[0:], tc.send.Sport)
+			// source, a fresh header checksum, and the L4 header as the pod
+			// sent it, checksum included: the pod's stack may match it.
+			l4 := tc.send.l4()
 			wantQuote := ipv4(ipv4Header{ID: left.ID, TTL: left.TTL, Protocol: left.Proto, Src: tc.send.Src, Dst: left.Dst}, l4)[:n]
 			wantErr := errMsg
 			wantErr.Dst, wantErr.Quote, wantErr.TTL = podA.IP, wantQuote, errMsg.TTL-1
@@ -89,9 +83,10 @@ func TestSNATICMPError(t *testing.T) {
 				if tc.send.Proto == protoUDP {
 					off = ipv4HeaderLen + 6
 				}
-				sent := binary.BigEndian.Uint16(left.l4()[off-ipv4HeaderLen:])
+				sent := binary.BigEndian.Uint16(tc.send.l4()[off-ipv4HeaderLen:])
 				if got := binary.BigEndian.Uint16(quote[off:]); got != sent {
-					t.Errorf("quoted L4 checksum %#04x, want %#04x: left as node:%d sent it, not updated", got, sent, port)
+					t.Errorf("quoted L4 checksum %#04x, want %#04x as the pod sent it (node:%d's is %#04x)", got, sent, port,
+						binary.BigEndian.Uint16(left.l4()[off-ipv4HeaderLen:]))
 				}
 			}
 			if after := d.mappings(t); !mapsEqualNAT(after, before) {
