@@ -111,7 +111,7 @@ var (
 // flows, services or pods are refused or (LRU) old entries evicted.
 var boundedMaps = []string{
 	maps.MapEndpoints, maps.MapServices, maps.MapBackends, maps.MapSvcSlots,
-	maps.MapAffinity, maps.MapConntrack, maps.MapSNAT, maps.MapSockRevNat,
+	maps.MapAffinity, maps.MapConntrack, maps.MapSNAT, maps.MapSockRevNat, maps.MapFrags,
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -22,6 +22,7 @@ const (
 	MapNatConfig = "nat_config"
 	MapNonmasq   = "nonmasq"
 	MapNatStats  = "nat_stats"
+	MapFrags     = "frags"
 )
 
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
@@ -39,7 +40,7 @@ const (
 // AllMaps lists every pinned map.
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
-	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat}
+	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }
