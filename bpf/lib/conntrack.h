@@ -64,8 +64,9 @@ static __always_inline struct ct_entry *ct_lookup4(const struct flow4 *f)
 	return e;
 }
 
-/* ct_touch accounts a packet and pushes the entry's expiry out. */
-static __always_inline void ct_touch(struct ct_entry *e, const struct flow4 *f, __u32 bytes)
+/* ct_touch accounts a packet and pushes the entry's expiry out. Returns 1
+ * when it did (at most once per CT_REFRESH, or on a change of lifetime). */
+static __always_inline int ct_touch(struct ct_entry *e, const struct flow4 *f, __u32 bytes)
 {
 	__u64 now = bpf_ktime_get_ns(), expires;
 
@@ -73,8 +74,11 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct flow4 *f, 
 	__sync_fetch_and_add(&e->bytes, bytes);
 	ct_merge_tcp_flags(&e->tcp_flags, f->tcp_flags);
 	expires = now + ct_lifetime(f->proto, e->tcp_flags);
-	if (expires > e->expires + CT_REFRESH || expires < e->expires)
+	if (expires > e->expires + CT_REFRESH || expires < e->expires) {
 		e->expires = expires;
+		return 1;
+	}
+	return 0;
 }
 
 /* ct_reopens says whether packet f starts a new connection on the tuple of

@@ -10,6 +10,42 @@
 #include "nat.h"
 #include "icmp.h"
 
+/* svc_ct_reply4 writes the reply entry of a flow from client f->saddr:sport
+ * to frontend f->daddr:dport on backend b. Replies come from the backend,
+ * to the client, or to the frontend address when the client is the backend
+ * itself (hairpin). */
+static __always_inline int svc_ct_reply4(const struct flow4 *f, const struct backend *b,
+					 __u32 svc_id, __u32 backend_id, __u64 create)
+{
+	struct ct_entry rev = {};
+	int hairpin = b->addr[0] == f->saddr;
+
+	rev.svc_id = svc_id;
+	rev.backend_id = backend_id;
+	rev.flags = CT_F_REPLY | (hairpin ? CT_F_HAIRPIN : 0);
+	rev.nat_addr[0] = f->daddr;
+	rev.nat_port = f->dport;
+	return ct_create4(b->addr[0], hairpin ? f->daddr : f->saddr, b->port, f->sport, f, &rev, create);
+}
+
+/* svc_ct_heal_forward4 writes the forward entry of a flow whose reply
+ * (f, entry rev) is still tracked, where none is: a full conntrack (LRU)
+ * may evict one half of an active flow, and without it the client's next
+ * packet would be balanced anew. Called once per CT_REFRESH of the reply. */
+static __always_inline void svc_ct_heal_forward4(const struct flow4 *f, const struct ct_entry *rev)
+{
+	struct ct_entry fwd = {};
+	struct flow4 req = *f;
+
+	fwd.svc_id = rev->svc_id;
+	fwd.backend_id = rev->backend_id;
+	fwd.flags = rev->flags & CT_F_HAIRPIN;
+	fwd.tcp_flags = rev->tcp_flags & ~(TCP_FLAG_SYN);
+	/* The client: the reply's destination, or the backend itself. */
+	req.saddr = (rev->flags & CT_F_HAIRPIN) ? f->saddr : f->daddr;
+	ct_create4(req.saddr, rev->nat_addr[0], f->dport, rev->nat_port, &req, &fwd, BPF_NOEXIST);
+}
+
 /* reply_translate restores the frontend as source of a backend's reply,
  * and for a hairpinned flow the client (the backend itself) as destination. */
 static __always_inline int reply_translate(struct __sk_buff *skb, struct flow4 *f,
@@ -18,7 +54,8 @@ static __always_inline int reply_translate(struct __sk_buff *skb, struct flow4 *
 	__be32 frontend = e->nat_addr[0];
 	__be16 frontend_port = e->nat_port;
 
-	ct_touch(e, f, skb->len);
+	if (ct_touch(e, f, skb->len))
+		svc_ct_heal_forward4(f, e);
 	if ((e->flags & CT_F_HAIRPIN) &&
 	    nat4_rewrite(skb, f, 1, f->daddr, f->saddr, f->dport, f->dport) < 0)
 		goto fail;
@@ -47,18 +84,20 @@ fail:
 static __always_inline struct backend *svc_backend4(const struct flow4 *f, const struct svc_info *svc,
 						    struct ct_entry *e, __u32 bytes, enum reason *reason)
 {
-	struct ct_entry fwd = {}, rev = {};
+	struct ct_entry fwd = {};
 	struct ct_key k;
 	struct backend *b, *won;
 	__u64 create = BPF_NOEXIST, rev_create = BPF_ANY;
 	__u32 id;
-	int hairpin, err;
+	int err;
 
 	*reason = REASON_UNSPEC;
 	if (e) {
 		b = backend_lookup(e->backend_id);
 		if (b && !ct_reopens(e, f, b->flags)) {
-			ct_touch(e, f, bytes);
+			/* The reply entry, if evicted meanwhile, comes back. */
+			if (ct_touch(e, f, bytes))
+				svc_ct_reply4(f, b, e->svc_id, e->backend_id, BPF_NOEXIST);
 			return b;
 		}
 		/* The backend is gone, or a new connection reuses the tuple. */
@@ -98,15 +137,7 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 	}
 	if (err < 0)
 		goto full;
-	hairpin = b->addr[0] == f->saddr;
-	rev.svc_id = svc->id;
-	rev.backend_id = id;
-	rev.flags = CT_F_REPLY | (hairpin ? CT_F_HAIRPIN : 0);
-	rev.nat_addr[0] = f->daddr;
-	rev.nat_port = f->dport;
-	/* Replies come from the backend, to the client, or to the frontend
-	 * address when the client is the backend itself. */
-	err = ct_create4(b->addr[0], hairpin ? f->daddr : f->saddr, b->port, f->sport, f, &rev, rev_create);
+	err = svc_ct_reply4(f, b, svc->id, id, rev_create);
 	if (err < 0 && err != -EEXIST)
 		goto full;
 	return b;

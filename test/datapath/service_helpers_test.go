@@ -154,6 +154,12 @@ var testMapSizes = map[string]uint32{
 // and C and every backend in allBackends, then the services.
 func newServiceDatapath(t *testing.T, svcs ...service) *svcDatapath {
 	t.Helper()
+	return newSizedServiceDatapath(t, testMapSizes, svcs...)
+}
+
+// newSizedServiceDatapath is newServiceDatapath with other map sizes.
+func newSizedServiceDatapath(t *testing.T, sizes map[string]uint32, svcs ...service) *svcDatapath {
+	t.Helper()
 	checkSkbContextLayout(t)
 	specs, err := maps.Specs()
 	if err != nil {
@@ -164,7 +170,7 @@ func newServiceDatapath(t *testing.T, svcs ...service) *svcDatapath {
 		spec := specs[prog]
 		for name, ms := range spec.Maps {
 			ms.Pinning = ebpf.PinNone
-			if size, ok := testMapSizes[name]; ok {
+			if size, ok := sizes[name]; ok {
 				ms.MaxEntries = size
 			}
 		}
