@@ -7,6 +7,7 @@
 package services
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -151,7 +152,8 @@ type Backend struct {
 }
 
 // UnmarshalJSON reads a backend, defaulting ready to true, and accepts a
-// bare address string as shorthand for a ready backend.
+// bare address string as shorthand for a ready backend. Unknown fields are
+// errors, as in the service around it.
 func (b *Backend) UnmarshalJSON(data []byte) error {
 	var s string
 	if err := json.Unmarshal(data, &s); err == nil {
@@ -164,7 +166,9 @@ func (b *Backend) UnmarshalJSON(data []byte) error {
 	}
 	type plain Backend
 	v := plain{Ready: true}
-	if err := json.Unmarshal(data, &v); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
 		return err
 	}
 	*b = Backend(v)

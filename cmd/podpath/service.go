@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/podpath/podpath/services"
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 )
 
 // serviceFlags are the flags every service command shares.
@@ -315,19 +312,24 @@ func printServiceStatus(w io.Writer, st services.ServiceStatus) {
 
 func newServiceApplyCmd(g *globals, sf *serviceFlags) *cobra.Command {
 	var (
-		file          string
-		prune, dryRun bool
+		file                      string
+		prune, dryRun, allowEmpty bool
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Make the services in a YAML or JSON file the node's services",
-		Long: `Make the services in FILE (YAML or JSON; "-" reads stdin) the node's services:
-a list of services, or an object with a "services" list. Services not in the
-file are removed unless --prune=false. The whole file is checked first: when
-anything in it is invalid, nothing changes.`,
+		Long: `Make the services in FILE (YAML or JSON; "-" reads stdin) the node's services.
+Each document of FILE (YAML documents separated by "---", or a stream of JSON
+values) is a list of services, or an object with a "services" list; every
+document is read. Services not in the file are removed unless --prune=false.
+The whole file is checked first: when anything in it is invalid (an unknown
+field, a service defined twice, a document without services), nothing
+changes. A file without any service is refused unless --allow-empty: applied,
+it would remove every service on the node.`,
 		Example: `  podpath service apply -f services.yaml
   podpath service apply -f services.yaml --dry-run
-  podpath service apply -f extra.yaml --prune=false`,
+  podpath service apply -f extra.yaml --prune=false
+  podpath service apply -f /dev/null --allow-empty     # remove every service`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
@@ -345,7 +347,10 @@ anything in it is invalid, nothing changes.`,
 			if err != nil {
 				return err
 			}
-			svcs, err := decodeServices(data)
+			svcs, err := decodeServices(data, allowEmpty)
+			if file == "-" {
+				file = "stdin"
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
@@ -382,37 +387,8 @@ anything in it is invalid, nothing changes.`,
 	f.StringVarP(&file, "filename", "f", "", "YAML or JSON file of services (- for stdin)")
 	f.BoolVar(&prune, "prune", true, "remove services that are not in the file")
 	f.BoolVar(&dryRun, "dry-run", false, "check the file and show what would change, change nothing")
+	f.BoolVar(&allowEmpty, "allow-empty", false, "accept a file (or a document) without services: with pruning, the node is left with none")
 	return cmd
-}
-
-// decodeServices reads a list of services, or {"services": [...]}, from
-// YAML or JSON. Unknown fields are errors: a misspelt field would
-// otherwise silently take its default.
-func decodeServices(data []byte) ([]services.Service, error) {
-	j, err := yaml.YAMLToJSONStrict(data)
-	if err != nil {
-		return nil, err
-	}
-	j = bytes.TrimSpace(j)
-	if len(j) == 0 || string(j) == "null" {
-		return nil, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if j[0] == '[' {
-		var list []services.Service
-		if err := dec.Decode(&list); err != nil {
-			return nil, err
-		}
-		return list, nil
-	}
-	var doc struct {
-		Services []services.Service `json:"services"`
-	}
-	if err := dec.Decode(&doc); err != nil {
-		return nil, err
-	}
-	return doc.Services, nil
 }
 
 // mergeServices is cur with every service of add put in (replacing the one
