@@ -32,8 +32,8 @@ var cniBin string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: the CNI end-to-end tests need root")
-		os.Exit(0)
+		fmt.Fprintln(os.Stderr, "the CNI end-to-end tests need root (network namespaces, BPF): run them as root")
+		os.Exit(1)
 	}
 	dir, err := os.MkdirTemp("", "podpath-cni-test-bin-")
 	if err != nil {

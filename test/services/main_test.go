@@ -16,8 +16,8 @@ import (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: the service end-to-end tests need root")
-		os.Exit(0)
+		fmt.Fprintln(os.Stderr, "the service end-to-end tests need root (network namespaces, BPF): run them as root")
+		os.Exit(1)
 	}
 	if !testing.Verbose() {
 		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))

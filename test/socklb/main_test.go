@@ -38,8 +38,8 @@ func TestMain(m *testing.M) {
 		os.Exit(clientMain(req))
 	}
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: the socket load balancing tests need root")
-		os.Exit(0)
+		fmt.Fprintln(os.Stderr, "the socket load balancing tests need root (network namespaces, BPF, cgroups): run them as root")
+		os.Exit(1)
 	}
 	dir, err := os.MkdirTemp("", "podpath-socklb-test-bin-")
 	if err != nil {
