@@ -12,15 +12,23 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/podpath/podpath/maps"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
 // How a program is attached.
 const (
-	ModeTCX        = "tcx"         // bpf_link on the tcx hook (6.6+)
-	ModeLegacyTC   = "tc"          // clsact qdisc + cls_bpf filter
-	ModeXDPNative  = "xdp-native"  // XDP in the driver
-	ModeXDPGeneric = "xdp-generic" // XDP emulated on the skb
+	ModeTCX        = "tcx"               // bpf_link on the tcx hook (6.6+)
+	ModeLegacyTC   = "tc"                // clsact qdisc + cls_bpf filter
+	ModeXDPNative  = "xdp-" + XDPNative  // XDP in the driver
+	ModeXDPGeneric = "xdp-" + XDPGeneric // XDP emulated on the skb
+)
+
+// XDP modes of a node's uplinks (Config.XDPMode).
+const (
+	XDPNative  = "native"  // in the driver, before any skb exists: the fast path
+	XDPGeneric = "generic" // emulated on the skb, for drivers without XDP
+	XDPOff     = "off"     // no XDP program: from_netdev does its work
 )
 
 // Direction of a tc attachment.
@@ -243,36 +251,63 @@ func DetachTC(root, progName, ifname string, dir Direction) error {
 	return nil
 }
 
-// AttachXDP attaches prog to the device's XDP hook, natively when the driver
-// supports it and generically otherwise, and pins the link.
-func AttachXDP(root, progName string, prog *ebpf.Program, ifindex int) (string, error) {
+// AttachXDP attaches prog to the device's XDP hook in mode (XDPNative or
+// XDPGeneric) and pins the link. Attaching again in the same mode replaces
+// the program in place; in the other mode the old link goes first, a device
+// running one program per mode. A device without native XDP is refused,
+// never quietly run generic.
+func AttachXDP(root, mode, progName string, prog *ebpf.Program, ifindex int) error {
 	dev, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
-		return "", fmt.Errorf("attach %s: device %d: %w", progName, ifindex, err)
+		return fmt.Errorf("attach %s: device %d: %w", progName, ifindex, err)
 	}
 	ifname := dev.Attrs().Name
-	pin := linkPin(root, progName, ifname, "")
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		dropLink(l)
+	flags, ok := map[string]link.XDPAttachFlags{XDPNative: link.XDPDriverMode, XDPGeneric: link.XDPGenericMode}[mode]
+	if !ok {
+		return fmt.Errorf("attach %s to %s: unknown XDP mode %q", progName, ifname, mode)
 	}
-	mode := ModeXDPNative
-	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+	pin := linkPin(root, progName, ifname, "")
+	reused, err := reusePinnedLink(pin, prog, func(info *link.Info) bool {
+		return info.XDP() != nil && int(info.XDP().Ifindex) == ifindex && xdpModeOf(ifindex) == mode
+	})
 	if err != nil {
-		mode = ModeXDPGeneric
-		var gerr error
-		l, gerr = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
-		if gerr != nil {
-			return "", fmt.Errorf("attach %s to %s: native: %v; generic: %w", progName, ifname, err, gerr)
-		}
+		return fmt.Errorf("attach %s to %s: update link: %w", progName, ifname, err)
+	}
+	if reused {
+		return nil
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
+	if mode == XDPNative && errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("attach %s to %s: %s (%s) has no native XDP: use --xdp-mode generic, or off (%w)",
+			progName, ifname, ifname, dev.Type(), err)
+	}
+	if err != nil {
+		return fmt.Errorf("attach %s to %s (XDP %s): %w", progName, ifname, mode, err)
 	}
 	defer l.Close()
 	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
-		return "", err
+		return err
 	}
 	if err := l.Pin(pin); err != nil {
-		return "", fmt.Errorf("pin link %s: %w", pin, err)
+		return fmt.Errorf("pin link %s: %w", pin, err)
 	}
-	return mode, nil
+	return nil
+}
+
+// xdpModeOf is the mode the device's XDP program runs in, as the kernel
+// reports it: XDPNative, XDPGeneric, or "" for none (or another).
+func xdpModeOf(ifindex int) string {
+	dev, err := netlink.LinkByIndex(ifindex)
+	if err != nil || dev.Attrs().Xdp == nil {
+		return ""
+	}
+	switch dev.Attrs().Xdp.AttachMode {
+	case nl.XDP_ATTACHED_DRV:
+		return XDPNative
+	case nl.XDP_ATTACHED_SKB:
+		return XDPGeneric
+	}
+	return ""
 }
 
 // DetachXDP removes progName from the device's XDP hook.
@@ -333,8 +368,7 @@ func Attachments(root string) ([]Attachment, error) {
 				a.Mode, a.Ifindex = ModeTCX, int(info.TCX().Ifindex)
 			case info.XDP() != nil:
 				a.Mode, a.Ifindex = ModeXDPNative, int(info.XDP().Ifindex)
-				if dev, err := netlink.LinkByIndex(a.Ifindex); err == nil && dev.Attrs().Xdp != nil &&
-					dev.Attrs().Xdp.AttachMode == unix.XDP_FLAGS_SKB_MODE {
+				if xdpModeOf(a.Ifindex) == XDPGeneric {
 					a.Mode = ModeXDPGeneric
 				}
 			}

@@ -55,10 +55,13 @@ type Config struct {
 	MaxBackends uint32 `json:"maxBackends"`
 	Conntrack   uint32 `json:"conntrack"`
 	// Uplinks are the devices traffic from the network arrives on: they get
-	// from_netdev at tc ingress and, unless NoXDP, xdp_netdev; their IPv4
-	// addresses are the node addresses NodePort and hostPort answer on.
+	// from_netdev at tc ingress and, unless XDPMode is off, xdp_netdev; their
+	// IPv4 addresses are the node addresses NodePort and hostPort answer on.
 	Uplinks []string `json:"uplinks,omitempty"`
-	NoXDP   bool     `json:"noXDP,omitempty"`
+	// XDPMode is how xdp_netdev is attached to the uplinks: XDPNative,
+	// XDPGeneric or XDPOff. Empty at init means: the mode the node
+	// records, native on a new node. Init records the resolved mode.
+	XDPMode string `json:"xdpMode,omitempty"`
 	// SNAT: pods' traffic leaving through an uplink for destinations
 	// outside the pod CIDR, ClusterCIDRs and NonMasqCIDRs leaves with
 	// SNATAddr (default: the first uplink's first IPv4 address) and a port
@@ -161,6 +164,11 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("tc attach mode %q: want auto, %s or %s", c.TCAttach, ModeTCX, ModeLegacyTC)
 	}
+	switch c.XDPMode {
+	case "", XDPNative, XDPGeneric, XDPOff:
+	default:
+		return fmt.Errorf("XDP mode %q: want %s, %s or %s", c.XDPMode, XDPNative, XDPGeneric, XDPOff)
+	}
 	return nil
 }
 
@@ -230,6 +238,9 @@ func Init(c Config) error {
 	}
 	if prevErr == nil && (c.TCAttach == "" || c.TCAttach == "auto") {
 		c.TCAttach = prev.TCAttach // an upgrade keeps the node's mechanism
+	}
+	if c.XDPMode == "" {
+		c.XDPMode = keptXDPMode(c.PinRoot, prev, prevErr)
 	}
 	f, err := Probe()
 	if err != nil {

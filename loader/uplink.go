@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 
@@ -10,10 +11,10 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// attachUplinks attaches from_netdev, to_netdev (and xdp_netdev) to the
-// node's uplinks, detaches them from devices that are no longer uplinks,
-// records the uplinks' addresses as the node's addresses and configures
-// SNAT.
+// attachUplinks attaches from_netdev, to_netdev and xdp_netdev (in the
+// node's XDP mode, unless off) to the node's uplinks, detaches them from
+// devices that are no longer uplinks, records the uplinks' addresses as the
+// node's addresses and configures SNAT.
 func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) error {
 	for _, name := range prev {
 		if slices.Contains(c.Uplinks, name) {
@@ -42,11 +43,11 @@ func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) erro
 		if _, err := AttachTC(c.PinRoot, c.TCAttach, maps.ProgToNetdev, progs[maps.ProgToNetdev], idx, Egress); err != nil {
 			return err
 		}
-		if c.NoXDP {
+		if c.XDPMode == XDPOff {
 			if err := DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name); err != nil {
 				return err
 			}
-		} else if _, err := AttachXDP(c.PinRoot, maps.ProgXDPNetdev, progs[maps.ProgXDPNetdev], idx); err != nil {
+		} else if err := AttachXDP(c.PinRoot, c.XDPMode, maps.ProgXDPNetdev, progs[maps.ProgXDPNetdev], idx); err != nil {
 			return err
 		}
 		list, err := netlink.AddrList(dev, netlink.FAMILY_V4)
@@ -85,4 +86,32 @@ func writeNodeAddrs(root string, addrs []nodeAddr) error {
 		return fmt.Errorf("node addresses: %w", err)
 	}
 	return nil
+}
+
+// keptXDPMode is the XDP mode of an init that names none: the one the node
+// records, native on a new node. A node initialised before modes were
+// recorded keeps what its uplinks run: that loader fell back to generic
+// without a word, and its upgrade must not stop at a device without native
+// XDP. Generic on any uplink means generic on all (it works on every
+// device); uplinks without xdp_netdev mean it was off.
+func keptXDPMode(root string, prev Config, prevErr error) string {
+	switch {
+	case prevErr != nil || len(prev.Uplinks) == 0:
+		return XDPNative
+	case prev.XDPMode != "":
+		return prev.XDPMode
+	}
+	mode := XDPOff
+	atts, _ := Attachments(root)
+	for _, a := range atts {
+		switch {
+		case a.Program != maps.ProgXDPNetdev:
+		case a.Mode == ModeXDPGeneric:
+			mode = XDPGeneric
+		case a.Mode == ModeXDPNative && mode == XDPOff:
+			mode = XDPNative
+		}
+	}
+	slog.Info("node initialised before XDP modes were recorded: keeping the mode its uplinks run", "xdpMode", mode)
+	return mode
 }
