@@ -66,7 +66,6 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.IntVar(&c.MTU, "mtu", loader.DefaultMTU, "MTU of pod interfaces")
 	f.Uint32Var(&c.MaxEndpoints, "max-endpoints", loader.DefaultMaxEndpoints, "size of the endpoints map")
 	f.StringSliceVar(&c.Uplinks, "uplink", nil, "device(s) traffic from the network arrives on (from_netdev and XDP are attached there; NodePort answers on their addresses)")
-	f.BoolVar(&c.NoXDP, "no-xdp", false, "do not attach the XDP program to the uplinks")
 	f.Uint32Var(&c.MaxServices, "max-services", loader.DefaultMaxServices, "size of the services map (frontends)")
 	f.Uint32Var(&c.MaxBackends, "max-backends", loader.DefaultMaxBackends, "size of the backends map")
 	f.Uint32Var(&c.Conntrack, "conntrack-size", loader.DefaultConntrack, "size of the conntrack map (flow directions)")
@@ -79,7 +78,35 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.StringSliceVar(&nonMasq, "non-masquerade-cidr", nil, "further destinations reached without masquerading")
 	f.Uint32Var(&c.MaxNAT, "max-nat", loader.DefaultMaxNAT, "size of the SNAT map (two entries per flow)")
 	f.StringVar(&c.TCAttach, "tc-attach", "auto", "tc attach mechanism: auto (tcx where the kernel has it), tcx, or tc (clsact + cls_bpf)")
+	addXDPModeFlags(cmd, &c.XDPMode)
 	return cmd
+}
+
+// addXDPModeFlags gives node init and the agent the same --xdp-mode, and
+// --no-xdp, the flag it replaces.
+func addXDPModeFlags(cmd *cobra.Command, mode *string) {
+	f := cmd.Flags()
+	f.StringVar(mode, "xdp-mode", "", "XDP on the uplinks: native (in the driver; a device without native XDP is refused), "+
+		"generic (emulated, works on any device) or off (default native, or the mode the node already runs)")
+	f.Var(noXDPFlag{mode}, "no-xdp", "do not attach the XDP program to the uplinks")
+	f.Lookup("no-xdp").NoOptDefVal = "true"
+	f.MarkDeprecated("no-xdp", "use --xdp-mode off")
+}
+
+// noXDPFlag is --no-xdp: --xdp-mode off under its former name.
+type noXDPFlag struct{ mode *string }
+
+func (f noXDPFlag) String() string {
+	return strconv.FormatBool(f.mode != nil && *f.mode == loader.XDPOff)
+}
+func (f noXDPFlag) Type() string { return "bool" }
+
+func (f noXDPFlag) Set(s string) error {
+	off, err := strconv.ParseBool(s)
+	if off {
+		*f.mode = loader.XDPOff
+	}
+	return err
 }
 
 func parseSNATFlags(c *loader.Config, addr, ports string, cluster, nonMasq []string) error {
@@ -165,6 +192,11 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 		fmt.Fprintf(w, "Node attaches:\t%s\n", c.TCAttach)
 		if len(c.Uplinks) > 0 {
 			fmt.Fprintf(w, "Uplinks:\t%s\n", strings.Join(c.Uplinks, ", "))
+			xdp := c.XDPMode
+			if xdp == "" {
+				xdp = "not recorded (initialised by an earlier podpath; ATTACHED below shows the mode)"
+			}
+			fmt.Fprintf(w, "XDP mode:\t%s\n", xdp)
 			if c.NoSNAT {
 				fmt.Fprintf(w, "SNAT:\toff\n")
 			} else {
