@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -30,6 +32,38 @@ func (u *undoStack) run() {
 		(*u)[i]()
 	}
 	*u = nil
+}
+
+// PauseEnv, set to one of Steps, holds ADD right after that step: the
+// plugin logs msg=paused and waits for SIGCONT. Tests hold an ADD at a known
+// point with it, act (run GC, look at what the step left), then resume the
+// plugin or kill it.
+const PauseEnv = "PODPATH_CNI_PAUSE_AT"
+
+// The points of ADD that PauseEnv can name; each is reached once what it
+// names is done.
+const (
+	StepAllocated = "allocated" // the address is recorded, nothing else exists
+	StepVeth      = "veth"      // the veth pair exists, neither labelled nor up
+	StepPod       = "pod"       // the pod end is configured, the node route added
+	StepEndpoint  = "endpoint"  // the endpoint entry is written
+	StepAttached  = "attached"  // from_pod and to_pod are attached
+)
+
+// Steps are those points in the order ADD passes them.
+var Steps = []string{StepAllocated, StepVeth, StepPod, StepEndpoint, StepAttached}
+
+func pauseAt(step string) {
+	if os.Getenv(PauseEnv) != step {
+		return
+	}
+	// Not SIGSTOP: a Go process that stops itself is at times found
+	// running again with no SIGCONT sent.
+	cont := make(chan os.Signal, 1)
+	signal.Notify(cont, unix.SIGCONT)
+	defer signal.Stop(cont)
+	slog.Info("paused", "step", step)
+	<-cont
 }
 
 // podSide is what ADD learns inside the pod's namespace.
@@ -90,6 +124,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	pauseAt(StepAllocated)
 
 	hostName := HostVethName(args.ContainerID, args.IfName)
 	// A repeated ADD replaces the interfaces of the previous one; deleting
@@ -107,6 +142,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	pauseAt(StepVeth)
 	disableIPv6(hostName)
 	if err := netlink.LinkSetAlias(hostLink, vethAlias(conf.Network)); err != nil {
 		return fmt.Errorf("label host veth %s: %w", hostName, err)
@@ -132,6 +168,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := netlink.RouteReplace(nodeRoute(addr, hostLink.Attrs().Index)); err != nil {
 		return fmt.Errorf("add node route %s dev %s: %w", addr, hostName, err)
 	}
+	pauseAt(StepPod)
 
 	info := maps.NewEndpointInfo(uint32(hostLink.Attrs().Index), ps.podMAC, hostMAC, ps.cookie)
 	if err := eps.Put(addr, info); err != nil {
@@ -142,6 +179,7 @@ func Add(args *skel.CmdArgs) (err error) {
 			slog.Warn("undo: delete endpoint", "ip", addr, "err", err)
 		}
 	})
+	pauseAt(StepEndpoint)
 
 	// A failed ADD detaches them again with removeHostSide (undo above).
 	var mode string
@@ -150,6 +188,7 @@ func Add(args *skel.CmdArgs) (err error) {
 			return err
 		}
 	}
+	pauseAt(StepAttached)
 
 	if err := addHostPorts(conf, hostName, addr); err != nil {
 		return err

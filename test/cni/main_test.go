@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,18 +187,43 @@ func attachedVeths(t *testing.T, n *sim.Node) []string {
 }
 
 // pluginCall is one direct invocation of the plugin binary, for the input a
-// well-behaved runtime would never send.
+// well-behaved runtime would never send, or when the test must control the
+// process (hold it, kill it).
 type pluginCall struct {
 	Command, ContainerID, Netns, IfName, Args string
 	Stdin                                     []byte
-	// Unset lists environment variables to leave out.
+	// Unset lists environment variables to leave out; Env adds some.
 	Unset []string
+	Env   []string
 }
 
 // run execs the plugin in the node's namespace and returns its stdout, or
 // the CNI error it printed.
 func (c pluginCall) run(t *testing.T, n *sim.Node) ([]byte, *types.Error) {
 	t.Helper()
+	p, err := c.start(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, cerr, err := p.wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, cerr
+}
+
+// plugin is a running plugin process.
+type plugin struct {
+	command string
+	cmd     *exec.Cmd
+	stdout  bytes.Buffer
+	stderr  pluginLog
+	exited  chan struct{} // closed once it has exited and runErr is set
+	runErr  error
+}
+
+// start execs the plugin in the node's namespace.
+func (c pluginCall) start(n *sim.Node) (*plugin, error) {
 	env := map[string]string{
 		"CNI_COMMAND":     c.Command,
 		"CNI_CONTAINERID": c.ContainerID,
@@ -208,30 +235,87 @@ func (c pluginCall) run(t *testing.T, n *sim.Node) ([]byte, *types.Error) {
 	for _, k := range c.Unset {
 		delete(env, k)
 	}
-	var stdout, stderr bytes.Buffer
-	var runErr error
-	err := n.Do(func() error {
-		cmd := exec.Command(filepath.Join(cniBin, sim.PluginType))
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		cmd.Stdin = bytes.NewReader(c.Stdin)
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		runErr = cmd.Run()
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	p := &plugin{
+		command: c.Command,
+		cmd:     exec.Command(filepath.Join(cniBin, sim.PluginType)),
+		stderr:  pluginLog{paused: make(chan struct{})},
+		exited:  make(chan struct{}),
 	}
-	if runErr == nil {
-		return stdout.Bytes(), nil
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, c.Env...)
+	for k, v := range env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdin = bytes.NewReader(c.Stdin)
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	// The child is forked from the thread Do moved into the node.
+	if err := n.Do(p.cmd.Start); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.runErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// wait returns the plugin's stdout once it exits, or the CNI error it
+// printed; err when it printed none (killed, crashed).
+func (p *plugin) wait() ([]byte, *types.Error, error) {
+	<-p.exited
+	if p.runErr == nil {
+		return p.stdout.Bytes(), nil, nil
 	}
 	var e types.Error
-	if err := json.Unmarshal(stdout.Bytes(), &e); err != nil || e.Code == 0 {
-		t.Fatalf("plugin %s failed without a CNI error: %v\nstdout: %s\nstderr: %s", c.Command, runErr, stdout.String(), stderr.String())
+	if err := json.Unmarshal(p.stdout.Bytes(), &e); err != nil || e.Code == 0 {
+		return nil, nil, fmt.Errorf("plugin %s failed without a CNI error: %w\nstdout: %s\nstderr: %s", p.command, p.runErr, p.stdout.String(), p.stderr.String())
 	}
-	return stdout.Bytes(), &e
+	return p.stdout.Bytes(), &e, nil
+}
+
+// paused waits until the plugin holds at the step cni.PauseEnv names; it
+// fails if the plugin exits first.
+func (p *plugin) paused() error {
+	select {
+	case <-p.stderr.paused:
+		return nil
+	case <-p.exited:
+		_, cerr, err := p.wait()
+		return fmt.Errorf("plugin %s exited before its pause: %v %v", p.command, cerr, err)
+	}
+}
+
+// resume lets a paused plugin go on.
+func (p *plugin) resume() error { return p.cmd.Process.Signal(syscall.SIGCONT) }
+
+// kill kills the plugin (SIGKILL), if it still runs, and waits for it.
+func (p *plugin) kill() {
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// pluginLog keeps a plugin's stderr and closes paused when the plugin logs
+// that it holds at cni.PauseEnv's step.
+type pluginLog struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	paused chan struct{}
+}
+
+func (l *pluginLog) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seen := bytes.Contains(l.buf.Bytes(), []byte("msg=paused"))
+	l.buf.Write(b)
+	if !seen && bytes.Contains(l.buf.Bytes(), []byte("msg=paused")) {
+		close(l.paused)
+	}
+	return len(b), nil
+}
+
+func (l *pluginLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 // pluginConf is the node's plugin configuration as libcni hands it to the
