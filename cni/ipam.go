@@ -79,9 +79,15 @@ func (p *pool) list() ([]Allocation, error) {
 	}
 	var out []Allocation
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			// A record's temporary file, left by a plugin killed while
+			// writing it: the pool is locked, so none is written now.
+			os.Remove(filepath.Join(p.dir, e.Name()))
+			continue
+		}
 		addr, err := netip.ParseAddr(e.Name())
 		if err != nil {
-			continue // the lock, last_reserved, a temporary file
+			continue // the locks, last_reserved
 		}
 		b, err := os.ReadFile(filepath.Join(p.dir, e.Name()))
 		if errors.Is(err, os.ErrNotExist) {
@@ -162,7 +168,9 @@ func (p *pool) allocate(containerID, ifname string, skip netip.Addr) (addr netip
 	return addr, false, newError(CodePoolExhausted, "address pool %s exhausted: %d addresses in use", p.cidr, inPool)
 }
 
-// record writes an allocation atomically, so a crash never leaves a torn file.
+// record writes an allocation atomically, so a crash never leaves a torn
+// file; the temporary file of a writer killed before the rename is removed
+// by the next list.
 func (p *pool) record(addr netip.Addr, containerID, ifname string) error {
 	final := filepath.Join(p.dir, addr.String())
 	tmp := filepath.Join(p.dir, "."+addr.String()+".tmp")

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -113,6 +115,26 @@ func TestPoolConcurrent(t *testing.T) {
 			t.Fatalf("%s allocated twice", a)
 		}
 		seen[a] = true
+	}
+}
+
+// A record's temporary file, left by a plugin killed between writing it and
+// renaming it into place, is removed by the next invocation.
+func TestPoolRemovesTmpOfKilledWriter(t *testing.T) {
+	dir := t.TempDir()
+	cidr := netip.MustParsePrefix("10.9.2.0/29")
+	if _, _, err := alloc(t, dir, cidr, "c0"); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(IPAMDir(dir, "net"), ".10.9.2.5.tmp")
+	if err := os.WriteFile(tmp, []byte("killed\neth0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := alloc(t, dir, cidr, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temporary file of the killed writer: %v", err)
 	}
 }
 
