@@ -144,7 +144,9 @@ func checkPrevResult(conf *Config, args *skel.CmdArgs, addr netip.Addr) error {
 }
 
 func checkNodeRoute(addr netip.Addr, hostLink netlink.Link) error {
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: hostPrefix(addr)}, netlink.RT_FILTER_DST)
+	routes, err := loader.Consistent(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: hostPrefix(addr)}, netlink.RT_FILTER_DST)
+	})
 	if err != nil {
 		return fmt.Errorf("list node routes: %w", err)
 	}

@@ -69,7 +69,7 @@ func GC(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 		}
 	}
-	links, err := netlink.LinkList()
+	links, err := loader.Consistent(netlink.LinkList)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}

@@ -184,6 +184,11 @@ func attachTCX(root, progName string, prog *ebpf.Program, ifindex int, ifname st
 	return nil
 }
 
+// filtersAt lists the tc filters at one of a device's hooks.
+func filtersAt(dev netlink.Link, dir Direction) ([]netlink.Filter, error) {
+	return Consistent(func() ([]netlink.Filter, error) { return netlink.FilterList(dev, tcParent(dir)) })
+}
+
 func tcParent(dir Direction) uint32 {
 	if dir == Egress {
 		return netlink.HANDLE_MIN_EGRESS
@@ -237,7 +242,7 @@ func DetachTC(root, progName, ifname string, dir Direction) error {
 	if err != nil {
 		return nil
 	}
-	filters, err := netlink.FilterList(dev, tcParent(dir))
+	filters, err := filtersAt(dev, dir)
 	if err != nil {
 		return nil
 	}
@@ -379,13 +384,13 @@ func Attachments(root string) ([]Attachment, error) {
 		}
 		out = append(out, a)
 	}
-	devs, err := netlink.LinkList()
+	devs, err := Consistent(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	for _, dev := range devs {
 		for _, dir := range []Direction{Ingress, Egress} {
-			filters, err := netlink.FilterList(dev, tcParent(dir))
+			filters, err := filtersAt(dev, dir)
 			if err != nil {
 				continue
 			}

@@ -3,11 +3,13 @@ package cni_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/vishvananda/netlink"
 )
 
 // heldAdd starts an ADD of a new pod (container ID id) that stops itself
@@ -93,5 +95,59 @@ func TestAddKilledThenGC(t *testing.T) {
 	}
 	if err := n.CheckPod(testContext(t), keep); err != nil {
 		t.Errorf("CHECK keep: %v", err)
+	}
+}
+
+// CHECK and GC work while other processes add and remove devices on the
+// node: a netlink dump the kernel flags as interrupted by such a change is
+// taken again rather than failing the verb. The node has enough devices
+// for a dump to take several messages, which is when the kernel can tell.
+func TestCheckAndGCWhileDevicesChange(t *testing.T) {
+	n := newNode(t, "churn", "10.77.21.0/24")
+	a := addPod(t, n, "a")
+	veth := func(name string) *netlink.Veth {
+		return &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
+	}
+	if err := n.Do(func() error {
+		for i := range 100 {
+			if err := netlink.LinkAdd(veth(fmt.Sprintf("static%d", i))); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	churned := make(chan error, 1)
+	go func() {
+		churned <- n.Do(func() error {
+			for {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				if err := netlink.LinkAdd(veth("churn")); err != nil {
+					return err
+				}
+				if err := netlink.LinkDel(veth("churn")); err != nil {
+					return err
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		if err := <-churned; err != nil {
+			t.Errorf("churn: %v", err)
+		}
+	})
+	for range 3 {
+		if err := n.CheckPod(testContext(t), a); err != nil {
+			t.Errorf("CHECK: %v", err)
+		}
+		gc(t, n, a)
 	}
 }
