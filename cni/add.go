@@ -113,6 +113,15 @@ func Add(args *skel.CmdArgs) (err error) {
 		defer progs[i].Close()
 	}
 
+	// Held until ADD returns or dies: a DEL of the attachment waits for it,
+	// and GC leaves alone what it is making.
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	lock, err := lockAttachment(conf.StateDir, conf.Network, hostName, true)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+
 	var undo undoStack
 	defer func() {
 		if err != nil {
@@ -126,7 +135,6 @@ func Add(args *skel.CmdArgs) (err error) {
 	}
 	pauseAt(StepAllocated)
 
-	hostName := HostVethName(args.ContainerID, args.IfName)
 	// A repeated ADD replaces the interfaces of the previous one; deleting
 	// the host end takes the pod end and the node route with it.
 	if err := removeHostSide(conf.PinRoot, hostName); err != nil {
@@ -194,7 +202,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	undo.push(func() {
-		if err := removeHostPorts(conf, hostName, nil); err != nil {
+		if err := removeHostPorts(conf, hostName); err != nil {
 			slog.Warn("undo: remove hostPorts", "veth", hostName, "err", err)
 		}
 	})

@@ -34,35 +34,51 @@ func Del(args *skel.CmdArgs) error {
 	} else {
 		defer eps.Close()
 	}
-	addr, err := teardown(conf, eps, args.ContainerID, args.IfName)
+	// Held to the end: an ADD of this attachment still running (its
+	// runtime gave up waiting) finishes first, and GC keeps off.
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	lock, err := lockAttachment(conf.StateDir, conf.Network, hostName, true)
 	if err != nil {
 		return err
+	}
+	defer lock.Close()
+
+	p, err := openPool(conf.StateDir, conf.Network, netip.Prefix{})
+	if err != nil {
+		return err
+	}
+	addr, held, err := p.find(args.ContainerID, args.IfName)
+	p.Close()
+	if err != nil {
+		return err
+	}
+	if err := removeAttachment(conf, eps, hostName, addr); err != nil {
+		return err
+	}
+	// The address goes last, so it is never handed to a new pod while the
+	// old one's entry still names it.
+	if held {
+		if p, err = openPool(conf.StateDir, conf.Network, netip.Prefix{}); err != nil {
+			return err
+		}
+		defer p.Close()
+		if err := p.release(Allocation{Addr: addr, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
+			return err
+		}
 	}
 	slog.Info("pod deleted", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName, "ip", addr)
 	return nil
 }
 
-// teardown removes everything an attachment owns on the node, in an order
-// that keeps a concurrent ADD safe: the endpoint entry and the veth go
-// before the address is released, so the address is never handed to a new
-// pod while the old one's entry still names it.
-func teardown(conf *Config, eps *maps.Endpoints, containerID, ifname string) (netip.Addr, error) {
-	var addr netip.Addr
-	p, err := openPool(conf.StateDir, conf.Network, netip.Prefix{})
-	if err != nil {
-		return addr, err
-	}
-	addr, held, err := p.find(containerID, ifname)
-	p.Close()
-	if err != nil {
-		return addr, err
-	}
-
+// removeAttachment removes what an attachment has on the node but its
+// address: the endpoint entry of addr (when valid) and any other naming its
+// host veth, the attached programs, the host veth (with the pod end and the
+// node route) and the hostPorts.
+func removeAttachment(conf *Config, eps *maps.Endpoints, hostName string, addr netip.Addr) error {
 	var errs []error
-	hostName := HostVethName(containerID, ifname)
 	hostLink, linkErr := netlink.LinkByName(hostName)
 	if eps != nil {
-		if held {
+		if addr.IsValid() {
 			errs = append(errs, eps.Delete(addr))
 		}
 		if linkErr == nil {
@@ -71,22 +87,9 @@ func teardown(conf *Config, eps *maps.Endpoints, containerID, ifname string) (ne
 	}
 	errs = append(errs, removeHostSide(conf.PinRoot, hostName))
 	if eps != nil && hasServices(conf.StateDir) {
-		errs = append(errs, removeHostPorts(conf, hostName, nil))
+		errs = append(errs, removeHostPorts(conf, hostName))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return addr, err
-	}
-	if held {
-		p, err := openPool(conf.StateDir, conf.Network, netip.Prefix{})
-		if err != nil {
-			return addr, err
-		}
-		defer p.Close()
-		if err := p.release(Allocation{Addr: addr, ContainerID: containerID, IfName: ifname}); err != nil {
-			return addr, err
-		}
-	}
-	return addr, nil
+	return errors.Join(errs...)
 }
 
 // deleteEndpointsOf removes every endpoint entry that points at ifindex.

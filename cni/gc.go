@@ -7,27 +7,26 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"github.com/vishvananda/netlink"
 )
 
 // GC removes every attachment of this network that is not in the runtime's
-// list of valid ones (cni.dev/valid-attachments): its address, endpoint
-// entry, host veth and link pin. It also sweeps what no attachment owns any
-// more: host veths of this network whose attachment is gone, endpoint
-// entries whose device is gone, and link pins of deleted devices.
+// list of valid ones (cni.dev/valid-attachments), found by its address
+// record or its host veth: its address, endpoint entry, host veth, link
+// pins and hostPorts. From valid attachments whose device is gone (the pod's
+// namespace deleted before DEL) it removes the endpoint entries and link
+// pins. An attachment an ADD or DEL is working on is left alone, listed or
+// not: GC never removes what an ADD is making.
 func GC(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData, false)
 	if err != nil {
 		return err
 	}
-	valid := make(map[types.GCAttachment]bool, len(conf.ValidAttachments))
-	validVeths := make(map[string]bool, len(conf.ValidAttachments))
+	valid := make(map[string]bool, len(conf.ValidAttachments)) // by host veth name
 	for _, a := range conf.ValidAttachments {
-		valid[a] = true
-		validVeths[HostVethName(a.ContainerID, a.IfName)] = true
+		valid[HostVethName(a.ContainerID, a.IfName)] = true
 	}
 
 	eps, err := maps.OpenEndpoints(conf.PinRoot)
@@ -39,80 +38,130 @@ func GC(args *skel.CmdArgs) error {
 		defer eps.Close()
 	}
 
+	// The pool stays locked: while GC runs no address is allocated or
+	// released but by GC, so an address no record names has no ADD that
+	// could be writing its entry.
 	p, err := openPool(conf.StateDir, conf.Network, netip.Prefix{})
 	if err != nil {
 		return err
 	}
+	defer p.Close()
 	allocs, err := p.list()
-	p.Close()
 	if err != nil {
 		return err
 	}
+
 	var errs []error
-	for _, a := range allocs {
-		if valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
-			continue
+	// hold runs fn holding an attachment's lock, or skips the attachment
+	// while an ADD or DEL holds it.
+	hold := func(hostVeth string, fn func() error) {
+		lock, err := lockAttachment(conf.StateDir, conf.Network, hostVeth, false)
+		if errors.Is(err, errAttachmentBusy) {
+			slog.Info("gc: left an attachment in use", "veth", hostVeth, "reason", err)
+			return
 		}
-		if _, err := teardown(conf, eps, a.ContainerID, a.IfName); err != nil {
+		if err != nil {
 			errs = append(errs, err)
-			continue
+			return
 		}
-		slog.Info("gc: released attachment", "container", a.ContainerID, "ifname", a.IfName, "ip", a.Addr)
+		defer lock.Close()
+		errs = append(errs, fn())
 	}
 
-	// Snapshot the entries before listing devices: an ADD running meanwhile
-	// creates its veth before its entry, so every entry read here whose
-	// device is missing from the later list is truly stale.
+	owner := make(map[netip.Addr]string, len(allocs)) // host veth by address
+	for _, a := range allocs {
+		veth := HostVethName(a.ContainerID, a.IfName)
+		owner[a.Addr] = veth
+		if valid[veth] {
+			continue
+		}
+		hold(veth, func() error {
+			if err := removeAttachment(conf, eps, veth, a.Addr); err != nil {
+				return err
+			}
+			slog.Info("gc: released attachment", "container", a.ContainerID, "ifname", a.IfName, "ip", a.Addr)
+			return p.release(a)
+		})
+	}
+
+	// Host veths of this network whose address record is gone too.
+	links, err := loader.Consistent(netlink.LinkList)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	alias := vethAlias(conf.Network)
+	for _, l := range links {
+		name := l.Attrs().Name
+		if l.Type() != "veth" || l.Attrs().Alias != alias || !strings.HasPrefix(name, hostVethPrefix) || valid[name] {
+			continue
+		}
+		hold(name, func() error {
+			slog.Info("gc: removing stale veth", "veth", name)
+			return removeAttachment(conf, eps, name, netip.Addr{})
+		})
+	}
+	if eps != nil && hasServices(conf.StateDir) {
+		veths, err := hostPortVeths(conf)
+		errs = append(errs, err)
+		for _, veth := range veths {
+			if !valid[veth] {
+				hold(veth, func() error { return removeHostPorts(conf, veth) })
+			}
+		}
+	}
+
+	// Entries whose device is gone. Listed before the devices: an entry
+	// whose device is missing from the later list is stale.
 	var entries []maps.Endpoint
 	if eps != nil {
 		if entries, err = eps.List(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	links, err := loader.Consistent(netlink.LinkList)
-	if err != nil {
+	if links, err = loader.Consistent(netlink.LinkList); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
 	live := make(map[int]bool, len(links))
-	alias := vethAlias(conf.Network)
 	for _, l := range links {
 		live[l.Attrs().Index] = true
-		name := l.Attrs().Name
-		if l.Type() != "veth" || l.Attrs().Alias != alias || !strings.HasPrefix(name, hostVethPrefix) || validVeths[name] {
-			continue
-		}
-		if eps != nil {
-			errs = append(errs, deleteEndpointsOf(eps, l.Attrs().Index))
-		}
-		if err := removeHostSide(conf.PinRoot, name); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		live[l.Attrs().Index] = false
-		slog.Info("gc: removed stale veth", "veth", name)
 	}
 	for _, ep := range entries {
-		if !live[int(ep.Info.Ifindex)] {
-			errs = append(errs, eps.Delete(ep.IP))
-			slog.Info("gc: removed stale endpoint", "ip", ep.IP, "ifindex", ep.Info.Ifindex)
+		if live[int(ep.Info.Ifindex)] {
+			continue
 		}
+		veth, owned := owner[ep.IP]
+		if !owned {
+			errs = append(errs, deleteStaleEndpoint(eps, ep))
+			continue
+		}
+		hold(veth, func() error { return deleteStaleEndpoint(eps, ep) })
 	}
 
-	if eps != nil && hasServices(conf.StateDir) {
-		errs = append(errs, removeHostPorts(conf, "", func(veth string) bool { return validVeths[veth] }))
-	}
-
+	// Link pins of deleted devices.
 	atts, err := loader.Attachments(conf.PinRoot)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, a := range atts {
 		if isPodProgram(a) && a.Ifindex == 0 && strings.HasPrefix(a.Ifname, hostVethPrefix) {
-			errs = append(errs, loader.DetachTC(conf.PinRoot, a.Program, a.Ifname, a.Direction))
-			slog.Info("gc: removed link pin of a deleted device", "veth", a.Ifname, "program", a.Program)
+			hold(a.Ifname, func() error {
+				slog.Info("gc: removing link pin of a deleted device", "veth", a.Ifname, "program", a.Program)
+				return loader.DetachTC(conf.PinRoot, a.Program, a.Ifname, a.Direction)
+			})
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// deleteStaleEndpoint deletes ep's entry unless it changed since it was
+// read: an ADD repeated meanwhile gave the pod a new device.
+func deleteStaleEndpoint(eps *maps.Endpoints, ep maps.Endpoint) error {
+	cur, ok, err := eps.Lookup(ep.IP)
+	if err != nil || !ok || cur.Ifindex != ep.Info.Ifindex {
+		return err
+	}
+	slog.Info("gc: removing stale endpoint", "ip", ep.IP, "ifindex", ep.Info.Ifindex)
+	return eps.Delete(ep.IP)
 }
 
 // isPodProgram tells whether a is one of the programs ADD attaches to a

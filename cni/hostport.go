@@ -96,26 +96,17 @@ func addHostPorts(conf *Config, hostVeth string, pod netip.Addr) error {
 	return nil
 }
 
-// removeHostPorts closes the hostPorts of the attachments whose host veth
-// name keep does not accept; with keep nil, those of hostVeth only.
-func removeHostPorts(conf *Config, hostVeth string, keep func(string) bool) error {
-	m, err := services.Open(conf.PinRoot, conf.StateDir)
-	if err != nil {
-		// No datapath, no node: nothing can be listening.
-		return nil
-	}
-	defer m.Close()
-	list, err := m.List()
-	if err != nil {
+// removeHostPorts closes the hostPorts of the attachment whose host veth is
+// hostVeth.
+func removeHostPorts(conf *Config, hostVeth string) error {
+	m, list, err := hostPortList(conf)
+	if m == nil {
 		return err
 	}
+	defer m.Close()
 	var errs []error
 	for _, s := range list {
-		if s.Namespace != HostPortNamespace || s.Type != services.TypeHostPort {
-			continue
-		}
-		veth, _, _ := strings.Cut(s.Name, "-")
-		if (keep == nil && veth != hostVeth) || (keep != nil && keep(veth)) {
+		if veth, ok := hostPortVeth(s); !ok || veth != hostVeth {
 			continue
 		}
 		if _, err := m.Delete(context.Background(), s.Namespace, s.Name); err != nil && !errors.Is(err, services.ErrNotFound) {
@@ -123,6 +114,47 @@ func removeHostPorts(conf *Config, hostVeth string, keep func(string) bool) erro
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hostPortVeths lists the host veths of the attachments with hostPorts.
+func hostPortVeths(conf *Config) ([]string, error) {
+	m, list, err := hostPortList(conf)
+	if m == nil {
+		return nil, err
+	}
+	defer m.Close()
+	var out []string
+	for _, s := range list {
+		if veth, ok := hostPortVeth(s); ok && !slices.Contains(out, veth) {
+			out = append(out, veth)
+		}
+	}
+	return out, nil
+}
+
+// hostPortList opens the node's services and lists them; a nil manager
+// when there is nothing to list.
+func hostPortList(conf *Config) (*services.Manager, []services.Service, error) {
+	m, err := services.Open(conf.PinRoot, conf.StateDir)
+	if err != nil {
+		// No datapath, no node: nothing can be listening.
+		return nil, nil, nil
+	}
+	list, err := m.List()
+	if err != nil {
+		m.Close()
+		return nil, nil, err
+	}
+	return m, list, nil
+}
+
+// hostPortVeth tells whether s carries hostPorts, and whose.
+func hostPortVeth(s services.Service) (string, bool) {
+	if s.Namespace != HostPortNamespace || s.Type != services.TypeHostPort {
+		return "", false
+	}
+	veth, _, _ := strings.Cut(s.Name, "-")
+	return veth, true
 }
 
 // hasServices tells whether the node has service state at all: without it

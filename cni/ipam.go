@@ -48,12 +48,9 @@ type pool struct {
 
 func openPool(stateDir, network string, cidr netip.Prefix) (*pool, error) {
 	dir := IPAMDir(stateDir, network)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, newError(types.ErrIOFailure, "ipam: %v", err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openLockFile(stateDir, network, lockFile)
 	if err != nil {
-		return nil, newError(types.ErrIOFailure, "ipam: %v", err)
+		return nil, err
 	}
 	for {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
@@ -66,6 +63,19 @@ func openPool(stateDir, network string, cidr netip.Prefix) (*pool, error) {
 		return nil, newError(types.ErrIOFailure, "ipam: lock %s: %v", dir, err)
 	}
 	return &pool{dir: dir, cidr: cidr, lock: f}, nil
+}
+
+// openLockFile opens (creates) one of the network's lock files.
+func openLockFile(stateDir, network, name string) (*os.File, error) {
+	dir := IPAMDir(stateDir, network)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, newError(types.ErrIOFailure, "ipam: %v", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, newError(types.ErrIOFailure, "ipam: %v", err)
+	}
+	return f, nil
 }
 
 // Close releases the lock.

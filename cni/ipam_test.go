@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 )
@@ -135,6 +136,42 @@ func TestPoolRemovesTmpOfKilledWriter(t *testing.T) {
 	}
 	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("temporary file of the killed writer: %v", err)
+	}
+}
+
+// Attachment locks: ADD and DEL wait for one another, GC's try fails while
+// either holds the attachment, and a closed file (a dead process) frees it.
+// Other attachments are independent.
+func TestAttachmentLock(t *testing.T) {
+	dir := t.TempDir()
+	held, err := lockAttachment(dir, "net", "ppaaaaaaaaaaa", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockAttachment(dir, "net", "ppaaaaaaaaaaa", false); !errors.Is(err, errAttachmentBusy) {
+		t.Fatalf("try on a held attachment: %v, want errAttachmentBusy", err)
+	}
+	other, err := lockAttachment(dir, "net", "ppbbbbbbbbbbb", false)
+	if err != nil {
+		t.Fatalf("try on another attachment: %v", err)
+	}
+	other.Close()
+	got := make(chan error, 1)
+	go func() {
+		l, err := lockAttachment(dir, "net", "ppaaaaaaaaaaa", true)
+		if err == nil {
+			l.Close()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("a waiting lock returned while held: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	held.Close()
+	if err := <-got; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package cni_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -45,16 +46,33 @@ func gc(t *testing.T, n *sim.Node, valid ...*sim.Pod) {
 	}
 }
 
-// An ADD killed (SIGKILL) after any of its steps leaves what the DEL a
-// runtime sends after a failed ADD removes, whether the pod's namespace is
-// still there or already gone; a pod added before is untouched.
-func TestAddKilledThenDel(t *testing.T) {
-	n := newNode(t, "killdel", "10.77.18.0/24")
+// nodeState is everything of the node's attachments the tests compare.
+func nodeState(t *testing.T, n *sim.Node) string {
+	t.Helper()
+	return fmt.Sprint(allocations(t, n), endpoints(t, n), hostVeths(t, n), attachedVeths(t, n), len(nodeRoutes(t, n)))
+}
+
+// eachStep runs fn in a subtest for each step of ADD, on one node with a
+// pod, keep, that must come through all of them untouched.
+func eachStep(t *testing.T, node, cidr string, fn func(t *testing.T, n *sim.Node, keep *sim.Pod, step string)) {
+	n := newNode(t, node, cidr)
 	keep := addPod(t, n, "keep")
 	for _, step := range cni.Steps {
+		t.Run(step, func(t *testing.T) { fn(t, n, keep, step) })
+	}
+	if err := n.CheckPod(testContext(t), keep); err != nil {
+		t.Errorf("CHECK keep: %v", err)
+	}
+}
+
+// An ADD killed (SIGKILL) after any of its steps leaves what the DEL a
+// runtime sends after a failed ADD removes, whether the pod's namespace is
+// still there or already gone.
+func TestAddKilledThenDel(t *testing.T) {
+	eachStep(t, "killdel", "10.77.18.0/24", func(t *testing.T, n *sim.Node, _ *sim.Pod, step string) {
 		for _, nsGone := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/netns-gone=%v", step, nsGone), func(t *testing.T) {
-				id := "killed-" + step
+			t.Run(fmt.Sprintf("netns-gone=%v", nsGone), func(t *testing.T) {
+				id := fmt.Sprintf("killed-%s-%v", step, nsGone)
 				p, pod := heldAdd(t, n, id, step)
 				p.kill()
 				netns := pod.Path()
@@ -71,31 +89,75 @@ func TestAddKilledThenDel(t *testing.T) {
 				assertNoPartialState(t, n, pod, 1)
 			})
 		}
-	}
-	if err := n.CheckPod(testContext(t), keep); err != nil {
-		t.Errorf("CHECK keep: %v", err)
-	}
+	})
 }
 
 // An ADD killed after any of its steps whose DEL never comes (the runtime
 // went down with it) is removed by a GC that does not list it.
 func TestAddKilledThenGC(t *testing.T) {
-	n := newNode(t, "killgc", "10.77.19.0/24")
-	keep := addPod(t, n, "keep")
-	for _, step := range cni.Steps {
-		t.Run(step, func(t *testing.T) {
-			p, pod := heldAdd(t, n, "killed-"+step, step)
-			p.kill()
-			gc(t, n, keep)
-			assertNoPartialState(t, n, nil, 1)
-			if err := sim.RemoveNetNS(pod); err != nil {
-				t.Fatal(err)
-			}
-		})
+	eachStep(t, "killgc", "10.77.19.0/24", func(t *testing.T, n *sim.Node, keep *sim.Pod, step string) {
+		p, _ := heldAdd(t, n, "killed-"+step, step)
+		p.kill()
+		gc(t, n, keep)
+		assertNoPartialState(t, n, nil, 1)
+	})
+}
+
+// GC never removes what an ADD still running has made, though the runtime
+// left it out of the valid list: the ADD is held after each of its steps
+// while GC runs, then resumes, succeeds and passes CHECK; the next GC,
+// with the ADD over, removes it.
+func TestGCSparesAddInFlight(t *testing.T) {
+	eachStep(t, "gcinflight", "10.77.20.0/24", func(t *testing.T, n *sim.Node, keep *sim.Pod, step string) {
+		id := "inflight-" + step
+		p, pod := heldAdd(t, n, id, step)
+		before := nodeState(t, n)
+		gc(t, n, keep)
+		if after := nodeState(t, n); after != before {
+			t.Errorf("GC changed the node while an ADD was held after %s:\nbefore %s\nafter  %s", step, before, after)
+		}
+		if err := p.resume(); err != nil {
+			t.Fatal(err)
+		}
+		result, cerr, err := p.wait()
+		if err != nil || cerr != nil {
+			t.Fatalf("ADD resumed after GC: %v %v", cerr, err)
+		}
+		if _, cerr := (pluginCall{Command: "CHECK", ContainerID: id, Netns: pod.Path(), IfName: sim.IfName,
+			Stdin: pluginConf(t, n, map[string]any{"prevResult": json.RawMessage(result)})}).run(t, n); cerr != nil {
+			t.Errorf("CHECK after the resumed ADD: %v", cerr)
+		}
+		gc(t, n, keep)
+		assertNoPartialState(t, n, pod, 1)
+	})
+}
+
+// A DEL sent while the attachment's ADD still runs (its runtime gave up
+// waiting) waits for the ADD, then removes everything it made.
+func TestDelWaitsForAdd(t *testing.T) {
+	n := newNode(t, "delwaits", "10.77.22.0/24")
+	add, pod := heldAdd(t, n, "slow", cni.StepEndpoint)
+	del, err := pluginCall{Command: "DEL", ContainerID: "slow", Netns: pod.Path(), IfName: sim.IfName,
+		Stdin: pluginConf(t, n, nil)}.start(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := n.CheckPod(testContext(t), keep); err != nil {
-		t.Errorf("CHECK keep: %v", err)
+	t.Cleanup(del.kill)
+	select {
+	case <-del.exited:
+		t.Fatal("DEL finished while the ADD was held")
+	case <-time.After(300 * time.Millisecond):
 	}
+	if err := add.resume(); err != nil {
+		t.Fatal(err)
+	}
+	if _, cerr, err := add.wait(); err != nil || cerr != nil {
+		t.Fatalf("ADD: %v %v", cerr, err)
+	}
+	if _, cerr, err := del.wait(); err != nil || cerr != nil {
+		t.Fatalf("DEL: %v %v", cerr, err)
+	}
+	assertNoPartialState(t, n, pod, 0)
 }
 
 // CHECK and GC work while other processes add and remove devices on the
