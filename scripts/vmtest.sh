@@ -34,12 +34,14 @@ VM_EXCLUDE=(
 	"test/kubelet|runs a whole node (control plane, containerd, kubelet: minutes of emulated CPU); what it drives in the kernel is what test/runtime, test/services, test/socklb and test/cni run in every guest"
 )
 
-# Tests that do not run in the VM, with the reason: they check the build,
-# not the kernel, and their outcome is the same wherever they run (make
-# test runs them on the host). One regular expression each, anchored, as
-# -test.skip takes it.
+# Tests that do not run in the VM, with the reason: they check the build or
+# the plugin's own bookkeeping rather than the kernel, and what they drive in
+# the kernel other tests of their package run in every guest (make test runs
+# them on the host). One regular expression each, anchored, as -test.skip
+# takes it.
 VM_SKIP_TESTS=(
 	"TestGeneratedReproducible|rebuilds every BPF object with clang and compares bytes: the compiler's output, not the kernel's behaviour (a minute of emulated CPU)"
+	"TestEndurance|1,000 pods through the CNI plugin with kills and GCs: two minutes on the host, past the package's 20-minute limit emulated; it tests the plugin's locking and cleanup, and every kernel path it takes (veth, tcx or cls_bpf attach, endpoint map, a killed ADD cleaned by DEL and by GC) runs in the guests in test/cni's other tests"
 )
 
 # Each package's test binary gets this long in the guest, where the CPU is
