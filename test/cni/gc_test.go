@@ -5,7 +5,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/loader"
@@ -25,17 +24,7 @@ func TestGCKeepsOnlyValidAttachments(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	valid := []types.GCAttachment{
-		{ContainerID: a.ContainerID, IfName: sim.IfName},
-		{ContainerID: c.ContainerID, IfName: sim.IfName},
-	}
-	_, cerr := pluginCall{
-		Command: "GC",
-		Stdin:   pluginConf(t, n, map[string]any{"cni.dev/valid-attachments": valid}),
-	}.run(t, n)
-	if cerr != nil {
-		t.Fatalf("GC: %v", cerr)
-	}
+	gc(t, n, a, c)
 
 	wantVeths := []string{cni.HostVethName(a.ContainerID, sim.IfName), cni.HostVethName(c.ContainerID, sim.IfName)}
 	slices.Sort(wantVeths)
@@ -121,13 +110,7 @@ func TestGCRemovesLinkPinsOfDeletedVeths(t *testing.T) {
 		t.Fatalf("attachments with the veth gone: %v, want %d", left, want)
 	}
 
-	valid := []types.GCAttachment{{ContainerID: a.ContainerID, IfName: sim.IfName}}
-	if _, cerr := (pluginCall{
-		Command: "GC",
-		Stdin:   pluginConf(t, n, map[string]any{"cni.dev/valid-attachments": valid}),
-	}).run(t, n); cerr != nil {
-		t.Fatalf("GC: %v", cerr)
-	}
+	gc(t, n, a)
 	if got := attachedVeths(t, n); len(got) != 0 {
 		t.Errorf("attachments after GC: %v, want none", got)
 	}
@@ -137,5 +120,47 @@ func TestGCRemovesLinkPinsOfDeletedVeths(t *testing.T) {
 	}
 	for _, e := range entries {
 		t.Errorf("link pin %s left after GC", e.Name())
+	}
+}
+
+// GC closes the hostPorts of the pods it does not list, a pod whose address
+// record and veth are already gone included, so new pods can have them, and
+// keeps the listed pod's.
+func TestGCClosesHostPortsOfUnlistedPods(t *testing.T) {
+	n := newNode(t, "gchostport", "10.77.23.0/24")
+	addWithPort := func(name string, port int) (*sim.Pod, error) {
+		return n.AddPod(testContext(t), name, sim.WithPortMappings(sim.PortMapping{HostPort: port, ContainerPort: 80, Protocol: "tcp"}))
+	}
+	var pods []*sim.Pod
+	for i, name := range []string{"kept", "unlisted", "bare"} {
+		p, err := addWithPort(name, 8081+i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	// bare keeps only its hostPort: its record is lost, its veth deleted.
+	bare := pods[2]
+	if err := os.Remove(cni.AddressFile(n.StateDir, n.NetName, bare.IP)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Do(func() error {
+		l, err := netlink.LinkByName(cni.HostVethName(bare.ContainerID, sim.IfName))
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	gc(t, n, pods[0])
+	for i, name := range []string{"after-unlisted", "after-bare"} {
+		if _, err := addWithPort(name, 8082+i); err != nil {
+			t.Errorf("hostPort %d after GC: %v", 8082+i, err)
+		}
+	}
+	if _, err := addWithPort("clash", 8081); cniCode(err) != cni.CodeHostPortConflict {
+		t.Errorf("hostPort 8081 of the listed pod after GC: %v, want code %d", err, cni.CodeHostPortConflict)
 	}
 }
