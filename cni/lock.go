@@ -23,8 +23,9 @@ var errAttachmentBusy = errors.New("an ADD or DEL of this attachment is running"
 // running finishes first), or for GC to remove it (wait false: a running
 // ADD or DEL fails it with errAttachmentBusy, and GC leaves the attachment
 // alone). Closing the file releases the lock; so does the process's death,
-// a killed ADD's included. The lock is an open file description lock, so
-// one GC process can hold several without them sharing an owner.
+// a killed ADD's included. It is an open file description lock: a POSIX
+// record lock belongs to the process, never conflicts within it, and goes
+// when any descriptor of the file is closed.
 func lockAttachment(stateDir, network, hostVeth string, wait bool) (*os.File, error) {
 	f, err := openLockFile(stateDir, network, attachmentsLock)
 	if err != nil {
@@ -32,6 +33,7 @@ func lockAttachment(stateDir, network, hostVeth string, wait bool) (*os.File, er
 	}
 	h := fnv.New64a()
 	h.Write([]byte(hostVeth))
+	// 62 bits of offset: positive, and Start+Len fits an off_t.
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: int64(h.Sum64() >> 2), Len: 1}
 	cmd := unix.F_OFD_SETLK
 	if wait {
