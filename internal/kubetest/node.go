@@ -16,6 +16,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podpath/podpath/internal/ctrtest"
@@ -64,11 +65,23 @@ type Node struct {
 	Dir  string
 	// MountNS is the node's mount namespace, /proc/<pid>/ns/mnt of the
 	// process that holds it. /var/log, /var/lib and /run are tmpfs there
-	// (kubelet and containerd use some fixed paths in them), and the
-	// kernel settings kubelet insists on writing (see kernelTunables) are
-	// files of its own. Paths to the node's files outside those (the
-	// test's temporary directories) are the same inside and out.
-	MountNS               string
+	// (kubelet and containerd use some fixed paths in them), as are the
+	// CNI directories /opt/cni/bin and /etc/cni/net.d, /sys/fs/bpf is a
+	// bpffs of its own, and the kernel settings kubelet insists on writing
+	// (see kernelTunables) are files of its own. So a pod's hostPath
+	// volumes there are the node's, not the host's: what a DaemonSet
+	// installs or pins dies with the node. Those mounts are shared, so
+	// that Bidirectional and HostToContainer mount propagation works as on
+	// a systemd host. Paths to the node's files outside those (the test's
+	// temporary directories) are the same inside and out; Path reaches
+	// the others from outside.
+	MountNS string
+	// Root is the node's root directory seen from outside, through the
+	// process that holds its mount namespace: /proc/<pid>/root.
+	Root string
+	// CNIBinDir and CNIConfDir are where kubelet's containerd looks for
+	// CNI plugins and conflists: the usual /opt/cni/bin and
+	// /etc/cni/net.d, the node's own (see MountNS).
 	CNIBinDir, CNIConfDir string
 	Runtime               *ctrtest.Containerd
 	// CgroupRoot is kubelet's cgroup root, made in every hierarchy before
@@ -83,12 +96,14 @@ type NodeOptions struct {
 	Name string
 	// IP is the node's InternalIP: an address of the cluster's namespace.
 	IP netip.Addr
-	// CNIBinDir must hold the reference loopback plugin (runtimes bring
-	// up every pod's lo with it); CNIConfDir is watched by containerd.
-	CNIBinDir, CNIConfDir string
-	// Images are docker-save archives imported into containerd before
-	// kubelet starts (ctrtest.WriteImages): at least the pause image.
+	// Images are docker-save or OCI archives imported into containerd
+	// before kubelet starts (ctrtest.WriteImages): at least the pause
+	// image.
 	Images []string
+	// Reset, if set, runs at the end once the node is drained and its
+	// runtime stopped, while its mount namespace is still there: to check
+	// and remove what the node's network left on it.
+	Reset func()
 }
 
 // kernelTunables are the sysctls kubelet checks at start and, unless they
@@ -146,19 +161,14 @@ evictionHard:
 // StartNode starts a node: its mount namespace, containerd (with the
 // images imported) and kubelet, which registers the Node. It returns
 // without waiting for the node to be Ready (see WaitReady). At the end of
-// the test every Deployment, ReplicaSet and pod is deleted, kubelet
-// stopped once containerd runs no task, then containerd, and the mount
-// namespace and cgroups removed.
+// the test every Deployment, ReplicaSet and pod is deleted, then every
+// DaemonSet, kubelet stopped once containerd runs no task, then
+// containerd; Reset runs, and the mount namespace and cgroups are removed.
 func (c *Cluster) StartNode(t *testing.T, o NodeOptions) *Node {
 	t.Helper()
 	ctrtest.RequireTools(t, "unshare", "nsenter", "sh", "mount", "sleep")
-	n := &Node{Name: o.Name, IP: o.IP, Dir: t.TempDir(), CNIBinDir: o.CNIBinDir, CNIConfDir: o.CNIConfDir,
+	n := &Node{Name: o.Name, IP: o.IP, Dir: t.TempDir(), CNIBinDir: "/opt/cni/bin", CNIConfDir: "/etc/cni/net.d",
 		CgroupRoot: fmt.Sprintf("/podpath-kubelet-%d", os.Getpid()), c: c}
-	for _, d := range []string{o.CNIBinDir, o.CNIConfDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	n.startMountNS(t)
 	if err := makeCgroup(n.CgroupRoot); err != nil {
 		t.Fatal(err)
@@ -168,8 +178,11 @@ func (c *Cluster) StartNode(t *testing.T, o NodeOptions) *Node {
 			t.Errorf("remove kubelet's cgroups: %v", err)
 		}
 	})
+	if o.Reset != nil {
+		t.Cleanup(o.Reset)
+	}
 
-	n.Runtime = ctrtest.Start(t, ctrtest.Options{NetNS: c.NS.Path(), MountNS: n.MountNS, BinDir: o.CNIBinDir, ConfDir: o.CNIConfDir})
+	n.Runtime = ctrtest.Start(t, ctrtest.Options{NetNS: c.NS.Path(), MountNS: n.MountNS, BinDir: n.CNIBinDir, ConfDir: n.CNIConfDir})
 	n.Runtime.WaitServing(t, 20*time.Second)
 	n.Runtime.ImportImages(t, o.Images)
 
@@ -203,17 +216,27 @@ func (c *Cluster) StartNode(t *testing.T, o NodeOptions) *Node {
 
 // startMountNS starts the process that holds the node's mount namespace:
 // a slave of the host's (host mounts still show, the node's do not go
-// back), /var/log, /var/lib and /run tmpfs of its own, kernel tunables
-// masked. It is killed at the end.
+// back), /var/log, /var/lib, /run and the CNI directories tmpfs of its own,
+// /sys/fs/bpf a bpffs of its own, kernel tunables masked. It is killed at
+// the end.
 func (n *Node) startMountNS(t *testing.T) {
 	t.Helper()
+	// The CNI directories are mount points: made on the host when it has
+	// none (empty, where CNI keeps them on any node), never written there.
+	for _, dir := range []string{n.CNIBinDir, n.CNIConfDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Paths kubelet and containerd 1.6 use whatever their configuration
 	// says: /var/log/containers, /var/lib/kubelet/device-plugins, libcni's
-	// cache in /var/lib/cni, shim sockets in /run/containerd.
+	// cache in /var/lib/cni, shim sockets in /run/containerd. The others
+	// are the hostPaths a node's network DaemonSet uses.
 	script := []string{"set -e"}
-	for _, dir := range []string{"/var/log", "/var/lib", "/run"} {
+	for _, dir := range []string{"/var/log", "/var/lib", "/run", n.CNIBinDir, n.CNIConfDir} {
 		script = append(script, "mount -t tmpfs tmpfs "+dir)
 	}
+	script = append(script, "mount -t bpf bpf /sys/fs/bpf")
 	dir := filepath.Join(n.Dir, "sysctl")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -233,7 +256,11 @@ func (n *Node) startMountNS(t *testing.T) {
 		}
 		script = append(script, fmt.Sprintf("mount --bind %s %s", file, proc))
 	}
-	script = append(script, "echo ready", "exec sleep infinity")
+	// Every mount shared within the node, as systemd leaves a host's (and
+	// still a slave of the host's): containerd requires the source of a
+	// Bidirectional volume to be shared, and checks the first mount on
+	// its mount point, the host's where a node's own is stacked on it.
+	script = append(script, "mount --make-rshared /", "echo ready", "exec sleep infinity")
 	cmd := exec.Command("unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", strings.Join(script, "\n"))
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -265,7 +292,11 @@ func (n *Node) startMountNS(t *testing.T) {
 		t.Fatalf("the node's mount namespace not set up after 10 s: %s", stderr.String())
 	}
 	n.MountNS = fmt.Sprintf("/proc/%d/ns/mnt", cmd.Process.Pid)
+	n.Root = fmt.Sprintf("/proc/%d/root", cmd.Process.Pid)
 }
+
+// Path is the node's path p as seen from outside its mount namespace.
+func (n *Node) Path(p string) string { return filepath.Join(n.Root, p) }
 
 // makeCgroup creates cgroup path in every hierarchy (cgroup v1 has one per
 // controller, v2 a single one), as kubelet wants its cgroup root to exist.
@@ -332,52 +363,89 @@ func (n *Node) PodNetNS(t testing.TB, pod *corev1.Pod) string {
 	return "/proc/" + strconv.Itoa(pid) + "/ns/net"
 }
 
-// drain deletes every Deployment, ReplicaSet and pod, waits until they are
-// gone and containerd runs no task, then stops kubelet.
+// drain deletes every Deployment, ReplicaSet and pod, then every DaemonSet
+// and its pods (as a node is drained: the node's own agents, its network
+// among them, go last, once the pods that need them are gone), waits until
+// they are gone and containerd runs no task, then stops kubelet.
 func (n *Node) drain(t *testing.T) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cs := n.c.Client
 	grace := int64(1)
-	if nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); err != nil {
+	del := metav1.DeleteOptions{GracePeriodSeconds: &grace}
+	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
 		t.Errorf("drain node %s: %v", n.Name, err)
-	} else {
-		for _, ns := range nss.Items {
-			del := metav1.DeleteOptions{GracePeriodSeconds: &grace}
-			for _, err := range []error{
-				cs.AppsV1().Deployments(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}),
-				cs.AppsV1().ReplicaSets(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}),
-				cs.CoreV1().Pods(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}),
-			} {
-				if err != nil {
+	}
+	// daemon says whether a pod belongs to a DaemonSet.
+	daemon := func(p corev1.Pod) bool {
+		for _, o := range p.OwnerReferences {
+			if o.Kind == "DaemonSet" {
+				return true
+			}
+		}
+		return false
+	}
+	for _, ns := range nss.Items {
+		for _, err := range []error{
+			cs.AppsV1().Deployments(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}),
+			cs.AppsV1().ReplicaSets(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}),
+		} {
+			if err != nil {
+				t.Errorf("drain node %s: %v", n.Name, err)
+			}
+		}
+		pods, err := cs.CoreV1().Pods(ns.Name).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Errorf("drain node %s: %v", n.Name, err)
+			continue
+		}
+		for _, p := range pods.Items {
+			if !daemon(p) {
+				if err := cs.CoreV1().Pods(ns.Name).Delete(ctx, p.Name, del); err != nil && !apierrors.IsNotFound(err) {
 					t.Errorf("drain node %s: %v", n.Name, err)
 				}
 			}
 		}
 	}
-	var left []string
-	for ctx.Err() == nil {
-		pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-		if err == nil && len(pods.Items) == 0 {
-			left = nil
-			break
+	n.waitPodsGone(t, ctx, func(p corev1.Pod) bool { return !daemon(p) })
+	for _, ns := range nss.Items {
+		if err := cs.AppsV1().DaemonSets(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}); err != nil {
+			t.Errorf("drain node %s: %v", n.Name, err)
 		}
-		left = left[:0]
-		if err == nil {
-			for _, p := range pods.Items {
-				left = append(left, p.Namespace+"/"+p.Name)
-			}
+		if err := cs.CoreV1().Pods(ns.Name).DeleteCollection(ctx, del, metav1.ListOptions{}); err != nil {
+			t.Errorf("drain node %s: %v", n.Name, err)
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
-	if len(left) > 0 {
-		t.Errorf("pods still there a minute after deletion: %v", left)
-	}
+	n.waitPodsGone(t, ctx, func(corev1.Pod) bool { return true })
 	n.Runtime.WaitNoTasks(t, 30*time.Second)
 	n.c.StopProcess(t, "kubelet")
 	t.Logf("node %s drained and kubelet stopped in %v", n.Name, time.Since(start).Round(time.Millisecond))
 	if t.Failed() {
 		t.Logf("kubelet log (tail):\n%s", n.c.LogTail("kubelet", 6000))
 	}
+}
+
+// waitPodsGone waits until no pod that counts is left, until ctx ends.
+func (n *Node) waitPodsGone(t *testing.T, ctx context.Context, counts func(corev1.Pod) bool) {
+	var left []string
+	for ctx.Err() == nil {
+		left = left[:0]
+		pods, err := n.c.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			left = append(left, err.Error())
+		} else {
+			for _, p := range pods.Items {
+				if counts(p) {
+					left = append(left, p.Namespace+"/"+p.Name)
+				}
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Errorf("pods still there a minute after deletion: %v", left)
 }

@@ -2,13 +2,17 @@
 // kube-apiserver, kube-controller-manager (allocating the Node's pod CIDR),
 // kube-scheduler, containerd with runc, and kubelet, with no kube-proxy,
 // all in a network namespace that plays the node, whose uplink eth0 leads
-// to another namespace playing the outside network. `podpath agent` loads
-// the datapath from the Node kubelet registers and installs podpath-cni and
-// its conflist where kubelet's containerd looks; Deployments, Services and
-// pods then go in through the API as kubectl would send them. Needs root.
+// to another namespace playing the outside network. podpath is installed
+// as a user installs it: deploy/podpath.yaml applied with kubectl, its
+// image built as `make image` builds it and imported into the node's
+// containerd. The DaemonSet's pod, under that kubelet, loads the datapath
+// from the Node kubelet registers and installs podpath-cni and its conflist
+// where kubelet's containerd looks; Deployments, Services and pods then go
+// in through the API as kubectl would send them. Needs root.
 package kubelet_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -24,10 +28,13 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podpath/podpath/internal/ctrtest"
 	"github.com/podpath/podpath/internal/kubetest"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 )
 
@@ -44,20 +51,23 @@ var (
 
 // env is a one-node cluster with podpath as its network.
 type env struct {
-	dir      string
-	nodeNS   ns.NetNS // the node: control plane, kubelet, containerd, agent
-	outside  ns.NetNS // a host behind the node's uplink
-	cluster  *kubetest.Cluster
-	node     *kubetest.Node
-	podpath  string // the podpath binary
-	pinRoot  string
-	stateDir string
+	dir     string
+	nodeNS  ns.NetNS // the node: control plane, kubelet, containerd, the agent's pod
+	outside ns.NetNS // a host behind the node's uplink
+	cluster *kubetest.Cluster
+	node    *kubetest.Node
+	podpath string // the podpath binary, for `podpath node reset`
+	image   string // the image archive `make image` writes
+	// pinRoot is the agent's pin root on the node (the DaemonSet's
+	// default, in the node's own bpffs); pins is the same seen from here.
+	pinRoot, pins string
 }
 
 // newEnv brings the node up and returns once it is Ready with the agent
 // serving. Everything is torn down at the end of the test, failed or not:
-// pods deleted, kubelet stopped once containerd runs no task, containerd,
-// the agent, `podpath node reset`, the control plane, the namespaces.
+// pods deleted, the DaemonSet's last, kubelet stopped once containerd runs
+// no task, containerd, `podpath node reset`, the control plane, the
+// namespaces.
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -66,15 +76,11 @@ func newEnv(t *testing.T) *env {
 	ctrtest.RequireTools(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare")
 	busybox := ctrtest.RequireStaticBusybox(t)
 	start := time.Now()
-	e := &env{dir: t.TempDir()}
-	e.pinRoot = fmt.Sprintf("/sys/fs/bpf/podpath-kubelet-%d", os.Getpid())
-	e.stateDir = filepath.Join(e.dir, "state")
-	cniBin, cniConf := filepath.Join(e.dir, "cni-bin"), filepath.Join(e.dir, "cni-conf")
-	build := filepath.Join(e.dir, "build")
+	e := &env{dir: t.TempDir(), pinRoot: maps.DefaultPinRoot}
 	pause := filepath.Join(e.dir, "pause")
-	e.build(t, build, cniBin, pause)
+	e.build(t, filepath.Join(e.dir, "build"), pause)
 	kubeBins := kubetest.Bins(t)
-	t.Logf("built podpath, podpath-cni, loopback and pause; Kubernetes binaries in %s: %v", kubeBins, time.Since(start).Round(time.Millisecond))
+	t.Logf("built the podpath image (as make image does), podpath and pause; Kubernetes binaries in %s: %v", kubeBins, time.Since(start).Round(time.Millisecond))
 
 	e.nodeNS, e.outside = newNetwork(t)
 	upStart := time.Now()
@@ -83,40 +89,28 @@ func newEnv(t *testing.T) *env {
 	})
 	t.Logf("control plane up (etcd, kube-apiserver, kube-controller-manager, kube-scheduler): %v", time.Since(upStart).Round(time.Millisecond))
 
-	// Registered before the node, so it runs after the node is drained
-	// and its runtime gone: the plugin's DELs need the pins.
-	t.Cleanup(func() { e.stopAgent(t) })
-
 	nodeStart := time.Now()
 	e.node = e.cluster.StartNode(t, kubetest.NodeOptions{
-		Name: nodeName, IP: nodeAddr.Addr(), CNIBinDir: cniBin, CNIConfDir: cniConf,
-		Images: ctrtest.WriteImages(t, e.dir, pause, busybox),
+		Name: nodeName, IP: nodeAddr.Addr(),
+		Images: append(ctrtest.WriteImages(t, e.dir, pause, busybox), e.image),
+		// Once the node is drained (the agent's pod last) and its
+		// runtime gone: the plugin's DELs need the pins.
+		Reset: func() { e.resetNode(t) },
 	})
-	if entries, _ := os.ReadDir(cniConf); len(entries) != 0 {
+	e.pins = e.node.Path(e.pinRoot)
+	if entries, _ := os.ReadDir(e.node.Path(e.node.CNIConfDir)); len(entries) != 0 {
 		t.Fatalf("the CNI conf dir has %d entries before the agent ran", len(entries))
 	}
-	// The agent runs as a process in the node's namespaces, not as the
-	// DaemonSet of deploy/: that needs its image in the node's containerd
-	// and a registry or an image build, which this test has neither of.
-	// Its flags are the DaemonSet's, with this test's private paths (pins,
-	// state, the CNI dirs kubelet's containerd reads, the root of a
-	// cgroup2 mount of its own: the host runs cgroup v1) and a kubeconfig
-	// in place of the in-cluster configuration.
-	e.cluster.RunProcess(t, "podpath-agent", e.node.MountNS, e.podpath,
-		"--pin-root", e.pinRoot, "--state-dir", e.stateDir, "agent",
-		"--kubeconfig", e.cluster.Kubeconfig,
-		"--node-name", nodeName,
-		"--cluster-cidr", clusterCIDR.String(),
-		"--cluster-cidr", kubetest.ServiceCIDR.String(),
-		"--cni-bin-dir", cniBin,
-		"--cni-conf-dir", cniConf,
-		"--cni-bin-source", filepath.Join(build, sim.PluginType),
-		"--socket-lb-cgroup", filepath.Join(e.dir, "cgroupv2"),
-		"-v",
-	)
-	e.waitAgentReady(t)
+	// Runs before the drain: the agent's log while its pod is there.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log (tail):\n%s", e.agentLog())
+		}
+	})
+	e.installPodpath(t)
+	pod := e.waitAgentReady(t)
 	e.node.WaitReady(t, time.Minute)
-	t.Logf("node up (containerd, kubelet, Node registered, pod CIDR allocated, agent ready, CNI installed, Node Ready): %v", time.Since(nodeStart).Round(time.Millisecond))
+	t.Logf("node up (containerd, kubelet, Node registered, pod CIDR allocated, DaemonSet pod %s Running and Ready, CNI installed, Node Ready): %v", pod, time.Since(nodeStart).Round(time.Millisecond))
 	if dir := os.Getenv("PODPATH_TEST_LOGS"); dir != "" {
 		// Runs first at the end: the logs as the failure left them.
 		t.Cleanup(func() {
@@ -128,6 +122,49 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// installPodpath applies deploy/podpath.yaml as a user would, with kubectl
+// apply, changed only where this node differs from the one it describes:
+//   - the agent reaches the API server at the node's address (the
+//     manifest's commented KUBERNETES_SERVICE_HOST and _PORT, set as a
+//     cluster without kube-proxy needs them);
+//   - on a cgroup v1 host (this one) socket load balancing uses a cgroup2
+//     mount of the agent's own under /run/podpath, as the manifest says
+//     for such hosts, in place of the host's cgroup v2 root.
+//
+// The image is the one `make image` builds, imported into the node's
+// containerd under the manifest's name; the hostPaths are the node's own
+// (see kubetest.Node.MountNS).
+func (e *env) installPodpath(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "podpath.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := string(b)
+	replace := func(old, new string) {
+		t.Helper()
+		if strings.Count(manifest, old) != 1 {
+			t.Fatalf("deploy/podpath.yaml: want %q once", old)
+		}
+		manifest = strings.Replace(manifest, old, new, 1)
+	}
+	replace(`# - {name: KUBERNETES_SERVICE_HOST, value: "192.0.2.10"}`,
+		fmt.Sprintf(`- {name: KUBERNETES_SERVICE_HOST, value: %q}`, e.cluster.Address))
+	replace(`# - {name: KUBERNETES_SERVICE_PORT, value: "6443"}`,
+		fmt.Sprintf(`- {name: KUBERNETES_SERVICE_PORT, value: "%d"}`, kubetest.APIServerPort))
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		replace("--socket-lb-cgroup=/host/sys/fs/cgroup", "--socket-lb-cgroup="+loader.DefaultCgroup2Mount)
+	}
+	kubectl := exec.Command("nsenter", "--net="+e.nodeNS.Path(), "--", filepath.Join(e.cluster.Bins, "kubectl"),
+		"--kubeconfig", e.cluster.Kubeconfig, "--cache-dir", filepath.Join(e.dir, "kubectl-cache"), "apply", "-f", "-")
+	kubectl.Stdin = strings.NewReader(manifest)
+	out, err := kubectl.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl apply -f deploy/podpath.yaml: %v\n%s", err, out)
+	}
+	t.Logf("kubectl apply -f deploy/podpath.yaml:\n%s", strings.TrimSpace(string(out)))
+}
+
 // keepLogs copies every component's log into dir (PODPATH_TEST_LOGS) when
 // the test failed, before teardown removes them.
 func (e *env) keepLogs(t *testing.T, dir string) {
@@ -137,6 +174,7 @@ func (e *env) keepLogs(t *testing.T, dir string) {
 		return
 	}
 	logs, _ := filepath.Glob(filepath.Join(e.cluster.Dir, "*.log"))
+	logs = append(logs, e.agentLogs()...)
 	for _, src := range append(logs, e.node.Runtime.Log) {
 		if b, err := os.ReadFile(src); err == nil {
 			os.WriteFile(filepath.Join(dir, filepath.Base(src)), b, 0o644)
@@ -145,15 +183,22 @@ func (e *env) keepLogs(t *testing.T, dir string) {
 	t.Logf("logs kept in %s", dir)
 }
 
-// build builds podpath and podpath-cni into dir, the loopback plugin into
-// the CNI bin dir and the pause program, concurrently.
-func (e *env) build(t *testing.T, dir, cniBin, pause string) {
+// build builds the image archive as `make image` does (tagged as the
+// manifest names it), podpath into dir and the pause program, concurrently.
+func (e *env) build(t *testing.T, dir, pause string) {
 	t.Helper()
 	goCmd := ctrtest.GoTool(t)
+	e.image = filepath.Join(e.dir, "podpath-image.tar")
 	steps := []func() error{
+		func() error {
+			cmd := exec.Command(goCmd, "run", "./deploy/image", "-o", e.image, "-tag", "dev")
+			cmd.Dir = filepath.Join("..", "..")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("deploy/image: %v\n%s", err, out)
+			}
+			return nil
+		},
 		func() (err error) { e.podpath, err = sim.BuildPodpath(dir); return err },
-		func() error { _, err := sim.BuildCNI(dir); return err },
-		func() error { return ctrtest.BuildLoopback(goCmd, cniBin) },
 		func() error { return ctrtest.BuildPause(goCmd, pause) },
 	}
 	errs := make([]error, len(steps))
@@ -228,49 +273,98 @@ func newNetwork(t *testing.T) (node, outside ns.NetNS) {
 	return node, outside
 }
 
-// waitAgentReady waits for the agent's /readyz: the datapath loaded from
-// the Node's pod CIDR and the CNI plugin installed.
-func (e *env) waitAgentReady(t *testing.T) {
+// waitAgentReady waits for the DaemonSet's pod to be Running and Ready
+// (its readiness probe is the agent's /readyz: the datapath loaded from the
+// Node's pod CIDR and the CNI plugin installed), as the API reports it,
+// and for /readyz to answer here too. It returns the pod's name.
+func (e *env) waitAgentReady(t *testing.T) string {
 	t.Helper()
-	hc := e.cluster.HTTPClient()
-	var last string
-	for end := time.Now().Add(90 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-		resp, err := hc.Get("http://127.0.0.1:10256/readyz")
+	ctx := context.Background()
+	var name, last string
+	for end := time.Now().Add(2 * time.Minute); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		pods, err := e.cluster.Client.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector})
 		if err != nil {
 			last = err.Error()
 			continue
 		}
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			return
+		if len(pods.Items) != 1 {
+			last = fmt.Sprintf("%d pods of the DaemonSet", len(pods.Items))
+			continue
 		}
-		last = resp.Status
+		p := pods.Items[0]
+		name, last = p.Name, fmt.Sprintf("pod %s on %q: %s", p.Name, p.Spec.NodeName, p.Status.Phase)
+		ready := false
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				ready = c.Status == corev1.ConditionTrue
+				last += ", Ready " + string(c.Status) + " " + c.Message
+			}
+		}
+		if p.Spec.NodeName == nodeName && p.Status.Phase == corev1.PodRunning && ready {
+			break
+		}
+		name = ""
 	}
-	t.Fatalf("agent not ready after 90 s (%s):\n%s\nkubelet log (tail):\n%s", last,
-		e.cluster.LogTail("podpath-agent", 6000), e.cluster.LogTail("kubelet", 3000))
+	if name == "" {
+		t.Fatalf("the agent's pod not Running and Ready after 2 minutes (%s):\n%s\nkubelet log (tail):\n%s", last,
+			e.agentLog(), e.cluster.LogTail("kubelet", 3000))
+	}
+	resp, err := e.cluster.HTTPClient().Get("http://127.0.0.1:10256/readyz")
+	if err != nil {
+		t.Fatalf("agent's pod %s Ready, but /readyz: %v", name, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("agent's pod %s Ready, but /readyz: %s", name, resp.Status)
+	}
+	return name
 }
 
-// stopAgent stops the agent and removes the datapath: `podpath node reset`
-// with the node's pin root and state dir, in the node's namespace.
-func (e *env) stopAgent(t *testing.T) {
-	e.cluster.StopProcess(t, "podpath-agent")
-	if t.Failed() {
-		t.Logf("agent log (tail):\n%s", e.cluster.LogTail("podpath-agent", 6000))
+const (
+	agentNamespace = "kube-system"
+	agentSelector  = "app.kubernetes.io/name=podpath"
+)
+
+// agentLogs are the agent container's logs, as kubelet keeps them (gone
+// once kubelet removed the pod).
+func (e *env) agentLogs() []string {
+	logs, _ := filepath.Glob(filepath.Join(e.node.Dir, "pod-logs", agentNamespace+"_podpath-*", "agent", "*.log"))
+	return logs
+}
+
+// agentLog is the end of each of the agent container's logs.
+func (e *env) agentLog() string {
+	logs := e.agentLogs()
+	if len(logs) == 0 {
+		return "(no log of the agent's container)"
 	}
-	if eps, err := maps.OpenEndpoints(e.pinRoot); err == nil {
+	var b strings.Builder
+	for _, l := range logs {
+		fmt.Fprintf(&b, "%s:\n%s\n", l, ctrtest.Tail(l, 6000))
+	}
+	return b.String()
+}
+
+// resetNode checks that the datapath has no endpoint left once every pod
+// is gone and removes it, as a node leaving podpath does: `podpath node
+// reset` with the agent's pin root and state dir, in the node's namespaces.
+func (e *env) resetNode(t *testing.T) {
+	if e.pins == "" {
+		return
+	}
+	if eps, err := maps.OpenEndpoints(e.pins); err == nil {
 		if list, err := eps.List(); err == nil && len(list) > 0 {
 			t.Errorf("%d endpoints left in the datapath after every pod was deleted: %v", len(list), list)
 		}
 		eps.Close()
 	}
-	out, err := exec.Command("nsenter", "--net="+e.nodeNS.Path(), "--", e.podpath,
-		"--pin-root", e.pinRoot, "--state-dir", e.stateDir, "node", "reset").CombinedOutput()
+	out, err := exec.Command("nsenter", "--net="+e.nodeNS.Path(), "--mount="+e.node.MountNS, "--", e.podpath,
+		"--pin-root", e.pinRoot, "--state-dir", loader.DefaultStateDir, "node", "reset").CombinedOutput()
 	if err != nil {
 		t.Errorf("podpath node reset: %v\n%s", err, out)
 	}
-	if _, err := os.Stat(e.pinRoot); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(e.pins); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins left at %s after node reset (%v)", e.pinRoot, err)
-		os.RemoveAll(e.pinRoot)
 	}
 	if left := strings.TrimSpace(string(out)); left != "" {
 		t.Logf("podpath node reset: %s", left)

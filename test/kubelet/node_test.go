@@ -186,10 +186,10 @@ func TestNode(t *testing.T) {
 // containerd 1.6 accepts, naming the agent's pins.
 func (e *env) checkCNIInstalled(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join(e.node.CNIBinDir, sim.PluginType)); err != nil {
+	if _, err := os.Stat(e.node.Path(filepath.Join(e.node.CNIBinDir, sim.PluginType))); err != nil {
 		t.Fatalf("podpath-cni not installed: %v", err)
 	}
-	files, err := libcni.ConfFiles(e.node.CNIConfDir, []string{".conflist"})
+	files, err := libcni.ConfFiles(e.node.Path(e.node.CNIConfDir), []string{".conflist"})
 	if err != nil || len(files) != 1 {
 		t.Fatalf("CNI conf dir: %v, %v; want the agent's conflist alone", files, err)
 	}
@@ -351,7 +351,7 @@ func (e *env) podStates(t *testing.T) string {
 // endpoints lists the pods in podpath's endpoints map.
 func (e *env) endpoints(t *testing.T) map[netip.Addr]maps.EndpointInfo {
 	t.Helper()
-	eps, err := maps.OpenEndpoints(e.pinRoot)
+	eps, err := maps.OpenEndpoints(e.pins)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,7 +564,7 @@ func (e *env) churn(t *testing.T, web *appsv1.Deployment, clientNS, clusterIP st
 // counters reads podpath's packet counters: "hook/reason" -> packets.
 func (e *env) counters(t *testing.T) map[string]uint64 {
 	t.Helper()
-	list, err := maps.ReadPinnedCounters(e.pinRoot)
+	list, err := maps.ReadPinnedCounters(e.pins)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,7 +594,7 @@ func (e *env) countersSince(t *testing.T, before map[string]uint64) string {
 // is terminating or gone, and each direction's TCP flags.
 func (e *env) explainFailure(client netip.Addr, frontend string, port int) string {
 	fe := netip.MustParseAddrPort(frontend)
-	open := func(name string) (*ebpf.Map, error) { return maps.OpenPinned(e.pinRoot, name) }
+	open := func(name string) (*ebpf.Map, error) { return maps.OpenPinned(e.pins, name) }
 	ctMap, err := open(maps.MapConntrack)
 	if err != nil {
 		return err.Error()
