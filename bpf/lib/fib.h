@@ -18,7 +18,12 @@ static __always_inline int fib_redirect4(struct __sk_buff *skb, __be32 saddr, __
 	p.ipv4_src = saddr;
 	p.ipv4_dst = daddr;
 	p.ifindex = skb->ingress_ifindex;
-	p.tot_len = skb->len - ETH_HLEN;
+	/* A GSO packet leaves as segments. Given its whole length, the lookup
+	 * (5.12 and later) compares that with the MTU and answers "frag
+	 * needed"; without one, the kernel checks the packet against the
+	 * device as a GSO packet. */
+	if (!skb->gso_size)
+		p.tot_len = skb->len - ETH_HLEN;
 	rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		*ok = 0;

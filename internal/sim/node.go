@@ -53,6 +53,7 @@ type Node struct {
 
 	// Outside is the network behind the node's uplink, when it has one.
 	Outside *Outside
+	remotes []*Remote // behind the outside host (AddRemote)
 
 	mu     sync.Mutex
 	pods   map[string]*Pod
@@ -460,6 +461,10 @@ func (n *Node) Close() error {
 			removeNetNS(p.NS)
 		}
 	}
+	for _, r := range n.remotes {
+		errs = append(errs, removeNetNS(r.NS))
+	}
+	n.remotes = nil
 	if n.Outside != nil {
 		errs = append(errs, removeNetNS(n.Outside.NS))
 		n.Outside = nil

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -45,4 +46,35 @@ func FetchTCP(do func(func() error) error, addr string, timeout time.Duration) (
 		return err
 	})
 	return string(out), err
+}
+
+// SendTCP connects to addr from inside a namespace, sends size bytes,
+// closes its side and reads what the server answers until it closes, all
+// within timeout.
+func SendTCP(do func(func() error) error, addr string, size int, timeout time.Duration) (string, error) {
+	var c net.Conn
+	if err := do(func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr, timeout)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		return "", fmt.Errorf("send: %w", err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	out, err := io.ReadAll(c)
+	if err != nil {
+		return "", fmt.Errorf("answer: %w", err)
+	}
+	return string(out), nil
+}
+
+// CountReceived, as ServeTCP's reply, answers with how many bytes the
+// client sent before it closed its side.
+func CountReceived(c net.Conn) string {
+	n, _ := io.Copy(io.Discard, c)
+	return fmt.Sprint(n)
 }

@@ -2,7 +2,6 @@ package sim
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -66,8 +65,7 @@ func (n *Node) addUplink(u *uplinkOptions) error {
 		if err := configureLink("eth0", u.outside); err != nil {
 			return err
 		}
-		_, dst, _ := net.ParseCIDR(n.PodCIDR.String())
-		return netlink.RouteAdd(&netlink.Route{Dst: dst, Gw: net.IP(u.node.Addr().AsSlice())})
+		return netlink.RouteAdd(&netlink.Route{Dst: ipNet(n.PodCIDR), Gw: u.node.Addr().AsSlice()})
 	})
 }
 
@@ -76,8 +74,7 @@ func configureLink(name string, addr netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	ipn := &net.IPNet{IP: net.IP(addr.Addr().AsSlice()), Mask: net.CIDRMask(addr.Bits(), addr.Addr().BitLen())}
-	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", addr, name, err)
 	}
 	return netlink.LinkSetUp(l)

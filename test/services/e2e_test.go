@@ -56,9 +56,9 @@ func nodeOptions(t *testing.T, more ...sim.Option) []sim.Option {
 }
 
 // newNode is a simulated node whose services are programmed by a Manager.
-func newNode(t *testing.T, name, cidr string) (*sim.Node, *services.Manager) {
+func newNode(t *testing.T, name, cidr string, opts ...sim.Option) (*sim.Node, *services.Manager) {
 	t.Helper()
-	n, err := sim.NewNode(name, netip.MustParsePrefix(cidr), nodeOptions(t)...)
+	n, err := sim.NewNode(name, netip.MustParsePrefix(cidr), nodeOptions(t, opts...)...)
 	if err != nil {
 		t.Fatalf("new node: %v", err)
 	}

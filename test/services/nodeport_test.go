@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/maps"
 	"github.com/podpath/podpath/services"
 )
 
@@ -86,5 +87,65 @@ func TestNodePortLocalPolicy(t *testing.T) {
 	}
 	if drops := dropCounters(t, node); drops != "" {
 		t.Errorf("drops:%s", drops)
+	}
+}
+
+// A client on the network downloads 4 MiB from a pod through a NodePort.
+// from_pod gives the pod's segments the node's address and NodePort as
+// source and routes them out of the uplink by FIB lookup; the pod's TCP
+// hands its veth GSO packets of up to 64 KiB, far over the MTU, which the
+// uplink cuts into segments. The lookup must not refuse them as too big
+// (drop_fib_failed): the transfer would crawl on retransmissions of
+// single segments and miss its deadline.
+func TestNodePortDownloadFromOutside(t *testing.T) {
+	const size = 4 << 20
+	node, m := newNode(t, "svcnpdl", "10.222.0.0/24",
+		sim.WithUplink(netip.MustParsePrefix("10.241.0.1/24"), netip.MustParsePrefix("10.241.0.2/24")))
+	backend := addPod(t, node, "backend")
+	serveDownload(t, m, backend, "10.96.0.31", 30031, size)
+	start := time.Now()
+	got, err := sim.FetchTCP(node.Outside.Do, net.JoinHostPort(node.Outside.NodeIP.String(), "30031"), 20*time.Second)
+	took := time.Since(start)
+	if err != nil || len(got) != size {
+		t.Fatalf("downloaded %d of %d bytes in %v: %v; drops:%s", len(got), size, took, err, dropCounters(t, node))
+	}
+	cs, err := node.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var routed maps.Counter
+	for _, c := range cs {
+		if c.Hook == maps.HookFromPod && c.Reason == maps.ReasonForwardFIB {
+			routed = c
+		}
+	}
+	if routed.Packets == 0 || routed.Bytes/routed.Packets <= 1514 {
+		t.Errorf("from_pod routed %d packets of %d bytes: no GSO packet, this test shows nothing", routed.Packets, routed.Bytes)
+	}
+	t.Logf("%d bytes in %v; from_pod routed them out as %d packets of %d bytes on average",
+		size, took.Round(time.Millisecond), routed.Packets, routed.Bytes/max(routed.Packets, 1))
+	if drops := dropCounters(t, node); drops != "" {
+		t.Errorf("drops:%s", drops)
+	}
+}
+
+// serveDownload has pod p send size bytes to every connection on port 8080,
+// behind a NodePort service (clusterIP:80 and nodePort).
+func serveDownload(t *testing.T, m *services.Manager, p *sim.Pod, clusterIP string, nodePort int32, size int) {
+	t.Helper()
+	ln, err := sim.ServeTCP(p.Do, net.JoinHostPort(p.IP.String(), "8080"), func(net.Conn) string {
+		return string(make([]byte, size))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if _, err := m.Upsert(context.Background(), services.Service{
+		Namespace: "e2e", Name: "download", Type: services.TypeNodePort,
+		ClusterIP: netip.MustParseAddr(clusterIP),
+		Ports:     []services.Port{{Port: 80, TargetPort: 8080, NodePort: nodePort}},
+		Backends:  backendsOf(p),
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
