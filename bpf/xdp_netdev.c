@@ -8,8 +8,9 @@
  *      external or LoadBalancer IP) get their backend here, exactly as
  *      from_netdev would choose it (same conntrack, same selection), and
  *      are rewritten in place; from_netdev then only has to deliver them;
- *   3. everything else, and frontends without backends (from_netdev answers
- *      those), passes on unchanged. */
+ *   3. everything else passes on unchanged: frontends without backends
+ *      (from_netdev answers those), and a client that is its own backend
+ *      (hairpin: from_netdev rewrites its source as well). */
 #include "lib/common.h"
 #include "lib/csum.h"
 #include "lib/counters.h"
@@ -73,7 +74,7 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 	if (!svc || (!e && !svc->backends))
 		return 0;
 	b = svc_backend4(&f, svc, e, len, &reason);
-	if (!b)
+	if (!b || b->addr[0] == f.saddr)
 		return 0;
 
 	/* The L4 checksum covers the pseudo header's addresses; a UDP

@@ -17,6 +17,7 @@
 package fuzz_test
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/podpath/podpath/internal/progrun"
@@ -35,29 +36,42 @@ func FuzzFromPod(f *testing.F) {
 			}
 		}
 		return hop{maps.ProgFromPod, veth}
-	})
+	}, nil)
 }
 
 // Frames the node's stack routes into a pod.
 func FuzzToPod(f *testing.F) {
-	fuzzAt(f, func([]byte) hop { return hop{Prog: maps.ProgToPod} })
+	fuzzAt(f, func([]byte) hop { return hop{Prog: maps.ProgToPod} }, nil)
 }
 
 // Frames from the network at the uplink's tc ingress, as on a node
 // without XDP or after XDP passed them untouched.
 func FuzzFromNetdev(f *testing.F) {
 	requireIngressIfindex(f)
-	fuzzAt(f, func([]byte) hop { return hop{maps.ProgFromNetdev, uplinkIfindex} })
+	fuzzAt(f, func([]byte) hop { return hop{maps.ProgFromNetdev, uplinkIfindex} }, nil)
 }
 
 // Frames leaving through the uplink.
 func FuzzToNetdev(f *testing.F) {
-	fuzzAt(f, func([]byte) hop { return hop{Prog: maps.ProgToNetdev} })
+	fuzzAt(f, func([]byte) hop { return hop{Prog: maps.ProgToNetdev} }, nil)
 }
 
 // Frames from the network at the uplink's XDP hook, then tc ingress.
+// xdp_netdev translates what from_netdev would, as from_netdev would: each
+// frame must end up the same as through from_netdev alone.
 func FuzzXDPNetdev(f *testing.F) {
-	fuzzAt(f, func([]byte) hop { return hop{Prog: maps.ProgXDPNetdev} })
+	fuzzAt(f, func([]byte) hop { return hop{Prog: maps.ProgXDPNetdev} }, func(t *testing.T, n *node, frame []byte, viaXDP []result) {
+		if len(frame) < ethHeaderLen {
+			return
+		}
+		n.reset(t)
+		viaTC := n.follow(t, hop{maps.ProgFromNetdev, uplinkIfindex}, frame)
+		x, tc := viaXDP[len(viaXDP)-1], viaTC[len(viaTC)-1]
+		if x.leaves() != tc.leaves() || x.Reason != tc.Reason || x.leaves() && !bytes.Equal(x.Out, tc.Out) {
+			t.Errorf("through XDP: %s at %s\n % x\nthrough from_netdev alone: %s at %s\n % x",
+				x.Reason, x.hop, x.Out, tc.Reason, tc.hop, tc.Out)
+		}
+	})
 }
 
 // maxFrame is the largest frame a 1500-byte MTU device delivers; larger
@@ -65,8 +79,9 @@ func FuzzXDPNetdev(f *testing.F) {
 const maxFrame = ethHeaderLen + 1500
 
 // fuzzAt fuzzes frames entering at the hop entry picks for each: every
-// input starts from the node's state as node_test.go seeds it.
-func fuzzAt(f *testing.F, entry func(frame []byte) hop) {
+// input starts from the node's state as node_test.go seeds it. also, if
+// given, checks more of each input and the way it went.
+func fuzzAt(f *testing.F, entry func(frame []byte) hop, also func(t *testing.T, n *node, frame []byte, path []result)) {
 	n := loadNode(f)
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		h := entry(frame)
@@ -76,7 +91,11 @@ func fuzzAt(f *testing.F, entry func(frame []byte) hop) {
 			return
 		}
 		n.reset(t)
-		n.checkAnswer(t, frame, n.follow(t, h, frame))
+		path := n.follow(t, h, frame)
+		n.checkAnswer(t, frame, path)
+		if also != nil {
+			also(t, n, frame, path)
+		}
 	})
 }
 

@@ -87,6 +87,8 @@ type service struct {
 	Backends []uint32
 }
 
+// From the network, only Maglev or a single backend: the choice is the
+// same every time, so FuzzXDPNetdev can compare XDP's with from_netdev's.
 var services = []service{
 	{1, clusterIP, 80, protoTCP, false, maps.AlgoRandom, 0, []uint32{1, 2, 3, 4}},
 	{2, clusterIP, 53, protoUDP, false, maps.AlgoRoundRobin, 0, []uint32{6}},
@@ -96,7 +98,7 @@ var services = []service{
 	{6, netip.IPv4Unspecified(), 30053, protoUDP, true, maps.AlgoRandom, maps.SvcFlagNodePort | maps.SvcFlagAffinity, []uint32{6}},
 	// A hostPort inside the SNAT port range, as a pod may ask for.
 	{7, netip.IPv4Unspecified(), 20010, protoTCP, true, maps.AlgoRandom, 0, []uint32{8}},
-	{8, externalIP, 80, protoTCP, true, maps.AlgoRoundRobin, maps.SvcFlagAffinity, []uint32{2, 3}},
+	{8, externalIP, 80, protoTCP, true, maps.AlgoMaglev, maps.SvcFlagAffinity, []uint32{2, 3}},
 	{9, emptyIP, 80, protoTCP, true, maps.AlgoRandom, 0, nil},
 	{10, emptyIP, 53, protoUDP, true, maps.AlgoRandom, 0, nil},
 }
