@@ -140,6 +140,7 @@ var masqueradedFlows = []masqueraded{
 	{protoTCP, podA.IP, 40000, serverIP, 443, 20001},
 	{protoICMP, podB.IP, 0x1234, serverIP, 0, 20002},
 	{protoUDP, podA.IP, 40003, serverIP, 53, 20003},
+	{protoTCP, podA.IP, 40010, serverIP, 443, 20010}, // the hostPort's port
 }
 
 // Map sizes: small maps load fast and change no decision.
