@@ -27,35 +27,55 @@ const (
 	tcpACK = 0x10
 )
 
-// ipv4Packet is the IPv4 packet of a frame, up to its total length.
+// ipv4Packet is an IPv4 packet, up to its total length.
 type ipv4Packet struct {
 	Header   []byte // options included
 	Payload  []byte
 	Proto    uint8
 	Src, Dst netip.Addr
-	// Later is a fragment other than the first: it carries no L4 header.
-	Later bool
+	// First is the first fragment of a datagram (offset 0, more follow),
+	// Later any other: it carries no L4 header.
+	First, Later bool
 }
 
 // parseIPv4 reads the IPv4 packet of an Ethernet frame; false for anything
 // else: other ethertypes, a header that cannot be valid, a frame shorter
 // than the packet's total length.
 func parseIPv4(frame []byte) (ipv4Packet, bool) {
-	if len(frame) < ethHeaderLen+20 || binary.BigEndian.Uint16(frame[12:]) != packet.EthPIPv4 {
+	if len(frame) < ethHeaderLen || binary.BigEndian.Uint16(frame[12:]) != packet.EthPIPv4 {
 		return ipv4Packet{}, false
 	}
-	ip := frame[ethHeaderLen:]
-	hlen, totLen := int(ip[0]&0x0f)*4, int(binary.BigEndian.Uint16(ip[2:]))
-	if ip[0]>>4 != 4 || hlen < 20 || totLen < hlen || totLen > len(ip) {
+	return parsePacket(frame[ethHeaderLen:], false)
+}
+
+// quoted reads the packet an ICMP error quotes, which may be cut short
+// anywhere after its IPv4 header; false for other ICMP messages.
+func quoted(icmp []byte) (ipv4Packet, bool) {
+	if len(icmp) < 8 || icmp[0] != 3 && icmp[0] != 11 && icmp[0] != 12 {
 		return ipv4Packet{}, false
 	}
+	return parsePacket(icmp[8:], true)
+}
+
+// parsePacket reads an IPv4 packet; cut says it may end before its total
+// length does.
+func parsePacket(ip []byte, cut bool) (ipv4Packet, bool) {
+	if len(ip) < 20 {
+		return ipv4Packet{}, false
+	}
+	hlen, end := int(ip[0]&0x0f)*4, int(binary.BigEndian.Uint16(ip[2:]))
+	if ip[0]>>4 != 4 || hlen < 20 || end < hlen || hlen > len(ip) || end > len(ip) && !cut {
+		return ipv4Packet{}, false
+	}
+	frag := binary.BigEndian.Uint16(ip[6:])
 	return ipv4Packet{
 		Header:  ip[:hlen],
-		Payload: ip[hlen:totLen],
+		Payload: ip[hlen:min(end, len(ip))],
 		Proto:   ip[9],
 		Src:     netip.AddrFrom4([4]byte(ip[12:16])),
 		Dst:     netip.AddrFrom4([4]byte(ip[16:20])),
-		Later:   binary.BigEndian.Uint16(ip[6:])&0x1fff != 0,
+		First:   frag&0x3fff == 0x2000,
+		Later:   frag&0x1fff != 0,
 	}, true
 }
 

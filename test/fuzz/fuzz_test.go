@@ -98,6 +98,7 @@ func fuzzAt(f *testing.F, entry func(frame []byte) hop, also func(t *testing.T, 
 		}
 		n.reset(t)
 		path := n.follow(t, h, frame)
+		n.checkLaterFragment(t, h, frame, path)
 		n.checkAnswer(t, frame, path)
 		if also != nil {
 			also(t, n, frame, path)

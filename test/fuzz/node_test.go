@@ -235,11 +235,12 @@ func (n *node) putService(tb testing.TB, s service) {
 	}
 }
 
-// reset empties what the programs write (conntrack, SNAT, affinity) and
+// reset empties what the programs write (conntrack, SNAT, affinity,
+// fragments) and
 // writes the tracked and masqueraded flows again, expiring in an hour.
 func (n *node) reset(tb testing.TB) {
 	tb.Helper()
-	for _, name := range []string{maps.MapConntrack, maps.MapSNAT, maps.MapAffinity} {
+	for _, name := range []string{maps.MapConntrack, maps.MapSNAT, maps.MapAffinity, maps.MapFrags} {
 		m := n.Maps[name]
 		var k []byte
 		for m.NextKey(nil, &k) == nil {

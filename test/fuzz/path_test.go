@@ -4,10 +4,12 @@ package fuzz_test
 // way back.
 
 import (
+	"encoding/binary"
 	"net"
 	"slices"
 	"testing"
 
+	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/maps"
 )
@@ -104,4 +106,37 @@ func sentBy(t tuple) (hop, []byte, bool) {
 
 func rejected(path []result) bool {
 	return slices.ContainsFunc(path, func(r result) bool { return r.Reason.String() == "svc_reject" })
+}
+
+// checkLaterFragment sends, after a datagram's first fragment went its
+// way, a later fragment of it, which must go the same way and end up with
+// the same addresses: the first fragment's translation (lib/frag.h).
+func (n *node) checkLaterFragment(t *testing.T, h hop, sent []byte, path []result) {
+	t.Helper()
+	p, ok := parseIPv4(sent)
+	if _, flow := tupleOf(sent); !ok || !p.First || !flow || rejected(path) {
+		return
+	}
+	later := slices.Clone(sent)
+	binary.BigEndian.PutUint16(later[ethHeaderLen+6:], 185) // offset 1480, the last fragment
+	later[ethHeaderLen+10], later[ethHeaderLen+11] = 0, 0
+	binary.BigEndian.PutUint16(later[ethHeaderLen+10:], csum.Checksum(later[ethHeaderLen:ethHeaderLen+len(p.Header)], 0))
+
+	back := n.follow(t, h, later)
+	first, got := path[len(path)-1], back[len(back)-1]
+	f, _ := parseIPv4(first.Out)
+	g, _ := parseIPv4(got.Out)
+	if !slices.Equal(programsOf(path), programsOf(back)) || first.leaves() != got.leaves() ||
+		first.leaves() && (f.Src != g.Src || f.Dst != g.Dst) {
+		t.Errorf("the first fragment went %v and left %s -> %s (%s);\na later one went %v and left %s -> %s (%s)",
+			programsOf(path), f.Src, f.Dst, first.Reason, programsOf(back), g.Src, g.Dst, got.Reason)
+	}
+}
+
+func programsOf(path []result) []string {
+	var progs []string
+	for _, r := range path {
+		progs = append(progs, r.Prog)
+	}
+	return progs
 }
