@@ -6,7 +6,7 @@ BIN     := bin
 GOPATH  := $(shell $(GO) env GOPATH)
 export PATH := $(PATH):/usr/local/go/bin:$(GOPATH)/bin
 
-.PHONY: all build generate deps test vmtest demo vet bench bench-quick clean image
+.PHONY: all build generate deps test vmtest demo vet bench bench-quick clean image fuzz
 
 all: build
 
@@ -40,6 +40,18 @@ vet:
 test: deps vet build
 	PODPATH_KUBE_BIN=$$(bash scripts/kube-bins.sh) $(GO) test -count=1 -timeout 20m ./...
 	bash scripts/vmtest.sh
+
+# Fuzz each target of test/fuzz for FUZZTIME (go test -fuzztime: a
+# duration, or a count such as 100000x), one after the other, as root. An
+# input that breaks an invariant is written to
+# test/fuzz/testdata/fuzz/<target>/ and stops the run; `make test` runs
+# only the committed corpus.
+FUZZTIME ?= 60s
+fuzz:
+	@for t in $$($(GO) test ./test/fuzz -list '^Fuzz' | grep '^Fuzz'); do \
+		echo "== $$t for $(FUZZTIME)"; \
+		$(GO) test ./test/fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
 
 # Only the tests inside Debian's LTS kernels under qemu (kernels fetched and
 # cached by test/vm/runner); regenerates docs/kernels.md.

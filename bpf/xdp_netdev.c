@@ -8,8 +8,11 @@
  *      external or LoadBalancer IP) get their backend here, exactly as
  *      from_netdev would choose it (same conntrack, same selection), and
  *      are rewritten in place; from_netdev then only has to deliver them;
- *   3. everything else, and frontends without backends (from_netdev answers
- *      those), passes on unchanged. */
+ *   3. everything else passes on unchanged: frontends without backends
+ *      (from_netdev answers those), replies of masqueraded flows
+ *      (from_netdev translates those first, even on a port that is a
+ *      hostPort's too), and a client that is its own backend (hairpin:
+ *      from_netdev rewrites its source as well). */
 #include "lib/common.h"
 #include "lib/csum.h"
 #include "lib/counters.h"
@@ -22,6 +25,18 @@ struct ports {
 	__be16 sport;
 	__be16 dport;
 };
+
+/* masqueraded_reply4 tells whether f is a reply of a pod's masqueraded
+ * flow, as snat_ingress4 (lib/snat.h) finds one. */
+static __always_inline int masqueraded_reply4(const struct flow4 *f)
+{
+	struct nat_entry *e;
+	struct ct_key k;
+
+	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
+	e = bpf_map_lookup_elem(&snat, &k);
+	return e && (e->flags & NAT_F_REVERSE) && e->expires >= bpf_ktime_get_ns();
+}
 
 /* xdp_service translates a TCP or UDP packet to an external frontend. It
  * returns 1 when the packet was rewritten. */
@@ -66,6 +81,8 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 	f.proto = ip->protocol;
 	f.has_ports = 1;
 
+	if (masqueraded_reply4(&f))
+		return 0;
 	e = ct_lookup4(&f);
 	if (e && (e->flags & CT_F_REPLY))
 		return 0;
@@ -73,7 +90,7 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 	if (!svc || (!e && !svc->backends))
 		return 0;
 	b = svc_backend4(&f, svc, e, len, &reason);
-	if (!b)
+	if (!b || b->addr[0] == f.saddr)
 		return 0;
 
 	/* The L4 checksum covers the pseudo header's addresses; a UDP

@@ -237,11 +237,15 @@ static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, 
 	struct nat_entry *e;
 	struct ct_key k;
 	__be16 port;
+	__u8 icmp_type;
 
 	if (!cfg || (!f->has_ports && f->icmp != FLOW_ICMP_ECHO))
 		return 0;
-	if (f->icmp == FLOW_ICMP_ECHO && f->dport)
-		return 0;	/* an echo reply from a pod: not a flow it started */
+	/* An echo reply from a pod answers a flow it did not start. The
+	 * type tells, not the identifier (the reply's "port"), which may be 0. */
+	if (f->icmp == FLOW_ICMP_ECHO &&
+	    (bpf_skb_load_bytes(skb, f->l4_off, &icmp_type, 1) < 0 || icmp_type != ICMP_ECHO_TYPE))
+		return 0;
 	if (!endpoint_lookup4(f->saddr) || nonmasq_dest4(f->daddr))
 		return 0;
 

@@ -18,14 +18,14 @@ import (
 	"github.com/podpath/podpath/maps"
 )
 
-// Return codes (linux/pkt_cls.h, linux/bpf.h).
+// Return codes (internal/progrun).
 const (
-	tcActOK       = 0
-	tcActShot     = 2
-	tcActRedirect = 7
+	tcActOK       = progrun.TCActOK
+	tcActShot     = progrun.TCActShot
+	tcActRedirect = progrun.TCActRedirect
 
-	xdpDrop = 1
-	xdpPass = 2
+	xdpDrop = progrun.XDPDrop
+	xdpPass = progrun.XDPPass
 )
 
 // pod is an endpoint as the CNI plugin registers it.
@@ -78,32 +78,18 @@ type datapath struct {
 	counters  *ebpf.Map
 }
 
-// newDatapath loads both objects with their maps unpinned, so tests never
-// see or disturb a node's pinned state, and registers the pods.
+// newDatapath loads from_pod, to_pod and xdp_netdev sharing fresh,
+// unpinned maps, so tests never see or disturb a node's pinned state, and
+// registers the pods.
 func newDatapath(t *testing.T, pods ...pod) *datapath {
 	t.Helper()
-	checkSkbContextLayout(t)
-	specs, err := maps.Specs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, spec := range specs {
-		for _, ms := range spec.Maps {
-			ms.Pinning = ebpf.PinNone
-		}
-	}
-	fromPod, err := ebpf.NewCollection(specs[maps.ProgFromPod])
-	if err != nil {
-		t.Fatalf("load %s (needs root): %v", maps.ProgFromPod, err)
-	}
-	t.Cleanup(fromPod.Close)
-
+	n := loadNode(t, []string{maps.ProgFromPod, maps.ProgToPod, maps.ProgXDPNetdev}, nil, 0)
 	d := &datapath{
-		fromPod:   fromPod.Programs[maps.ProgFromPod],
-		toPod:     loadSharing(t, specs, maps.ProgToPod, fromPod),
-		xdpNetdev: loadSharing(t, specs, maps.ProgXDPNetdev, fromPod),
-		endpoints: maps.NewEndpoints(fromPod.Maps[maps.MapEndpoints]),
-		counters:  fromPod.Maps[maps.MapCounters],
+		fromPod:   n.Programs[maps.ProgFromPod],
+		toPod:     n.Programs[maps.ProgToPod],
+		xdpNetdev: n.Programs[maps.ProgXDPNetdev],
+		endpoints: maps.NewEndpoints(n.Maps[maps.MapEndpoints]),
+		counters:  n.Maps[maps.MapCounters],
 	}
 	for _, p := range pods {
 		if err := d.endpoints.Put(p.IP, p.info()); err != nil {
@@ -113,24 +99,17 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 	return d
 }
 
-// loadSharing loads the object of program name with the maps of with, as
-// the pins make a node's programs share them, and returns the program.
-// The specs' map sizes must be with's.
-func loadSharing(t *testing.T, specs map[string]*ebpf.CollectionSpec, name string, with *ebpf.Collection) *ebpf.Program {
+// loadNode loads programs sharing fresh, unpinned maps (internal/progrun),
+// closed when the test ends.
+func loadNode(t *testing.T, programs []string, sizes map[string]uint32, maglevSize uint32) *progrun.Node {
 	t.Helper()
-	spec := specs[name]
-	shared := map[string]*ebpf.Map{}
-	for _, m := range maps.AllMaps {
-		if _, ok := spec.Maps[m]; ok {
-			shared[m] = with.Maps[m]
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: shared})
+	checkSkbContextLayout(t)
+	n, err := progrun.LoadNode(programs, sizes, maglevSize)
 	if err != nil {
-		t.Fatalf("load %s: %v", name, err)
+		t.Fatal(err)
 	}
-	t.Cleanup(coll.Close)
-	return coll.Programs[name]
+	t.Cleanup(n.Close)
+	return n
 }
 
 // skbContext is the __sk_buff head a test may set (internal/progrun).
@@ -141,11 +120,7 @@ type skbContext = progrun.SkbContext
 // tests still run the same programs there, on real devices.
 func requireIngressIfindex(t *testing.T) {
 	t.Helper()
-	if err := progrun.IngressIfindex(); errors.Is(err, progrun.ErrNoIngressIfindex) {
-		t.Skipf("%v; the end-to-end tests in network namespaces cover this path on this kernel", err)
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	progrun.RequireIngressIfindex(t, "the end-to-end tests in network namespaces cover this path on this kernel")
 }
 
 // checkSkbContextLayout guards skbContext against the running kernel's
@@ -161,20 +136,8 @@ func checkSkbContextLayout(t *testing.T) {
 // returns its verdict and the packet as it leaves the program.
 func (d *datapath) runFromPod(t *testing.T, ingressIfindex uint32, frame []byte) (uint32, []byte) {
 	t.Helper()
-	requireIngressIfindex(t)
-	in := slices.Clone(frame)
-	out := make([]byte, len(frame)+256)
-	opts := ebpf.RunOptions{
-		Data:    in,
-		DataOut: out,
-		Context: skbContext{IngressIfindex: ingressIfindex},
-		Repeat:  1,
-	}
-	ret, err := d.fromPod.Run(&opts)
-	if err != nil {
-		t.Fatalf("run from_pod: %v", err)
-	}
-	return ret, opts.DataOut
+	r := runTC(t, d.fromPod, maps.ProgFromPod, skbContext{IngressIfindex: ingressIfindex}, frame)
+	return r.verdict, r.out
 }
 
 // runToPod runs to_pod as tc egress of a pod's veth, on a packet the node's
@@ -186,33 +149,17 @@ func (d *datapath) runToPod(t *testing.T, frame []byte) run {
 }
 
 // runXDP runs xdp_netdev on frame and returns its verdict and the frame as
-// it leaves the program. BPF_PROG_RUN wants at least 14 bytes of input; a
-// shorter frame is padded to 14 and the context's data_end placed at the
-// frame's end, so the padding lands in a fragment the program (which is not
-// fragment-aware) never sees: it sees exactly len(frame) bytes.
+// it leaves the program; a frame shorter than 14 bytes is shown to it as
+// progrun.RunXDP says.
 func (d *datapath) runXDP(t *testing.T, frame []byte) (uint32, []byte) {
 	t.Helper()
-	in := slices.Clone(frame)
-	opts := ebpf.RunOptions{Repeat: 1}
-	if len(in) < ethHeaderLen {
-		if err := progrun.XDPContextSupported(); errors.Is(err, progrun.ErrNoXDPContext) {
-			t.Skipf("%v; veth in the end-to-end tests never delivers one", err)
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		opts.Context = progrun.XDPContext{DataEnd: uint32(len(in))}
-		in = append(in, make([]byte, ethHeaderLen-len(in))...)
-	}
-	opts.Data = in
-	opts.DataOut = make([]byte, len(in)+256)
-	ret, err := d.xdpNetdev.Run(&opts)
-	if err != nil {
+	ret, out, err := progrun.RunXDP(d.xdpNetdev, frame)
+	if errors.Is(err, progrun.ErrNoXDPContext) {
+		t.Skipf("%v; veth in the end-to-end tests never delivers one", err)
+	} else if err != nil {
 		t.Fatalf("run xdp_netdev: %v", err)
 	}
-	if !slices.Equal(opts.DataOut[len(frame):], in[len(frame):]) {
-		t.Errorf("padding changed: % x", opts.DataOut[len(frame):])
-	}
-	return ret, opts.DataOut[:len(frame)]
+	return ret, out
 }
 
 // count is one counter slot summed over CPUs.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/podpath/podpath/internal/csum"
+	"github.com/podpath/podpath/internal/packet"
 	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
 )
@@ -160,49 +161,23 @@ func newServiceDatapath(t *testing.T, svcs ...service) *svcDatapath {
 // newSizedServiceDatapath is newServiceDatapath with other map sizes.
 func newSizedServiceDatapath(t *testing.T, sizes map[string]uint32, svcs ...service) *svcDatapath {
 	t.Helper()
-	checkSkbContextLayout(t)
-	specs, err := maps.Specs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Both specs get the same sizes: a replacement map must match its spec.
-	for _, prog := range []string{maps.ProgFromPod, maps.ProgToPod} {
-		spec := specs[prog]
-		for name, ms := range spec.Maps {
-			ms.Pinning = ebpf.PinNone
-			if size, ok := sizes[name]; ok {
-				ms.MaxEntries = size
-			}
-		}
-		spec.Maps[maps.MapMaglev].InnerMap.MaxEntries = testMaglevSize
-		if err := spec.Variables[maps.VarMaglevTableSize].Set(uint32(testMaglevSize)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	spec := specs[maps.ProgFromPod]
-	inner := spec.Maps[maps.MapMaglev].InnerMap
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		t.Fatalf("load %s (needs root): %v", maps.ProgFromPod, err)
-	}
-	t.Cleanup(coll.Close)
-
+	n := loadNode(t, []string{maps.ProgFromPod, maps.ProgToPod}, sizes, testMaglevSize)
 	d := &svcDatapath{
 		datapath: &datapath{
-			fromPod:   coll.Programs[maps.ProgFromPod],
-			toPod:     loadSharing(t, specs, maps.ProgToPod, coll),
-			endpoints: maps.NewEndpoints(coll.Maps[maps.MapEndpoints]),
-			counters:  coll.Maps[maps.MapCounters],
+			fromPod:   n.Programs[maps.ProgFromPod],
+			toPod:     n.Programs[maps.ProgToPod],
+			endpoints: maps.NewEndpoints(n.Maps[maps.MapEndpoints]),
+			counters:  n.Maps[maps.MapCounters],
 		},
-		services:    coll.Maps[maps.MapServices],
-		slots:       coll.Maps[maps.MapSvcSlots],
-		backends:    coll.Maps[maps.MapBackends],
-		rr:          coll.Maps[maps.MapSvcRR],
-		maglev:      coll.Maps[maps.MapMaglev],
-		affinity:    coll.Maps[maps.MapAffinity],
-		conntrack:   coll.Maps[maps.MapConntrack],
-		nodeAddrs:   coll.Maps[maps.MapNodeAddrs],
-		maglevInner: inner,
+		services:    n.Maps[maps.MapServices],
+		slots:       n.Maps[maps.MapSvcSlots],
+		backends:    n.Maps[maps.MapBackends],
+		rr:          n.Maps[maps.MapSvcRR],
+		maglev:      n.Maps[maps.MapMaglev],
+		affinity:    n.Maps[maps.MapAffinity],
+		conntrack:   n.Maps[maps.MapConntrack],
+		nodeAddrs:   n.Maps[maps.MapNodeAddrs],
+		maglevInner: n.MaglevInner,
 	}
 	for _, p := range []pod{podA, podB, podC} {
 		if err := d.endpoints.Put(p.IP, p.info()); err != nil {
@@ -535,13 +510,7 @@ func (f flow) routedInto(p pod) []byte {
 }
 
 // tcpSegment is a TCP segment with the given flags and a fresh checksum.
-func tcpSegment(src, dst netip.Addr, sport, dport uint16, flags uint8, payload []byte) []byte {
-	b := tcp(src, dst, sport, dport, payload)
-	b[13] = flags
-	b[16], b[17] = 0, 0
-	binary.BigEndian.PutUint16(b[16:], csum.Checksum(b, csum.Pseudo4(src, dst, protoTCP, len(b))))
-	return b
-}
+var tcpSegment = packet.TCPSegment
 
 // l4Checksum computes the TCP or UDP checksum of an IPv4 frame afresh: the
 // value a sender would write (for UDP, a computed zero is sent as 0xffff).

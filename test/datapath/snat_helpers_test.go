@@ -13,18 +13,18 @@ package datapath_test
 import (
 	"encoding/binary"
 	"net/netip"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/podpath/podpath/internal/csum"
+	"github.com/podpath/podpath/internal/packet"
+	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/maps"
 )
 
 const (
-	protoICMP = 1
+	protoICMP = packet.ProtoICMP
 	protoGRE  = 47
 
 	icmpEchoReply    = 0
@@ -92,58 +92,32 @@ func newSNATDatapath(t *testing.T, s snatSetup) *snatDatapath {
 	if s.MaxMappings == 0 {
 		s.MaxMappings = snatTestMapSize
 	}
-	specs, err := maps.Specs()
-	if err != nil {
-		t.Fatal(err)
+	sizes := map[string]uint32{maps.MapSNAT: s.MaxMappings}
+	for name, size := range testMapSizes {
+		sizes[name] = size
 	}
-	// Both specs get the same sizes: a replacement map must match its spec.
-	for _, prog := range []string{maps.ProgToNetdev, maps.ProgFromNetdev} {
-		for name, ms := range specs[prog].Maps {
-			ms.Pinning = ebpf.PinNone
-			if size, ok := testMapSizes[name]; ok {
-				ms.MaxEntries = size
-			}
-		}
-		specs[prog].Maps[maps.MapSNAT].MaxEntries = s.MaxMappings
-	}
-	to, err := ebpf.NewCollection(specs[maps.ProgToNetdev])
-	if err != nil {
-		t.Fatalf("load %s (needs root): %v", maps.ProgToNetdev, err)
-	}
-	t.Cleanup(to.Close)
-	shared := map[string]*ebpf.Map{}
-	for name, m := range to.Maps {
-		if _, ok := specs[maps.ProgFromNetdev].Maps[name]; ok && !strings.HasPrefix(name, ".") {
-			shared[name] = m
-		}
-	}
-	from, err := ebpf.NewCollectionWithOptions(specs[maps.ProgFromNetdev], ebpf.CollectionOptions{MapReplacements: shared})
-	if err != nil {
-		t.Fatalf("load %s: %v", maps.ProgFromNetdev, err)
-	}
-	t.Cleanup(from.Close)
-
+	n := loadNode(t, []string{maps.ProgToNetdev, maps.ProgFromNetdev}, sizes, 0)
 	d := &snatDatapath{
 		datapath: &datapath{
-			endpoints: maps.NewEndpoints(to.Maps[maps.MapEndpoints]),
-			counters:  to.Maps[maps.MapCounters],
+			endpoints: maps.NewEndpoints(n.Maps[maps.MapEndpoints]),
+			counters:  n.Maps[maps.MapCounters],
 		},
-		toNetdev:   to.Programs[maps.ProgToNetdev],
-		fromNetdev: from.Programs[maps.ProgFromNetdev],
-		snat:       to.Maps[maps.MapSNAT],
-		natStats:   to.Maps[maps.MapNatStats],
+		toNetdev:   n.Programs[maps.ProgToNetdev],
+		fromNetdev: n.Programs[maps.ProgFromNetdev],
+		snat:       n.Maps[maps.MapSNAT],
+		natStats:   n.Maps[maps.MapNatStats],
 		setup:      s,
 	}
 	cfg := maps.NatConfig{Addr: maps.Addr16(masqIP), PortMin: s.PortMin, PortMax: s.PortMax, Family: s.Family}
 	if !s.Disabled {
 		cfg.Enabled = 1
 	}
-	if err := to.Maps[maps.MapNatConfig].Put(uint32(0), &cfg); err != nil {
+	if err := n.Maps[maps.MapNatConfig].Put(uint32(0), &cfg); err != nil {
 		t.Fatalf("nat_config: %v", err)
 	}
 	for _, p := range masqNonmasqs {
 		k := maps.NonmasqKey{Prefixlen: 32 + uint32(p.Bits()), Family: maps.FamilyIPv4, Addr: maps.Addr16(p.Addr())}
-		if err := to.Maps[maps.MapNonmasq].Put(&k, uint32(1)); err != nil {
+		if err := n.Maps[maps.MapNonmasq].Put(&k, uint32(1)); err != nil {
 			t.Fatalf("nonmasq %s: %v", p, err)
 		}
 	}
@@ -172,19 +146,13 @@ func runTC(t *testing.T, prog *ebpf.Program, name string, ctx skbContext, frame 
 	if ctx.IngressIfindex != 0 {
 		requireIngressIfindex(t)
 	}
-	opts := ebpf.RunOptions{
-		Data:    slices.Clone(frame),
-		DataOut: make([]byte, len(frame)+256),
-		Context: ctx,
-		Repeat:  1,
-	}
 	r := run{before: monotonic(t)}
-	ret, err := prog.Run(&opts)
+	ret, out, err := progrun.RunTC(prog, ctx, frame)
 	if err != nil {
 		t.Fatalf("run %s: %v", name, err)
 	}
 	r.after = monotonic(t)
-	r.verdict, r.out = ret, opts.DataOut
+	r.verdict, r.out = ret, out
 	return r
 }
 
@@ -200,17 +168,8 @@ func arriving(ip []byte) []byte { return ether(uplinkMAC, nextHopMAC, ethPIPv4, 
 // gateway MAC as source.
 func delivered(p pod, ip []byte) []byte { return ether(p.MAC, p.NodeMAC, ethPIPv4, ip) }
 
-// icmpMessage is an ICMP message with a correct checksum: type, code, the
-// four bytes after the checksum (echo: identifier and sequence; frag
-// needed: the next-hop MTU) and the body.
-func icmpMessage(typ, code uint8, rest uint32, body []byte) []byte {
-	b := make([]byte, 8, 8+len(body))
-	b[0], b[1] = typ, code
-	binary.BigEndian.PutUint32(b[4:], rest)
-	b = append(b, body...)
-	binary.BigEndian.PutUint16(b[2:], csum.Checksum(b, 0))
-	return b
-}
+// icmpMessage is an ICMP message with a correct checksum (internal/packet).
+var icmpMessage = packet.ICMP
 
 // echo is an ICMP echo request or reply.
 type echo struct {

@@ -17,6 +17,7 @@ func TestSNATNotMasqueraded(t *testing.T) {
 	gre := ipv4(ipv4Header{ID: 7, TTL: 64, Protocol: protoGRE, Src: podA.IP, Dst: serverIP},
 		[]byte{0x00, 0x00, 0x08, 0x00, 0x45, 0x00, 0x00, 0x14}) // GRE header, then an inner packet's start
 	echoReply := echoRequest(serverIP, 0x4242, podA.IP).answer()
+	echoReply0 := echoRequest(serverIP, 0, podA.IP).answer() // identifier 0: no port either way
 	tests := []struct {
 		name  string
 		setup snatSetup
@@ -36,6 +37,7 @@ func TestSNATNotMasqueraded(t *testing.T) {
 			ip: udpFlow(podA.IP, podPort, serverIP, serverPort).ip()},
 		{name: "GRE", ip: gre},
 		{name: "an echo reply from a pod: it answers, it started nothing", ip: echoReply.ip()},
+		{name: "an echo reply from a pod with identifier 0", ip: echoReply0.ip()},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
