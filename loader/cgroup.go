@@ -105,23 +105,6 @@ func NetnsCookie() (uint64, error) {
 	return c, nil
 }
 
-// HybridCgroup2 is dir's unified/ where dir is the cgroup root of a host in
-// systemd's hybrid layout (a tmpfs of cgroup v1 hierarchies, the v2 one,
-// which holds every process too, at unified/), and dir itself otherwise.
-// So the host's /sys/fs/cgroup names its cgroup v2 root on v2 and on
-// hybrid hosts alike.
-func HybridCgroup2(dir string) string {
-	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) != nil || st.Type != unix.TMPFS_MAGIC {
-		return dir
-	}
-	unified := filepath.Join(dir, "unified")
-	if unix.Statfs(unified, &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return dir
-	}
-	return unified
-}
-
 // EnsureCgroup2 makes sure dir is a cgroup v2 directory. One already (a
 // cgroup2 mount or a cgroup inside one) is left as it is; a missing or empty
 // directory on any other filesystem gets cgroup2 mounted on it. mounted says
@@ -169,8 +152,7 @@ func EnsureCgroup2(dir string) (mounted bool, err error) {
 }
 
 // AttachSocketLB attaches the node's socket programs (pinned under root by
-// Init) to the cgroup v2 at cgroupPath (its unified/ where it is a hybrid
-// host's cgroup root: see HybridCgroup2), mounting cgroup2 there first when
+// Init) to the cgroup v2 at cgroupPath, mounting cgroup2 there first when
 // it is a missing or empty directory (see EnsureCgroup2). The links are
 // pinned, so the programs stay attached after this process exits; attaching
 // again to the same cgroup updates them in place. Several nodes may attach
@@ -181,7 +163,7 @@ func AttachSocketLB(root, cgroupPath string) error {
 	} else if !f.NetnsCookie {
 		return fmt.Errorf("socket load balancing: %w", ErrNoNetnsCookie)
 	}
-	cgroupPath = HybridCgroup2(filepath.Clean(cgroupPath))
+	cgroupPath = filepath.Clean(cgroupPath)
 	if !filepath.IsAbs(cgroupPath) {
 		return fmt.Errorf("socket load balancing: cgroup %s: want an absolute path", cgroupPath)
 	}
@@ -241,7 +223,7 @@ func attachCgroup(root, name string, prog *ebpf.Program, attach ebpf.AttachType,
 // cannot see as the frontend. Programs that are not attached there are not
 // an error. cgroup2 stays mounted.
 func DetachSocketLB(root, cgroupPath string) error {
-	cgroupPath = HybridCgroup2(filepath.Clean(cgroupPath))
+	cgroupPath = filepath.Clean(cgroupPath)
 	var errs []error
 	for _, name := range slices.Backward(maps.SocketPrograms) {
 		pin := cgroupLinkPin(root, name, cgroupPath)

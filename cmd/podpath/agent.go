@@ -109,7 +109,7 @@ reaps expired conntrack, affinity and SNAT entries, and serves /healthz,
 	f.Uint32Var(&c.Node.MaglevTableSize, "maglev-table-size", loader.DefaultMaglevTableSize, "entries of each Maglev table (a prime)")
 	f.StringVar(&c.Node.TCAttach, "tc-attach", "auto", "tc attach mechanism: auto (tcx where the kernel has it), tcx, or tc")
 	addXDPModeFlags(cmd, &c.Node.XDPMode)
-	f.StringVar(&c.SocketLBCgroup, "socket-lb-cgroup", loader.DefaultCgroup2Mount, "cgroup v2 whose processes reach Services by socket-level load balancing (cgroup2 is mounted there if needed; its root holds every process of the node; a hybrid host's cgroup root stands for its unified/)")
+	f.StringVar(&c.SocketLBCgroup, "socket-lb-cgroup", loader.DefaultCgroup2Mount, "cgroup v2 whose processes reach Services by socket-level load balancing (cgroup2 is mounted there if needed; its root holds every process of the node)")
 	f.BoolVar(&disableSocketLB, "no-socket-lb", false, "node processes do not reach Services (no socket-level load balancing)")
 	f.StringVar(&nodePortRange, "node-port-range", services.DefaultNodePortRange.String(), "the cluster's --service-node-port-range")
 	f.StringVar(&c.MetricsAddr, "metrics-bind-address", "127.0.0.1:10249", "where /metrics is served (empty: not served)")

@@ -28,7 +28,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -128,10 +127,9 @@ func newEnv(t *testing.T) *env {
 //   - the agent reaches the API server at the node's address (the
 //     manifest's commented KUBERNETES_SERVICE_HOST and _PORT, set as a
 //     cluster without kube-proxy needs them);
-//   - on a host with cgroup v1 alone (neither a cgroup v2 root at
-//     /sys/fs/cgroup nor systemd's hybrid unified/ under it) socket load
-//     balancing uses a cgroup2 mount of the agent's own under
-//     /run/podpath, as the manifest says for such hosts.
+//   - on a cgroup v1 host (this one) socket load balancing uses a cgroup2
+//     mount of the agent's own under /run/podpath, as the manifest says
+//     for such hosts, in place of the host's cgroup v2 root.
 //
 // The image is the one `make image` builds, imported into the node's
 // containerd under the manifest's name; the hostPaths are the node's own
@@ -154,10 +152,8 @@ func (e *env) installPodpath(t *testing.T) {
 		fmt.Sprintf(`- {name: KUBERNETES_SERVICE_HOST, value: %q}`, e.cluster.Address))
 	replace(`# - {name: KUBERNETES_SERVICE_PORT, value: "6443"}`,
 		fmt.Sprintf(`- {name: KUBERNETES_SERVICE_PORT, value: "%d"}`, kubetest.APIServerPort))
-	var st unix.Statfs_t
-	if unix.Statfs(loader.HybridCgroup2("/sys/fs/cgroup"), &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
 		replace("--socket-lb-cgroup=/host/sys/fs/cgroup", "--socket-lb-cgroup="+loader.DefaultCgroup2Mount)
-		t.Logf("no cgroup v2 root under /sys/fs/cgroup: --socket-lb-cgroup=%s", loader.DefaultCgroup2Mount)
 	}
 	kubectl := exec.Command("nsenter", "--net="+e.nodeNS.Path(), "--", filepath.Join(e.cluster.Bins, "kubectl"),
 		"--kubeconfig", e.cluster.Kubeconfig, "--cache-dir", filepath.Join(e.dir, "kubectl-cache"), "apply", "-f", "-")
