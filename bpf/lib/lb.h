@@ -87,7 +87,7 @@ static __always_inline __u32 lb_pick(const struct svc_info *svc, __u32 hash)
 static __always_inline __u32 lb_select4(const struct svc_info *svc, __be32 client, __u32 hash)
 {
 	struct affinity_key ak = {};
-	struct affinity_value av = {}, *cur;
+	struct affinity_value av = {}, *cur = 0;
 	struct backend *b;
 	__u64 now = 0;
 	__u32 id;
