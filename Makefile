@@ -45,12 +45,20 @@ test: deps vet build
 # duration, or a count such as 100000x), one after the other, as root. An
 # input that breaks an invariant is written to
 # test/fuzz/testdata/fuzz/<target>/ and stops the run; `make test` runs
-# only the committed corpus.
+# only the committed corpus. Go 1.26's fuzzing now and then ends a timed
+# run with "context deadline exceeded" and no failing input
+# (a race in its coordinator, fixed in Go 1.27): that is said, not failed.
 FUZZTIME ?= 60s
 fuzz:
-	@for t in $$($(GO) test ./test/fuzz -list '^Fuzz' | grep '^Fuzz'); do \
+	@log=$$(mktemp); trap 'rm -f $$log $$log.rc' EXIT; \
+	for t in $$($(GO) test ./test/fuzz -list '^Fuzz' | grep '^Fuzz'); do \
 		echo "== $$t for $(FUZZTIME)"; \
-		$(GO) test ./test/fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) || exit 1; \
+		{ $(GO) test ./test/fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME); echo $$? >$$log.rc; } 2>&1 | tee $$log; \
+		[ "$$(cat $$log.rc)" = 0 ] && continue; \
+		if grep -q 'context deadline exceeded' $$log && ! grep -q 'Failing input written' $$log; then \
+			echo "== $$t: no input failed; Go 1.26 fuzzing stopped on its own deadline race"; continue; \
+		fi; \
+		exit 1; \
 	done
 
 # Only the tests inside Debian's LTS kernels under qemu (kernels fetched and
