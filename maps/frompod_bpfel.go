@@ -176,7 +176,8 @@ const (
 	fromPodNatStatNAT_STAT_REUSED_EXPIRED fromPodNatStat = 2
 	fromPodNatStatNAT_STAT_NO_PORT        fromPodNatStat = 3
 	fromPodNatStatNAT_STAT_MAP_FULL       fromPodNatStat = 4
-	fromPodNatStatNAT_STAT_MAX            fromPodNatStat = 5
+	fromPodNatStatNAT_STAT_REUSED_RESET   fromPodNatStat = 5
+	fromPodNatStatNAT_STAT_MAX            fromPodNatStat = 6
 )
 
 type fromPodNonmasqKey struct {

@@ -256,6 +256,7 @@ var NatStatNames = map[uint32]string{
 	uint32(fromPodNatStatNAT_STAT_REUSED_EXPIRED): "reused_expired",
 	uint32(fromPodNatStatNAT_STAT_NO_PORT):        "no_port",
 	uint32(fromPodNatStatNAT_STAT_MAP_FULL):       "map_full",
+	uint32(fromPodNatStatNAT_STAT_REUSED_RESET):   "reused_reset",
 }
 
 // ReasonSvcReject and the other service verdicts, as enum reason.

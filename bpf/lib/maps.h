@@ -322,14 +322,16 @@ enum nat_stat {
 	NAT_STAT_REUSED_EXPIRED = 2,	/* expired mappings taken over */
 	NAT_STAT_NO_PORT = 3,		/* no free port found: flow dropped */
 	NAT_STAT_MAP_FULL = 4,		/* no room in the map: flow dropped */
-	NAT_STAT_MAX = 5,
+	NAT_STAT_REUSED_RESET = 5,	/* mappings of reset TCP flows taken over */
+	NAT_STAT_MAX = 6,
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(max_entries, NAT_STAT_MAX);
+	/* Room for statistics to come: a new one keeps the map's layout. */
+	__uint(max_entries, 16);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nat_stats SEC(".maps");
 
