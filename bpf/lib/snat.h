@@ -119,8 +119,9 @@ static __always_inline void nat_sync_partner(const struct flow4 *f, const struct
  * new flow: it has expired, or its TCP connection was reset. A reset
  * connection takes no more packets, so its port is free at once rather
  * than after the closing lifetime: a client that closes with RST at a high
- * rate would otherwise hold every port of the range (64,512 ports over 10
- * s is 6,451 connections a second towards one destination). Linux's NAT
+ * rate would otherwise hold every port of the range (the default 28,976
+ * ports over 10 s last 2,897 connections a second towards one
+ * destination). Linux's NAT
  * likewise lets a new connection take the tuple of one in CLOSE state. A
  * connection closed with FIN keeps its port for the closing lifetime: the
  * side that closed first may still have to acknowledge a retransmitted
