@@ -9,7 +9,8 @@
  *      from_netdev would choose it (same conntrack, same selection), and
  *      are rewritten in place; from_netdev then only has to deliver them;
  *   3. everything else passes on unchanged: frontends without backends
- *      (from_netdev answers those), replies of masqueraded flows
+ *      (from_netdev answers those), flows whose backend is not a pod on this
+ *      node (from_netdev masquerades those too), replies of masqueraded flows
  *      (from_netdev translates those first, even on a port that is a
  *      hostPort's too), and a client that is its own backend (hairpin:
  *      from_netdev rewrites its source as well). */
@@ -18,6 +19,7 @@
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/svc.h"
+#include "lib/endpoints.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -90,7 +92,10 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 	if (!svc || (!e && !svc->backends))
 		return 0;
 	b = svc_backend4(&f, svc, e, len, &reason);
-	if (!b || b->addr[0] == f.saddr)
+	/* A backend elsewhere needs the node's address as source too
+	 * (lib/netdev.h): from_netdev does both, finding the backend chosen
+	 * here in conntrack. */
+	if (!b || b->addr[0] == f.saddr || !endpoint_lookup4(b->addr[0]))
 		return 0;
 
 	/* The L4 checksum covers the pseudo header's addresses; a UDP

@@ -62,6 +62,13 @@ type Config struct {
 	// XDPGeneric or XDPOff. Empty at init means: the mode the node
 	// records, native on a new node. Init records the resolved mode.
 	XDPMode string `json:"xdpMode,omitempty"`
+	// Routing is how pods reach other nodes' pods (the peers):
+	// RoutingDirect, the default, or RoutingVXLAN, whose UDP port and
+	// network id are VXLANPort and VNI. MTU 0 at init means: the first
+	// uplink's, less the VXLAN overhead in overlay mode.
+	Routing   string `json:"routing,omitempty"`
+	VXLANPort uint16 `json:"vxlanPort,omitempty"`
+	VNI       uint32 `json:"vni,omitempty"`
 	// SNAT: pods' traffic leaving through an uplink for destinations
 	// outside the pod CIDR, ClusterCIDRs and NonMasqCIDRs leaves with
 	// SNATAddr (default: the first uplink's first IPv4 address) and a port
@@ -117,6 +124,15 @@ func (c Config) WithDefaults() Config {
 	if c.MaxNAT == 0 {
 		c.MaxNAT = DefaultMaxNAT
 	}
+	if c.Routing == "" {
+		c.Routing = RoutingDirect
+	}
+	if c.VXLANPort == 0 {
+		c.VXLANPort = DefaultVXLANPort
+	}
+	if c.VNI == 0 {
+		c.VNI = DefaultVNI
+	}
 	return c
 }
 
@@ -168,6 +184,18 @@ func (c Config) Validate() error {
 	case "", XDPNative, XDPGeneric, XDPOff:
 	default:
 		return fmt.Errorf("XDP mode %q: want %s, %s or %s", c.XDPMode, XDPNative, XDPGeneric, XDPOff)
+	}
+	switch c.Routing {
+	case "", RoutingDirect:
+	case RoutingVXLAN:
+		if len(c.Uplinks) == 0 {
+			return fmt.Errorf("routing %s needs an uplink (--uplink)", RoutingVXLAN)
+		}
+		if c.VNI >= 1<<24 {
+			return fmt.Errorf("VNI %d out of range 1-%d", c.VNI, 1<<24-1)
+		}
+	default:
+		return fmt.Errorf("routing %q: want %s or %s", c.Routing, RoutingDirect, RoutingVXLAN)
 	}
 	return nil
 }
@@ -225,6 +253,16 @@ func writeNodeConfig(c Config) error {
 // pins (refused if their layout changed), programs are loaded and pinned, and
 // programs already attached are replaced in place by the new ones.
 func Init(c Config) error {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if prev, err := ReadNodeConfig(c.StateDir); err == nil && c.Routing == "" {
+		// An init that names no routing (an upgrade) keeps the node's.
+		c.Routing, c.VXLANPort, c.VNI = prev.Routing, prev.VXLANPort, prev.VNI
+	}
+	if err := c.resolveMTU(); err != nil {
+		return err
+	}
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
 		return err
@@ -306,6 +344,21 @@ func Init(c Config) error {
 		prevUplinks = prev.Uplinks
 	}
 	if err := attachUplinks(c, prevUplinks, progs); err != nil {
+		return err
+	}
+	if c.Routing == RoutingVXLAN {
+		err = ensureOverlay(c, progs)
+	} else {
+		err = removeOverlay(c.PinRoot)
+	}
+	if err != nil {
+		return err
+	}
+	peers, err := ReadPeers(c.StateDir)
+	if err != nil {
+		return err
+	}
+	if err := syncPeers(c, peers); err != nil {
 		return err
 	}
 	if err := loadSocketLB(c); err != nil {
@@ -446,11 +499,14 @@ func Reset(pinRoot, stateDir string) error {
 			errs = append(errs, DetachTC(pinRoot, a.Program, a.Ifname, a.Direction))
 		}
 	}
+	errs = append(errs, removeOverlay(pinRoot), removePeerRoutes())
 	if err := os.RemoveAll(pinRoot); err != nil {
 		errs = append(errs, fmt.Errorf("remove pins: %w", err))
 	}
-	if err := os.Remove(nodeFile(stateDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
+	for _, f := range []string{nodeFile(stateDir), peersFile(stateDir)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -27,6 +27,7 @@ const (
 	fromNetdevMapNatStats           = "nat_stats"
 	fromNetdevMapNodeAddrs          = "node_addrs"
 	fromNetdevMapNonmasq            = "nonmasq"
+	fromNetdevMapPeers              = "peers"
 	fromNetdevMapServices           = "services"
 	fromNetdevMapSnat               = "snat"
 	fromNetdevMapSockRevNat         = "sock_rev_nat"
@@ -40,6 +41,7 @@ const (
 	fromNetdevVarMaglevTableSize    = "maglev_table_size"
 	fromNetdevVarNatFlagsUnused     = "nat_flags_unused"
 	fromNetdevVarNatStatUnused      = "nat_stat_unused"
+	fromNetdevVarPeerFlagsUnused    = "peer_flags_unused"
 	fromNetdevVarReasonUnused       = "reason_unused"
 	fromNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	fromNetdevVarSvcScopeUnused     = "svc_scope_unused"
@@ -105,6 +107,7 @@ type fromNetdevMapSpecs struct {
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers      *ebpf.MapSpec `ebpf:"peers"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
 	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -123,6 +126,7 @@ type fromNetdevVariableSpecs struct {
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -159,6 +163,7 @@ type fromNetdevMaps struct {
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
+	Peers      *ebpf.Map `ebpf:"peers"`
 	Services   *ebpf.Map `ebpf:"services"`
 	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -179,6 +184,7 @@ func (m *fromNetdevMaps) Close() error {
 		m.NatStats,
 		m.NodeAddrs,
 		m.Nonmasq,
+		m.Peers,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -198,6 +204,7 @@ type fromNetdevVariables struct {
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

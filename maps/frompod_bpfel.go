@@ -125,11 +125,13 @@ type fromPodFragKey struct {
 type fromPodHook uint32
 
 const (
-	fromPodHookHOOK_FROM_POD    fromPodHook = 0
-	fromPodHookHOOK_TO_POD      fromPodHook = 1
-	fromPodHookHOOK_FROM_NETDEV fromPodHook = 2
-	fromPodHookHOOK_TO_NETDEV   fromPodHook = 3
-	fromPodHookHOOK_XDP         fromPodHook = 4
+	fromPodHookHOOK_FROM_POD     fromPodHook = 0
+	fromPodHookHOOK_TO_POD       fromPodHook = 1
+	fromPodHookHOOK_FROM_NETDEV  fromPodHook = 2
+	fromPodHookHOOK_TO_NETDEV    fromPodHook = 3
+	fromPodHookHOOK_XDP          fromPodHook = 4
+	fromPodHookHOOK_FROM_OVERLAY fromPodHook = 5
+	fromPodHookHOOK_TO_OVERLAY   fromPodHook = 6
 )
 
 type fromPodLbAlgo uint32
@@ -187,6 +189,30 @@ type fromPodNonmasqKey struct {
 	Addr      [4]uint32
 }
 
+type fromPodPeer struct {
+	_        structs.HostLayout
+	NodeAddr [4]uint32
+	Ifindex  uint32
+	Vni      uint32
+	Family   uint8
+	Flags    uint8
+	Mtu      uint16
+}
+
+type fromPodPeerFlags uint32
+
+const (
+	fromPodPeerFlagsPEER_F_TUNNEL fromPodPeerFlags = 1
+	fromPodPeerFlagsPEER_F_NODE   fromPodPeerFlags = 2
+)
+
+type fromPodPeerKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Family    uint32
+	Addr      [4]uint32
+}
+
 type fromPodReason uint32
 
 const (
@@ -200,6 +226,9 @@ const (
 	fromPodReasonREASON_SNAT                fromPodReason = 7
 	fromPodReasonREASON_SVC_REPLY           fromPodReason = 8
 	fromPodReasonREASON_PASS                fromPodReason = 9
+	fromPodReasonREASON_FORWARD_ROUTED      fromPodReason = 10
+	fromPodReasonREASON_FORWARD_TUNNEL      fromPodReason = 11
+	fromPodReasonREASON_TO_STACK_MTU        fromPodReason = 12
 	fromPodReasonREASON_DROP_TRUNCATED      fromPodReason = 64
 	fromPodReasonREASON_DROP_BAD_IP_HEADER  fromPodReason = 65
 	fromPodReasonREASON_DROP_SPOOFED_IP     fromPodReason = 66
@@ -214,6 +243,9 @@ const (
 	fromPodReasonREASON_DROP_NAT_NO_PORT    fromPodReason = 75
 	fromPodReasonREASON_DROP_NAT_MAP_FULL   fromPodReason = 76
 	fromPodReasonREASON_DROP_FRAG_UNKNOWN   fromPodReason = 77
+	fromPodReasonREASON_DROP_UNKNOWN_PEER   fromPodReason = 78
+	fromPodReasonREASON_DROP_NO_PEER        fromPodReason = 79
+	fromPodReasonREASON_DROP_TUNNEL_FAILED  fromPodReason = 80
 )
 
 type fromPodSlotKey struct {
@@ -289,6 +321,7 @@ const (
 	fromPodMapNatStats           = "nat_stats"
 	fromPodMapNodeAddrs          = "node_addrs"
 	fromPodMapNonmasq            = "nonmasq"
+	fromPodMapPeers              = "peers"
 	fromPodMapServices           = "services"
 	fromPodMapSnat               = "snat"
 	fromPodMapSockRevNat         = "sock_rev_nat"
@@ -302,6 +335,7 @@ const (
 	fromPodVarMaglevTableSize    = "maglev_table_size"
 	fromPodVarNatFlagsUnused     = "nat_flags_unused"
 	fromPodVarNatStatUnused      = "nat_stat_unused"
+	fromPodVarPeerFlagsUnused    = "peer_flags_unused"
 	fromPodVarReasonUnused       = "reason_unused"
 	fromPodVarSvcFlagsUnused     = "svc_flags_unused"
 	fromPodVarSvcScopeUnused     = "svc_scope_unused"
@@ -367,6 +401,7 @@ type fromPodMapSpecs struct {
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers      *ebpf.MapSpec `ebpf:"peers"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
 	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -385,6 +420,7 @@ type fromPodVariableSpecs struct {
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -421,6 +457,7 @@ type fromPodMaps struct {
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
+	Peers      *ebpf.Map `ebpf:"peers"`
 	Services   *ebpf.Map `ebpf:"services"`
 	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -441,6 +478,7 @@ func (m *fromPodMaps) Close() error {
 		m.NatStats,
 		m.NodeAddrs,
 		m.Nonmasq,
+		m.Peers,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -460,6 +498,7 @@ type fromPodVariables struct {
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

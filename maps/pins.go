@@ -23,6 +23,7 @@ const (
 	MapNonmasq   = "nonmasq"
 	MapNatStats  = "nat_stats"
 	MapFrags     = "frags"
+	MapPeers     = "peers"
 )
 
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
@@ -35,12 +36,15 @@ const (
 	ProgFromNetdev = "from_netdev"
 	ProgToNetdev   = "to_netdev"
 	ProgXDPNetdev  = "xdp_netdev"
+	// On the node's VXLAN device, in overlay mode.
+	ProgFromOverlay = "from_overlay"
+	ProgToOverlay   = "to_overlay"
 )
 
 // AllMaps lists every pinned map.
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
-	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags}
+	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

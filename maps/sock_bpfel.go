@@ -27,6 +27,7 @@ const (
 	sockMapNatStats           = "nat_stats"
 	sockMapNodeAddrs          = "node_addrs"
 	sockMapNonmasq            = "nonmasq"
+	sockMapPeers              = "peers"
 	sockMapServices           = "services"
 	sockMapSnat               = "snat"
 	sockMapSockRevNat         = "sock_rev_nat"
@@ -44,6 +45,7 @@ const (
 	sockVarNatFlagsUnused     = "nat_flags_unused"
 	sockVarNatStatUnused      = "nat_stat_unused"
 	sockVarNodeNetnsCookie    = "node_netns_cookie"
+	sockVarPeerFlagsUnused    = "peer_flags_unused"
 	sockVarReasonUnused       = "reason_unused"
 	sockVarSvcFlagsUnused     = "svc_flags_unused"
 	sockVarSvcScopeUnused     = "svc_scope_unused"
@@ -112,6 +114,7 @@ type sockMapSpecs struct {
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers      *ebpf.MapSpec `ebpf:"peers"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
 	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -131,6 +134,7 @@ type sockVariableSpecs struct {
 	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
 	NodeNetnsCookie    *ebpf.VariableSpec `ebpf:"node_netns_cookie"`
+	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -167,6 +171,7 @@ type sockMaps struct {
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
+	Peers      *ebpf.Map `ebpf:"peers"`
 	Services   *ebpf.Map `ebpf:"services"`
 	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -187,6 +192,7 @@ func (m *sockMaps) Close() error {
 		m.NatStats,
 		m.NodeAddrs,
 		m.Nonmasq,
+		m.Peers,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -207,6 +213,7 @@ type sockVariables struct {
 	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
 	NodeNetnsCookie    *ebpf.Variable `ebpf:"node_netns_cookie"`
+	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

@@ -27,6 +27,7 @@ const (
 	toNetdevMapNatStats           = "nat_stats"
 	toNetdevMapNodeAddrs          = "node_addrs"
 	toNetdevMapNonmasq            = "nonmasq"
+	toNetdevMapPeers              = "peers"
 	toNetdevMapServices           = "services"
 	toNetdevMapSnat               = "snat"
 	toNetdevMapSockRevNat         = "sock_rev_nat"
@@ -39,6 +40,7 @@ const (
 	toNetdevVarLbAlgoUnused       = "lb_algo_unused"
 	toNetdevVarNatFlagsUnused     = "nat_flags_unused"
 	toNetdevVarNatStatUnused      = "nat_stat_unused"
+	toNetdevVarPeerFlagsUnused    = "peer_flags_unused"
 	toNetdevVarReasonUnused       = "reason_unused"
 	toNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	toNetdevVarSvcScopeUnused     = "svc_scope_unused"
@@ -104,6 +106,7 @@ type toNetdevMapSpecs struct {
 	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers      *ebpf.MapSpec `ebpf:"peers"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
 	Snat       *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -121,6 +124,7 @@ type toNetdevVariableSpecs struct {
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
@@ -157,6 +161,7 @@ type toNetdevMaps struct {
 	NatStats   *ebpf.Map `ebpf:"nat_stats"`
 	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
+	Peers      *ebpf.Map `ebpf:"peers"`
 	Services   *ebpf.Map `ebpf:"services"`
 	Snat       *ebpf.Map `ebpf:"snat"`
 	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -177,6 +182,7 @@ func (m *toNetdevMaps) Close() error {
 		m.NatStats,
 		m.NodeAddrs,
 		m.Nonmasq,
+		m.Peers,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -195,6 +201,7 @@ type toNetdevVariables struct {
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`

@@ -35,6 +35,8 @@ type (
 	NatEntry      = fromPodNatEntry
 	NatConfig     = fromPodNatConfig
 	NonmasqKey    = fromPodNonmasqKey
+	PeerKey       = fromPodPeerKey
+	Peer          = fromPodPeer
 )
 
 // Address families as stored in keys (linux/socket.h).
@@ -197,12 +199,23 @@ func Specs() (map[string]*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load to_pod object: %w", err)
 	}
+	fromOverlay, err := loadFromOverlay()
+	if err != nil {
+		return nil, fmt.Errorf("load from_overlay object: %w", err)
+	}
+	toOverlay, err := loadToOverlay()
+	if err != nil {
+		return nil, fmt.Errorf("load to_overlay object: %w", err)
+	}
 	return map[string]*ebpf.CollectionSpec{
 		ProgFromPod:    fromPod,
 		ProgToPod:      toPod,
 		ProgFromNetdev: fromNetdev,
 		ProgToNetdev:   toNetdev,
 		ProgXDPNetdev:  xdp,
+
+		ProgFromOverlay: fromOverlay,
+		ProgToOverlay:   toOverlay,
 	}, nil
 }
 
@@ -213,6 +226,9 @@ const (
 	HookFromNetdev = fromPodHookHOOK_FROM_NETDEV
 	HookToNetdev   = fromPodHookHOOK_TO_NETDEV
 	HookXDP        = fromPodHookHOOK_XDP
+
+	HookFromOverlay = fromPodHookHOOK_FROM_OVERLAY
+	HookToOverlay   = fromPodHookHOOK_TO_OVERLAY
 )
 
 // Reasons, as enum reason in bpf/lib/reasons.h.
@@ -247,6 +263,9 @@ const (
 	CtFlagHairpin = uint8(fromPodCtFlagsCT_F_HAIRPIN)
 
 	NatFlagReverse = uint8(fromPodNatFlagsNAT_F_REVERSE)
+
+	PeerFlagTunnel = uint8(fromPodPeerFlagsPEER_F_TUNNEL)
+	PeerFlagNode   = uint8(fromPodPeerFlagsPEER_F_NODE)
 )
 
 // NAT allocation statistics, the indexes of the nat_stats map.

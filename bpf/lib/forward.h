@@ -8,15 +8,18 @@
 #include "counters.h"
 #include "fib.h"
 #include "svc.h"
+#include "peer.h"
 
-/* forward4 delivers a (possibly translated) packet: into a local pod, out by
- * the FIB for a translated reply, or to the stack. hook says who is asking,
- * for the counters. The caller may have looked the destination up already
- * (known: dst is the result, possibly none); a rewritten destination is
- * looked up here. */
+/* forward4 delivers a (possibly translated) packet: into a local pod, on
+ * to another node's pod or address (peer.h), out by the FIB for a
+ * translated reply, or to the stack. hook says who is asking, for the
+ * counters. The caller may have looked the destination up already (known:
+ * dst is the result, possibly none); a rewritten destination is looked up
+ * here. */
 static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook,
 				    int known, struct endpoint_info *dst)
 {
+	struct peer *peer = 0;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	int ok, ret;
@@ -28,12 +31,25 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 
 	if (!known || svc == SVC_FORWARD || svc == SVC_REPLY)
 		dst = endpoint_lookup4(ip->daddr);
-	if (!dst && svc != SVC_REPLY)
-		return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
+	if (!dst) {
+		peer = peer_lookup4(ip->daddr);
+		if (!peer && svc != SVC_REPLY)
+			return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
+	}
 
 	/* Routed one hop, like the node would: TTL down, gateway MAC as source. */
 	if (ip->ttl <= 1)
 		return verdict(skb, hook, REASON_DROP_TTL_EXCEEDED, TC_ACT_SHOT);
+	if (peer) {
+		ret = forward_peer4(skb, eth, ip, peer, hook);
+		/* Handed to the stack, it is routed there, TTL and all. */
+		if (ret != TC_ACT_OK) {
+			ip = header_at(skb, ETH_HLEN, struct iphdr);
+			if (ip)
+				ipv4_decrease_ttl(ip);
+		}
+		return ret;
+	}
 	ipv4_decrease_ttl(ip);
 	if (dst) {
 		mac_copy(eth->h_dest, dst->mac);

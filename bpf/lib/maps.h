@@ -315,6 +315,41 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nonmasq SEC(".maps");
 
+/* ---- Other nodes ----
+ * Where the pods and addresses of other nodes are: each remote node's pod
+ * CIDRs and its own addresses -> the node's address on the underlay and how
+ * to reach it. LPM over (family, address) like nonmasq; user space writes
+ * it (`podpath node peer`, the agent from Node objects). A destination
+ * found here is never masqueraded. */
+enum peer_flags {
+	PEER_F_TUNNEL = 1 << 0,	/* encapsulate (VXLAN) towards node_addr; else routed */
+	PEER_F_NODE = 1 << 1,	/* an address of the node itself, not its pods */
+};
+
+struct peer_key {
+	__u32 prefixlen;
+	__u32 family;
+	__u32 addr[4];
+};
+
+struct peer {
+	__u32 node_addr[4];	/* the node's underlay address */
+	__u32 ifindex;		/* with PEER_F_TUNNEL: the overlay device */
+	__u32 vni;		/* with PEER_F_TUNNEL: the VXLAN network id */
+	__u8 family;
+	__u8 flags;		/* enum peer_flags */
+	__u16 mtu;		/* largest IP packet the path takes, 0: the FIB's */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct peer_key);
+	__type(value, struct peer);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} peers SEC(".maps");
+
 /* Allocation statistics, per CPU, indexed by enum nat_stat. */
 enum nat_stat {
 	NAT_STAT_ALLOCATED = 0,		/* new mappings */
@@ -376,6 +411,7 @@ const enum svc_flags svc_flags_unused __attribute__((unused));
 const enum backend_flags backend_flags_unused __attribute__((unused));
 const enum ct_flags ct_flags_unused __attribute__((unused));
 const enum nat_flags nat_flags_unused __attribute__((unused));
+const enum peer_flags peer_flags_unused __attribute__((unused));
 const enum nat_stat nat_stat_unused __attribute__((unused));
 
 /* ---- Socket load balancing ----

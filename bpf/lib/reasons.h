@@ -18,6 +18,12 @@ enum reason {
 	REASON_SVC_REPLY = 8,		/* a service flow's reply the stack routed
 					 * into a pod: source restored to the frontend */
 	REASON_PASS = 9,		/* let through as it came (to_pod) */
+	REASON_FORWARD_ROUTED = 10,	/* to another node's pod, routed out of the
+					 * uplink (direct routing) */
+	REASON_FORWARD_TUNNEL = 11,	/* to another node, encapsulated (VXLAN) */
+	REASON_TO_STACK_MTU = 12,	/* to another node but larger than the path
+					 * takes: the stack fragments it or answers
+					 * "fragmentation needed" */
 
 	REASON_DROP_TRUNCATED = 64,	/* shorter than the headers it claims */
 	REASON_DROP_BAD_IP_HEADER = 65,	/* IHL below 5 or not IPv4 */
@@ -35,6 +41,11 @@ enum reason {
 	REASON_DROP_FRAG_UNKNOWN = 77,	/* a later IP fragment whose datagram's first
 					 * fragment was not seen here: its translation
 					 * is unknown */
+	REASON_DROP_UNKNOWN_PEER = 78,	/* arrived encapsulated from an address
+					 * that is no known node's */
+	REASON_DROP_NO_PEER = 79,	/* sent into the overlay to an address no
+					 * node owns */
+	REASON_DROP_TUNNEL_FAILED = 80,	/* the tunnel key could not be read or set */
 };
 
 /* Where a packet was seen. */
@@ -44,4 +55,6 @@ enum hook {
 	HOOK_FROM_NETDEV = 2,	/* tc ingress of the node's uplink */
 	HOOK_TO_NETDEV = 3,	/* tc egress of the node's uplink */
 	HOOK_XDP = 4,		/* XDP on the node's uplink */
+	HOOK_FROM_OVERLAY = 5,	/* tc ingress of the node's VXLAN device */
+	HOOK_TO_OVERLAY = 6,	/* tc egress of the node's VXLAN device */
 };

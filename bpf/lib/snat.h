@@ -9,6 +9,7 @@
 #include "conntrack.h"
 #include "endpoints.h"
 #include "icmp.h"
+#include "peer.h"
 
 /* Ports tried per new flow: a random start, then the next ones. */
 #define SNAT_TRIES 32
@@ -38,6 +39,13 @@ static __always_inline int nonmasq_dest4(__be32 daddr)
 
 	k.addr[0] = daddr;
 	return bpf_map_lookup_elem(&nonmasq, &k) != 0;
+}
+
+/* masq_exempt4 says whether a pod's packet to daddr keeps its source: the
+ * cluster's own ranges, and every other node's pods and addresses. */
+static __always_inline int masq_exempt4(__be32 daddr)
+{
+	return nonmasq_dest4(daddr) || peer_lookup4(daddr) != 0;
 }
 
 /* nat4_rewrite_id replaces an ICMP echo identifier. The ICMP checksum covers
@@ -168,12 +176,15 @@ __noinline int snat_new_mapping4(__u32 saddr, __u32 daddr, __u32 ports, __u32 me
 {
 	__u32 zero = 0;
 	struct nat_config *cfg = bpf_map_lookup_elem(&nat_config, &zero);
-	struct nat_entry fwd = {}, rev = {}, *old;
+	/* One entry and one key, each filled in turn for the reply half
+	 * and the forward one: a frame of two of each, added to that of a
+	 * large caller (from_netdev), passed the stack a call chain may use. */
+	struct nat_entry e = {}, *old;
+	struct ct_key k;
 	__u8 proto = meta & 0xff, echo = (meta >> 8) & 1, tcp_flags = meta >> 16;
-	__be16 sport = ports & 0xffff, dport = ports >> 16;
-	__u64 now = bpf_ktime_get_ns();
+	__be16 sport = ports & 0xffff, dport = ports >> 16, rdport = echo ? 0 : dport, nport;
+	__u64 now = bpf_ktime_get_ns(), expires;
 	__u32 port_min, port_max, port, node, reused;
-	struct ct_key rk, fk;
 	/* int, not long: before 6.4 the kernel inlines the map's own update
 	 * function, whose 32-bit int result arrives zero-extended, so -EEXIST
 	 * would read as 4294967279 in a long. */
@@ -187,19 +198,20 @@ __noinline int snat_new_mapping4(__u32 saddr, __u32 daddr, __u32 ports, __u32 me
 	port_max = cfg->port_max;
 	port = port_min + bpf_get_prandom_u32() % (port_max - port_min + 1);
 
-	rev.flags = NAT_F_REVERSE;
-	rev.to_addr[0] = saddr;
-	rev.to_port = sport;
-	rev.expires = now + ct_lifetime(proto, 0);
+	expires = now + ct_lifetime(proto, 0);
+	e.flags = NAT_F_REVERSE;
+	e.to_addr[0] = saddr;
+	e.to_port = sport;
+	e.expires = expires;
 	/* The reply's tuple: destination -> node address and port. */
-	ct_key4(&rk, daddr, node, echo ? 0 : dport, 0, proto);
+	ct_key4(&k, daddr, node, rdport, 0, proto);
 
 	for (i = 0; i < SNAT_TRIES; i++) {
-		rk.dport = bpf_htons((__u16)port);
-		err = (int)bpf_map_update_elem(&snat, &rk, &rev, BPF_NOEXIST);
+		k.dport = bpf_htons((__u16)port);
+		err = (int)bpf_map_update_elem(&snat, &k, &e, BPF_NOEXIST);
 		if (err != -EEXIST)
 			break;
-		old = bpf_map_lookup_elem(&snat, &rk);
+		old = bpf_map_lookup_elem(&snat, &k);
 		if (old && nat_reusable(old, proto, now))
 			break;
 		port = port >= port_max ? port_min : port + 1;
@@ -208,26 +220,33 @@ __noinline int snat_new_mapping4(__u32 saddr, __u32 daddr, __u32 ports, __u32 me
 	 * a branch on i: a branch would make the verifier tell the loop's
 	 * exits apart by i and walk what follows once per exit. */
 	nat_stat_add(NAT_STAT_RETRIES, i);
+	nport = k.dport;
 
 	if (err == -EEXIST) {
+		__be32 old_addr;
+		__be16 old_port;
+
 		/* The last port tried is taken: by a reusable mapping when the
 		 * loop stopped there, else every try found a live one. */
-		old = bpf_map_lookup_elem(&snat, &rk);
+		old = bpf_map_lookup_elem(&snat, &k);
 		if (!old || !nat_reusable(old, proto, now)) {
 			nat_stat(NAT_STAT_NO_PORT);
 			return -REASON_DROP_NAT_NO_PORT;
 		}
 		reused = old->expires < now ? NAT_STAT_REUSED_EXPIRED : NAT_STAT_REUSED_RESET;
+		old_addr = old->to_addr[0];
+		old_port = old->to_port;
 		/* The old flow's forward half goes too, so its next packet
 		 * cannot leave through a port that is another flow's now; but
 		 * only while it still points at this port: the pod may have
 		 * opened a new flow on the same tuple since, with a mapping of
 		 * its own. */
-		ct_key4(&fk, old->to_addr[0], daddr, old->to_port, echo ? 0 : dport, proto);
-		old = bpf_map_lookup_elem(&snat, &fk);
-		if (old && !(old->flags & NAT_F_REVERSE) && old->to_port == rk.dport)
-			bpf_map_delete_elem(&snat, &fk);
-		err = (int)bpf_map_update_elem(&snat, &rk, &rev, BPF_ANY);
+		ct_key4(&k, old_addr, daddr, old_port, rdport, proto);
+		old = bpf_map_lookup_elem(&snat, &k);
+		if (old && !(old->flags & NAT_F_REVERSE) && old->to_port == nport)
+			bpf_map_delete_elem(&snat, &k);
+		ct_key4(&k, daddr, node, rdport, nport, proto);
+		err = (int)bpf_map_update_elem(&snat, &k, &e, BPF_ANY);
 		if (!err)
 			nat_stat(reused);
 	}
@@ -236,20 +255,22 @@ __noinline int snat_new_mapping4(__u32 saddr, __u32 daddr, __u32 ports, __u32 me
 		return -REASON_DROP_NAT_MAP_FULL;
 	}
 
-	fwd.to_addr[0] = node;
-	fwd.to_port = rk.dport;
-	fwd.expires = rev.expires;
-	fwd.packets = 1;
-	fwd.bytes = bytes;
-	fwd.tcp_flags = tcp_flags;
-	ct_key4(&fk, saddr, daddr, sport, dport, proto);
-	if ((int)bpf_map_update_elem(&snat, &fk, &fwd, BPF_ANY) < 0) {
-		bpf_map_delete_elem(&snat, &rk);
+	__builtin_memset(&e, 0, sizeof(e));
+	e.to_addr[0] = node;
+	e.to_port = nport;
+	e.expires = expires;
+	e.packets = 1;
+	e.bytes = bytes;
+	e.tcp_flags = tcp_flags;
+	ct_key4(&k, saddr, daddr, sport, dport, proto);
+	if ((int)bpf_map_update_elem(&snat, &k, &e, BPF_ANY) < 0) {
+		ct_key4(&k, daddr, node, rdport, nport, proto);
+		bpf_map_delete_elem(&snat, &k);
 		nat_stat(NAT_STAT_MAP_FULL);
 		return -REASON_DROP_NAT_MAP_FULL;
 	}
 	nat_stat(NAT_STAT_ALLOCATED);
-	return rk.dport;
+	return nport;
 }
 
 /* snat_candidate4 says whether f is a pod's packet that leaves masqueraded
@@ -259,29 +280,18 @@ static __always_inline int snat_candidate4(const struct flow4 *f)
 {
 	return nat_config4() && (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP ||
 				 f->proto == IPPROTO_ICMP) &&
-	       endpoint_lookup4(f->saddr) && !nonmasq_dest4(f->daddr);
+	       endpoint_lookup4(f->saddr) && !masq_exempt4(f->daddr);
 }
 
-/* snat_egress4 masquerades a pod's packet to a destination outside the
- * cluster. Returns 1 when translated, 0 when not ours to translate, < 0 to
- * drop with *reason. */
-static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, enum reason *reason)
+/* snat_masquerade4 gives flow f the node address and a port of its own:
+ * the mapping its first packet got, or a new one. Returns 1 when
+ * translated, < 0 to drop with *reason. */
+static __always_inline int snat_masquerade4(struct __sk_buff *skb, struct flow4 *f,
+					    const struct nat_config *cfg, enum reason *reason)
 {
-	struct nat_config *cfg = nat_config4();
 	struct nat_entry *e;
 	struct ct_key k;
 	__be16 port;
-	__u8 icmp_type;
-
-	if (!cfg || (!f->has_ports && f->icmp != FLOW_ICMP_ECHO))
-		return 0;
-	/* An echo reply from a pod answers a flow it did not start. The
-	 * type tells, not the identifier (the reply's "port"), which may be 0. */
-	if (f->icmp == FLOW_ICMP_ECHO &&
-	    (bpf_skb_load_bytes(skb, f->l4_off, &icmp_type, 1) < 0 || icmp_type != ICMP_ECHO_TYPE))
-		return 0;
-	if (!endpoint_lookup4(f->saddr) || nonmasq_dest4(f->daddr))
-		return 0;
 
 	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
 	e = bpf_map_lookup_elem(&snat, &k);
@@ -306,6 +316,53 @@ static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, 
 		return -1;
 	}
 	return 1;
+}
+
+/* snat_frontend_flow4 says whether f is a packet a frontend of this node
+ * (NodePort, external or LoadBalancer IP) sent on to a backend elsewhere:
+ * its reversed tuple is a service flow's reply entry, and its source is
+ * neither a pod of this node nor the client as its own backend. Such a
+ * packet leaves masqueraded, as kube-proxy does for externalTrafficPolicy
+ * Cluster: without it the backend would answer the client directly, from
+ * an address the client never spoke to. The reply comes back to the
+ * node's address, where snat_ingress4 and then the service's conntrack
+ * entry restore the client and the frontend (lib/netdev.h). Done where
+ * the packet leaves (to_netdev, to_overlay), not where it was translated:
+ * from_netdev's frame and the allocator's together would pass the stack a
+ * call chain may use. */
+static __always_inline int snat_frontend_flow4(const struct flow4 *f)
+{
+	struct ct_entry *e;
+	struct ct_key k;
+
+	if (!f->has_ports)
+		return 0;
+	ct_key4(&k, f->daddr, f->saddr, f->dport, f->sport, f->proto);
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	return e && (e->flags & CT_F_REPLY) && !(e->flags & CT_F_HAIRPIN) && !endpoint_lookup4(f->saddr);
+}
+
+/* snat_egress4 masquerades a pod's packet to a destination outside the
+ * cluster, and a frontend's packet to a backend elsewhere
+ * (snat_frontend_flow4). Returns 1 when translated, 0 when not ours to
+ * translate, < 0 to drop with *reason. */
+static __always_inline int snat_egress4(struct __sk_buff *skb, struct flow4 *f, enum reason *reason)
+{
+	struct nat_config *cfg = nat_config4();
+	__u8 icmp_type;
+
+	if (!cfg || (!f->has_ports && f->icmp != FLOW_ICMP_ECHO))
+		return 0;
+	/* An echo reply from a pod answers a flow it did not start. The
+	 * type tells, not the identifier (the reply's "port"), which may be 0. */
+	if (f->icmp == FLOW_ICMP_ECHO &&
+	    (bpf_skb_load_bytes(skb, f->l4_off, &icmp_type, 1) < 0 || icmp_type != ICMP_ECHO_TYPE))
+		return 0;
+	if (snat_frontend_flow4(f))
+		return snat_masquerade4(skb, f, cfg, reason);
+	if (!endpoint_lookup4(f->saddr) || masq_exempt4(f->daddr))
+		return 0;
+	return snat_masquerade4(skb, f, cfg, reason);
 }
 
 /* snat_icmp_error4 translates an ICMP error about a masqueraded flow (the

@@ -14,7 +14,7 @@ import (
 
 func newNodeCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "Load, inspect and remove this node's datapath"}
-	cmd.AddCommand(newNodeInitCmd(g), newNodeResetCmd(g), newNodeStatusCmd(g))
+	cmd.AddCommand(newNodeInitCmd(g), newNodeResetCmd(g), newNodeStatusCmd(g), newNodePeerCmd(g))
 	return cmd
 }
 
@@ -63,7 +63,8 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&podCIDR, "pod-cidr", "", "this node's pod address range (required on first init)")
-	f.IntVar(&c.MTU, "mtu", loader.DefaultMTU, "MTU of pod interfaces")
+	f.IntVar(&c.MTU, "mtu", 0, "MTU of pod interfaces (default: the first uplink's, less 50 with --routing vxlan; 1500 without uplink)")
+	addRoutingFlags(cmd, &c)
 	f.Uint32Var(&c.MaxEndpoints, "max-endpoints", loader.DefaultMaxEndpoints, "size of the endpoints map")
 	f.StringSliceVar(&c.Uplinks, "uplink", nil, "device(s) traffic from the network arrives on (from_netdev and XDP are attached there; NodePort answers on their addresses)")
 	f.Uint32Var(&c.MaxServices, "max-services", loader.DefaultMaxServices, "size of the services map (frontends)")
@@ -80,6 +81,16 @@ func newNodeInitCmd(g *globals) *cobra.Command {
 	f.StringVar(&c.TCAttach, "tc-attach", "auto", "tc attach mechanism: auto (tcx where the kernel has it), tcx, or tc (clsact + cls_bpf)")
 	addXDPModeFlags(cmd, &c.XDPMode)
 	return cmd
+}
+
+// addRoutingFlags gives node init and the agent the same flags for
+// reaching other nodes' pods.
+func addRoutingFlags(cmd *cobra.Command, c *loader.Config) {
+	f := cmd.Flags()
+	f.StringVar(&c.Routing, "routing", "", "how pods reach other nodes' pods: direct (routed through the uplink; nodes on one network segment) "+
+		"or vxlan (encapsulated; any IP path) (default direct, or the mode the node already runs)")
+	f.Uint16Var(&c.VXLANPort, "vxlan-port", loader.DefaultVXLANPort, "UDP port of the VXLAN overlay (every node the same)")
+	f.Uint32Var(&c.VNI, "vni", loader.DefaultVNI, "VXLAN network identifier of the overlay (every node the same)")
 }
 
 // addXDPModeFlags gives node init and the agent the same --xdp-mode, and
@@ -197,6 +208,11 @@ func printStatus(w io.Writer, st *loader.Status, root string) {
 				xdp = "not recorded (initialised by an earlier podpath; ATTACHED below shows the mode)"
 			}
 			fmt.Fprintf(w, "XDP mode:\t%s\n", xdp)
+			routing := c.Routing
+			if routing == loader.RoutingVXLAN {
+				routing += fmt.Sprintf(" (device %s, UDP port %d, VNI %d)", loader.OverlayDevice, c.VXLANPort, c.VNI)
+			}
+			fmt.Fprintf(w, "Routing:\t%s\n", routing)
 			if c.NoSNAT {
 				fmt.Fprintf(w, "SNAT:\toff\n")
 			} else {

@@ -335,15 +335,7 @@ it would remove every service on the node.`,
 			if file == "" {
 				return errors.New("-f FILE is required")
 			}
-			var (
-				data []byte
-				err  error
-			)
-			if file == "-" {
-				data, err = io.ReadAll(os.Stdin)
-			} else {
-				data, err = os.ReadFile(file)
-			}
+			data, err := readInput(file)
 			if err != nil {
 				return err
 			}
@@ -511,4 +503,12 @@ func affinityString(s services.Service) string {
 		return fmt.Sprintf("ClientIP (%ds)", s.AffinityTimeout)
 	}
 	return string(s.SessionAffinity)
+}
+
+// readInput reads a file named by -f, or standard input for "-".
+func readInput(file string) ([]byte, error) {
+	if file == "-" {
+		return io.ReadAll(os.Stdin)
+	}
+	return os.ReadFile(file)
 }

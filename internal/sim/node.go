@@ -46,6 +46,8 @@ type Node struct {
 	PodCIDR  netip.Prefix
 	MTU      int
 	CNIBin   string // directory holding the podpath plugin binary
+	// Address is the node's address on its Underlay, if it has one.
+	Address netip.Addr
 
 	tmp     string // owned temporary directory, removed by Close
 	netList *libcni.NetworkConfigList
@@ -97,6 +99,7 @@ type options struct {
 	maxEps   uint32
 	tcAttach string
 	uplink   *uplinkOptions
+	underlay *underlayOptions
 	tweak    func(*loader.Config)
 	// pluginStderr receives the plugin's log; nil: this process's stderr.
 	pluginStderr io.Writer
@@ -203,12 +206,19 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 		}
 		uplinks = []string{UplinkName}
 	}
+	if o.underlay != nil {
+		if err := o.underlay.u.attach(n.NS, UplinkName, o.underlay.addr); err != nil {
+			return nil, err
+		}
+		n.Address = o.underlay.addr.Addr()
+		uplinks = []string{UplinkName}
+	}
 	err = n.NS.Do(func(ns.NetNS) error {
 		// Without an uplink nothing needs routing by the node, so pod
 		// traffic that flows at all was carried by eBPF. With one, the node
 		// routes like any Kubernetes node (and bpf_fib_lookup requires it).
 		forward := "0"
-		if o.uplink != nil {
+		if len(uplinks) > 0 {
 			forward = "1"
 		}
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(forward), 0o644); err != nil {
@@ -226,7 +236,16 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 		if o.tweak != nil {
 			o.tweak(&cfg)
 		}
-		return loader.Init(cfg)
+		if err := loader.Init(cfg); err != nil {
+			return err
+		}
+		// An MTU left to the node is the one it chose.
+		got, err := loader.ReadNodeConfig(n.StateDir)
+		if err != nil {
+			return err
+		}
+		n.MTU = got.MTU
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* from_overlay: tc ingress on the node's VXLAN device (external mode), i.e.
+ * every packet another node encapsulated towards this one, decapsulated by
+ * the kernel. Decides, in order:
+ *   1. a packet whose outer source is no known node's address is dropped:
+ *      only nodes podpath knows of may send into pods;
+ *   2. the rest is decided as for packets from the uplink (lib/netdev.h):
+ *      replies of masqueraded flows and of service flows get their
+ *      addresses back, a pod on this node gets the packet straight into its
+ *      namespace with bpf_redirect_peer, and what is for the node itself
+ *      goes to the stack, as addressed to this host. */
+#include <linux/if_packet.h>
+#include "lib/netdev.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* from_known_peer says whether the packet came from a node in the peers
+ * map. Not inlined: the tunnel key would otherwise sit in from_overlay's
+ * frame, which forward_peer4's is added to. */
+static __noinline int from_known_peer(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct peer *p;
+	__be32 remote;
+
+	if (bpf_skb_get_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4), 0) < 0)
+		return -1;
+	remote = bpf_htonl(key.remote_ipv4);
+	p = peer_lookup4(remote);
+	return p && (p->flags & PEER_F_NODE) && p->node_addr[0] == remote;
+}
+
+SEC("tc")
+int from_overlay(struct __sk_buff *skb)
+{
+	int known = from_known_peer(skb);
+
+	if (known < 0)
+		return verdict(skb, HOOK_FROM_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
+	if (!known)
+		return verdict(skb, HOOK_FROM_OVERLAY, REASON_DROP_UNKNOWN_PEER, TC_ACT_SHOT);
+	/* The node's own frames into the overlay (the device is NOARP) carry
+	 * its device's MAC as destination, not this one's: what the stack
+	 * gets here is for this host all the same. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return netdev_ingress(skb, HOOK_FROM_OVERLAY);
+}

@@ -1,0 +1,110 @@
+/* Reaching other nodes' pods: routed towards the node (direct routing) or
+ * encapsulated on the node's VXLAN device (overlay). */
+#pragma once
+
+#include "common.h"
+#include "maps.h"
+#include "counters.h"
+
+/* A node's overlay device has MAC 0e:70 followed by its IPv4 address, so a
+ * frame encapsulated here can be addressed to the device that receives it.
+ * Its source is 0e:71:00:00:00:00, no device's: the receiving device drops
+ * a frame from its own address as a loop. */
+static __always_inline void overlay_macs(struct ethhdr *eth, __be32 node)
+{
+	const __u8 *a = (const __u8 *)&node;
+
+	eth->h_dest[0] = 0x0e;
+	eth->h_dest[1] = 0x70;
+	eth->h_dest[2] = a[0];
+	eth->h_dest[3] = a[1];
+	eth->h_dest[4] = a[2];
+	eth->h_dest[5] = a[3];
+	eth->h_source[0] = 0x0e;
+	eth->h_source[1] = 0x71;
+	eth->h_source[2] = 0;
+	eth->h_source[3] = 0;
+	eth->h_source[4] = 0;
+	eth->h_source[5] = 0;
+}
+
+static __always_inline struct peer *peer_lookup4(__be32 addr)
+{
+	struct peer_key k = { .prefixlen = 32 + 32, .family = AF_INET };
+
+	k.addr[0] = addr;
+	return bpf_map_lookup_elem(&peers, &k);
+}
+
+/* peer_set_tunnel4 gives the packet its encapsulation towards p: the
+ * overlay device's xmit reads the outer destination and VNI from it. The
+ * key's size stops before local_ipv4 (6.0): older kernels accept only
+ * their own size, and every kernel the shorter one. */
+static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct peer *p)
+{
+	struct bpf_tunnel_key key = {};
+
+	key.remote_ipv4 = bpf_ntohl(p->node_addr[0]);
+	key.tunnel_id = p->vni;
+	key.tunnel_ttl = 64;
+	return (int)bpf_skb_set_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4),
+					   BPF_F_ZERO_CSUM_TX);
+}
+
+/* forward_peer4 sends a routed (TTL already decremented) packet on to the
+ * node p names. Encapsulated: the tunnel key is set and the packet
+ * redirected to the overlay device's egress. Routed: the FIB's route
+ * towards the node gives the device and, with the neighbour known, the
+ * MACs; otherwise bpf_redirect_neigh resolves the node's. A packet larger
+ * than the path takes (not GSO) goes to the stack instead, which
+ * fragments it or answers "fragmentation needed" along its own routes to
+ * the peer.
+ *
+ * Not inlined: its FIB and tunnel structures would otherwise sit in the
+ * frame of every program that can reach a peer, on top of which
+ * from_netdev calls snat_new_mapping4, and the two together passed the
+ * 512 bytes of stack a call chain may use. */
+static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
+					 const struct peer *p, enum hook hook)
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	__u16 tot_len = bpf_ntohs(ip->tot_len);
+	long rc;
+
+	if (p->flags & PEER_F_TUNNEL) {
+		if (!skb->gso_size && p->mtu && tot_len > p->mtu)
+			return verdict(skb, hook, REASON_TO_STACK_MTU, TC_ACT_OK);
+		overlay_macs(eth, p->node_addr[0]);
+		if (peer_set_tunnel4(skb, p) < 0)
+			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
+		count(REASON_FORWARD_TUNNEL, hook, skb->len);
+		return bpf_redirect(p->ifindex, 0);
+	}
+
+	fib.family = AF_INET;
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = p->node_addr[0];
+	fib.ifindex = skb->ingress_ifindex;
+	if (!skb->gso_size)
+		fib.tot_len = tot_len;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN_BYTES);
+		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN_BYTES);
+		count(REASON_FORWARD_ROUTED, hook, skb->len);
+		return bpf_redirect(fib.ifindex, 0);
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = p->node_addr[0];
+		count(REASON_FORWARD_ROUTED, hook, skb->len);
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		return verdict(skb, hook, REASON_TO_STACK_MTU, TC_ACT_OK);
+	default:
+		/* No usable route to the node here: the stack has the last
+		 * word (and its own error). */
+		return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
+	}
+}
