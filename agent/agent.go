@@ -1,6 +1,6 @@
 // Package agent is podpath's node daemon: it follows the Kubernetes API
-// (this node's Node, Services, EndpointSlices), loads and keeps the
-// datapath, installs the CNI plugin once the datapath serves, programs
+// (Nodes, Services, EndpointSlices), loads and keeps the datapath, keeps
+// every other Node as a peer (its pod CIDRs reached through it), installs the CNI plugin once the datapath serves, programs
 // Services as kube-proxy would, reaps expired conntrack, affinity and SNAT
 // entries, and serves health and Prometheus metrics.
 //
@@ -160,8 +160,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.proxy = newProxy(a.client, a.cfg.NodeName, mgr, a.met, health, a.cfg.MinSyncPeriod, a.cfg.SyncPeriod)
 	a.setPhase(phaseRunning)
 
+	peers := newPeers(a.client, a.cfg.NodeName, node, a.met)
+
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.proxy.run(ctx) })
+	g.Go(func() error { return peers.run(ctx, a.cfg.SyncPeriod) })
 	g.Go(func() error { a.reap(ctx, mgr); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {

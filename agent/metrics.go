@@ -22,6 +22,9 @@ type metrics struct {
 	programming         prometheus.Histogram
 	reaped              *prometheus.CounterVec
 	reapErrors          prometheus.Counter
+	peers               prometheus.Gauge
+	peersSkipped        prometheus.Gauge
+	peerSyncErrors      prometheus.Counter
 
 	mu          sync.Mutex
 	skipReasons map[string]bool
@@ -68,10 +71,22 @@ func newMetrics(pinRoot string) *metrics {
 			Name: "podpath_reap_errors_total",
 			Help: "Reaper runs that failed.",
 		}),
+		peers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podpath_peers",
+			Help: "Other nodes whose pods this node's pods reach (Nodes with an InternalIP and a pod CIDR).",
+		}),
+		peersSkipped: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podpath_peers_skipped",
+			Help: "Other Nodes that are no peer: no InternalIP or pod CIDR yet, or CIDRs overlapping another node's.",
+		}),
+		peerSyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podpath_peer_sync_errors_total",
+			Help: "Writes of the peers (map entries, routes) that failed (and were retried).",
+		}),
 		skipReasons: map[string]bool{},
 	}
 	m.reg.MustRegister(m.servicesProgrammed, m.endpointsProgrammed, m.skipped, m.syncErrors,
-		m.syncDuration, m.programming, m.reaped, m.reapErrors,
+		m.syncDuration, m.programming, m.reaped, m.reapErrors, m.peers, m.peersSkipped, m.peerSyncErrors,
 		&datapathCollector{pinRoot: pinRoot},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -111,7 +126,7 @@ var (
 // flows, services or pods are refused or (LRU) old entries evicted.
 var boundedMaps = []string{
 	maps.MapEndpoints, maps.MapServices, maps.MapBackends, maps.MapSvcSlots,
-	maps.MapAffinity, maps.MapConntrack, maps.MapSNAT, maps.MapSockRevNat, maps.MapFrags,
+	maps.MapAffinity, maps.MapConntrack, maps.MapSNAT, maps.MapSockRevNat, maps.MapFrags, maps.MapPeers,
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -15,7 +15,8 @@ import (
 
 // nodeInfo is what the agent takes from its Node object.
 type nodeInfo struct {
-	podCIDR    netip.Prefix
+	podCIDR    netip.Prefix   // the first IPv4 one
+	podCIDRs   []netip.Prefix // every IPv4 one
 	internalIP netip.Addr
 }
 
@@ -62,8 +63,10 @@ func nodeInfoOf(n *corev1.Node) nodeInfo {
 	}
 	for _, c := range cidrs {
 		if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is4() {
-			info.podCIDR = p
-			break
+			if !info.podCIDR.IsValid() {
+				info.podCIDR = p
+			}
+			info.podCIDRs = append(info.podCIDRs, p.Masked())
 		}
 	}
 	for _, a := range n.Status.Addresses {

@@ -119,13 +119,23 @@ func (s syncWriter) Write(p []byte) (int, error) {
 // would run it on the node, and waits until /readyz says it is ready.
 func (e *env) startAgent(t *testing.T, bin string, extra ...string) *agentProc {
 	t.Helper()
-	args := []string{"--net=" + e.node.NS.Path(), "--", bin,
-		"--pin-root", e.node.PinRoot, "--state-dir", e.node.StateDir, "agent",
-		"--kubeconfig", e.cluster.Kubeconfig,
+	p := startAgentProc(t, bin, e.node, e.cluster.Kubeconfig, nodeName, e.dir, e.cniBin, extra...)
+	e.agent = p
+	e.waitReady(t, p)
+	return p
+}
+
+// startAgentProc starts `podpath agent` for Node nodeName inside node's
+// namespace, its CNI files under dir, and kills it when the test ends.
+func startAgentProc(t *testing.T, bin string, node *sim.Node, kubeconfig, nodeName, dir, cniBin string, extra ...string) *agentProc {
+	t.Helper()
+	args := []string{"--net=" + node.NS.Path(), "--", bin,
+		"--pin-root", node.PinRoot, "--state-dir", node.StateDir, "agent",
+		"--kubeconfig", kubeconfig,
 		"--node-name", nodeName,
-		"--cni-bin-dir", filepath.Join(e.dir, "cni-bin"),
-		"--cni-conf-dir", filepath.Join(e.dir, "cni-conf"),
-		"--cni-bin-source", e.cniBin,
+		"--cni-bin-dir", filepath.Join(dir, "cni-bin"),
+		"--cni-conf-dir", filepath.Join(dir, "cni-conf"),
+		"--cni-bin-source", cniBin,
 		"--no-socket-lb",
 		"--node-port-range", "30000-32000",
 		"--min-sync-period", "20ms",
@@ -143,14 +153,12 @@ func (e *env) startAgent(t *testing.T, bin string, extra ...string) *agentProc {
 		t.Fatal(err)
 	}
 	go func() { p.cmd.Wait(); close(p.done) }()
-	e.agent = p
 	t.Cleanup(func() {
 		p.signal(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("agent log (tail):\n%s", p.tail(6000))
+			t.Logf("agent %s log (tail):\n%s", nodeName, p.tail(6000))
 		}
 	})
-	e.waitReady(t, p)
 	return p
 }
 

@@ -1,0 +1,197 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/podpath/podpath/internal/kubetest"
+	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+)
+
+// createNode registers a Node as kubelet and kube-controller-manager would
+// leave it: its pod CIDR in the spec, its InternalIP in the status.
+func createNode(t *testing.T, client kubernetes.Interface, name string, podCIDR netip.Prefix, ip netip.Addr) {
+	t.Helper()
+	ctx := context.Background()
+	n, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       corev1.NodeSpec{PodCIDR: podCIDR.String(), PodCIDRs: []string{podCIDR.String()}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}}
+	if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// peerPrefixes reads a node's peers map: the prefixes it holds.
+func peerPrefixes(t *testing.T, n *sim.Node) map[netip.Prefix]bool {
+	t.Helper()
+	m, err := maps.OpenPinned(n.PinRoot, maps.MapPeers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	entries, err := maps.Entries[maps.PeerKey, maps.Peer](m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Prefix]bool{}
+	for k := range entries {
+		out[netip.PrefixFrom(maps.EndpointKey{Family: uint8(k.Family), Addr: k.Addr}.IP(), int(k.Prefixlen)-32)] = true
+	}
+	return out
+}
+
+// Two nodes, each with its agent following one API server, in both routing
+// modes: each agent makes the other Node a peer from its InternalIP and
+// spec.podCIDRs, so a pod on one node reaches a pod on the other; when a
+// Node object is deleted, the other node forgets it (map entries and
+// route) within a second, and its pods are unreachable; created again, it
+// is a peer again.
+func TestAgentsJoinNodes(t *testing.T) {
+	for _, mode := range []string{loader.RoutingDirect, loader.RoutingVXLAN} {
+		t.Run(mode, func(t *testing.T) { testAgentsJoinNodes(t, mode) })
+	}
+}
+
+func testAgentsJoinNodes(t *testing.T, mode string) {
+	requireRoot(t)
+	dir := t.TempDir()
+	bin, err := sim.BuildPodpath(filepath.Join(dir, "bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cniDir, err := sim.BuildCNI(filepath.Join(dir, "bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := sim.NewUnderlay("agentpeers", netip.MustParsePrefix("192.168.231.0/24"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	var nodes []*sim.Node
+	for i := range 2 {
+		n, err := sim.NewNode(fmt.Sprintf("ap%d", i+1), netip.MustParsePrefix(fmt.Sprintf("10.231.%d.0/24", i+1)),
+			sim.WithUnderlay(u, u.Addr(i+1)), sim.WithCNIBin(cniDir),
+			sim.WithLoaderConfig(func(c *loader.Config) { c.Routing = mode }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+	}
+	cluster := kubetest.Start(t, nodes[0].NS, nodes[0].Address, kubetest.Options{})
+	// The second node reaches the API server over the underlay.
+	b, err := os.ReadFile(cluster.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := filepath.Join(dir, "kubeconfig-remote")
+	local := fmt.Sprintf("https://127.0.0.1:%d", kubetest.APIServerPort)
+	if !strings.Contains(string(b), local) {
+		t.Fatalf("kubeconfig does not name %s", local)
+	}
+	b = []byte(strings.ReplaceAll(string(b), local, fmt.Sprintf("https://%s:%d", nodes[0].Address, kubetest.APIServerPort)))
+	if err := os.WriteFile(remote, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		createNode(t, cluster.Client, n.Name, n.PodCIDR, n.Address)
+		kc := cluster.Kubeconfig
+		if i > 0 {
+			kc = remote
+		}
+		startAgentProc(t, bin, n, kc, n.Name, filepath.Join(dir, n.Name), filepath.Join(cniDir, sim.PluginType),
+			"--routing", mode, "--metrics-bind-address", "", "--healthz-bind-address", "")
+	}
+
+	isPeer := func(of, n *sim.Node) bool { return peerPrefixes(t, of)[n.PodCIDR] }
+	waitFor := func(what string, limit time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > limit {
+				t.Fatalf("%s: not within %s", what, limit)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	waitFor("each node the other's peer", 60*time.Second, func() bool {
+		return isPeer(nodes[0], nodes[1]) && isPeer(nodes[1], nodes[0])
+	})
+
+	var pods []*sim.Pod
+	for _, n := range nodes {
+		p, err := n.AddPod(context.Background(), "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	if _, err := sim.TCPEcho(pods[0], pods[1], []byte("through the agents' peers")); err != nil {
+		t.Fatalf("pod on %s -> pod on %s: %v", nodes[0].Name, nodes[1].Name, err)
+	}
+	if _, err := sim.TCPEcho(pods[1], pods[0], []byte("and back")); err != nil {
+		t.Fatalf("pod on %s -> pod on %s: %v", nodes[1].Name, nodes[0].Name, err)
+	}
+
+	ctx := context.Background()
+	if err := cluster.Client.CoreV1().Nodes().Delete(ctx, nodes[1].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor("the deleted Node forgotten", time.Second, func() bool { return !isPeer(nodes[0], nodes[1]) })
+	t.Logf("%s: the deleted Node left the peers map after %s", mode, took.Round(time.Millisecond))
+	if got := peerPrefixes(t, nodes[0]); len(got) != 0 {
+		t.Errorf("peers map after the only other Node was deleted: %v", got)
+	}
+	if err := nodes[0].Do(func() error {
+		out, err := routesOfProto(112)
+		if err == nil && out != "" {
+			return fmt.Errorf("routes left: %s", out)
+		}
+		return err
+	}); err != nil {
+		t.Error(err)
+	}
+	if _, err := sim.TCPEcho(pods[0], pods[1], []byte("gone")); err == nil {
+		t.Errorf("pod on the deleted Node still reached")
+	}
+
+	createNode(t, cluster.Client, nodes[1].Name, nodes[1].PodCIDR, nodes[1].Address)
+	waitFor("the Node a peer again", 5*time.Second, func() bool { return isPeer(nodes[0], nodes[1]) })
+	if _, err := sim.TCPEcho(pods[0], pods[1], []byte("back again")); err != nil {
+		t.Errorf("pod on the re-created Node: %v", err)
+	}
+}
+
+// routesOfProto lists, in the current namespace, the IPv4 routes of a
+// routing protocol, one per line.
+func routesOfProto(proto netlink.RouteProtocol) (string, error) {
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: proto}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.String())
+	}
+	return strings.Join(out, "\n"), nil
+}
