@@ -243,6 +243,12 @@ const (
 	ReasonDropSpoofedARP    = fromPodReasonREASON_DROP_SPOOFED_ARP
 	ReasonDropUnsupportedL3 = fromPodReasonREASON_DROP_UNSUPPORTED_L3
 	ReasonDropTTLExceeded   = fromPodReasonREASON_DROP_TTL_EXCEEDED
+
+	ReasonForwardRouted    = fromPodReasonREASON_FORWARD_ROUTED
+	ReasonForwardTunnel    = fromPodReasonREASON_FORWARD_TUNNEL
+	ReasonDropUnknownPeer  = fromPodReasonREASON_DROP_UNKNOWN_PEER
+	ReasonDropNoPeer       = fromPodReasonREASON_DROP_NO_PEER
+	ReasonDropTunnelFailed = fromPodReasonREASON_DROP_TUNNEL_FAILED
 )
 
 // Service frontends, backends and conntrack, as in bpf/lib/maps.h.

@@ -34,8 +34,11 @@ func newDemoCmd(g *globals) *cobra.Command {
 		Long: `demo builds a node in its own network namespace on this machine, loads the
 datapath there, creates three pods through the real podpath-cni binary (as a
 container runtime would, through libcni), sends TCP and UDP between every pair,
-sends one spoofed packet that must be dropped, prints the endpoints and
-counters, and removes everything again (unless --keep).`,
+sends one spoofed packet that must be dropped, puts a Service in front of two
+pods, masquerades a pod's traffic to an outside host, then joins two more
+nodes on an underlay, once routed and once over VXLAN, with pods talking
+across; it prints the endpoints and counters, and removes everything again
+(the first node stays with --keep).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cleanup {
 				return demoCleanup(os.Stdout)
@@ -300,6 +303,16 @@ func runDemo(ctx context.Context, out io.Writer, cidr netip.Prefix, keep, verbos
 		return err
 	}
 	if err := demoSNAT(out, node, pods[0]); err != nil {
+		return err
+	}
+	var nodeOpts []sim.Option
+	if !verbose {
+		nodeOpts = append(nodeOpts, sim.WithPluginStderr(io.Discard))
+	}
+	if dir, ok := pluginNextToMe(); ok {
+		nodeOpts = append(nodeOpts, sim.WithCNIBin(dir))
+	}
+	if err := demoCrossNode(ctx, out, nodeOpts); err != nil {
 		return err
 	}
 
