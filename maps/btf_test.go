@@ -1,6 +1,7 @@
 package maps_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"net/netip"
@@ -16,10 +17,7 @@ import (
 // their C field names and reads the values user space wrote: the maps carry
 // BTF, and it matches what the Go side writes.
 func TestBpftoolShowsMapFields(t *testing.T) {
-	bpftool, err := exec.LookPath("bpftool")
-	if err != nil {
-		t.Fatal("bpftool not found: scripts/install-deps.sh installs it (make deps)")
-	}
+	bpftool := lookBpftool(t)
 	n := newNode(t)
 	n.mustInit(t)
 
@@ -37,12 +35,7 @@ func TestBpftoolShowsMapFields(t *testing.T) {
 
 	dump := func(name string, args ...string) []byte {
 		t.Helper()
-		args = append(args, "map", "dump", "pinned", maps.MapPath(n.root, name))
-		out, err := exec.Command(bpftool, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("bpftool %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
+		return bpftoolRun(t, bpftool, append(args, "map", "dump", "pinned", maps.MapPath(n.root, name))...)
 	}
 
 	// What an operator reads.
@@ -121,4 +114,27 @@ func TestBpftoolShowsMapFields(t *testing.T) {
 		t.Errorf("bpftool counter: %s/%s %d packets %d bytes; want from_pod/drop_unsupported_l3 1 packet 60 bytes",
 			h, r, packets, bytes)
 	}
+}
+
+// lookBpftool finds bpftool or fails the test.
+func lookBpftool(t *testing.T) string {
+	t.Helper()
+	bpftool, err := exec.LookPath("bpftool")
+	if err != nil {
+		t.Fatal("bpftool not found: scripts/install-deps.sh installs it (make deps)")
+	}
+	return bpftool
+}
+
+// bpftoolRun runs bpftool with args and returns what it printed on stdout.
+func bpftoolRun(t *testing.T, bpftool string, args ...string) []byte {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(bpftool, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bpftool %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.Bytes())
+	}
+	return out
 }

@@ -70,11 +70,7 @@ func (n *node) openMap(t *testing.T, name string) *ebpf.Map {
 
 func mapID(t *testing.T, m *ebpf.Map) ebpf.MapID {
 	t.Helper()
-	info, err := m.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, ok := info.ID()
+	id, ok := mapInfo(t, m).ID()
 	if !ok {
 		t.Fatal("kernel reports no map ID")
 	}
