@@ -42,6 +42,7 @@ var seriesColors = map[string]color.Color{
 var fallbackColors = []color.Color{
 	color.RGBA{40, 110, 200, 255}, color.RGBA{90, 170, 90, 255},
 	color.RGBA{200, 70, 70, 255}, color.RGBA{140, 100, 180, 255},
+	color.RGBA{230, 140, 40, 255}, color.RGBA{40, 40, 40, 255},
 }
 
 func colorOf(series string, i int) color.Color {
@@ -53,11 +54,14 @@ func colorOf(series string, i int) color.Color {
 
 // drawCharts writes one PNG per measured family.
 func drawCharts(r *results, dir string) error {
-	for _, fam := range families {
+	for _, fam := range allFamilies() {
 		var panels []chartPanel
-		if fam == famServices {
+		switch fam {
+		case famServices:
 			panels = servicePanels(r)
-		} else {
+		case famSoak:
+			panels = soakPanels(r)
+		default:
 			for _, p := range familyPanels(r, fam) {
 				panels = append(panels, p)
 			}
@@ -435,5 +439,64 @@ func (lp linePanel) plot(vg.Length) (*plot.Plot, error) {
 	}
 	p.Y.Max = ymax * 1.25
 	p.X.Min, p.X.Max = xmin/2, xmax*3
+	return p, nil
+}
+
+// series is one line of a seriesPanel.
+type series struct {
+	name   string
+	x, y   []float64
+	dashed bool
+}
+
+// seriesPanel plots values over time on linear axes, one line per series,
+// with a dashed vertical mark at mark when markLabel is set.
+type seriesPanel struct {
+	title, unit, xLabel string
+	series              []series
+	mark                float64
+	markLabel           string
+}
+
+func (sp seriesPanel) plot(vg.Length) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = sp.title
+	p.Y.Label.Text = sp.unit
+	p.X.Label.Text = sp.xLabel
+	p.Y.Min = 0
+	p.Legend.Top = true
+	p.Legend.Left = false
+	ymax := 0.0
+	dashes := []vg.Length{vg.Points(5), vg.Points(3)}
+	for i, s := range sp.series {
+		xys := make(plotter.XYs, len(s.x))
+		for j := range s.x {
+			xys[j] = plotter.XY{X: s.x[j], Y: s.y[j]}
+			ymax = math.Max(ymax, s.y[j])
+		}
+		ln, err := plotter.NewLine(xys)
+		if err != nil {
+			return nil, err
+		}
+		ln.Color = colorOf(s.name, i)
+		ln.Width = vg.Points(1.5)
+		if s.dashed {
+			ln.Dashes = dashes
+		}
+		p.Add(ln)
+		p.Legend.Add(s.name, ln)
+	}
+	// Room for the legend above the lines (a row a series); a flat zero
+	// line stays visible.
+	p.Y.Max = math.Max(ymax*(1.2+0.06*float64(len(sp.series)+1)), 1)
+	if sp.markLabel != "" {
+		mk, err := plotter.NewLine(plotter.XYs{{X: sp.mark, Y: 0}, {X: sp.mark, Y: p.Y.Max}})
+		if err != nil {
+			return nil, err
+		}
+		mk.Color, mk.Dashes = color.Gray{Y: 120}, dashes
+		p.Add(mk)
+		p.Legend.Add(sp.markLabel, mk)
+	}
 	return p, nil
 }

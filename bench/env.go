@@ -40,6 +40,8 @@ func (e *env) runFamily(ctx context.Context, fam string) error {
 		return e.runSNAT(ctx)
 	case famControlPlane:
 		return e.runControlPlane(ctx)
+	case famSoak:
+		return e.runSoak(ctx)
 	}
 	return fmt.Errorf("unknown family %s", fam)
 }

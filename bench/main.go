@@ -79,6 +79,12 @@ type config struct {
 	CPMinSync     time.Duration `json:"-"`
 	CPSpacing     time.Duration `json:"-"`
 	CPSettleLimit time.Duration `json:"-"`
+	// soak: how long, how many CRR clients, how often it samples, and
+	// from when on it is judged (see steadyAfter).
+	SoakTime     time.Duration `json:"-"`
+	SoakClients  int           `json:"soakClients"`
+	SoakInterval time.Duration `json:"-"`
+	SoakSteady   time.Duration `json:"-"`
 
 	// Human-readable copies of the durations for the JSON.
 	StreamTimeS float64 `json:"streamSeconds"`
@@ -91,6 +97,9 @@ type config struct {
 	CPMinSyncS  float64 `json:"controlPlaneMinSyncSeconds"`
 	CPSpacingS  float64 `json:"controlPlaneChangeSpacingSeconds"`
 	CPSettleS   float64 `json:"controlPlaneSettleLimitSeconds"`
+	SoakTimeS   float64 `json:"soakSeconds"`
+	SoakIntS    float64 `json:"soakIntervalSeconds"`
+	SoakSteadyS float64 `json:"soakSteadyAfterSeconds"`
 }
 
 func newConfig(quick bool) config {
@@ -107,6 +116,7 @@ func newConfig(quick bool) config {
 		SNATReps:   5,
 		CPServices: 10000, CPRounds: 3, CPChanges: 100, CPWorkers: 32, CPQPS: 5000,
 		CPMinSync: time.Millisecond, CPSpacing: 500 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
+		SoakTime: 10 * time.Minute, SoakInterval: 10 * time.Second,
 	}
 	if quick {
 		c.Mode, c.Reps, c.CNIReps = "quick", 2, 2
@@ -119,7 +129,9 @@ func newConfig(quick bool) config {
 		c.NftProgram = false
 		c.SNATReps = 2
 		c.CPServices, c.CPRounds, c.CPChanges = 1000, 1, 10
+		c.SoakTime = time.Minute
 	}
+	c.setSoak(0, 0)
 	c.StreamTimeS, c.StreamOmitS = c.StreamTime.Seconds(), c.StreamOmit.Seconds()
 	c.RRTimeS, c.RRWarmupS = c.RRTime.Seconds(), c.RRWarmup.Seconds()
 	c.SvcTimeS, c.SvcWarmupS, c.RestoreS = c.SvcTime.Seconds(), c.SvcWarmup.Seconds(), c.RestoreLimit.Seconds()
@@ -127,13 +139,36 @@ func newConfig(quick bool) config {
 	return c
 }
 
+// setSoak sets the soak's duration and clients (0: keep the mode's
+// duration, the default clients) and what follows from them.
+func (c *config) setSoak(d time.Duration, clients int) {
+	if d > 0 {
+		c.SoakTime = d
+	}
+	c.SoakClients = clients
+	if clients <= 0 {
+		c.SoakClients = defaultSoakClients()
+	}
+	c.SoakSteady = steadyAfter(c.SoakTime)
+	c.SoakTimeS, c.SoakIntS, c.SoakSteadyS = c.SoakTime.Seconds(), c.SoakInterval.Seconds(), c.SoakSteady.Seconds()
+}
+
 // families are the measurement families, in the order they run.
 var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT, famControlPlane}
+
+// onDemand families run only when -only names them: a soak takes ten
+// minutes of the machine and is a check, not a comparison.
+var onDemand = []string{famSoak}
+
+// allFamilies are every family that can be run, in the order they run.
+func allFamilies() []string { return slices.Concat(families, onDemand) }
 
 func main() {
 	quick := flag.Bool("quick", false, "smoke run: 2 repetitions, 2 s measurements, 20 pods")
 	out := flag.String("out", "", "results directory (default: bench/results in the source tree)")
-	only := flag.String("only", "", "comma-separated families to run (default all): "+strings.Join(families, ","))
+	only := flag.String("only", "", "comma-separated families to run (default all but "+strings.Join(onDemand, ",")+"): "+strings.Join(allFamilies(), ","))
+	soakTime := flag.Duration("soak-time", 0, "how long the soak sends connections (default 10m, 1m with -quick)")
+	soakClients := flag.Int("soak-clients", 0, fmt.Sprintf("concurrent TCP_CRR clients of the soak (default %d)", defaultSoakClients()))
 	verbose := flag.Bool("v", false, "log every step")
 	vethGRO := flag.Bool("veth-gro", false, "turn GRO on for every veth of the pod-to-pod topologies (default: kernel defaults, GRO off)")
 	render := flag.String("render", "", "measure nothing: re-evaluate the targets and rewrite latest.md and the charts from DIR/latest.json")
@@ -152,7 +187,9 @@ func main() {
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
-	if err := run(*quick, *out, *only, *vethGRO); err != nil {
+	cfg := newConfig(*quick)
+	cfg.setSoak(*soakTime, *soakClients)
+	if err := run(cfg, *out, *only, *vethGRO); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted; everything this run made has been removed")
 		}
@@ -161,7 +198,7 @@ func main() {
 	}
 }
 
-func run(quick bool, outDir, only string, vethGRO bool) error {
+func run(cfg config, outDir, only string, vethGRO bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, BPF, iptables): run with sudo")
 	}
@@ -169,8 +206,8 @@ func run(quick bool, outDir, only string, vethGRO bool) error {
 	if only != "" {
 		selected = nil
 		for _, f := range strings.Split(only, ",") {
-			if !slices.Contains(families, f) {
-				return fmt.Errorf("unknown family %q (have %s)", f, strings.Join(families, ", "))
+			if !slices.Contains(allFamilies(), f) {
+				return fmt.Errorf("unknown family %q (have %s)", f, strings.Join(allFamilies(), ", "))
 			}
 			selected = append(selected, f)
 		}
@@ -181,6 +218,11 @@ func run(quick bool, outDir, only string, vethGRO bool) error {
 	}
 	if outDir == "" {
 		outDir = filepath.Join(src, "results")
+		// A soak alone keeps its results apart, so it never replaces
+		// the other families' latest.json.
+		if only == famSoak {
+			outDir = filepath.Join(outDir, famSoak)
+		}
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
@@ -192,7 +234,6 @@ func run(quick bool, outDir, only string, vethGRO bool) error {
 	defer cleanup.runAll()
 
 	sweepStale()
-	cfg := newConfig(quick)
 	start := time.Now()
 	res := &results{Config: cfg, Machine: readMachine()}
 	slog.Info("bench", "mode", cfg.Mode, "families", strings.Join(selected, ","), "reps", cfg.Reps)
@@ -232,7 +273,7 @@ func run(quick bool, outDir, only string, vethGRO bool) error {
 	}
 	fmt.Print("\n" + md)
 	fmt.Printf("\nresults in %s (took %s)\n", outDir, time.Since(start).Round(time.Second))
-	return nil
+	return soakVerdict(res)
 }
 
 // rerender rewrites a results directory's summary and charts from its

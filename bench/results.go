@@ -38,7 +38,9 @@ type results struct {
 	Topologies   map[string]topologyInfo `json:"topologies,omitempty"`
 	Measurements []*measurement          `json:"measurements"`
 	Targets      []target                `json:"targets,omitempty"`
-	Notes        []string                `json:"notes,omitempty"`
+	// Soak is the soak's run, window by window, when it ran.
+	Soak  *soakRun `json:"soak,omitempty"`
+	Notes []string `json:"notes,omitempty"`
 }
 
 // measurement is one metric of one contender over every repetition.
@@ -180,6 +182,7 @@ func evaluateTargets(r *results) {
 	serviceTargets(r)
 	snatTargets(r)
 	controlPlaneTargets(r)
+	soakTargets(r)
 }
 
 // compareTarget adds a target on the ratio of two medians; pass judges

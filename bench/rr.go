@@ -78,60 +78,93 @@ type rrResult struct {
 // requestResponse runs one TCP_RR or TCP_CRR measurement: warm-up, then a
 // fixed measured duration.
 func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur time.Duration) (rrResult, error) {
-	var lfd, port int
-	err := t.server.Do(func() error {
-		var err error
-		lfd, port, err = listen(t.server.IP.As4(), t.listenPort)
-		return err
-	})
+	srv, err := startServer(t, 1)
 	if err != nil {
-		return rrResult{}, fmt.Errorf("listen in %s: %w", t.server.Name, err)
+		return rrResult{}, err
 	}
-	var stop atomic.Bool
-	var srvErr error
-	var peers peerLog
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		srvErr = serve(lfd, &stop, &peers)
-	}()
-	defer func() {
-		stop.Store(true)
-		unix.Shutdown(lfd, unix.SHUT_RDWR) // wakes a blocked accept
-		wg.Wait()
-		unix.Close(lfd)
-	}()
+	defer srv.stop()
 
 	var r rrResult
-	if t.dstPort != 0 {
-		port = t.dstPort
-	}
-	dst := &unix.SockaddrInet4{Addr: t.dst.As4(), Port: port}
 	err = t.client.Do(func() error {
 		var err error
 		if crr {
-			r, err = crrClient(ctx, dst, warmup, dur, t.connectFailuresOK)
+			r, err = crrClient(ctx, srv.dst, warmup, dur, t.connectFailuresOK)
 		} else {
-			r, err = rrClient(ctx, dst, warmup, dur)
+			r, err = rrClient(ctx, srv.dst, warmup, dur)
 		}
 		return err
 	})
-	stop.Store(true)
 	if err != nil {
 		return r, err
 	}
-	unix.Shutdown(lfd, unix.SHUT_RDWR)
-	wg.Wait()
-	if srvErr != nil {
-		return r, fmt.Errorf("server: %w", srvErr)
+	peers, err := srv.stop()
+	if err != nil {
+		return r, fmt.Errorf("server: %w", err)
 	}
 	r.peer, r.otherPeers = peers.first, peers.others
-	if t.wantPeer.IsValid() && (r.peer != t.wantPeer || r.otherPeers > 0) {
-		return r, fmt.Errorf("%s: the server saw the client as %s (%d connections from elsewhere), want %s",
-			t.contender, r.peer, r.otherPeers, t.wantPeer)
+	return r, peers.check(t)
+}
+
+// rrServer is the request/response server of one measurement: workers
+// threads answering on one listening socket in the server's namespace.
+type rrServer struct {
+	// dst is where the client connects: the topology's destination and
+	// port.
+	dst      *unix.SockaddrInet4
+	lfd      int
+	done     atomic.Bool
+	wg       sync.WaitGroup
+	errs     []error
+	peers    []peerLog
+	stopOnce sync.Once
+	merged   peerLog
+	err      error
+}
+
+// startServer listens in t's server namespace and answers with workers
+// threads: one serves one connection at a time, so concurrent clients need
+// as many.
+func startServer(t *topology, workers int) (*rrServer, error) {
+	s := &rrServer{errs: make([]error, workers), peers: make([]peerLog, workers)}
+	var port int
+	err := t.server.Do(func() error {
+		var err error
+		s.lfd, port, err = listen(t.server.IP.As4(), t.listenPort)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen in %s: %w", t.server.Name, err)
 	}
-	return r, nil
+	if t.dstPort != 0 {
+		port = t.dstPort
+	}
+	s.dst = &unix.SockaddrInet4{Addr: t.dst.As4(), Port: port}
+	for i := range workers {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.errs[i] = serve(s.lfd, &s.done, &s.peers[i])
+		}()
+	}
+	return s, nil
+}
+
+// stop ends the server (once; later calls return the same) and returns
+// what its workers saw and the first error one of them met.
+func (s *rrServer) stop() (peerLog, error) {
+	s.stopOnce.Do(func() {
+		s.done.Store(true)
+		unix.Shutdown(s.lfd, unix.SHUT_RDWR) // wakes a blocked accept
+		s.wg.Wait()
+		unix.Close(s.lfd)
+		for i, p := range s.peers {
+			s.merged.merge(p)
+			if s.err == nil {
+				s.err = s.errs[i]
+			}
+		}
+	})
+	return s.merged, s.err
 }
 
 // peerLog is what the server saw as its clients' address.
@@ -140,18 +173,40 @@ type peerLog struct {
 	others int
 }
 
+// check says whether every connection came from the address t wants the
+// server to see (when it wants one).
+func (l peerLog) check(t *topology) error {
+	if t.wantPeer.IsValid() && (l.first != t.wantPeer || l.others > 0) {
+		return fmt.Errorf("%s: the server saw the client as %s (%d connections from elsewhere), want %s",
+			t.contender, l.first, l.others, t.wantPeer)
+	}
+	return nil
+}
+
 func (l *peerLog) add(sa unix.Sockaddr) {
 	a, ok := sa.(*unix.SockaddrInet4)
 	if !ok {
 		l.others++
 		return
 	}
-	addr := netip.AddrFrom4(a.Addr)
+	l.addAddr(netip.AddrFrom4(a.Addr))
+}
+
+func (l *peerLog) addAddr(addr netip.Addr) {
 	switch {
 	case !l.first.IsValid():
 		l.first = addr
 	case addr != l.first:
 		l.others++
+	}
+}
+
+// merge adds another worker's log: its first address counts as one more
+// connection from elsewhere when it differs from this one's.
+func (l *peerLog) merge(o peerLog) {
+	l.others += o.others
+	if o.first.IsValid() {
+		l.addAddr(o.first)
 	}
 }
 
@@ -251,9 +306,9 @@ func rrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Dur
 }
 
 // crrClient: a new connection per transaction, closed with RST. With
-// tolerate, a connection that cannot be set up within ioTimeout is counted
-// and the next one tried until the time is up; when none could be set up
-// the rate is 0.
+// tolerate, a connection that cannot be set up or answered within
+// ioTimeout is counted and the next one tried until the time is up; when
+// none succeeded the rate is 0.
 func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Duration, tolerate bool) (rrResult, error) {
 	buf := []byte{'x'}
 	failed := 0
@@ -269,7 +324,7 @@ func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Du
 		if i%256 == 0 && ctx.Err() != nil {
 			return rrResult{}, ctx.Err()
 		}
-		fd, err := dial(dst, true)
+		err := crrOnce(dst, buf)
 		if err != nil && tolerate {
 			failed++
 			slog.Warn("TCP_CRR: connection failed, going on", "dst", fmt.Sprintf("%d.%d.%d.%d:%d", dst.Addr[0], dst.Addr[1], dst.Addr[2], dst.Addr[3], dst.Port), "err", err)
@@ -277,15 +332,6 @@ func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Du
 		}
 		if err != nil {
 			return rrResult{}, err
-		}
-		if err := writeFull(fd, buf); err != nil {
-			unix.Close(fd)
-			return rrResult{}, fmt.Errorf("request: %w", err)
-		}
-		n, err := readFull(fd, buf)
-		unix.Close(fd)
-		if err != nil || n != 1 {
-			return rrResult{}, fmt.Errorf("response: %d bytes, %v", n, err)
 		}
 		if t0.After(measureFrom) {
 			if measured.IsZero() {
@@ -300,6 +346,23 @@ func crrClient(ctx context.Context, dst *unix.SockaddrInet4, warmup, dur time.Du
 	r, err := summarize(samples, time.Since(measured))
 	r.failed = failed
 	return r, err
+}
+
+// crrOnce is one TCP_CRR transaction: connect, 1 byte each way, close
+// with RST.
+func crrOnce(dst *unix.SockaddrInet4, buf []byte) error {
+	fd, err := dial(dst, true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := writeFull(fd, buf); err != nil {
+		return fmt.Errorf("request: %w", err)
+	}
+	if n, err := readFull(fd, buf); err != nil || n != 1 {
+		return fmt.Errorf("response: %d bytes, %v", n, err)
+	}
+	return nil
 }
 
 func summarize(samples []float64, elapsed time.Duration) (rrResult, error) {

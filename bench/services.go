@@ -507,6 +507,6 @@ func (e *env) noteFailures(fam, who string, rep, failed int) {
 	if failed == 0 {
 		return
 	}
-	e.res.Notes = append(e.res.Notes, fmt.Sprintf("%s: %s, repetition %d: %d TCP_CRR connections could not be set up within %v (counted in the rate, not in the latencies)",
+	e.res.Notes = append(e.res.Notes, fmt.Sprintf("%s: %s, repetition %d: %d TCP_CRR connections could not be set up or answered within %v (counted in the rate, not in the latencies)",
 		fam, who, rep+1, failed, ioTimeout))
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/maps"
+	"golang.org/x/sys/unix"
 )
 
 // The snat family: a client pod talks to a server on a host outside the
@@ -79,8 +80,20 @@ func (e *env) snatPodpathTopology(ctx context.Context) (_ *topology, err error) 
 		return nil, err
 	}
 	closers = append(closers, snatMap.Close)
+	natConfig, err := maps.OpenPinned(node.PinRoot, maps.MapNatConfig)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, natConfig.Close)
 	t.close = closeAllFn(closers...)
-	t.state = func() map[string]uint64 { return snatOccupancy(snatMap) }
+	t.state = func() map[string]uint64 {
+		out := snatOccupancy(snatMap)
+		var nc maps.NatConfig
+		if out != nil && natConfig.Lookup(uint32(0), &nc) == nil {
+			out["port_min"], out["port_max"] = uint64(nc.PortMin), uint64(nc.PortMax)
+		}
+		return out
+	}
 	t.path = &pathCounter{name: "to_netdev_snat_pkts", required: true,
 		read: func() (uint64, error) { return podpathCounter(counters, maps.HookToNetdev, maps.ReasonSNAT) }}
 	t.extra = func() map[string]uint64 {
@@ -102,25 +115,38 @@ func (e *env) snatPodpathTopology(ctx context.Context) (_ *topology, err error) 
 	return t, nil
 }
 
+// tcpFlagRST is the RST bit of the TCP flags a mapping has seen.
+const tcpFlagRST = 0x04
+
 // snatOccupancy counts the snat map's halves, forward and reverse, live and
-// expired: a mapping holds its node port while its reverse half lives.
+// expired, and of the live ones those whose connection was reset (their
+// port is free for a new flow at once), with the map's capacity: a mapping
+// holds its node port while its reverse half lives and was not reset.
 func snatOccupancy(m *ebpf.Map) map[string]uint64 {
 	ms, err := maps.ReadNAT(m)
 	if err != nil {
 		return nil
 	}
-	out := map[string]uint64{"forward_live": 0, "forward_expired": 0, "reverse_live": 0, "reverse_expired": 0}
+	out := map[string]uint64{"max_entries": uint64(m.MaxEntries())}
+	for _, half := range []string{"forward_", "reverse_"} {
+		for _, st := range []string{"live", "reset", "expired"} {
+			out[half+st] = 0
+		}
+	}
 	for _, x := range ms {
 		k := "forward_"
 		if x.Reverse {
 			k = "reverse_"
 		}
-		if x.ExpiresIn < 0 {
-			k += "expired"
-		} else {
-			k += "live"
+		switch {
+		case x.ExpiresIn < 0:
+			out[k+"expired"]++
+		case x.Proto == unix.IPPROTO_TCP && x.TCPFlags&tcpFlagRST != 0:
+			out[k+"reset"]++
+			out[k+"live"]++
+		default:
+			out[k+"live"]++
 		}
-		out[k]++
 	}
 	return out
 }
@@ -209,12 +235,7 @@ func (e *env) runSNAT(ctx context.Context) error {
 			return err
 		}
 		topos = append(topos, t)
-		t.info.Client, t.info.Server, t.info.Dst = t.client.IP.String(), t.server.IP.String(), t.dst.String()
-		t.info.Devices = deviceInfos(ctx, t.devices)
-		if e.res.Topologies == nil {
-			e.res.Topologies = map[string]topologyInfo{}
-		}
-		e.res.Topologies[famSNAT+" "+t.contender] = t.info
+		e.recordTopology(ctx, famSNAT+" "+t.contender, t)
 	}
 	for _, n := range fairness(topos) {
 		e.res.Notes = append(e.res.Notes, "snat topologies differ: "+n)
@@ -228,6 +249,17 @@ func (e *env) runSNAT(ctx context.Context) error {
 	}
 	e.noteSNATDrops()
 	return nil
+}
+
+// recordTopology writes a topology's addresses and devices to the results
+// under key.
+func (e *env) recordTopology(ctx context.Context, key string, t *topology) {
+	t.info.Client, t.info.Server, t.info.Dst = t.client.IP.String(), t.server.IP.String(), t.dst.String()
+	t.info.Devices = deviceInfos(ctx, t.devices)
+	if e.res.Topologies == nil {
+		e.res.Topologies = map[string]topologyInfo{}
+	}
+	e.res.Topologies[key] = t.info
 }
 
 // noteSNATDrops sums, over the run, the new flows podpath's masquerade

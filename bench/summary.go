@@ -17,6 +17,7 @@ var familyTitles = map[string]string{
 	famServices:     "Services: a pod to a ClusterIP (backend on the same node), N services programmed",
 	famSNAT:         "SNAT: a pod to a host outside the node, masqueraded",
 	famControlPlane: "Control plane: Services and EndpointSlices from a real kube-apiserver to the datapath",
+	famSoak:         "Soak: new masqueraded connections to a host outside the node, as fast as they come, for minutes",
 }
 
 // references are what each family's ratios are taken against.
@@ -54,7 +55,7 @@ func summary(r *results) string {
 		b.WriteString("\n")
 	}
 
-	for _, fam := range families {
+	for _, fam := range allFamilies() {
 		ms := r.family(fam)
 		if len(ms) == 0 {
 			continue
@@ -66,6 +67,10 @@ func summary(r *results) string {
 		}
 		if fam == famControlPlane {
 			b.WriteString(controlPlaneSummary(r))
+			continue
+		}
+		if fam == famSoak {
+			b.WriteString(soakSummary(r))
 			continue
 		}
 		refs := references(fam)
