@@ -94,6 +94,12 @@ func (e *env) snatPodpathTopology(ctx context.Context) (_ *topology, err error) 
 		}
 		return out
 	}
+	// A node runs the agent, whose reaper deletes expired mappings every
+	// 30 s; each measurement here is shorter than that, and each uses a
+	// new server port, so a new destination whose mappings no later flow
+	// takes over. Without this, a full run's closed flows (about 20,000
+	// entries per TCP_CRR measurement) fill the map by the sixth.
+	t.reap = func() (int, error) { return maps.ReapExpiredNAT(snatMap) }
 	t.path = &pathCounter{name: "to_netdev_snat_pkts", required: true,
 		read: func() (uint64, error) { return podpathCounter(counters, maps.HookToNetdev, maps.ReasonSNAT) }}
 	t.extra = func() map[string]uint64 {
@@ -242,6 +248,11 @@ func (e *env) runSNAT(ctx context.Context) error {
 	}
 	for rep := range e.cfg.SNATReps {
 		for _, t := range rotate(topos, rep) {
+			if t.reap != nil {
+				if _, err := t.reap(); err != nil {
+					return fmt.Errorf("reap %s: %w", t.contender, err)
+				}
+			}
 			if err := e.measureSNAT(ctx, t, rep); err != nil {
 				return err
 			}

@@ -78,6 +78,9 @@ type topology struct {
 	// state, if set, reads datapath state worth recording as it is after
 	// each measurement (map occupancy).
 	state func() map[string]uint64
+	// reap, if set, does between two measurements what the node's agent
+	// does every 30 s: delete expired entries (the SNAT map's).
+	reap func() (int, error)
 	// devices are recorded (MTU, offloads) for the fairness check.
 	devices []nsDevice
 	close   func() error
