@@ -28,7 +28,7 @@ int to_overlay(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct flow4 f;
 	struct peer *p;
-	int keyed;
+	int keyed, masq = 0;
 
 	keyed = bpf_skb_get_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4), 0) == 0;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -44,14 +44,18 @@ int to_overlay(struct __sk_buff *skb)
 			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
 		if (snat_masquerade4(skb, &f, cfg, &reason) < 0)
 			return verdict(skb, HOOK_TO_OVERLAY, reason, TC_ACT_SHOT);
-		count(REASON_SNAT, HOOK_TO_OVERLAY, skb->len);
+		masq = 1;
 	}
-	if (keyed)
-		return TC_ACT_OK;
-	p = peer_lookup4(f.daddr);
-	if (!p || !(p->flags & PEER_F_TUNNEL))
-		return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NO_PEER, TC_ACT_SHOT);
-	if (peer_set_tunnel4(skb, p) < 0)
-		return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
-	return verdict(skb, HOOK_TO_OVERLAY, REASON_FORWARD_TUNNEL, TC_ACT_OK);
+	/* Every packet is counted once: masqueraded, or else passed on as
+	 * another hook encapsulated it, or keyed here. */
+	if (!keyed) {
+		p = peer_lookup4(f.daddr);
+		if (!p || !(p->flags & PEER_F_TUNNEL))
+			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NO_PEER, TC_ACT_SHOT);
+		if (peer_set_tunnel4(skb, p) < 0)
+			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
+	}
+	if (masq)
+		return verdict(skb, HOOK_TO_OVERLAY, REASON_SNAT, TC_ACT_OK);
+	return verdict(skb, HOOK_TO_OVERLAY, keyed ? REASON_PASS : REASON_FORWARD_TUNNEL, TC_ACT_OK);
 }
