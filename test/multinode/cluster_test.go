@@ -22,7 +22,7 @@ type cluster struct {
 	mode     string
 	underlay *sim.Underlay
 	nodes    []*sim.Node
-	pods     [][]*sim.Pod         // by node
+	pods     [][]*sim.Pod        // by node
 	svcs     []*services.Manager // by node: programs its services
 }
 
@@ -235,7 +235,10 @@ func serveUDP(t *testing.T, do func(func() error) error, addr string) <-chan sim
 
 // Every pod reaches every pod on the other nodes over TCP, UDP and ICMP,
 // in both routing modes, and the receiver sees the sender's own address:
-// no NAT between pods.
+// no NAT between pods. The packets take podpath's path, not the hosts'
+// stacks: from_pod sends them on (routed out of the uplink, or
+// encapsulated into the overlay) and, on the receiving node, from_netdev
+// or from_overlay puts them straight into the pod.
 func TestPodToPodAcrossNodes(t *testing.T) {
 	for _, mode := range routingModes {
 		t.Run(mode, func(t *testing.T) {
@@ -245,12 +248,17 @@ func TestPodToPodAcrossNodes(t *testing.T) {
 				serveTCP(t, p[0].Do, c.nodes[i].Name, netip.AddrPortFrom(p[0].IP, 7001).String())
 				udp = append(udp, serveUDP(t, p[0].Do, netip.AddrPortFrom(p[0].IP, 7002).String()))
 			}
+			sent, delivered := "from_pod/forward_routed", "from_netdev/forward_local"
+			if mode == loader.RoutingVXLAN {
+				sent, delivered = "from_pod/forward_tunnel", "from_overlay/forward_local"
+			}
 			for i, from := range c.pods {
 				for j, to := range c.pods {
 					if i == j {
 						continue
 					}
 					a, b := from[0], to[0]
+					before := c.counts(t)
 					got, err := sim.FetchTCP(a.Do, netip.AddrPortFrom(b.IP, 7001).String(), ioTimeout)
 					if want := c.nodes[j].Name + " " + a.IP.String(); err != nil || got != want {
 						t.Errorf("TCP node %d -> node %d: got %q (%v), want %q", i+1, j+1, got, err, want)
@@ -264,8 +272,48 @@ func TestPodToPodAcrossNodes(t *testing.T) {
 					if err := sim.Ping(a.Do, b.IP, uint16(0x100*i+j), 56); err != nil {
 						t.Errorf("ICMP node %d -> node %d: %v", i+1, j+1, err)
 					}
+					after := c.counts(t)
+					// Both ways: requests from i, answers from j.
+					for _, k := range []int{i, j} {
+						now, then := after[k], before[k]
+						if now[sent] <= then[sent] || now[delivered] <= then[delivered] {
+							t.Errorf("node %d -> node %d: node %d counted %s", i+1, j+1, k+1, now.Since(then))
+						}
+						if now["from_pod/to_stack"] != then["from_pod/to_stack"] {
+							t.Errorf("node %d -> node %d: node %d handed pods' packets to its stack: %s", i+1, j+1, k+1, now.Since(then))
+						}
+						if drops := dropsSince(now, then); drops != "" {
+							t.Errorf("node %d drops: %s", k+1, drops)
+						}
+					}
 				}
 			}
 		})
 	}
+}
+
+// counts are every node's packet counters, by node.
+func (c *cluster) counts(t *testing.T) []sim.PacketCounts {
+	t.Helper()
+	var out []sim.PacketCounts
+	for _, n := range c.nodes {
+		pc, err := n.PacketCounts()
+		if err != nil {
+			t.Fatalf("node %s: %v", n.Name, err)
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
+// dropsSince lists the drop counters that grew from then to now, as
+// PacketCounts.Since does.
+func dropsSince(now, then sim.PacketCounts) string {
+	grown := sim.PacketCounts{}
+	for k, v := range now {
+		if v > then[k] {
+			grown[k] = v - then[k]
+		}
+	}
+	return grown.Drops()
 }
