@@ -24,6 +24,7 @@ type cluster struct {
 	nodes    []*sim.Node
 	pods     [][]*sim.Pod        // by node
 	svcs     []*services.Manager // by node: programs its services
+	host     *sim.Outside        // on the underlay, no node (outside)
 }
 
 var routingModes = []string{loader.RoutingDirect, loader.RoutingVXLAN}
