@@ -8,7 +8,12 @@
  *   2. the later fragments of a pod's datagram get what its first fragment
  *      got; when that one was not seen and the datagram would have been
  *      masqueraded, they are dropped rather than leak the pod's address;
- *   3. everything else (the node's own traffic, traffic to the cluster's
+ *   3. an ICMP error the node's stack sends about a service flow it
+ *      routed (a frontend's packet translated to a backend on another node
+ *      but too large for the overlay: fragmentation needed) quotes the
+ *      packet as translated; it leaves quoting what the client sent, the
+ *      frontend, so the client's kernel finds its own flow in it (lib/svc.h);
+ *   4. everything else (the node's own traffic, traffic to the cluster's
  *      ranges, other protocols) leaves untouched.
  * Replies are translated back by from_netdev. */
 #include "lib/common.h"
@@ -16,6 +21,7 @@
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/snat.h"
+#include "lib/svc.h"
 #include "lib/frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -50,6 +56,13 @@ int to_netdev(struct __sk_buff *skb)
 			return verdict(skb, HOOK_TO_NETDEV, ret == -2 ? REASON_DROP_NAT_FAILED : REASON_DROP_FRAG_UNKNOWN,
 				       TC_ACT_SHOT);
 		return verdict(skb, HOOK_TO_NETDEV, ret == SVC_FORWARD ? REASON_SNAT : REASON_TO_STACK, TC_ACT_OK);
+	}
+	if (f.icmp == FLOW_ICMP_ERROR) {
+		ret = svc_icmp_error4(skb, &f);
+		if (ret == SVC_DROP)
+			return verdict(skb, HOOK_TO_NETDEV, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
+		if (ret != SVC_UNTOUCHED)
+			return verdict(skb, HOOK_TO_NETDEV, REASON_SVC_REPLY, TC_ACT_OK);
 	}
 	frag4_key(&first, &f, HOOK_TO_NETDEV);
 	ret = snat_egress4(skb, &f, &reason);
