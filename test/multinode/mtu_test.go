@@ -282,7 +282,7 @@ func TestMTUForTheMode(t *testing.T) {
 func TestPathMTUNodePortToOtherNode(t *testing.T) {
 	for _, mode := range routingModes {
 		t.Run(mode, func(t *testing.T) {
-			c, host, b := nodePortSetup(t, mode, "np-pmtu", "10.96.30.30", 30130, services.TrafficPolicyCluster)
+			c, host, b, _ := nodePortSetup(t, mode, "np-pmtu", "10.96.30.30", "203.0.113.30", 30130, services.TrafficPolicyCluster)
 			// The shared host must not keep what it learns here.
 			t.Cleanup(func() {
 				if err := host.Do(flushRouteCache); err != nil {
