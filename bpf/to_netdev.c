@@ -4,10 +4,12 @@
  *   1. a pod's TCP, UDP or ICMP echo to a destination outside the cluster
  *      (not in the nonmasq ranges) leaves with the node's address and a port
  *      allocated without collisions (lib/snat.h); when no port or no map
- *      room is left, the new flow is dropped with a reason;
- *   2. the later fragments of a pod's datagram get what its first fragment
+ *      room is left, the new flow is dropped with a reason; so does a
+ *      frontend's packet to a backend on another node (NodePort and the
+ *      like, externalTrafficPolicy Cluster);
+ *   2. the later fragments of such a datagram get what its first fragment
  *      got; when that one was not seen and the datagram would have been
- *      masqueraded, they are dropped rather than leak the pod's address;
+ *      masqueraded, a pod's are dropped rather than leak its address;
  *   3. an ICMP error the node's stack sends about a service flow it
  *      routed (a frontend's packet translated to a backend on another node
  *      but too large for the overlay: fragmentation needed) quotes the
@@ -68,7 +70,8 @@ int to_netdev(struct __sk_buff *skb)
 	ret = snat_egress4(skb, &f, &reason);
 	if (ret < 0)
 		return verdict(skb, HOOK_TO_NETDEV, reason, TC_ACT_SHOT);
-	if (f.frag && masq)
+	/* ret without masq: a frontend's flow, masqueraded as well. */
+	if (f.frag && (masq || ret))
 		frag4_record(&first, &f, ret ? SVC_FORWARD : SVC_UNTOUCHED);
 	return verdict(skb, HOOK_TO_NETDEV, ret ? REASON_SNAT : REASON_TO_STACK, TC_ACT_OK);
 }
