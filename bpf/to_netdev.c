@@ -4,11 +4,18 @@
  *   1. a pod's TCP, UDP or ICMP echo to a destination outside the cluster
  *      (not in the nonmasq ranges) leaves with the node's address and a port
  *      allocated without collisions (lib/snat.h); when no port or no map
- *      room is left, the new flow is dropped with a reason;
- *   2. the later fragments of a pod's datagram get what its first fragment
+ *      room is left, the new flow is dropped with a reason; so does a
+ *      frontend's packet to a backend on another node (NodePort and the
+ *      like, externalTrafficPolicy Cluster);
+ *   2. the later fragments of such a datagram get what its first fragment
  *      got; when that one was not seen and the datagram would have been
- *      masqueraded, they are dropped rather than leak the pod's address;
- *   3. everything else (the node's own traffic, traffic to the cluster's
+ *      masqueraded, a pod's are dropped rather than leak its address;
+ *   3. an ICMP error the node's stack sends about a service flow it
+ *      routed (a frontend's packet translated to a backend on another node
+ *      but too large for the overlay: fragmentation needed) quotes the
+ *      packet as translated; it leaves quoting what the client sent, the
+ *      frontend, so the client's kernel finds its own flow in it (lib/svc.h);
+ *   4. everything else (the node's own traffic, traffic to the cluster's
  *      ranges, other protocols) leaves untouched.
  * Replies are translated back by from_netdev. */
 #include "lib/common.h"
@@ -16,6 +23,7 @@
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/snat.h"
+#include "lib/svc.h"
 #include "lib/frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -51,11 +59,19 @@ int to_netdev(struct __sk_buff *skb)
 				       TC_ACT_SHOT);
 		return verdict(skb, HOOK_TO_NETDEV, ret == SVC_FORWARD ? REASON_SNAT : REASON_TO_STACK, TC_ACT_OK);
 	}
+	if (f.icmp == FLOW_ICMP_ERROR) {
+		ret = svc_icmp_error4(skb, &f);
+		if (ret == SVC_DROP)
+			return verdict(skb, HOOK_TO_NETDEV, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
+		if (ret != SVC_UNTOUCHED)
+			return verdict(skb, HOOK_TO_NETDEV, REASON_SVC_REPLY, TC_ACT_OK);
+	}
 	frag4_key(&first, &f, HOOK_TO_NETDEV);
 	ret = snat_egress4(skb, &f, &reason);
 	if (ret < 0)
 		return verdict(skb, HOOK_TO_NETDEV, reason, TC_ACT_SHOT);
-	if (f.frag && masq)
+	/* ret without masq: a frontend's flow, masqueraded as well. */
+	if (f.frag && (masq || ret))
 		frag4_record(&first, &f, ret ? SVC_FORWARD : SVC_UNTOUCHED);
 	return verdict(skb, HOOK_TO_NETDEV, ret ? REASON_SNAT : REASON_TO_STACK, TC_ACT_OK);
 }

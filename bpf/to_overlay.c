@@ -3,7 +3,8 @@
  * every packet about to be encapsulated. Decides, in order:
  *   1. a frontend's packet to a backend on another node (NodePort and the
  *      like, externalTrafficPolicy Cluster) leaves with the node's address
- *      and a port of its own (lib/snat.h), as it would through the uplink;
+ *      and a port of its own (lib/snat.h), as it would through the uplink,
+ *      and the later fragments of its datagram with what the first got;
  *   2. pods' packets arrive with their tunnel key already set by from_pod
  *      (lib/peer.h) and pass;
  *   3. the node's own packets, routed here by the kernel routes podpath
@@ -15,6 +16,7 @@
 #include "lib/counters.h"
 #include "lib/flow.h"
 #include "lib/snat.h"
+#include "lib/frag.h"
 #include "lib/peer.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -24,6 +26,7 @@ int to_overlay(struct __sk_buff *skb)
 {
 	enum reason reason = REASON_UNSPEC;
 	struct bpf_tunnel_key key = {};
+	struct frag_key first;
 	struct nat_config *cfg;
 	struct iphdr *ip;
 	struct flow4 f;
@@ -38,12 +41,22 @@ int to_overlay(struct __sk_buff *skb)
 	ip = header_at(skb, ETH_HLEN, struct iphdr);
 	if (!ip || flow4_parse(skb, ip, &f) < 0)
 		return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_TRUNCATED, TC_ACT_SHOT);
-	if (f.frag != FLOW_FRAG_LATER && snat_frontend_flow4(&f)) {
+	if (f.frag == FLOW_FRAG_LATER) {
+		switch (frag4_translate(skb, &f, HOOK_TO_OVERLAY)) {
+		case -2:
+			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
+		case SVC_FORWARD:
+			masq = 1;
+		}
+	} else if (snat_frontend_flow4(&f)) {
 		cfg = nat_config4();
 		if (!cfg)
 			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
+		frag4_key(&first, &f, HOOK_TO_OVERLAY);
 		if (snat_masquerade4(skb, &f, cfg, &reason) < 0)
 			return verdict(skb, HOOK_TO_OVERLAY, reason, TC_ACT_SHOT);
+		if (f.frag)
+			frag4_record(&first, &f, SVC_FORWARD);
 		masq = 1;
 	}
 	/* Every packet is counted once: masqueraded, or else passed on as

@@ -38,6 +38,7 @@ const (
 	toNetdevVarCtFlagsUnused      = "ct_flags_unused"
 	toNetdevVarHookUnused         = "hook_unused"
 	toNetdevVarLbAlgoUnused       = "lb_algo_unused"
+	toNetdevVarMaglevTableSize    = "maglev_table_size"
 	toNetdevVarNatFlagsUnused     = "nat_flags_unused"
 	toNetdevVarNatStatUnused      = "nat_stat_unused"
 	toNetdevVarPeerFlagsUnused    = "peer_flags_unused"
@@ -122,6 +123,7 @@ type toNetdevVariableSpecs struct {
 	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
 	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
@@ -199,6 +201,7 @@ type toNetdevVariables struct {
 	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
 	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`

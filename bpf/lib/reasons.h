@@ -16,7 +16,9 @@ enum reason {
 	REASON_PASS_TRANSLATED = 6,	/* service DNAT done at XDP; tc delivers */
 	REASON_SNAT = 7,		/* left the node masqueraded */
 	REASON_SVC_REPLY = 8,		/* a service flow's reply the stack routed
-					 * into a pod: source restored to the frontend */
+					 * into a pod: source restored to the frontend;
+					 * or an ICMP error about the flow leaving the
+					 * uplink, its quote restored likewise */
 	REASON_PASS = 9,		/* let through as it came (to_pod) */
 	REASON_FORWARD_ROUTED = 10,	/* to another node's pod, routed out of the
 					 * uplink (direct routing) */

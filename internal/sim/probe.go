@@ -114,8 +114,16 @@ func UDPEcho(from, to *Pod, msg []byte) (time.Duration, error) {
 // SendSpoofedUDP sends, from inside pod from, one UDP datagram whose IPv4
 // source is src instead of the pod's own address: the datapath must drop it.
 func SendSpoofedUDP(from *Pod, src, dst netip.Addr, port uint16, payload []byte) error {
+	return SendRawUDP(from.Do, src, dst, port, payload)
+}
+
+// SendRawUDP sends one UDP datagram from source port 40000 to dst:port,
+// built by hand with the IPv4 source src whatever the sender's address,
+// on a raw socket in the namespace do runs in (Pod.Do, Outside.Do,
+// Node.Do). The datagram has no UDP checksum (0: none, allowed over IPv4).
+func SendRawUDP(do func(func() error) error, src, dst netip.Addr, port uint16, payload []byte) error {
 	if !src.Is4() || !dst.Is4() {
-		return errors.New("spoofed UDP: IPv4 addresses only")
+		return errors.New("raw UDP: IPv4 addresses only")
 	}
 	pkt := make([]byte, 28+len(payload))
 	ip := pkt[:20]
@@ -130,8 +138,8 @@ func SendSpoofedUDP(from *Pod, src, dst netip.Addr, port uint16, payload []byte)
 	binary.BigEndian.PutUint16(udp[0:], 40000)
 	binary.BigEndian.PutUint16(udp[2:], port)
 	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
-	copy(udp[8:], payload) // checksum 0: none, allowed for UDP over IPv4
-	return from.Do(func() error {
+	copy(udp[8:], payload)
+	return do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 		if err != nil {
 			return fmt.Errorf("raw socket: %w", err)

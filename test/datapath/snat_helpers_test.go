@@ -74,6 +74,7 @@ type snatDatapath struct {
 	*datapath
 	toNetdev, fromNetdev *ebpf.Program
 	snat, natStats       *ebpf.Map
+	peers, conntrack     *ebpf.Map // seeded by the tests that need them
 	setup                snatSetup
 }
 
@@ -106,6 +107,8 @@ func newSNATDatapath(t *testing.T, s snatSetup) *snatDatapath {
 		fromNetdev: n.Programs[maps.ProgFromNetdev],
 		snat:       n.Maps[maps.MapSNAT],
 		natStats:   n.Maps[maps.MapNatStats],
+		peers:      n.Maps[maps.MapPeers],
+		conntrack:  n.Maps[maps.MapConntrack],
 		setup:      s,
 	}
 	cfg := maps.NatConfig{Addr: maps.Addr16(masqIP), PortMin: s.PortMin, PortMax: s.PortMax, Family: s.Family}

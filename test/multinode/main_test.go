@@ -20,5 +20,13 @@ func TestMain(m *testing.M) {
 	if !testing.Verbose() {
 		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if err := closeSharedClusters(); err != nil {
+		fmt.Fprintln(os.Stderr, "remove the shared clusters:", err)
+		code = 1
+	}
+	if cniDir != "" {
+		os.RemoveAll(cniDir)
+	}
+	os.Exit(code)
 }

@@ -52,7 +52,7 @@ func TestFragmentsMasqueraded(t *testing.T) {
 	// the reply's data is the request's.
 	t.Run("ICMP echo", func(t *testing.T) {
 		before := packetCounts(t, node)
-		if err := pods[0].Do(func() error { return ping(o.IP, 0x4343, len(msg)) }); err != nil {
+		if err := sim.Ping(pods[0].Do, o.IP, 0x4343, len(msg)); err != nil {
 			t.Fatalf("%d-byte ping of the outside host: %v", len(msg), err)
 		}
 		t.Logf("%d bytes each way; podpath counted %s", len(msg), packetCounts(t, node).Since(before))

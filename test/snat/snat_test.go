@@ -5,7 +5,6 @@ package snat_test
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -14,11 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
-	"golang.org/x/sys/unix"
 )
 
 var (
@@ -160,45 +157,8 @@ func TestUDPAndICMPEcho(t *testing.T) {
 	}
 
 	// ICMP echo, identified by its id: the reply reaches the pod.
-	if err := pods[0].Do(func() error { return ping(o.IP, 0x4242, 8) }); err != nil {
+	if err := sim.Ping(pods[0].Do, o.IP, 0x4242, 8); err != nil {
 		t.Fatalf("ping outside from pod: %v", err)
-	}
-}
-
-// ping sends one echo request with the given id and size bytes of data
-// and waits for its reply, which must carry the same data.
-func ping(dst netip.Addr, id uint16, size int) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	msg := make([]byte, 8+size)
-	msg[0] = 8
-	binary.BigEndian.PutUint16(msg[4:], id)
-	binary.BigEndian.PutUint16(msg[6:], 1)
-	for i := range size {
-		msg[8+i] = "podpath!"[i%8]
-	}
-	binary.BigEndian.PutUint16(msg[2:], csum.Checksum(msg, 0))
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
-		return err
-	}
-	tv := unix.NsecToTimeval(int64(3 * time.Second))
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	buf := make([]byte, 65536)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			return fmt.Errorf("no echo reply: %w", err)
-		}
-		ihl := int(buf[0]&0x0f) * 4
-		if n >= ihl+8 && buf[ihl] == 0 && binary.BigEndian.Uint16(buf[ihl+4:]) == id {
-			if got := buf[ihl+8 : n]; string(got) != string(msg[8:]) {
-				return fmt.Errorf("echo reply with %d bytes of data, sent %d", len(got), size)
-			}
-			return nil
-		}
 	}
 }
 
