@@ -17,6 +17,7 @@ var familyTitles = map[string]string{
 	famServices:     "Services: a pod to a ClusterIP (backend on the same node), N services programmed",
 	famSNAT:         "SNAT: a pod to a host outside the node, masqueraded",
 	famControlPlane: "Control plane: Services and EndpointSlices from a real kube-apiserver to the datapath",
+	famCrossNode:    "Cross-node: a pod to a pod on another node, over a shared underlay",
 }
 
 // references are what each family's ratios are taken against.
@@ -66,6 +67,10 @@ func summary(r *results) string {
 		}
 		if fam == famControlPlane {
 			b.WriteString(controlPlaneSummary(r))
+			continue
+		}
+		if fam == famCrossNode {
+			b.WriteString(crossNodeSummary(r))
 			continue
 		}
 		refs := references(fam)
