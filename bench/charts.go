@@ -29,14 +29,18 @@ type panel struct {
 
 // seriesColors keeps a contender's colour the same on every chart.
 var seriesColors = map[string]color.Color{
-	cLimit:       color.RGBA{150, 150, 150, 255},
-	cDocker:      color.RGBA{230, 140, 40, 255},
-	cPodpath:     color.RGBA{40, 110, 200, 255},
-	cniBridge:    color.RGBA{230, 140, 40, 255},
-	cniPodpath:   color.RGBA{40, 110, 200, 255},
-	cIptables:    color.RGBA{230, 140, 40, 255},
-	cpKPIptables: color.RGBA{230, 140, 40, 255},
-	cpKPNftables: color.RGBA{200, 70, 70, 255},
+	cLimit:         color.RGBA{150, 150, 150, 255},
+	cDocker:        color.RGBA{230, 140, 40, 255},
+	cPodpath:       color.RGBA{40, 110, 200, 255},
+	cniBridge:      color.RGBA{230, 140, 40, 255},
+	cniPodpath:     color.RGBA{40, 110, 200, 255},
+	cIptables:      color.RGBA{230, 140, 40, 255},
+	cpKPIptables:   color.RGBA{230, 140, 40, 255},
+	cpKPNftables:   color.RGBA{200, 70, 70, 255},
+	cHostGW:        color.RGBA{230, 140, 40, 255},
+	cFlannelVXLAN:  color.RGBA{200, 70, 70, 255},
+	cPodpathDirect: color.RGBA{40, 110, 200, 255},
+	cPodpathVXLAN:  color.RGBA{110, 170, 230, 255},
 }
 
 var fallbackColors = []color.Color{
@@ -133,6 +137,8 @@ func familyPanels(r *results, fam string) []panel {
 		}
 	case famControlPlane:
 		return controlPlanePanels(r)
+	case famCrossNode:
+		return crossNodePanels(r)
 	case famMemory:
 		var parts, totals []string
 		for _, g := range uniq(ms, func(m *measurement) string { return m.Metric }) {

@@ -161,61 +161,19 @@ func newBridgeNode(e *env, label string, roles []string, closers *[]func() error
 	}
 	*closers = append(*closers, rm)
 	b := &bridgeNode{node: node}
-	err = node.Do(func(ns.NetNS) error {
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.MTU = "docker0", mtu
-		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
-			return fmt.Errorf("add bridge docker0: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
+	gw := netip.MustParsePrefix("172.17.0.1/16")
+	if err := addBridge(node, "docker0", gw, mtu); err != nil {
 		return nil, err
 	}
-	if err := configureIf(node, "docker0", netip.MustParsePrefix("172.17.0.1/16")); err != nil {
-		return nil, err
-	}
-	gw := netip.MustParseAddr("172.17.0.1")
 	for i, role := range roles {
-		pns, rm, err := newNS(label, role)
-		if err != nil {
-			return nil, err
-		}
-		*closers = append(*closers, rm)
-		p := endpoint{Name: label + "-" + role, NS: pns, IP: netip.AddrFrom4([4]byte{172, 17, 0, byte(2 + i)})}
-		b.pods = append(b.pods, p)
 		host := "veth" + role
-		if err := addVeth(node, host, pns, "eth0", mtu); err != nil {
-			return nil, err
-		}
-		err = node.Do(func(ns.NetNS) error {
-			l, err := netlink.LinkByName(host)
-			if err != nil {
-				return err
-			}
-			br, err := netlink.LinkByName("docker0")
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetMaster(l, br); err != nil {
-				return fmt.Errorf("%s master docker0: %w", host, err)
-			}
-			return netlink.LinkSetUp(l)
-		})
+		p, err := addBridgedPod(node, "docker0", host, label, role, netip.AddrFrom4([4]byte{172, 17, 0, byte(2 + i)}), gw, mtu, closers)
 		if err != nil {
 			return nil, err
 		}
-		if err := configureIf(pns, "eth0", netip.PrefixFrom(p.IP, 16)); err != nil {
-			return nil, err
-		}
-		err = pns.Do(func(ns.NetNS) error {
-			return netlink.RouteAdd(&netlink.Route{Gw: net.IP(gw.AsSlice())})
-		})
-		if err != nil {
-			return nil, fmt.Errorf("default route in %s: %w", role, err)
-		}
+		b.pods = append(b.pods, p)
 		b.devices = append(b.devices,
-			nsDevice{role + " eth0", pns, "eth0"},
+			nsDevice{role + " eth0", p.NS, "eth0"},
 			nsDevice{"node " + host, node, host})
 	}
 	b.devices = append(b.devices, nsDevice{"node docker0", node, "docker0"})
@@ -228,6 +186,66 @@ func newBridgeNode(e *env, label string, roles []string, closers *[]func() error
 		e.res.Notes = append(e.res.Notes, label+" topology ran WITHOUT br_netfilter: "+b.brnf.status)
 	}
 	return b, nil
+}
+
+// addBridge creates a bridge in a node namespace with the pods' gateway
+// address gw, and brings it up.
+func addBridge(node ns.NetNS, name string, gw netip.Prefix, mtu int) error {
+	err := node.Do(func(ns.NetNS) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.MTU = name, mtu
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+			return fmt.Errorf("add bridge %s: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return configureIf(node, name, gw)
+}
+
+// addBridgedPod makes a pod namespace pp-bench-<label>-<role>-<pid> (its
+// removal goes on closers) joined to the node's bridge by a veth (host end
+// host, pod end eth0, both with the given MTU), with address ip in gw's
+// subnet and a default route via gw, as the bridge CNI plugin leaves a pod.
+func addBridgedPod(node ns.NetNS, bridge, host, label, role string, ip netip.Addr, gw netip.Prefix, mtu int, closers *[]func() error) (endpoint, error) {
+	pns, rm, err := newNS(label, role)
+	if err != nil {
+		return endpoint{}, err
+	}
+	*closers = append(*closers, rm)
+	p := endpoint{Name: label + "-" + role, NS: pns, IP: ip}
+	if err := addVeth(node, host, pns, "eth0", mtu); err != nil {
+		return endpoint{}, err
+	}
+	err = node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(host)
+		if err != nil {
+			return err
+		}
+		br, err := netlink.LinkByName(bridge)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("%s master %s: %w", host, bridge, err)
+		}
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		return endpoint{}, err
+	}
+	if err := configureIf(pns, "eth0", netip.PrefixFrom(ip, gw.Bits())); err != nil {
+		return endpoint{}, err
+	}
+	err = pns.Do(func(ns.NetNS) error {
+		return netlink.RouteAdd(&netlink.Route{Gw: net.IP(gw.Addr().AsSlice())})
+	})
+	if err != nil {
+		return endpoint{}, fmt.Errorf("default route in %s: %w", role, err)
+	}
+	return p, nil
 }
 
 type brNetfilter struct {

@@ -38,6 +38,8 @@ func (e *env) runFamily(ctx context.Context, fam string) error {
 		return e.runServices(ctx)
 	case famSNAT:
 		return e.runSNAT(ctx)
+	case famCrossNode:
+		return e.runCrossNode(ctx)
 	case famControlPlane:
 		return e.runControlPlane(ctx)
 	case famSoak:
@@ -54,7 +56,7 @@ func (e *env) close() error { return e.closeTopologies() }
 // (/proc/net/softnet_stat; veth hands packets over through them, and they
 // overflow when the CPU that drains them is busy elsewhere).
 type evidence struct {
-	path            uint64
+	path, replyPath uint64
 	backlogDrops    uint64
 	softirqSqueezes uint64
 	// serverDrops are the server namespace's TcpExt drop counters that
@@ -67,6 +69,9 @@ func (ev evidence) record(m *measurement, t *topology) {
 	if t.path != nil {
 		m.addExtra(t.path.name, ev.path)
 	}
+	if t.replyPath != nil {
+		m.addExtra(t.replyPath.name, ev.replyPath)
+	}
 	m.addExtra("softnet_backlog_drops", ev.backlogDrops)
 	m.addExtra("softnet_time_squeezes", ev.softirqSqueezes)
 	m.addExtra("server_tcp_drops", ev.serverDrops)
@@ -74,14 +79,18 @@ func (ev evidence) record(m *measurement, t *topology) {
 }
 
 // measurePath runs fn on a topology and collects the evidence; a required
-// path counter that did not rise means the traffic did not take the
-// contender's path, and the measurement is void.
+// path counter (or reply path counter) that did not rise means the traffic
+// did not take the contender's path, and the measurement is void.
 func measurePath(t *topology, fn func() error) (evidence, error) {
-	var before uint64
-	if t.path != nil {
+	counters := []*pathCounter{t.path, t.replyPath}
+	var before [2]uint64
+	for i, c := range counters {
+		if c == nil {
+			continue
+		}
 		var err error
-		if before, err = t.path.read(); err != nil {
-			return evidence{}, fmt.Errorf("%s: read %s: %w", t.contender, t.path.name, err)
+		if before[i], err = c.read(); err != nil {
+			return evidence{}, fmt.Errorf("%s: read %s: %w", t.contender, c.name, err)
 		}
 	}
 	drops0, squeeze0 := softnetStat()
@@ -93,18 +102,21 @@ func measurePath(t *topology, fn func() error) (evidence, error) {
 	ev := evidence{backlogDrops: drops1 - drops0, softirqSqueezes: squeeze1 - squeeze0,
 		serverDrops: rose(srv0, tcpExt(t.server, tcpDropKeys)),
 		clientLoss:  rose(cli0, tcpExt(t.client, tcpLossKeys))}
-	if t.path == nil {
-		return ev, nil
+	rise := []*uint64{&ev.path, &ev.replyPath}
+	for i, c := range counters {
+		if c == nil {
+			continue
+		}
+		after, err := c.read()
+		if err != nil {
+			return ev, fmt.Errorf("%s: read %s: %w", t.contender, c.name, err)
+		}
+		*rise[i] = after - before[i]
+		if *rise[i] == 0 && c.required {
+			return ev, fmt.Errorf("%s: %s did not rise: the traffic did not take %s's path", t.contender, c.name, t.contender)
+		}
+		slog.Debug("path counter", "contender", t.contender, c.name, *rise[i])
 	}
-	after, err := t.path.read()
-	if err != nil {
-		return ev, fmt.Errorf("%s: read %s: %w", t.contender, t.path.name, err)
-	}
-	ev.path = after - before
-	if ev.path == 0 && t.path.required {
-		return ev, fmt.Errorf("%s: %s did not rise: the traffic did not take %s's path", t.contender, t.path.name, t.contender)
-	}
-	slog.Debug("path counter", "contender", t.contender, t.path.name, ev.path)
 	return ev, nil
 }
 

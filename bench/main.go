@@ -7,7 +7,9 @@
 // compare podpath with iptables beyond pod to pod: a pod reaching a
 // ClusterIP with up to 100,000 services programmed (against kube-proxy's
 // iptables rules), and a pod reaching a host outside, masqueraded (against
-// Docker's MASQUERADE).
+// Docker's MASQUERADE). One takes pods across nodes: podpath's direct
+// routing and VXLAN overlay against Flannel's VXLAN and host-gw data paths
+// built with the kernel, and the two nodes talking without pods.
 //
 // Every topology is built here, in network namespaces, and removed again,
 // also on failure or Ctrl-C. Run as root from the repository root:
@@ -66,6 +68,8 @@ type config struct {
 	NftProgram   bool          `json:"serviceProgramNft"`
 	// snat: repetitions (durations as tcp_stream and tcp_rr).
 	SNATReps int `json:"snatRepetitions"`
+	// cross_node: repetitions (durations as tcp_stream and tcp_rr).
+	CrossNodeReps int `json:"crossNodeRepetitions"`
 	// control_plane: Services created (1 to 10 endpoints each), rounds
 	// (each contender once per round), EndpointSlice changes in all,
 	// goroutines and client QPS creating the objects, the contenders'
@@ -113,7 +117,7 @@ func newConfig(quick bool) config {
 		SvcCounts: []int{1, 1000, 10000, 100000}, SvcReps: 5,
 		SvcTime: 2500 * time.Millisecond, SvcWarmup: 500 * time.Millisecond,
 		SvcProgramN: 10000, RestoreLimit: 5 * time.Minute, NftProgram: true,
-		SNATReps:   5,
+		SNATReps: 5, CrossNodeReps: 7,
 		CPServices: 10000, CPRounds: 3, CPChanges: 100, CPWorkers: 32, CPQPS: 5000,
 		CPMinSync: time.Millisecond, CPSpacing: 500 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
 		SoakTime: 10 * time.Minute, SoakInterval: 10 * time.Second,
@@ -127,7 +131,7 @@ func newConfig(quick bool) config {
 		c.SvcCounts, c.SvcReps = []int{1, 1000}, 2
 		c.SvcTime, c.SvcWarmup = 1500*time.Millisecond, 300*time.Millisecond
 		c.NftProgram = false
-		c.SNATReps = 2
+		c.SNATReps, c.CrossNodeReps = 2, 2
 		c.CPServices, c.CPRounds, c.CPChanges = 1000, 1, 10
 		c.SoakTime = time.Minute
 	}
@@ -154,7 +158,7 @@ func (c *config) setSoak(d time.Duration, clients int) {
 }
 
 // families are the measurement families, in the order they run.
-var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT, famControlPlane}
+var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT, famCrossNode, famControlPlane}
 
 // onDemand families run only when -only names them: a soak takes ten
 // minutes of the machine and is a check, not a comparison.
@@ -316,6 +320,7 @@ func methodNotes(c config) []string {
 		"services, podpath: from_pod's forward_local counter must rise and the measured service must have conntrack entries after every measurement; iptables: the packet counter of the measured service's DNAT rule must rise; both: the server must see the client pod's own address",
 		fmt.Sprintf("services, programming time: podpath's services.Manager.Apply of %d services (state file included) into a node with none (after one empty Apply, since a fresh node's first one re-synchronises), then an Apply of nothing, untimed; iptables: one restore of the same services into a fresh namespace holding Docker's rules and kube-proxy's start-up chains", c.SvcProgramN),
 		fmt.Sprintf("snat: a client pod to a server in an outside host netns behind the node's uplink veth (same addresses for both contenders, no route back to the pods outside): iperf3 as tcp_stream, TCP_RR and TCP_CRR as tcp_rr/tcp_crr, %d repetitions; the server must see the node's uplink address; podpath's to_netdev SNAT counter or the MASQUERADE rule's counter must rise", c.SNATReps),
+		crossNodeNote(c),
 	}
 }
 

@@ -144,6 +144,9 @@ type target struct {
 	Want   string  `json:"want"`
 	Pass   bool    `json:"pass"`
 	Detail string  `json:"detail"`
+	// Paired, when set, is the ratio repetition by repetition; Ratio is
+	// then its median and Pass asks the whole interval to clear the bar.
+	Paired *pairedInterval `json:"paired,omitempty"`
 }
 
 // evaluateTargets checks the goals podpath set itself, each a ratio of two
@@ -183,6 +186,7 @@ func evaluateTargets(r *results) {
 	snatTargets(r)
 	controlPlaneTargets(r)
 	soakTargets(r)
+	crossNodeTargets(r)
 }
 
 // compareTarget adds a target on the ratio of two medians; pass judges
@@ -228,8 +232,27 @@ func serviceTargets(r *results) {
 // repetition (each pair measured in the same round of the interleaving),
 // which drift between rounds does not move.
 func pairedRatios(num, den *measurement) string {
-	if num == nil || den == nil || len(num.Reps) != len(den.Reps) || len(num.Reps) == 0 {
+	p, ok := paired(num, den)
+	if !ok {
 		return ""
+	}
+	return fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx", p.Median, p.Min, p.Max)
+}
+
+// pairedInterval is the ratio of two measurements taken repetition by
+// repetition: its median and its spread (min-max) over the repetitions.
+type pairedInterval struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	N      int     `json:"n"`
+}
+
+// paired is num/den repetition by repetition; ok is false unless both
+// have the same, non-zero number of repetitions.
+func paired(num, den *measurement) (pairedInterval, bool) {
+	if num == nil || den == nil || len(num.Reps) != len(den.Reps) || len(num.Reps) == 0 {
+		return pairedInterval{}, false
 	}
 	var rs []float64
 	for i := range num.Reps {
@@ -237,8 +260,24 @@ func pairedRatios(num, den *measurement) string {
 			rs = append(rs, num.Reps[i]/den.Reps[i])
 		}
 	}
+	if len(rs) == 0 {
+		return pairedInterval{}, false
+	}
 	lo, med, hi := minMedMax(rs)
-	return fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx", med, lo, hi)
+	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(rs)}, true
+}
+
+// verdict says what a paired interval shows: an interval that holds 1.0
+// is no measurable difference.
+func (p pairedInterval) verdict(better string) string {
+	switch {
+	case p.Min <= 1 && p.Max >= 1:
+		return "no measurable difference"
+	case (p.Min > 1) == (better == higher):
+		return "better"
+	default:
+		return "worse"
+	}
 }
 
 func servicesLabel(n int) string {

@@ -62,6 +62,45 @@ func (e *env) runRR(ctx context.Context, crr bool) error {
 	return nil
 }
 
+// rrKind is the metric prefix of TCP_RR ("rr") or TCP_CRR ("crr").
+func rrKind(crr bool) string {
+	if crr {
+		return "crr"
+	}
+	return "rr"
+}
+
+// measureRequestResponse runs one TCP_RR or TCP_CRR on t and records fam's
+// <kind>_rate (with its evidence, the client address the server saw and,
+// for TCP_CRR, the connections that failed), <kind>_p50 and <kind>_p99;
+// before are t's further counters as they were, returned as they are now.
+func (e *env) measureRequestResponse(ctx context.Context, fam string, t *topology, crr bool, rep int, before map[string]uint64) (rrResult, map[string]uint64, error) {
+	kind, unit := rrKind(crr), "transactions/s"
+	if crr {
+		unit = "connections/s"
+	}
+	var r rrResult
+	ev, err := measurePath(t, func() (err error) {
+		r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
+		return err
+	})
+	if err != nil {
+		return r, before, fmt.Errorf("%s %s %s: %w (datapath counters that rose: %v)", fam, kind, t.contender, err, rose(before, t.extras()))
+	}
+	m := e.res.record(fam, kind+"_rate", t.contender, unit, higher, r.rate)
+	m.addExtra("transactions", r.count)
+	if crr {
+		m.addExtra("failed_connections", r.failed)
+		e.noteFailures(fam, t.contender, rep, r.failed)
+	}
+	m.addExtra("server_saw_client", r.peer.String())
+	ev.record(m, t)
+	now := t.recordExtras(m, before)
+	e.res.record(fam, kind+"_p50", t.contender, "µs", lower, r.p50)
+	e.res.record(fam, kind+"_p99", t.contender, "µs", lower, r.p99)
+	return r, now, nil
+}
+
 type rrResult struct {
 	count    int
 	rate     float64 // per second
@@ -86,6 +125,11 @@ func requestResponse(ctx context.Context, t *topology, crr bool, warmup, dur tim
 
 	var r rrResult
 	err = t.client.Do(func() error {
+		if t.cpus != nil {
+			if err := pinThread(t.cpus.client); err != nil {
+				return err
+			}
+		}
 		var err error
 		if crr {
 			r, err = crrClient(ctx, srv.dst, warmup, dur, t.connectFailuresOK)
@@ -143,6 +187,13 @@ func startServer(t *topology, workers int) (*rrServer, error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			// A pinned thread is locked and never unlocked: it exits
+			// with its goroutine instead of serving another one.
+			if t.cpus != nil {
+				if s.errs[i] = pinThread(t.cpus.server); s.errs[i] != nil {
+					return
+				}
+			}
 			s.errs[i] = serve(s.lfd, &s.done, &s.peers[i])
 		}()
 	}

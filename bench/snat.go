@@ -313,48 +313,21 @@ func (e *env) noteSNATDrops() {
 // host once each.
 func (e *env) measureSNAT(ctx context.Context, t *topology, rep int) error {
 	line := []any{"rep", rep + 1, "contender", t.contender}
-	before := t.extras()
-	var st iperfResult
-	ev, err := measurePath(t, func() (err error) {
-		st, err = iperf(ctx, t, e.cfg.StreamTime, e.cfg.StreamOmit)
-		return err
-	})
+	st, before, err := e.measureThroughput(ctx, famSNAT, t, t.extras())
 	if err != nil {
-		return fmt.Errorf("snat throughput %s: %w", t.contender, err)
+		return err
 	}
-	m := e.res.record(famSNAT, "throughput", t.contender, "Gbit/s", higher, st.bitsPerSecond/1e9)
-	m.addExtra("retransmits", st.retransmits)
-	ev.record(m, t)
-	before = t.recordExtras(m, before)
 	line = append(line, "Gbit/s", fmt.Sprintf("%.2f", st.bitsPerSecond/1e9))
-
 	for _, crr := range []bool{false, true} {
-		kind, unit := "rr", "transactions/s"
-		if crr {
-			kind, unit = "crr", "connections/s"
-		}
 		var r rrResult
-		ev, err := measurePath(t, func() (err error) {
-			r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
-			return err
-		})
+		r, before, err = e.measureRequestResponse(ctx, famSNAT, t, crr, rep, before)
 		if err != nil {
-			return fmt.Errorf("snat %s %s: %w (datapath counters that rose: %v)", kind, t.contender, err, rose(before, t.extras()))
+			return err
 		}
-		m := e.res.record(famSNAT, kind+"_rate", t.contender, unit, higher, r.rate)
-		m.addExtra("transactions", r.count)
-		if crr {
-			m.addExtra("failed_connections", r.failed)
-			e.noteFailures(famSNAT, t.contender, rep, r.failed)
-		}
+		kind := rrKind(crr)
 		if t.state != nil {
-			m.addExtra("snat_map_after", t.state())
+			e.res.find(famSNAT, kind+"_rate", t.contender).addExtra("snat_map_after", t.state())
 		}
-		m.addExtra("server_saw_client", r.peer.String())
-		ev.record(m, t)
-		before = t.recordExtras(m, before)
-		e.res.record(famSNAT, kind+"_p50", t.contender, "µs", lower, r.p50)
-		e.res.record(famSNAT, kind+"_p99", t.contender, "µs", lower, r.p99)
 		line = append(line, kind, fmt.Sprintf("%.0f", r.rate), kind+"_p99_us", fmt.Sprintf("%.0f", r.p99))
 	}
 	slog.Info("snat", line...)

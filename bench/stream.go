@@ -8,20 +8,70 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // iperfPort is where every iperf3 server listens (each in its own netns).
 const iperfPort = 5201
 
-// cut its window: throughput then depends on scheduling luck, not on the
-// path. Pinning removes that for every contender alike.
-const (
-	iperfClientCPU = "0"
-	iperfServerCPU = "1"
-)
+// cpuPin puts a measurement's client on one CPU and its server on another.
+// Left to the scheduler, a single stream's client and server can share a
+// CPU, where the receiver reads only when the sender yields and so cuts
+// its window: throughput then depends on scheduling luck, not on the path.
+// Pinning removes that for every contender alike. A topology that sets one
+// gets it for iperf3 (taskset) and for the request/response client and
+// server threads (pinThread).
+type cpuPin struct{ client, server int }
+
+// pinnedCPUs picks the first two CPUs this process may run on: the client's
+// and the server's.
+func pinnedCPUs() (*cpuPin, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("CPU affinity: %w", err)
+	}
+	var cpus []int
+	for c := 0; c < len(set)*64 && len(cpus) < 2; c++ {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	if len(cpus) < 2 {
+		return nil, fmt.Errorf("client and server need a CPU each; this process may run on %d", set.Count())
+	}
+	return &cpuPin{client: cpus[0], server: cpus[1]}, nil
+}
+
+// pinThread binds the calling goroutine to its thread and that thread to
+// cpu. The thread is never unlocked: it ends with the goroutine (or with
+// the ns.Do that runs it) instead of going back to the runtime's pool with
+// its narrowed affinity.
+func pinThread(cpu int) error {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin thread to CPU %d: %w", cpu, err)
+	}
+	return nil
+}
+
+// taskset prefixes a command with taskset when the topology pins it.
+func taskset(pin *cpuPin, server bool, name string, args ...string) (string, []string) {
+	if pin == nil {
+		return name, args
+	}
+	cpu := pin.client
+	if server {
+		cpu = pin.server
+	}
+	return "taskset", append([]string{"--cpu-list", strconv.Itoa(cpu), name}, args...)
+}
 
 // runStream measures single-stream TCP throughput, client pod to server
 // pod, with iperf3.
@@ -55,6 +105,24 @@ func (e *env) runStream(ctx context.Context) error {
 	return nil
 }
 
+// measureThroughput runs one iperf3 test on t and records it as fam's
+// "throughput" with its evidence and the further counters that rose since
+// before, which it returns as they are now, for the next measurement.
+func (e *env) measureThroughput(ctx context.Context, fam string, t *topology, before map[string]uint64) (iperfResult, map[string]uint64, error) {
+	var r iperfResult
+	ev, err := measurePath(t, func() (err error) {
+		r, err = iperf(ctx, t, e.cfg.StreamTime, e.cfg.StreamOmit)
+		return err
+	})
+	if err != nil {
+		return r, before, fmt.Errorf("%s throughput %s: %w", fam, t.contender, err)
+	}
+	m := e.res.record(fam, "throughput", t.contender, "Gbit/s", higher, r.bitsPerSecond/1e9)
+	m.addExtra("retransmits", r.retransmits)
+	ev.record(m, t)
+	return r, t.recordExtras(m, before), nil
+}
+
 type iperfResult struct {
 	bitsPerSecond          float64
 	retransmits            int
@@ -66,8 +134,14 @@ type iperfResult struct {
 func iperf(ctx context.Context, t *topology, dur, omit time.Duration) (iperfResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, dur+omit+30*time.Second)
 	defer cancel()
-	srv := exec.CommandContext(ctx, "nsenter", "--net="+t.server.NS.Path(),
-		"iperf3", "--server", "--one-off", "--bind", t.server.IP.String(), "--port", strconv.Itoa(iperfPort))
+	srvArgs := []string{"--server", "--one-off", "--bind", t.server.IP.String(), "--port", strconv.Itoa(iperfPort)}
+	if t.wantPeer.IsValid() {
+		// In JSON, the report the client fetches (--get-server-output)
+		// names the address the server saw.
+		srvArgs = append(srvArgs, "--json")
+	}
+	name, args := taskset(t.cpus, true, "iperf3", srvArgs...)
+	srv := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + t.server.NS.Path(), name}, args...)...)
 	var srvErr strings.Builder
 	srv.Stderr = &srvErr
 	if err := srv.Start(); err != nil {
@@ -83,8 +157,13 @@ func iperf(ctx context.Context, t *topology, dur, omit time.Duration) (iperfResu
 		return iperfResult{}, fmt.Errorf("iperf3 server in %s: %w %s", t.server.Name, err, srvErr.String())
 	}
 
-	out, err := runIn(ctx, t.client.NS, "", "iperf3", "--client", t.dst.String(), "--port", strconv.Itoa(iperfPort),
-		"--time", strconv.Itoa(int(dur.Seconds())), "--omit", strconv.Itoa(int(omit.Seconds())), "--json")
+	clientArgs := []string{"--client", t.dst.String(), "--port", strconv.Itoa(iperfPort),
+		"--time", strconv.Itoa(int(dur.Seconds())), "--omit", strconv.Itoa(int(omit.Seconds())), "--json"}
+	if t.wantPeer.IsValid() {
+		clientArgs = append(clientArgs, "--get-server-output")
+	}
+	name, args = taskset(t.cpus, false, "iperf3", clientArgs...)
+	out, err := runIn(ctx, t.client.NS, "", name, args...)
 	if err != nil {
 		return iperfResult{}, fmt.Errorf("iperf3 client %s -> %s: %w %s", t.client.Name, t.dst, err, iperfError(out))
 	}
@@ -102,6 +181,13 @@ func iperf(ctx context.Context, t *topology, dur, omit time.Duration) (iperfResu
 				RemoteTotal float64 `json:"remote_total"`
 			} `json:"cpu_utilization_percent"`
 		} `json:"end"`
+		Server struct {
+			Start struct {
+				Connected []struct {
+					RemoteHost string `json:"remote_host"`
+				} `json:"connected"`
+			} `json:"start"`
+		} `json:"server_output_json"`
 	}
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		return iperfResult{}, fmt.Errorf("parse iperf3 output: %w", err)
@@ -111,6 +197,15 @@ func iperf(ctx context.Context, t *topology, dur, omit time.Duration) (iperfResu
 	}
 	if rep.End.SumReceived.BitsPerSecond <= 0 {
 		return iperfResult{}, fmt.Errorf("iperf3 %s: no throughput reported", t.contender)
+	}
+	if t.wantPeer.IsValid() {
+		saw := "no connection"
+		if c := rep.Server.Start.Connected; len(c) > 0 {
+			saw = c[0].RemoteHost
+		}
+		if saw != t.wantPeer.String() {
+			return iperfResult{}, fmt.Errorf("iperf3 %s: the server saw the client as %s, want %s", t.contender, saw, t.wantPeer)
+		}
 	}
 	return iperfResult{
 		bitsPerSecond: rep.End.SumReceived.BitsPerSecond,

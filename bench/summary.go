@@ -18,6 +18,7 @@ var familyTitles = map[string]string{
 	famSNAT:         "SNAT: a pod to a host outside the node, masqueraded",
 	famControlPlane: "Control plane: Services and EndpointSlices from a real kube-apiserver to the datapath",
 	famSoak:         "Soak: new masqueraded connections to a host outside the node, as fast as they come, for minutes",
+	famCrossNode:    "Cross-node: a pod to a pod on another node, over a shared underlay",
 }
 
 // references are what each family's ratios are taken against.
@@ -71,6 +72,10 @@ func summary(r *results) string {
 		}
 		if fam == famSoak {
 			b.WriteString(soakSummary(r))
+			continue
+		}
+		if fam == famCrossNode {
+			b.WriteString(crossNodeSummary(r))
 			continue
 		}
 		refs := references(fam)

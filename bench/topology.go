@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/vishvananda/netlink"
@@ -72,6 +73,11 @@ type topology struct {
 	// path, if set, counts packets on the contender's own path, so a
 	// measurement can prove its traffic took it.
 	path *pathCounter
+	// replyPath, if set, is the same proof for the replies where another
+	// node than the client's carries them (cross-node topologies).
+	replyPath *pathCounter
+	// cpus, if set, pins the client and the server to a CPU each.
+	cpus *cpuPin
 	// extra, if set, reads further datapath counters (drops, NAT
 	// statistics); a measurement records those that rose.
 	extra func() map[string]uint64
@@ -131,11 +137,13 @@ type nsDevice struct {
 	name  string
 }
 
-// deviceInfo is a device's MTU, queueing and offloads as ethtool shows them.
+// deviceInfo is a device's MTU, queueing and offloads as ethtool shows
+// them, and the XDP program attached to it, if any.
 type deviceInfo struct {
 	MTU      int               `json:"mtu"`
 	TxQLen   int               `json:"txqlen"`
 	Qdisc    string            `json:"qdisc,omitempty"`
+	XDP      string            `json:"xdp,omitempty"`
 	Features map[string]string `json:"features,omitempty"`
 }
 
@@ -236,6 +244,7 @@ func deviceInfos(ctx context.Context, devs []nsDevice) map[string]deviceInfo {
 			if qs, err := netlink.QdiscList(l); err == nil && len(qs) > 0 {
 				di.Qdisc = qs[0].Type()
 			}
+			di.XDP = xdpInfo(l.Attrs().Xdp)
 			return nil
 		})
 		di.Features = offloads(ctx, d.ns, d.name)
@@ -272,11 +281,34 @@ func offloads(ctx context.Context, n ns.NetNS, dev string) map[string]string {
 	return f
 }
 
+// xdpInfo names the XDP program attached to a device and how, "" for none.
+func xdpInfo(x *netlink.LinkXdp) string {
+	if x == nil || !x.Attached {
+		return ""
+	}
+	mode := map[uint32]string{1: "driver", 2: "generic", 3: "offload", 4: "multi"}[x.AttachMode]
+	name := ""
+	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId)); err == nil {
+		if info, err := p.Info(); err == nil {
+			name = info.Name + " "
+		}
+		p.Close()
+	}
+	return fmt.Sprintf("%s(id %d, %s mode)", name, x.ProgId, mode)
+}
+
 // fairness compares the offloads and MTUs of the pods' interfaces across
 // topologies and returns what differs.
 func fairness(topos []*topology) []string {
+	return fairnessOf(topos, []string{"client eth0", "server eth0"})
+}
+
+// fairnessOf compares MTU, offloads and XDP of the devices with the given
+// labels across topologies (each against the first topology that has it)
+// and returns what differs.
+func fairnessOf(topos []*topology, roles []string) []string {
 	var notes []string
-	for _, role := range []string{"client eth0", "server eth0"} {
+	for _, role := range roles {
 		var ref *deviceInfo
 		var refName string
 		for _, t := range topos {
@@ -290,6 +322,9 @@ func fairness(topos []*topology) []string {
 			}
 			if d.MTU != ref.MTU {
 				notes = append(notes, fmt.Sprintf("%s MTU: %s %d, %s %d", role, refName, ref.MTU, t.contender, d.MTU))
+			}
+			if d.XDP != ref.XDP {
+				notes = append(notes, fmt.Sprintf("%s XDP: %s %q, %s %q", role, refName, ref.XDP, t.contender, d.XDP))
 			}
 			for k, v := range d.Features {
 				if ref.Features[k] != v {
