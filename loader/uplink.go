@@ -50,6 +50,14 @@ func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) erro
 		} else if err := AttachXDP(c.PinRoot, c.XDPMode, maps.ProgXDPNetdev, progs[maps.ProgXDPNetdev], idx); err != nil {
 			return err
 		}
+		if c.XDPMode == XDPNative && dev.Type() == "veth" {
+			// The kernel turns GSO off on the other end of a veth that
+			// runs XDP: everything sent to this node arrives cut to the
+			// MTU (about a third of the TCP throughput in the cross_node
+			// bench).
+			slog.Warn("native XDP on a veth uplink: its peer stops sending GSO packets, which costs throughput towards this node; --xdp-mode off may serve better here",
+				"uplink", name)
+		}
 		list, err := netlink.AddrList(dev, netlink.FAMILY_V4)
 		if err != nil {
 			return fmt.Errorf("uplink %s addresses: %w", name, err)
