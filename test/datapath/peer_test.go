@@ -374,13 +374,7 @@ func TestToNetdevServiceICMPError(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newSNATDatapath(t, snatSetup{})
 			if tc.seed {
-				// The reply entry the NodePort's translation made.
-				k := ctKey(protoUDP, remotePodIP, backendPort, client, req.Sport)
-				e := maps.CtEntry{Expires: monotonic(t) + uint64(lifetimeNonTCP), SvcId: 1, BackendId: backendRemote,
-					NatAddr: maps.Addr16(masqIP), NatPort: maps.Port(nodePort), Flags: maps.CtFlagReply}
-				if err := d.conntrack.Put(&k, &e); err != nil {
-					t.Fatal(err)
-				}
+				d.putFrontendReply(t, req, translated)
 			}
 			sent := icmpError{Src: masqIP, Dst: client, Type: icmpDestUnreach, Code: 4, Rest: uint32(overlayMTU), Quote: translated.ip(), TTL: 64}
 			want := sent
@@ -395,6 +389,66 @@ func TestToNetdevServiceICMPError(t *testing.T) {
 				reason = "to_netdev/svc_reply"
 			}
 			d.expectCounts(t, one(reason, in))
+		})
+	}
+}
+
+// putFrontendReply writes the conntrack entry a frontend's translation of
+// req into translated (to a backend) leaves for the backend's replies:
+// backend -> client, translated back to the frontend.
+func (d *snatDatapath) putFrontendReply(t *testing.T, req, translated flow) {
+	t.Helper()
+	k := ctKey(req.Proto, translated.Dst, translated.Dport, req.Src, req.Sport)
+	e := maps.CtEntry{Expires: monotonic(t) + uint64(lifetimeNonTCP), SvcId: 1, BackendId: backendRemote,
+		NatAddr: maps.Addr16(req.Dst), NatPort: maps.Port(req.Dport), Flags: maps.CtFlagReply}
+	if err := d.conntrack.Put(&k, &e); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A NodePort's datagram translated to a backend on another node leaves
+// masqueraded where it leaves the node: through the uplink (to_netdev,
+// direct routing) or into the overlay (to_overlay). Larger than the MTU,
+// it comes as fragments, and only the first carries the ports the
+// masquerade allocates and decides on: the later ones must get the node's
+// address as well, or the backend's node never reassembles the datagram.
+// Every fragment comes out exactly as the masqueraded datagram's would be
+// fragmented (only the IPv4 header changes in the later ones).
+func TestFrontendFragmentsMasqueraded(t *testing.T) {
+	for _, hook := range []string{maps.ProgToNetdev, maps.ProgToOverlay} {
+		t.Run(hook, func(t *testing.T) {
+			d := newSNATDatapath(t, snatSetup{Overlay: true})
+			putPeers(t, d.peers, tunnelPeer(peerPodCIDR, peerNodeIP))
+			req := udpFlow(serverIP, 40750, masqIP, 30080)
+			req.Payload = make([]byte, 3000)
+			translated := req.to(remotePodIP, backendPort)
+			d.putFrontendReply(t, req, translated)
+			prog, frame, reasons := d.toNetdev, leaving, []string{"to_netdev/snat"}
+			if hook == maps.ProgToOverlay {
+				prog, reasons = d.toOverlay, []string{"to_overlay/snat", "to_overlay/forward_tunnel"}
+				frame = func(ip []byte) []byte { return ether(overlayMAC(peerNodeIP), tunnelSrcMAC, ethPIPv4, ip) }
+			}
+			sent := fragmented(translated)
+			var port uint16
+			var out [][]byte
+			want := counts{}
+			for i, f := range sent {
+				in := frame(f)
+				r := runTC(t, prog, hook, skbContext{}, in)
+				expectVerdict(t, r, tcActOK)
+				if i == 0 {
+					port = d.allocatedPort(t, r.out)
+				}
+				out = append(out, r.out)
+				for _, reason := range reasons {
+					c := want[reason]
+					want[reason] = count{c.Packets + 1, c.Bytes + uint64(len(in))}
+				}
+			}
+			for i, f := range fragmented(translated.from(masqIP, port)) {
+				expectBytes(t, fmt.Sprintf("fragment %d", i), out[i], frame(f))
+			}
+			d.expectCounts(t, want)
 		})
 	}
 }

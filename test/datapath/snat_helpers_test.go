@@ -67,12 +67,15 @@ type snatSetup struct {
 	Disabled         bool   // --no-snat
 	Family           uint8  // nat_config's family; default AF_INET
 	MaxMappings      uint32 // the snat map's max_entries; default snatTestMapSize
+	Overlay          bool   // load to_overlay too, sharing the maps
 }
 
-// snatDatapath is to_netdev and from_netdev sharing their maps.
+// snatDatapath is to_netdev and from_netdev (and to_overlay, if asked)
+// sharing their maps.
 type snatDatapath struct {
 	*datapath
 	toNetdev, fromNetdev *ebpf.Program
+	toOverlay            *ebpf.Program // with snatSetup.Overlay
 	snat, natStats       *ebpf.Map
 	peers, conntrack     *ebpf.Map // seeded by the tests that need them
 	setup                snatSetup
@@ -97,7 +100,11 @@ func newSNATDatapath(t *testing.T, s snatSetup) *snatDatapath {
 	for name, size := range testMapSizes {
 		sizes[name] = size
 	}
-	n := loadNode(t, []string{maps.ProgToNetdev, maps.ProgFromNetdev}, sizes, 0)
+	progs := []string{maps.ProgToNetdev, maps.ProgFromNetdev}
+	if s.Overlay {
+		progs = append(progs, maps.ProgToOverlay)
+	}
+	n := loadNode(t, progs, sizes, 0)
 	d := &snatDatapath{
 		datapath: &datapath{
 			endpoints: maps.NewEndpoints(n.Maps[maps.MapEndpoints]),
@@ -105,6 +112,7 @@ func newSNATDatapath(t *testing.T, s snatSetup) *snatDatapath {
 		},
 		toNetdev:   n.Programs[maps.ProgToNetdev],
 		fromNetdev: n.Programs[maps.ProgFromNetdev],
+		toOverlay:  n.Programs[maps.ProgToOverlay],
 		snat:       n.Maps[maps.MapSNAT],
 		natStats:   n.Maps[maps.MapNatStats],
 		peers:      n.Maps[maps.MapPeers],

@@ -128,15 +128,9 @@ func (c *cluster) close() error {
 	return errors.Join(errs...)
 }
 
-// newCluster is a cluster of the test's own (see buildCluster), removed
-// when the test ends.
-func newCluster(t *testing.T, mode string, nodes, podsPerNode int) *cluster {
-	t.Helper()
-	return newClusterMTU(t, mode, nodes, podsPerNode, 0)
-}
-
-// newClusterMTU is newCluster on an underlay of the given MTU.
-func newClusterMTU(t *testing.T, mode string, nodes, podsPerNode, mtu int) *cluster {
+// newCluster is a cluster of the test's own on an underlay of MTU mtu (see
+// buildCluster), removed when the test ends.
+func newCluster(t *testing.T, mode string, nodes, podsPerNode, mtu int) *cluster {
 	t.Helper()
 	c, err := buildCluster(mode, nodes, podsPerNode, mtu)
 	if err != nil {

@@ -257,7 +257,7 @@ func TestMTUForTheMode(t *testing.T) {
 				c.expectFullSize(t)
 			})
 			t.Run("underlay 9000", func(t *testing.T) {
-				c := newClusterMTU(t, mode, 2, 1, 9000)
+				c := newCluster(t, mode, 2, 1, 9000)
 				c.expectMTUs(t, 9000)
 				c.expectFullSize(t)
 			})

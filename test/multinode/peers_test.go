@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -143,16 +145,17 @@ func (c *cluster) reach(i, j int, got <-chan sim.Datagram) error {
 	return nil
 }
 
-// A node removed from its peers' lists and added back, with the CLI
-// (`podpath node peer delete` and `add`) on each other node, as one
-// joins hosts by hand. Once the others have deleted it, its pods are no
-// target any more: a new connection or datagram from a pod elsewhere to
-// one of its pods fails within a second and nothing arrives; its own pods'
-// connections to other nodes' pods fail too (in overlay mode the others
-// drop what it encapsulates, counted as drop_unknown_peer). Nothing of it
-// stays behind on the others: their peers maps, routes of protocol 112 and
-// recorded peers are exactly those of the remaining nodes. Added back, it
-// is reached again at once, and each node's state is whole again.
+// A node removed from its peers' lists and added back, with the CLI on each
+// other node as one joins hosts by hand: `podpath node peer delete`, then
+// `add` on one and `apply -f` of a file on the other. Once the others have
+// deleted it, its pods are no target any more: a new connection or datagram
+// from a pod elsewhere to one of its pods fails within a second and nothing
+// arrives; its own pods' connections to other nodes' pods fail too (in
+// overlay mode the others drop what it encapsulates, counted as
+// drop_unknown_peer). Nothing of it stays behind on the others: their peers
+// maps, routes of protocol 112 and recorded peers are exactly those of the
+// remaining nodes. Added back, it is reached again at once, and each node's
+// state is whole again.
 func TestNodeRemovedAndAddedBack(t *testing.T) {
 	for _, mode := range routingModes {
 		t.Run(mode, func(t *testing.T) {
@@ -212,9 +215,18 @@ func TestNodeRemovedAndAddedBack(t *testing.T) {
 			c.expectPeerState(t, 0, c.nodes[1])
 			c.expectPeerState(t, 1, c.nodes[0])
 
-			for _, i := range others {
-				c.podpath(t, i, "node", "peer", "add", g.Name, "--address", g.Address.String(), "--pod-cidr", g.PodCIDR.String())
+			// Back by `peer add` on node 1 and by `peer apply -f` of a
+			// file listing all its peers on node 2.
+			c.podpath(t, 0, "node", "peer", "add", g.Name, "--address", g.Address.String(), "--pod-cidr", g.PodCIDR.String())
+			file := filepath.Join(t.TempDir(), "peers.yaml")
+			yaml := "peers:\n"
+			for _, p := range []*sim.Node{c.nodes[0], g} {
+				yaml += fmt.Sprintf("- name: %s\n  address: %s\n  podCIDRs: [%s]\n", p.Name, p.Address, p.PodCIDR)
 			}
+			if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c.podpath(t, 1, "node", "peer", "apply", "-f", file)
 			for _, i := range others {
 				if err := c.reach(i, gone, udp[gone]); err != nil {
 					t.Errorf("added back: node %d -> node %d: %v", i+1, gone+1, err)
