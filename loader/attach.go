@@ -286,6 +286,10 @@ func AttachXDP(root, mode, progName string, prog *ebpf.Program, ifindex int) err
 		return fmt.Errorf("attach %s to %s: %s (%s) has no native XDP: use --xdp-mode generic, or off (%w)",
 			progName, ifname, ifname, dev.Type(), err)
 	}
+	if mode == XDPNative && errors.Is(err, unix.ERANGE) {
+		return fmt.Errorf("attach %s to %s: the driver's native XDP does not take an MTU of %d (a veth, for one, takes about 3,500 bytes at most): use --xdp-mode generic, or off (%w)",
+			progName, ifname, dev.Attrs().MTU, err)
+	}
 	if err != nil {
 		return fmt.Errorf("attach %s to %s (XDP %s): %w", progName, ifname, mode, err)
 	}
