@@ -425,7 +425,8 @@ func TestFrontendFragmentsMasqueraded(t *testing.T) {
 			d.putFrontendReply(t, req, translated)
 			prog, frame, reasons := d.toNetdev, leaving, []string{"to_netdev/snat"}
 			if hook == maps.ProgToOverlay {
-				prog, reasons = d.toOverlay, []string{"to_overlay/snat", "to_overlay/forward_tunnel"}
+				// Masqueraded and keyed here, each counted once, as snat.
+				prog, reasons = d.toOverlay, []string{"to_overlay/snat"}
 				frame = func(ip []byte) []byte { return ether(overlayMAC(peerNodeIP), tunnelSrcMAC, ethPIPv4, ip) }
 			}
 			sent := fragmented(translated)
