@@ -47,8 +47,16 @@ func newPeers(client kubernetes.Interface, self string, node loader.Config, met 
 		},
 	}
 	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { p.kick() },
-		UpdateFunc: func(_, _ any) { p.kick() },
+		AddFunc: func(any) { p.kick() },
+		// kubelet updates its Node every few seconds; only an address or
+		// a pod CIDR changes a peer.
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Node)
+			c, ok2 := cur.(*corev1.Node)
+			if !ok1 || !ok2 || !samePeerInfo(nodeInfoOf(o), nodeInfoOf(c)) {
+				p.kick()
+			}
+		},
 		DeleteFunc: func(any) { p.kick() },
 	})
 	p.synced = inf.Informer().HasSynced
@@ -131,6 +139,7 @@ func peersOf(self string, own netip.Prefix, nodes []*corev1.Node) ([]loader.Peer
 	nodes = slices.Clone(nodes)
 	slices.SortFunc(nodes, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
 	var out []loader.Peer
+	v := loader.NewPeerValidator(own)
 	for _, n := range nodes {
 		if n.Name == self {
 			continue
@@ -145,11 +154,15 @@ func peersOf(self string, own netip.Prefix, nodes []*corev1.Node) ([]loader.Peer
 			skipped[n.Name] = "no IPv4 pod CIDR yet"
 			continue
 		}
-		if err := loader.ValidatePeers(own, append(slices.Clone(out), p)); err != nil {
+		if err := v.Add(p); err != nil {
 			skipped[n.Name] = err.Error()
 			continue
 		}
 		out = append(out, p)
 	}
 	return out, skipped
+}
+
+func samePeerInfo(a, b nodeInfo) bool {
+	return a.internalIP == b.internalIP && slices.Equal(a.podCIDRs, b.podCIDRs)
 }

@@ -76,51 +76,74 @@ func ReadPeers(stateDir string) ([]Peer, error) {
 // pod CIDRs that are not IPv4, have host bits set, or overlap own or each
 // other.
 func ValidatePeers(own netip.Prefix, peers []Peer) error {
-	names := map[string]bool{}
-	addrs := map[netip.Addr]string{}
-	var cidrs []struct {
-		p    netip.Prefix
-		name string
-	}
+	v := NewPeerValidator(own)
 	for _, p := range peers {
-		if p.Name == "" || strings.ContainsAny(p.Name, " \t\n/") {
-			return fmt.Errorf("peer %q: a name without spaces or slashes is required", p.Name)
-		}
-		if names[p.Name] {
-			return fmt.Errorf("peer %s: listed twice", p.Name)
-		}
-		names[p.Name] = true
-		if !p.Address.Is4() || !p.Address.IsGlobalUnicast() {
-			return fmt.Errorf("peer %s: address %q is not an IPv4 unicast address", p.Name, p.Address)
-		}
-		if other, ok := addrs[p.Address]; ok {
-			return fmt.Errorf("peer %s: address %s is peer %s's too", p.Name, p.Address, other)
-		}
-		addrs[p.Address] = p.Name
-		if len(p.PodCIDRs) == 0 {
-			return fmt.Errorf("peer %s: no pod CIDR", p.Name)
-		}
-		for _, c := range p.PodCIDRs {
-			if !c.Addr().Is4() || c != c.Masked() {
-				return fmt.Errorf("peer %s: pod CIDR %s must be an IPv4 prefix without host bits", p.Name, c)
-			}
-			if own.IsValid() && own.Overlaps(c) {
-				return fmt.Errorf("peer %s: pod CIDR %s overlaps this node's %s", p.Name, c, own)
-			}
-			if c.Contains(p.Address) {
-				return fmt.Errorf("peer %s: its address %s is inside its pod CIDR %s", p.Name, p.Address, c)
-			}
-			for _, o := range cidrs {
-				if o.p.Overlaps(c) {
-					return fmt.Errorf("peer %s: pod CIDR %s overlaps peer %s's %s", p.Name, c, o.name, o.p)
-				}
-			}
-			cidrs = append(cidrs, struct {
-				p    netip.Prefix
-				name string
-			}{c, p.Name})
+		if err := v.Add(p); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// PeerValidator checks peers one at a time against those it accepted
+// before, so a set is checked in one pass (the agent skips a bad Node and
+// goes on with the next).
+type PeerValidator struct {
+	own   netip.Prefix
+	names map[string]bool
+	addrs map[netip.Addr]string
+	cidrs []peerCIDR
+}
+
+type peerCIDR struct {
+	p    netip.Prefix
+	name string
+}
+
+// NewPeerValidator checks peers of a node with pod CIDR own.
+func NewPeerValidator(own netip.Prefix) *PeerValidator {
+	return &PeerValidator{own: own, names: map[string]bool{}, addrs: map[netip.Addr]string{}}
+}
+
+// Add accepts p, or says what is wrong with it; a refused peer is not
+// remembered.
+func (v *PeerValidator) Add(p Peer) error {
+	if p.Name == "" || strings.ContainsAny(p.Name, " \t\n/") {
+		return fmt.Errorf("peer %q: a name without spaces or slashes is required", p.Name)
+	}
+	if v.names[p.Name] {
+		return fmt.Errorf("peer %s: listed twice", p.Name)
+	}
+	if !p.Address.Is4() || !p.Address.IsGlobalUnicast() {
+		return fmt.Errorf("peer %s: address %q is not an IPv4 unicast address", p.Name, p.Address)
+	}
+	if other, ok := v.addrs[p.Address]; ok {
+		return fmt.Errorf("peer %s: address %s is peer %s's too", p.Name, p.Address, other)
+	}
+	if len(p.PodCIDRs) == 0 {
+		return fmt.Errorf("peer %s: no pod CIDR", p.Name)
+	}
+	var mine []peerCIDR
+	for _, c := range p.PodCIDRs {
+		if !c.Addr().Is4() || c != c.Masked() {
+			return fmt.Errorf("peer %s: pod CIDR %s must be an IPv4 prefix without host bits", p.Name, c)
+		}
+		if v.own.IsValid() && v.own.Overlaps(c) {
+			return fmt.Errorf("peer %s: pod CIDR %s overlaps this node's %s", p.Name, c, v.own)
+		}
+		if c.Contains(p.Address) {
+			return fmt.Errorf("peer %s: its address %s is inside its pod CIDR %s", p.Name, p.Address, c)
+		}
+		for _, o := range append(v.cidrs, mine...) {
+			if o.p.Overlaps(c) {
+				return fmt.Errorf("peer %s: pod CIDR %s overlaps peer %s's %s", p.Name, c, o.name, o.p)
+			}
+		}
+		mine = append(mine, peerCIDR{c, p.Name})
+	}
+	v.names[p.Name] = true
+	v.addrs[p.Address] = p.Name
+	v.cidrs = append(v.cidrs, mine...)
 	return nil
 }
 
@@ -198,17 +221,13 @@ func peerEntries(c Config, peers []Peer, overlay *overlayInfo) map[maps.PeerKey]
 			v.Mtu = uint16(overlay.mtu)
 		}
 		for _, cidr := range p.PodCIDRs {
-			want[peerKey(cidr)] = v
+			want[maps.NewPeerKey(cidr)] = v
 		}
 		node := v
 		node.Flags |= maps.PeerFlagNode
-		want[peerKey(netip.PrefixFrom(p.Address, 32))] = node
+		want[maps.NewPeerKey(netip.PrefixFrom(p.Address, 32))] = node
 	}
 	return want
-}
-
-func peerKey(p netip.Prefix) maps.PeerKey {
-	return maps.PeerKey{Prefixlen: 32 + uint32(p.Bits()), Family: maps.FamilyIPv4, Addr: maps.Addr16(p.Addr())}
 }
 
 // syncPeers writes peers to the peers map and the kernel routes, removing

@@ -305,6 +305,17 @@ const (
 func Addr16(addr netip.Addr) [4]uint32 { return NewEndpointKey(addr).Addr }
 
 // AddrFrom16 is the inverse of Addr16.
+// NewPeerKey is the peers map's key for prefix p.
+func NewPeerKey(p netip.Prefix) PeerKey {
+	k := NewEndpointKey(p.Addr())
+	return PeerKey{Prefixlen: 32 + uint32(p.Bits()), Family: uint32(k.Family), Addr: k.Addr}
+}
+
+// Prefix is the prefix a peers map key stands for.
+func (k PeerKey) Prefix() netip.Prefix {
+	return netip.PrefixFrom(AddrFrom16(uint8(k.Family), k.Addr), int(k.Prefixlen)-32)
+}
+
 func AddrFrom16(family uint8, a [4]uint32) netip.Addr {
 	return EndpointKey{Family: family, Addr: a}.IP()
 }

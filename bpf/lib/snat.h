@@ -335,11 +335,12 @@ static __always_inline int snat_frontend_flow4(const struct flow4 *f)
 	struct ct_entry *e;
 	struct ct_key k;
 
-	if (!f->has_ports)
+	/* A pod's own packet (most of what leaves) needs no conntrack lookup. */
+	if (!f->has_ports || endpoint_lookup4(f->saddr))
 		return 0;
 	ct_key4(&k, f->daddr, f->saddr, f->dport, f->sport, f->proto);
 	e = bpf_map_lookup_elem(&conntrack, &k);
-	return e && (e->flags & CT_F_REPLY) && !(e->flags & CT_F_HAIRPIN) && !endpoint_lookup4(f->saddr);
+	return e && (e->flags & CT_F_REPLY) && !(e->flags & CT_F_HAIRPIN);
 }
 
 /* snat_egress4 masquerades a pod's packet to a destination outside the

@@ -53,7 +53,7 @@ func peerPrefixes(t *testing.T, n *sim.Node) map[netip.Prefix]bool {
 	}
 	out := map[netip.Prefix]bool{}
 	for k := range entries {
-		out[netip.PrefixFrom(maps.EndpointKey{Family: uint8(k.Family), Addr: k.Addr}.IP(), int(k.Prefixlen)-32)] = true
+		out[k.Prefix()] = true
 	}
 	return out
 }

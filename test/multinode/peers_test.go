@@ -75,8 +75,7 @@ func (c *cluster) peerState(t *testing.T, i int) peerState {
 		t.Fatal(err)
 	}
 	for k, v := range entries {
-		p := netip.PrefixFrom(maps.AddrFrom16(uint8(k.Family), k.Addr), int(k.Prefixlen)-32)
-		s.entries = append(s.entries, fmt.Sprintf("%s -> %s", p, maps.AddrFrom16(v.Family, v.NodeAddr)))
+		s.entries = append(s.entries, fmt.Sprintf("%s -> %s", k.Prefix(), maps.AddrFrom16(v.Family, v.NodeAddr)))
 	}
 	err = n.Do(func() error {
 		rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: 112}, netlink.RT_FILTER_PROTOCOL)
