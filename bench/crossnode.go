@@ -367,7 +367,9 @@ func (e *env) podpathCrossTopology(ctx context.Context, routing string) (*topolo
 		var sides [2][]nsDevice
 		for i, role := range []string{"client", "server"} {
 			node, closeNode, err := newSimNode(fmt.Sprintf("xn-%s-n%d", name, i+1), xnPodCIDRs[i], sim.WithCNIBin(bin),
-				sim.WithUnderlay(b.u, b.u.Addr(i+1)), sim.WithLoaderConfig(func(c *loader.Config) { c.Routing = routing }))
+				sim.WithUnderlay(b.u, b.u.Addr(i+1)), sim.WithLoaderConfig(func(c *loader.Config) {
+					c.Routing, c.XDPMode = routing, loader.XDPAuto // a node's default: no XDP on its veth uplink
+				}))
 			if err != nil {
 				return err
 			}

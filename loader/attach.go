@@ -26,6 +26,11 @@ const (
 
 // XDP modes of a node's uplinks (Config.XDPMode).
 const (
+	// XDPAuto is native XDP where it pays: on uplinks whose driver runs
+	// XDP natively, except veths (a veth that runs XDP makes its peer stop
+	// sending GSO packets, so every packet to the node arrives cut to the
+	// MTU); elsewhere no XDP, from_netdev doing the work.
+	XDPAuto    = "auto"
 	XDPNative  = "native"  // in the driver, before any skb exists: the fast path
 	XDPGeneric = "generic" // emulated on the skb, for drivers without XDP
 	XDPOff     = "off"     // no XDP program: from_netdev does its work

@@ -58,9 +58,9 @@ type Config struct {
 	// from_netdev at tc ingress and, unless XDPMode is off, xdp_netdev; their
 	// IPv4 addresses are the node addresses NodePort and hostPort answer on.
 	Uplinks []string `json:"uplinks,omitempty"`
-	// XDPMode is how xdp_netdev is attached to the uplinks: XDPNative,
-	// XDPGeneric or XDPOff. Empty at init means: the mode the node
-	// records, native on a new node. Init records the resolved mode.
+	// XDPMode is how xdp_netdev is attached to the uplinks: XDPAuto,
+	// XDPNative, XDPGeneric or XDPOff. Empty at init means: the mode the
+	// node records, auto on a new node. Init records the resolved mode.
 	XDPMode string `json:"xdpMode,omitempty"`
 	// Routing is how pods reach other nodes' pods (the peers):
 	// RoutingDirect, the default, or RoutingVXLAN, whose UDP port and
@@ -181,9 +181,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("tc attach mode %q: want auto, %s or %s", c.TCAttach, ModeTCX, ModeLegacyTC)
 	}
 	switch c.XDPMode {
-	case "", XDPNative, XDPGeneric, XDPOff:
+	case "", XDPAuto, XDPNative, XDPGeneric, XDPOff:
 	default:
-		return fmt.Errorf("XDP mode %q: want %s, %s or %s", c.XDPMode, XDPNative, XDPGeneric, XDPOff)
+		return fmt.Errorf("XDP mode %q: want %s, %s, %s or %s", c.XDPMode, XDPAuto, XDPNative, XDPGeneric, XDPOff)
 	}
 	switch c.Routing {
 	case "", RoutingDirect:

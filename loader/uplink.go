@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/podpath/podpath/maps"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // attachUplinks attaches from_netdev, to_netdev and xdp_netdev (in the
@@ -43,11 +45,7 @@ func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) erro
 		if _, err := AttachTC(c.PinRoot, c.TCAttach, maps.ProgToNetdev, progs[maps.ProgToNetdev], idx, Egress); err != nil {
 			return err
 		}
-		if c.XDPMode == XDPOff {
-			if err := DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name); err != nil {
-				return err
-			}
-		} else if err := AttachXDP(c.PinRoot, c.XDPMode, maps.ProgXDPNetdev, progs[maps.ProgXDPNetdev], idx); err != nil {
+		if err := attachUplinkXDP(c, dev, progs[maps.ProgXDPNetdev]); err != nil {
 			return err
 		}
 		if c.XDPMode == XDPNative && dev.Type() == "veth" {
@@ -72,6 +70,31 @@ func attachUplinks(c Config, prev []string, progs map[string]*ebpf.Program) erro
 		return err
 	}
 	return configureSNAT(c, addrs)
+}
+
+// attachUplinkXDP attaches xdp_netdev to an uplink in the node's XDP mode,
+// or detaches it. In auto mode a veth gets none and a device whose driver
+// has no native XDP gets none: generic XDP costs more than it saves, and
+// from_netdev does the same work at tc.
+func attachUplinkXDP(c Config, dev netlink.Link, prog *ebpf.Program) error {
+	name, idx := dev.Attrs().Name, dev.Attrs().Index
+	mode := c.XDPMode
+	if mode == XDPAuto && dev.Type() == "veth" {
+		slog.Info("XDP left off on a veth uplink (its peer would stop sending GSO packets); from_netdev serves it", "uplink", name)
+		mode = XDPOff
+	}
+	if mode == XDPOff {
+		return DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name)
+	}
+	if mode != XDPAuto {
+		return AttachXDP(c.PinRoot, mode, maps.ProgXDPNetdev, prog, idx)
+	}
+	err := AttachXDP(c.PinRoot, XDPNative, maps.ProgXDPNetdev, prog, idx)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ERANGE) {
+		slog.Info("XDP left off on an uplink whose driver cannot run xdp_netdev natively; from_netdev serves it", "uplink", name, "reason", err)
+		return DetachXDP(c.PinRoot, maps.ProgXDPNetdev, name)
+	}
+	return err
 }
 
 type nodeAddr struct {
@@ -105,7 +128,7 @@ func writeNodeAddrs(root string, addrs []nodeAddr) error {
 func keptXDPMode(root string, prev Config, prevErr error) string {
 	switch {
 	case prevErr != nil || len(prev.Uplinks) == 0:
-		return XDPNative
+		return XDPAuto
 	case prev.XDPMode != "":
 		return prev.XDPMode
 	}

@@ -57,15 +57,18 @@ func (n *testNode) addBridge(t *testing.T, name string) {
 	})
 }
 
-// The uplinks' XDP mode is what init is told, native by default: on a
-// veth (native XDP) each mode is attached as asked, the kernel agrees,
-// init records it, a re-init that names none keeps it, a change of mode
-// leaves one program on the device, and off leaves none.
+// The uplinks' XDP mode is what init is told, auto by default: on a veth
+// (native XDP) auto attaches nothing, each other mode is attached as
+// asked, the kernel agrees, init records it, a re-init that names none
+// keeps it, a change of mode leaves one program on the device, and off
+// leaves none.
 func TestXDPModesOnVeth(t *testing.T) {
 	n := newTestNode(t)
 	n.cfg.Uplinks, n.cfg.NoSNAT = []string{"lt0"}, true
 	for _, step := range []struct{ mode, want, recorded string }{
-		{"", loader.ModeXDPNative, loader.XDPNative},
+		{"", "", loader.XDPAuto},
+		{loader.XDPNative, loader.ModeXDPNative, loader.XDPNative},
+		{loader.XDPAuto, "", loader.XDPAuto},
 		{loader.XDPGeneric, loader.ModeXDPGeneric, loader.XDPGeneric},
 		{"", loader.ModeXDPGeneric, loader.XDPGeneric},
 		{loader.XDPNative, loader.ModeXDPNative, loader.XDPNative},
@@ -94,12 +97,13 @@ func TestXDPModesOnVeth(t *testing.T) {
 
 // A device without native XDP (a bridge) is
 // refused in native mode with an error that names it and the way out, and
-// nothing is left on its XDP hook; generic attaches there.
+// nothing is left on its XDP hook; generic attaches there; auto takes it
+// without XDP (and removes the generic program).
 func TestXDPNativeRefusedWithoutDriverSupport(t *testing.T) {
 	n := newTestNode(t)
 	n.addBridge(t, "xd0")
 	n.cfg.Uplinks, n.cfg.NoSNAT = []string{"xd0"}, true
-	for _, mode := range []string{"", loader.XDPNative} {
+	for _, mode := range []string{loader.XDPNative} {
 		n.cfg.XDPMode = mode
 		var err error
 		n.do(t, func() error { err = loader.Init(n.cfg); return nil })
@@ -117,6 +121,13 @@ func TestXDPNativeRefusedWithoutDriverSupport(t *testing.T) {
 	if listed, kernel := n.xdpOn(t, "xd0"); listed != loader.ModeXDPGeneric || kernel != loader.ModeXDPGeneric {
 		t.Fatalf("generic on xd0: listed %q, kernel %q", listed, kernel)
 	}
+	n.cfg.XDPMode = loader.XDPAuto
+	n.do(t, func() error { return loader.Init(n.cfg) })
+	if listed, kernel := n.xdpOn(t, "xd0"); listed != "" || kernel != "" {
+		t.Fatalf("auto on xd0: listed %q, kernel %q", listed, kernel)
+	}
+	n.cfg.XDPMode = loader.XDPGeneric
+	n.do(t, func() error { return loader.Init(n.cfg) })
 	n.cfg.XDPMode = loader.XDPOff
 	n.do(t, func() error { return loader.Init(n.cfg) })
 	if listed, kernel := n.xdpOn(t, "xd0"); listed != "" || kernel != "" {
@@ -175,7 +186,7 @@ func TestInitRefusesUnknownXDPMode(t *testing.T) {
 	n.cfg.XDPMode = "driver"
 	var err error
 	n.do(t, func() error { err = loader.Init(n.cfg); return nil })
-	if err == nil || !strings.Contains(err.Error(), `XDP mode "driver": want native, generic or off`) {
+	if err == nil || !strings.Contains(err.Error(), `XDP mode "driver": want auto, native, generic or off`) {
 		t.Fatalf("init with XDP mode driver: %v", err)
 	}
 }

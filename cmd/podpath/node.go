@@ -97,8 +97,8 @@ func addRoutingFlags(cmd *cobra.Command, c *loader.Config) {
 // --no-xdp, the flag it replaces.
 func addXDPModeFlags(cmd *cobra.Command, mode *string) {
 	f := cmd.Flags()
-	f.StringVar(mode, "xdp-mode", "", "XDP on the uplinks: native (in the driver; a device without native XDP is refused), "+
-		"generic (emulated, works on any device) or off (default native, or the mode the node already runs)")
+	f.StringVar(mode, "xdp-mode", "", "XDP on the uplinks: auto (native where the driver has it, except on veths, whose peer would stop sending GSO packets; none elsewhere), "+
+		"native (in the driver; a device without native XDP is refused), generic (emulated, works on any device) or off (default auto, or the mode the node already runs)")
 	f.Var(noXDPFlag{mode}, "no-xdp", "do not attach the XDP program to the uplinks")
 	f.Lookup("no-xdp").NoOptDefVal = "true"
 	f.MarkDeprecated("no-xdp", "use --xdp-mode off")

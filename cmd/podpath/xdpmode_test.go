@@ -52,7 +52,7 @@ func TestXDPModeFlag(t *testing.T) {
 		}
 	}
 	initFlag, agentFlag := subcommand(t, "node", "init").Flags().Lookup("xdp-mode"), subcommand(t, "agent").Flags().Lookup("xdp-mode")
-	if initFlag.Usage != agentFlag.Usage || !strings.Contains(initFlag.Usage, "default native") {
+	if initFlag.Usage != agentFlag.Usage || !strings.Contains(initFlag.Usage, "default auto") {
 		t.Fatalf("--xdp-mode of node init and agent differ or hide the default:\n%s\n%s", initFlag.Usage, agentFlag.Usage)
 	}
 }
@@ -92,8 +92,8 @@ func TestDeployManifestAgentFlags(t *testing.T) {
 	if err := agent.ParseFlags(args); err != nil {
 		t.Fatalf("the DaemonSet's agent args %v: %v", args, err)
 	}
-	if mode := agent.Flags().Lookup("xdp-mode").Value.String(); mode != loader.XDPNative {
-		t.Fatalf("the DaemonSet's agent runs --xdp-mode %q, want it said: native", mode)
+	if mode := agent.Flags().Lookup("xdp-mode").Value.String(); mode != loader.XDPAuto {
+		t.Fatalf("the DaemonSet's agent runs --xdp-mode %q, want it said: auto", mode)
 	}
 }
 
@@ -149,15 +149,16 @@ func TestNodeInitXDPMode(t *testing.T) {
 		mode    string // the mode node status reports
 		xdp     string // the XDP attachment: device and mode; "" for none
 	}{
-		{args: []string{"--uplink", "up0"}, mode: "native", xdp: "up0 " + loader.ModeXDPNative},
-		{args: []string{"--uplink", "br0"}, refused: "attach xdp_netdev to br0: br0 (bridge) has no native XDP: use --xdp-mode generic, or off"},
+		{args: []string{"--uplink", "up0"}, mode: "auto"}, // a veth: no XDP
+		{args: []string{"--uplink", "br0"}, mode: "auto"}, // no native XDP: none
+		{args: []string{"--uplink", "up0", "--xdp-mode", "native"}, mode: "native", xdp: "up0 " + loader.ModeXDPNative},
 		{args: []string{"--uplink", "br0", "--xdp-mode", "native"}, refused: "br0 (bridge) has no native XDP"},
 		{args: []string{"--uplink", "br0", "--xdp-mode", "generic"}, mode: "generic", xdp: "br0 " + loader.ModeXDPGeneric},
 		{args: []string{"--uplink", "up0", "--xdp-mode", "off"}, mode: "off"},
 		{args: []string{"--uplink", "up0"}, mode: "off"}, // a re-init keeps the node's mode
 		{args: []string{"--uplink", "up0", "--xdp-mode", "native"}, mode: "native", xdp: "up0 " + loader.ModeXDPNative},
 		{args: []string{"--uplink", "up0", "--no-xdp"}, mode: "off"},
-		{args: []string{"--uplink", "up0", "--xdp-mode", "driver"}, refused: `XDP mode "driver": want native, generic or off`},
+		{args: []string{"--uplink", "up0", "--xdp-mode", "driver"}, refused: `XDP mode "driver": want auto, native, generic or off`},
 	} {
 		out, err := podpath(append(initArgs, step.args...)...)
 		if step.refused != "" {

@@ -232,6 +232,9 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 			MaxEndpoints: o.maxEps,
 			TCAttach:     o.tcAttach,
 			Uplinks:      uplinks,
+			// Native even on the veth uplinks (auto leaves veths
+			// without XDP), so that tests run xdp_netdev.
+			XDPMode: loader.XDPNative,
 		}
 		if o.tweak != nil {
 			o.tweak(&cfg)
