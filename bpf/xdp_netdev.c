@@ -121,25 +121,17 @@ int xdp_netdev(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 
-	if ((void *)(eth + 1) > data_end) {
-		count(REASON_DROP_TRUNCATED, HOOK_XDP, len);
-		return XDP_DROP;
-	}
+	if ((void *)(eth + 1) > data_end)
+		return xdp_drop(ctx, REASON_DROP_TRUNCATED, len);
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end) {
-			count(REASON_DROP_TRUNCATED, HOOK_XDP, len);
-			return XDP_DROP;
-		}
+		if ((void *)(ip + 1) > data_end)
+			return xdp_drop(ctx, REASON_DROP_TRUNCATED, len);
 		if (ip->version != 4 || ip->ihl < 5 ||
-		    bpf_ntohs(ip->tot_len) < ip->ihl * 4) {
-			count(REASON_DROP_BAD_IP_HEADER, HOOK_XDP, len);
-			return XDP_DROP;
-		}
-		if (sizeof(*eth) + bpf_ntohs(ip->tot_len) > len) {
-			count(REASON_DROP_TRUNCATED, HOOK_XDP, len);
-			return XDP_DROP;
-		}
+		    bpf_ntohs(ip->tot_len) < ip->ihl * 4)
+			return xdp_drop(ctx, REASON_DROP_BAD_IP_HEADER, len);
+		if (sizeof(*eth) + bpf_ntohs(ip->tot_len) > len)
+			return xdp_drop(ctx, REASON_DROP_TRUNCATED, len);
 		if (xdp_service(ip, data_end, len)) {
 			count(REASON_PASS_TRANSLATED, HOOK_XDP, len);
 			return XDP_PASS;

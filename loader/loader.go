@@ -69,6 +69,13 @@ type Config struct {
 	Routing   string `json:"routing,omitempty"`
 	VXLANPort uint16 `json:"vxlanPort,omitempty"`
 	VNI       uint32 `json:"vni,omitempty"`
+	// Drop events (podpath monitor): at most DropEventRate per second
+	// and CPU, DropEventBurst at once; 0 means the default
+	// (maps.DefaultDropEventRate, maps.DefaultDropEventBurst).
+	// NoDropEvents sends none.
+	DropEventRate  uint32 `json:"dropEventRate,omitempty"`
+	DropEventBurst uint32 `json:"dropEventBurst,omitempty"`
+	NoDropEvents   bool   `json:"noDropEvents,omitempty"`
 	// SNAT: pods' traffic leaving through an uplink for destinations
 	// outside the pod CIDR, ClusterCIDRs and NonMasqCIDRs leaves with
 	// SNATAddr (default: the first uplink's first IPv4 address) and a port
@@ -184,6 +191,9 @@ func (c Config) Validate() error {
 	case "", XDPAuto, XDPNative, XDPGeneric, XDPOff:
 	default:
 		return fmt.Errorf("XDP mode %q: want %s, %s, %s or %s", c.XDPMode, XDPAuto, XDPNative, XDPGeneric, XDPOff)
+	}
+	if c.DropEventRate > maps.MaxDropEventRate || c.DropEventBurst > maps.MaxDropEventRate {
+		return fmt.Errorf("drop events: rate %d and burst %d must be at most %d", c.DropEventRate, c.DropEventBurst, maps.MaxDropEventRate)
 	}
 	switch c.Routing {
 	case "", RoutingDirect:
@@ -332,6 +342,9 @@ func Init(c Config) error {
 		if err := pinProgram(c.PinRoot, name, prog); err != nil {
 			return err
 		}
+	}
+	if err := configureEvents(c); err != nil {
+		return err
 	}
 	if err := replaceAttached(c.PinRoot, progs); err != nil {
 		return err

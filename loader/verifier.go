@@ -76,7 +76,7 @@ func verifyOne(name string, spec *ebpf.CollectionSpec) VerifierStats {
 	v := VerifierStats{Program: name}
 	for _, ms := range spec.Maps {
 		ms.Pinning = ebpf.PinNone
-		if ms.MaxEntries > 1024 && ms.Type != ebpf.Array && ms.Type != ebpf.PerCPUArray {
+		if ms.MaxEntries > 1024 && ms.Type != ebpf.Array && ms.Type != ebpf.PerCPUArray && ms.Type != ebpf.RingBuf {
 			ms.MaxEntries = 1024
 		}
 		if ms.InnerMap != nil && ms.InnerMap.MaxEntries > 1024 {

@@ -51,6 +51,7 @@ const mapInner = "maglev_inner"
 const (
 	sideNumber = "number" // a bare number: bpftool prints no name
 	sideBytes  = "bytes"  // no BTF: bpftool prints the raw bytes
+	sideNone   = "none"   // a ring buffer: no key, no value, nothing to dump
 )
 
 // docFields is what debuggingDoc says bpftool shows of one map.
@@ -149,6 +150,12 @@ func TestDebuggingDocMatchesBpftool(t *testing.T) {
 		if !ok {
 			continue
 		}
+		if d.key[0] == sideNone {
+			if typ := n.openMap(t, name).Type(); typ != ebpf.RingBuf {
+				t.Errorf("%s:%d: the doc says map %s has no key and value, but it is a %v, not a ring buffer", debuggingDoc, d.line, name, typ)
+			}
+			continue
+		}
 		entries := checkDump(t, name, d, bpftoolRun(t, bpftool, "-j", "map", "dump", "pinned", maps.MapPath(n.root, name)))
 		if d.key[0] == sideBytes {
 			if _, ok := mapInfo(t, n.openMap(t, name)).BTFID(); ok {
@@ -176,6 +183,12 @@ func checkDocBTF(t *testing.T, name, side string, line int, fields []string, typ
 	where := fmt.Sprintf("%s:%d: %s %s", debuggingDoc, line, name, side)
 	if len(fields) == 1 && fields[0] == sideBytes {
 		return // a map without BTF: checked on the pinned map
+	}
+	if len(fields) == 1 && fields[0] == sideNone {
+		if typ != nil {
+			t.Errorf("%s: the doc says none, the map has %v", where, typ)
+		}
+		return
 	}
 	if typ == nil {
 		t.Errorf("%s: the map's spec has no BTF type (write %q)", where, sideBytes)

@@ -104,6 +104,56 @@ type fromPodEndpointKey struct {
 	Addr   [4]uint32
 }
 
+type fromPodEvent struct {
+	_         structs.HostLayout
+	TsNs      uint64
+	Ifindex   uint32
+	Len       uint32
+	Reason    uint16
+	Hook      uint8
+	Kind      uint8
+	Ethertype uint16
+	Pad       uint16
+	Tuple     struct {
+		_     structs.HostLayout
+		Saddr uint32
+		Daddr uint32
+		Sport uint16
+		Dport uint16
+		Proto uint8
+		Pad   [3]uint8
+	}
+	Orig struct {
+		_     structs.HostLayout
+		Saddr uint32
+		Daddr uint32
+		Sport uint16
+		Dport uint16
+		Proto uint8
+		Pad   [3]uint8
+	}
+}
+
+type fromPodEventConfig struct {
+	_            structs.HostLayout
+	DropRate     uint32
+	DropBurst    uint32
+	TraceFlags   uint32
+	TraceIfindex uint32
+	TraceAddr    uint32
+	TraceSample  uint32
+	Reserved     [2]uint32
+}
+
+type fromPodEventState struct {
+	_           structs.HostLayout
+	RefillNs    uint64
+	Tokens      uint64
+	Sent        uint64
+	RateLimited uint64
+	RingbufFull uint64
+}
+
 type fromPodFragEntry struct {
 	_        structs.HostLayout
 	Expires  uint64
@@ -315,6 +365,9 @@ const (
 	fromPodMapConntrack          = "conntrack"
 	fromPodMapCounters           = "counters"
 	fromPodMapEndpoints          = "endpoints"
+	fromPodMapEventConfig        = "event_config"
+	fromPodMapEventState         = "event_state"
+	fromPodMapEvents             = "events"
 	fromPodMapFrags              = "frags"
 	fromPodMapMaglev             = "maglev"
 	fromPodMapNatConfig          = "nat_config"
@@ -330,6 +383,7 @@ const (
 	fromPodProgFromPod           = "from_pod"
 	fromPodVarBackendFlagsUnused = "backend_flags_unused"
 	fromPodVarCtFlagsUnused      = "ct_flags_unused"
+	fromPodVarEventLayout        = "event_layout"
 	fromPodVarHookUnused         = "hook_unused"
 	fromPodVarLbAlgoUnused       = "lb_algo_unused"
 	fromPodVarMaglevTableSize    = "maglev_table_size"
@@ -390,23 +444,26 @@ type fromPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodMapSpecs struct {
-	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
-	Backends   *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Frags      *ebpf.MapSpec `ebpf:"frags"`
-	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	Services   *ebpf.MapSpec `ebpf:"services"`
-	Snat       *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
+	Backends    *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
+	EventState  *ebpf.MapSpec `ebpf:"event_state"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Frags       *ebpf.MapSpec `ebpf:"frags"`
+	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers       *ebpf.MapSpec `ebpf:"peers"`
+	Services    *ebpf.MapSpec `ebpf:"services"`
+	Snat        *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // fromPodVariableSpecs contains global variables before they are loaded into the kernel.
@@ -415,6 +472,7 @@ type fromPodMapSpecs struct {
 type fromPodVariableSpecs struct {
 	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
@@ -446,23 +504,26 @@ func (o *fromPodObjects) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodMaps struct {
-	Affinity   *ebpf.Map `ebpf:"affinity"`
-	Backends   *ebpf.Map `ebpf:"backends"`
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Frags      *ebpf.Map `ebpf:"frags"`
-	Maglev     *ebpf.Map `ebpf:"maglev"`
-	NatConfig  *ebpf.Map `ebpf:"nat_config"`
-	NatStats   *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	Services   *ebpf.Map `ebpf:"services"`
-	Snat       *ebpf.Map `ebpf:"snat"`
-	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
+	Affinity    *ebpf.Map `ebpf:"affinity"`
+	Backends    *ebpf.Map `ebpf:"backends"`
+	Conntrack   *ebpf.Map `ebpf:"conntrack"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	EventConfig *ebpf.Map `ebpf:"event_config"`
+	EventState  *ebpf.Map `ebpf:"event_state"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Frags       *ebpf.Map `ebpf:"frags"`
+	Maglev      *ebpf.Map `ebpf:"maglev"`
+	NatConfig   *ebpf.Map `ebpf:"nat_config"`
+	NatStats    *ebpf.Map `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
+	Peers       *ebpf.Map `ebpf:"peers"`
+	Services    *ebpf.Map `ebpf:"services"`
+	Snat        *ebpf.Map `ebpf:"snat"`
+	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *fromPodMaps) Close() error {
@@ -472,6 +533,9 @@ func (m *fromPodMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.EventConfig,
+		m.EventState,
+		m.Events,
 		m.Frags,
 		m.Maglev,
 		m.NatConfig,
@@ -493,6 +557,7 @@ func (m *fromPodMaps) Close() error {
 type fromPodVariables struct {
 	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`

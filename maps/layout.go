@@ -109,9 +109,10 @@ func PinnedLayout(m *ebpf.Map) (string, error) {
 // CheckLayout returns an error wrapping ErrLayoutChanged when the pinned
 // map m would be misread by code built from spec.
 func CheckLayout(spec *ebpf.MapSpec, m *ebpf.Map) error {
-	if spec.Type == ebpf.HashOfMaps || spec.Type == ebpf.ArrayOfMaps {
-		// Values are map ids, not data: the kernel keeps no BTF for them.
-		// Type, sizes and flags are compared by MapSpec.Compatible.
+	if spec.Type == ebpf.HashOfMaps || spec.Type == ebpf.ArrayOfMaps || spec.Type == ebpf.RingBuf {
+		// Values are map ids, not data, or a ring buffer has neither key
+		// nor value: the kernel keeps no BTF for them. Type, sizes and
+		// flags are compared by MapSpec.Compatible.
 		return nil
 	}
 	want := SpecLayout(spec)

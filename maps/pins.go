@@ -24,6 +24,11 @@ const (
 	MapNatStats  = "nat_stats"
 	MapFrags     = "frags"
 	MapPeers     = "peers"
+	// Drop events to user space (podpath monitor), their configuration
+	// and, per CPU, their rate limit's state and accounting.
+	MapEvents      = "events"
+	MapEventConfig = "event_config"
+	MapEventState  = "event_state"
 )
 
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
@@ -44,7 +49,8 @@ const (
 // AllMaps lists every pinned map.
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
-	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers}
+	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers,
+	MapEvents, MapEventConfig, MapEventState}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

@@ -21,6 +21,9 @@ const (
 	sockMapConntrack          = "conntrack"
 	sockMapCounters           = "counters"
 	sockMapEndpoints          = "endpoints"
+	sockMapEventConfig        = "event_config"
+	sockMapEventState         = "event_state"
+	sockMapEvents             = "events"
 	sockMapFrags              = "frags"
 	sockMapMaglev             = "maglev"
 	sockMapNatConfig          = "nat_config"
@@ -103,23 +106,26 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
-	Backends   *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Frags      *ebpf.MapSpec `ebpf:"frags"`
-	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	Services   *ebpf.MapSpec `ebpf:"services"`
-	Snat       *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
+	Backends    *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
+	EventState  *ebpf.MapSpec `ebpf:"event_state"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Frags       *ebpf.MapSpec `ebpf:"frags"`
+	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers       *ebpf.MapSpec `ebpf:"peers"`
+	Services    *ebpf.MapSpec `ebpf:"services"`
+	Snat        *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -160,23 +166,26 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	Affinity   *ebpf.Map `ebpf:"affinity"`
-	Backends   *ebpf.Map `ebpf:"backends"`
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Frags      *ebpf.Map `ebpf:"frags"`
-	Maglev     *ebpf.Map `ebpf:"maglev"`
-	NatConfig  *ebpf.Map `ebpf:"nat_config"`
-	NatStats   *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	Services   *ebpf.Map `ebpf:"services"`
-	Snat       *ebpf.Map `ebpf:"snat"`
-	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
+	Affinity    *ebpf.Map `ebpf:"affinity"`
+	Backends    *ebpf.Map `ebpf:"backends"`
+	Conntrack   *ebpf.Map `ebpf:"conntrack"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	EventConfig *ebpf.Map `ebpf:"event_config"`
+	EventState  *ebpf.Map `ebpf:"event_state"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Frags       *ebpf.Map `ebpf:"frags"`
+	Maglev      *ebpf.Map `ebpf:"maglev"`
+	NatConfig   *ebpf.Map `ebpf:"nat_config"`
+	NatStats    *ebpf.Map `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
+	Peers       *ebpf.Map `ebpf:"peers"`
+	Services    *ebpf.Map `ebpf:"services"`
+	Snat        *ebpf.Map `ebpf:"snat"`
+	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *sockMaps) Close() error {
@@ -186,6 +195,9 @@ func (m *sockMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.EventConfig,
+		m.EventState,
+		m.Events,
 		m.Frags,
 		m.Maglev,
 		m.NatConfig,

@@ -21,6 +21,9 @@ const (
 	toOverlayMapConntrack          = "conntrack"
 	toOverlayMapCounters           = "counters"
 	toOverlayMapEndpoints          = "endpoints"
+	toOverlayMapEventConfig        = "event_config"
+	toOverlayMapEventState         = "event_state"
+	toOverlayMapEvents             = "events"
 	toOverlayMapFrags              = "frags"
 	toOverlayMapMaglev             = "maglev"
 	toOverlayMapNatConfig          = "nat_config"
@@ -36,6 +39,7 @@ const (
 	toOverlayProgToOverlay         = "to_overlay"
 	toOverlayVarBackendFlagsUnused = "backend_flags_unused"
 	toOverlayVarCtFlagsUnused      = "ct_flags_unused"
+	toOverlayVarEventLayout        = "event_layout"
 	toOverlayVarHookUnused         = "hook_unused"
 	toOverlayVarLbAlgoUnused       = "lb_algo_unused"
 	toOverlayVarNatFlagsUnused     = "nat_flags_unused"
@@ -95,23 +99,26 @@ type toOverlayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toOverlayMapSpecs struct {
-	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
-	Backends   *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Frags      *ebpf.MapSpec `ebpf:"frags"`
-	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	Services   *ebpf.MapSpec `ebpf:"services"`
-	Snat       *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
+	Backends    *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
+	EventState  *ebpf.MapSpec `ebpf:"event_state"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Frags       *ebpf.MapSpec `ebpf:"frags"`
+	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers       *ebpf.MapSpec `ebpf:"peers"`
+	Services    *ebpf.MapSpec `ebpf:"services"`
+	Snat        *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // toOverlayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -120,6 +127,7 @@ type toOverlayMapSpecs struct {
 type toOverlayVariableSpecs struct {
 	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
@@ -150,23 +158,26 @@ func (o *toOverlayObjects) Close() error {
 //
 // It can be passed to loadToOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toOverlayMaps struct {
-	Affinity   *ebpf.Map `ebpf:"affinity"`
-	Backends   *ebpf.Map `ebpf:"backends"`
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Frags      *ebpf.Map `ebpf:"frags"`
-	Maglev     *ebpf.Map `ebpf:"maglev"`
-	NatConfig  *ebpf.Map `ebpf:"nat_config"`
-	NatStats   *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	Services   *ebpf.Map `ebpf:"services"`
-	Snat       *ebpf.Map `ebpf:"snat"`
-	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
+	Affinity    *ebpf.Map `ebpf:"affinity"`
+	Backends    *ebpf.Map `ebpf:"backends"`
+	Conntrack   *ebpf.Map `ebpf:"conntrack"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	EventConfig *ebpf.Map `ebpf:"event_config"`
+	EventState  *ebpf.Map `ebpf:"event_state"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Frags       *ebpf.Map `ebpf:"frags"`
+	Maglev      *ebpf.Map `ebpf:"maglev"`
+	NatConfig   *ebpf.Map `ebpf:"nat_config"`
+	NatStats    *ebpf.Map `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
+	Peers       *ebpf.Map `ebpf:"peers"`
+	Services    *ebpf.Map `ebpf:"services"`
+	Snat        *ebpf.Map `ebpf:"snat"`
+	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *toOverlayMaps) Close() error {
@@ -176,6 +187,9 @@ func (m *toOverlayMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.EventConfig,
+		m.EventState,
+		m.Events,
 		m.Frags,
 		m.Maglev,
 		m.NatConfig,
@@ -197,6 +211,7 @@ func (m *toOverlayMaps) Close() error {
 type toOverlayVariables struct {
 	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`

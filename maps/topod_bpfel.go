@@ -21,6 +21,9 @@ const (
 	toPodMapConntrack          = "conntrack"
 	toPodMapCounters           = "counters"
 	toPodMapEndpoints          = "endpoints"
+	toPodMapEventConfig        = "event_config"
+	toPodMapEventState         = "event_state"
+	toPodMapEvents             = "events"
 	toPodMapFrags              = "frags"
 	toPodMapMaglev             = "maglev"
 	toPodMapNatConfig          = "nat_config"
@@ -36,6 +39,7 @@ const (
 	toPodProgToPod             = "to_pod"
 	toPodVarBackendFlagsUnused = "backend_flags_unused"
 	toPodVarCtFlagsUnused      = "ct_flags_unused"
+	toPodVarEventLayout        = "event_layout"
 	toPodVarHookUnused         = "hook_unused"
 	toPodVarLbAlgoUnused       = "lb_algo_unused"
 	toPodVarMaglevTableSize    = "maglev_table_size"
@@ -96,23 +100,26 @@ type toPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toPodMapSpecs struct {
-	Affinity   *ebpf.MapSpec `ebpf:"affinity"`
-	Backends   *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Frags      *ebpf.MapSpec `ebpf:"frags"`
-	Maglev     *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig  *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats   *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	Services   *ebpf.MapSpec `ebpf:"services"`
-	Snat       *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.MapSpec `ebpf:"svc_slots"`
+	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
+	Backends    *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
+	EventState  *ebpf.MapSpec `ebpf:"event_state"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Frags       *ebpf.MapSpec `ebpf:"frags"`
+	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers       *ebpf.MapSpec `ebpf:"peers"`
+	Services    *ebpf.MapSpec `ebpf:"services"`
+	Snat        *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 }
 
 // toPodVariableSpecs contains global variables before they are loaded into the kernel.
@@ -121,6 +128,7 @@ type toPodMapSpecs struct {
 type toPodVariableSpecs struct {
 	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
 	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
@@ -152,23 +160,26 @@ func (o *toPodObjects) Close() error {
 //
 // It can be passed to loadToPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toPodMaps struct {
-	Affinity   *ebpf.Map `ebpf:"affinity"`
-	Backends   *ebpf.Map `ebpf:"backends"`
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Frags      *ebpf.Map `ebpf:"frags"`
-	Maglev     *ebpf.Map `ebpf:"maglev"`
-	NatConfig  *ebpf.Map `ebpf:"nat_config"`
-	NatStats   *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq    *ebpf.Map `ebpf:"nonmasq"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	Services   *ebpf.Map `ebpf:"services"`
-	Snat       *ebpf.Map `ebpf:"snat"`
-	SockRevNat *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr      *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots   *ebpf.Map `ebpf:"svc_slots"`
+	Affinity    *ebpf.Map `ebpf:"affinity"`
+	Backends    *ebpf.Map `ebpf:"backends"`
+	Conntrack   *ebpf.Map `ebpf:"conntrack"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	EventConfig *ebpf.Map `ebpf:"event_config"`
+	EventState  *ebpf.Map `ebpf:"event_state"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Frags       *ebpf.Map `ebpf:"frags"`
+	Maglev      *ebpf.Map `ebpf:"maglev"`
+	NatConfig   *ebpf.Map `ebpf:"nat_config"`
+	NatStats    *ebpf.Map `ebpf:"nat_stats"`
+	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
+	Peers       *ebpf.Map `ebpf:"peers"`
+	Services    *ebpf.Map `ebpf:"services"`
+	Snat        *ebpf.Map `ebpf:"snat"`
+	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 }
 
 func (m *toPodMaps) Close() error {
@@ -178,6 +189,9 @@ func (m *toPodMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.EventConfig,
+		m.EventState,
+		m.Events,
 		m.Frags,
 		m.Maglev,
 		m.NatConfig,
@@ -199,6 +213,7 @@ func (m *toPodMaps) Close() error {
 type toPodVariables struct {
 	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
 	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
 	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
 	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "maps.h"
+#include "events.h"
 
 static __always_inline void count(enum reason reason, enum hook hook, __u32 bytes)
 {
@@ -23,9 +24,20 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 	val->bytes += bytes;
 }
 
-/* verdict counts the packet and returns the action for it. */
+/* verdict counts the packet, raises a drop event for a drop, and returns
+ * the action for it. */
 static __always_inline int verdict(struct __sk_buff *skb, enum hook hook, enum reason reason, int action)
 {
 	count(reason, hook, skb->len);
+	if (reason >= REASON_DROP_FIRST)
+		event_drop_skb(skb, hook, reason);
 	return action;
+}
+
+/* xdp_drop counts a packet xdp_netdev drops and raises its event. */
+static __always_inline int xdp_drop(struct xdp_md *ctx, enum reason reason, __u32 len)
+{
+	count(reason, HOOK_XDP, len);
+	event_drop_xdp(ctx, HOOK_XDP, reason, len);
+	return XDP_DROP;
 }

@@ -42,6 +42,8 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		return verdict(skb, hook, REASON_DROP_TTL_EXCEEDED, TC_ACT_SHOT);
 	if (peer) {
 		ret = forward_peer4(skb, eth, ip, peer, hook);
+		if (ret == FORWARD_PEER_TUNNEL_FAILED)
+			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
 		/* Handed to the stack, it is routed there, TTL and all. */
 		if (ret != TC_ACT_OK) {
 			ip = header_at(skb, ETH_HLEN, struct iphdr);

@@ -446,3 +446,78 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sock_rev_nat SEC(".maps");
+
+/* Events to user space (podpath monitor): one record per event in the
+ * events ring buffer. A tuple is the packet's as the hook saw it; for ICMP,
+ * sport and dport hold the type and the code (network byte order, as ports). */
+struct event_tuple {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;		/* IPPROTO_*, 0 when not IPv4 */
+	__u8 pad[3];
+};
+
+enum event_kind {
+	EVENT_DROP = 1,		/* the packet was dropped; reason says why */
+	EVENT_TRACE = 2,	/* a traced packet's verdict at a hook */
+};
+
+struct event {
+	__u64 ts_ns;		/* bpf_ktime_get_ns() when raised */
+	__u32 ifindex;		/* the device the hook runs on */
+	__u32 len;		/* the packet's length */
+	__u16 reason;		/* enum reason */
+	__u8 hook;		/* enum hook */
+	__u8 kind;		/* enum event_kind */
+	__u16 ethertype;	/* network byte order */
+	__u16 pad;
+	struct event_tuple tuple;	/* as the packet was when the event was raised */
+	struct event_tuple orig;	/* as it arrived at the hook, when the hook
+					 * translated it first; zero when unknown or
+					 * untranslated */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* What the programs send, written by the loader (node init). */
+struct event_config {
+	__u32 drop_rate;	/* drop events per second and CPU; 0: none */
+	__u32 drop_burst;	/* drop events a CPU may send at once after a
+				 * quiet spell */
+	__u32 trace_flags;	/* reserved for per-flow tracing; 0 */
+	__u32 trace_ifindex;	/* reserved */
+	__be32 trace_addr;	/* reserved */
+	__u32 trace_sample;	/* reserved */
+	__u32 reserved[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct event_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_config SEC(".maps");
+
+/* Per CPU: the drop events' token bucket and what became of the events. */
+struct event_state {
+	__u64 refill_ns;	/* when the bucket was last filled */
+	__u64 tokens;		/* events x 1e9: one event costs 1e9 */
+	__u64 sent;		/* events written to the ring buffer */
+	__u64 rate_limited;	/* events the rate limit held back */
+	__u64 ringbuf_full;	/* events lost to a full ring buffer */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct event_state);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_state SEC(".maps");

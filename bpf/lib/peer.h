@@ -60,10 +60,15 @@ static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct 
  * fragments it or answers "fragmentation needed" along its own routes to
  * the peer.
  *
+ * Returns the action, or FORWARD_PEER_TUNNEL_FAILED for the caller to drop
+ * (the drop's event then runs on the caller's frame, not on this one).
+ *
  * Not inlined: its FIB and tunnel structures would otherwise sit in the
  * frame of every program that can reach a peer, on top of which
  * from_netdev calls snat_new_mapping4, and the two together passed the
  * 512 bytes of stack a call chain may use. */
+#define FORWARD_PEER_TUNNEL_FAILED (-2)
+
 static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
 					 const struct peer *p, enum hook hook)
 {
@@ -77,7 +82,7 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 			return verdict(skb, hook, REASON_TO_STACK_MTU, TC_ACT_OK);
 		overlay_macs(eth, p->node_addr[0]);
 		if (peer_set_tunnel4(skb, p) < 0)
-			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
+			return FORWARD_PEER_TUNNEL_FAILED;
 		count(REASON_FORWARD_TUNNEL, hook, skb->len);
 		return bpf_redirect(p->ifindex, 0);
 	}

@@ -50,6 +50,9 @@ enum reason {
 	REASON_DROP_TUNNEL_FAILED = 80,	/* the tunnel key could not be read or set */
 };
 
+/* Every reason from here on is a drop. */
+#define REASON_DROP_FIRST REASON_DROP_TRUNCATED
+
 /* Where a packet was seen. */
 enum hook {
 	HOOK_FROM_POD = 0,	/* tc ingress of a pod's host-side veth */

@@ -9,6 +9,7 @@ import (
 
 	"github.com/podpath/podpath/agent"
 	"github.com/podpath/podpath/loader"
+	"github.com/podpath/podpath/maps"
 	"github.com/spf13/cobra"
 )
 
@@ -91,6 +92,9 @@ func addRoutingFlags(cmd *cobra.Command, c *loader.Config) {
 		"or vxlan (encapsulated; any IP path) (default direct, or the mode the node already runs)")
 	f.Uint16Var(&c.VXLANPort, "vxlan-port", loader.DefaultVXLANPort, "UDP port of the VXLAN overlay (every node the same)")
 	f.Uint32Var(&c.VNI, "vni", loader.DefaultVNI, "VXLAN network identifier of the overlay (every node the same)")
+	f.Uint32Var(&c.DropEventRate, "drop-event-rate", maps.DefaultDropEventRate, "drop events (podpath monitor) per second and CPU at most")
+	f.Uint32Var(&c.DropEventBurst, "drop-event-burst", maps.DefaultDropEventBurst, "drop events a CPU may send at once after a quiet spell")
+	f.BoolVar(&c.NoDropEvents, "no-drop-events", false, "send no drop events (counters still count every drop)")
 }
 
 // addXDPModeFlags gives node init and the agent the same --xdp-mode, and
