@@ -50,6 +50,16 @@ func OpenEndpoints(root string) (*Endpoints, error) {
 	return &Endpoints{m}, nil
 }
 
+// ListEndpoints reads every endpoint of the node pinned under root.
+func ListEndpoints(root string) ([]Endpoint, error) {
+	eps, err := OpenEndpoints(root)
+	if err != nil {
+		return nil, err
+	}
+	defer eps.Close()
+	return eps.List()
+}
+
 // NewEndpoints wraps an already open endpoints map.
 func NewEndpoints(m *ebpf.Map) *Endpoints { return &Endpoints{m} }
 

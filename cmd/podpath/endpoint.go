@@ -15,12 +15,7 @@ func newEndpointCmd(g *globals) *cobra.Command {
 		Use:   "list",
 		Short: "List endpoints, read straight from the pinned map (no daemon needed)",
 		RunE: func(*cobra.Command, []string) error {
-			eps, err := maps.OpenEndpoints(g.pinRoot)
-			if err != nil {
-				return err
-			}
-			defer eps.Close()
-			list, err := eps.List()
+			list, err := maps.ListEndpoints(g.pinRoot)
 			if err != nil {
 				return err
 			}

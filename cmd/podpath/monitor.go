@@ -131,12 +131,7 @@ func (f *monitorFilter) resolvePod(root string) error {
 	if f.pod == "" {
 		return nil
 	}
-	eps, err := maps.OpenEndpoints(root)
-	if err != nil {
-		return err
-	}
-	defer eps.Close()
-	list, err := eps.List()
+	list, err := maps.ListEndpoints(root)
 	if err != nil {
 		return err
 	}
@@ -214,12 +209,7 @@ func (d *devices) refresh() {
 			d.names[uint32(i.Index)] = i.Name
 		}
 	}
-	eps, err := maps.OpenEndpoints(d.root)
-	if err != nil {
-		return
-	}
-	defer eps.Close()
-	if list, err := eps.List(); err == nil {
+	if list, err := maps.ListEndpoints(d.root); err == nil {
 		for _, e := range list {
 			d.pods[e.Info.Ifindex] = e.IP
 		}

@@ -1,0 +1,223 @@
+// Package monitor_test runs `podpath monitor` against a simulated node: a
+// pod's spoofed packets are dropped by from_pod, and the monitor shows
+// them with their fields, filtered as asked.
+package monitor_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/maps"
+	"github.com/vishvananda/netlink"
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "the monitor tests need root (network namespaces, BPF): run them as root")
+		os.Exit(1)
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	os.Exit(m.Run())
+}
+
+// event is what monitor -o json prints per event.
+type event struct {
+	Type, Reason, Hook, Device, Pod, Proto, Src, Dst string
+	SrcPort, DstPort                         uint16
+	Len                                      uint32
+}
+
+// running is a podpath monitor process and the lines it printed.
+type running struct {
+	cmd   *exec.Cmd
+	mu    sync.Mutex
+	lines []string
+	done  chan struct{}
+}
+
+func startMonitor(t *testing.T, bin string, node *sim.Node, args ...string) *running {
+	t.Helper()
+	args = append([]string{"--pin-root", node.PinRoot, "--state-dir", node.StateDir, "monitor"}, args...)
+	r := &running{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	out, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Stderr = os.Stderr
+	// In the node's network namespace, where its devices are.
+	if err := node.Do(r.cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.cmd.Process.Kill(); <-r.done })
+	go func() {
+		defer close(r.done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			r.mu.Lock()
+			r.lines = append(r.lines, sc.Text())
+			r.mu.Unlock()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // the reader opens the ring buffer
+	return r
+}
+
+// stop interrupts the monitor, which must exit cleanly, and returns what
+// it printed.
+func (r *running) stop(t *testing.T) []string {
+	t.Helper()
+	time.Sleep(500 * time.Millisecond) // the last events reach the reader
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("monitor did not exit within 5 s of SIGINT")
+	}
+	if err := r.cmd.Wait(); err != nil {
+		t.Fatalf("monitor after SIGINT: %v, want exit status 0", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lines
+}
+
+func TestMonitorShowsDropsFiltered(t *testing.T) {
+	dir := t.TempDir()
+	cniBin, err := sim.BuildCNI(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := sim.BuildPodpath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := sim.NewNode("mon", netip.MustParsePrefix("10.217.0.0/24"), sim.WithCNIBin(cniBin), sim.WithPluginStderr(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	client, err := node.AddPod(ctx, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := node.AddPod(ctx, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostVeth := client.Result.Interfaces[0].Name
+	// An address the client's node never gave it: what it sends from there
+	// is spoofed, and from_pod drops it.
+	spoofed := netip.MustParseAddr("10.217.0.250")
+	if err := client.Do(func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: spoofed.AsSlice(), Mask: net.CIDRMask(32, 32)}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sendSpoofed := func() {
+		t.Helper()
+		if err := client.Do(func() error {
+			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: spoofed.AsSlice(), Port: 9999}, &net.UDPAddr{IP: server.IP.AsSlice(), Port: 7777})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for range 3 {
+				if _, err := c.Write([]byte("spoofed")); err != nil {
+					return err
+				}
+			}
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: spoofed.AsSlice(), Port: 9998}, Timeout: 300 * time.Millisecond}
+			if c, err := d.Dial("tcp4", netip.AddrPortFrom(server.IP, 80).String()); err == nil {
+				c.Close()
+				return fmt.Errorf("a connection from a spoofed address was accepted")
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// UDP to port 7777 only, as JSON.
+	m := startMonitor(t, bin, node, "-o", "json", "--proto", "udp", "--port", "7777")
+	sendSpoofed()
+	lines := m.stop(t)
+	if len(lines) < 3 {
+		t.Fatalf("monitor --proto udp --port 7777 printed %d lines, want at least the 3 spoofed datagrams:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for _, l := range lines {
+		var e event
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("monitor -o json printed %q: %v", l, err)
+		}
+		want := event{Type: "drop", Reason: "drop_spoofed_ip", Hook: "from_pod", Device: hostVeth, Pod: client.IP.String(), Proto: "udp",
+			Src: spoofed.String(), Dst: server.IP.String(), SrcPort: 9999, DstPort: 7777, Len: e.Len}
+		if e != want || e.Len < 14+20+8+7 {
+			t.Fatalf("event %+v, want %+v", e, want)
+		}
+	}
+	t.Logf("udp: %s", lines[0])
+
+	// The client pod's TCP only (the pod named by its host-side device),
+	// as text; a second monitor is refused meanwhile.
+	m = startMonitor(t, bin, node, "--pod", hostVeth, "--proto", "tcp")
+	out, err := exec.Command(bin, "--pin-root", node.PinRoot, "monitor").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another podpath monitor is reading the events") {
+		t.Errorf("a second monitor: %v\n%s\nwant it refused", err, out)
+	}
+	sendSpoofed()
+	lines = m.stop(t)
+	wantTCP := "drop drop_spoofed_ip from_pod"
+	wantTuple := fmt.Sprintf("tcp %s:9998 -> %s:80", spoofed, server.IP)
+	if len(lines) == 0 {
+		t.Fatal("monitor --pod --proto tcp printed nothing; want the spoofed SYNs")
+	}
+	for _, l := range lines {
+		if !strings.Contains(l, wantTCP) || !strings.Contains(l, wantTuple) || !strings.Contains(l, hostVeth+" (pod "+client.IP.String()+")") {
+			t.Fatalf("monitor --pod --proto tcp printed %q, want only %q ... %q lines", l, wantTCP, wantTuple)
+		}
+	}
+	t.Logf("tcp: %s", lines[0])
+
+	// Another pod's events: none of these.
+	m = startMonitor(t, bin, node, "--pod", server.IP.String(), "--type", "drop", "--reason", "drop_spoofed_mac")
+	sendSpoofed()
+	if lines := m.stop(t); len(lines) != 0 {
+		t.Fatalf("monitor --pod server --reason drop_spoofed_mac printed %q, want nothing", lines)
+	}
+
+	// What became of the events, and what the counters say.
+	out, err = exec.Command(bin, "--pin-root", node.PinRoot, "monitor", "--stats", "-o", "json").CombinedOutput()
+	var st maps.EventStats
+	if err != nil || json.Unmarshal(out, &st) != nil || st.Sent < 3*4 || st.RateLimited != 0 || st.RingbufFull != 0 {
+		t.Fatalf("monitor --stats: %v %+v\n%s", err, st, out)
+	}
+
+	for _, bad := range [][]string{{"--proto", "sctp"}, {"--addr", "10.1"}, {"--pod", "no-such-pod"}, {"--reason", "drop_nonsense"}, {"--port", "70000"}} {
+		out, err := exec.Command(bin, append([]string{"--pin-root", node.PinRoot, "monitor"}, bad...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), bad[0]) {
+			t.Errorf("monitor %v: %v\n%s\nwant an error naming %s", bad, err, out, bad[0])
+		}
+	}
+}
