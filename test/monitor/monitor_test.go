@@ -37,8 +37,8 @@ func TestMain(m *testing.M) {
 // event is what monitor -o json prints per event.
 type event struct {
 	Type, Reason, Hook, Device, Pod, Proto, Src, Dst string
-	SrcPort, DstPort                         uint16
-	Len                                      uint32
+	SrcPort, DstPort                                 uint16
+	Len                                              uint32
 }
 
 // running is a podpath monitor process and the lines it printed.
