@@ -120,6 +120,11 @@ var (
 		"Packets the datapath decided on, by reason and hook (drops carry a drop_ reason).", []string{"reason", "hook"}, nil)
 	descBytes = prometheus.NewDesc("podpath_datapath_bytes_total",
 		"Bytes the datapath decided on, by reason and hook.", []string{"reason", "hook"}, nil)
+	descDropEvents = prometheus.NewDesc("podpath_drop_events_total",
+		"Drop events (podpath monitor), by what became of them: sent to the ring buffer, held back by the rate limit, lost to a full ring buffer.",
+		[]string{"result"}, nil)
+	descDropEventRate = prometheus.NewDesc("podpath_drop_event_rate",
+		"Drop events each CPU may send per second (0: none are sent).", nil, nil)
 )
 
 // boundedMaps are the maps whose fill level matters: when one is full, new
@@ -134,6 +139,8 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descMapMax
 	ch <- descPackets
 	ch <- descBytes
+	ch <- descDropEvents
+	ch <- descDropEventRate
 }
 
 func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -145,6 +152,14 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descMapMax, prometheus.GaugeValue, float64(m.MaxEntries()), name)
 		ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(maps.CountEntries(m)), name)
 		m.Close()
+	}
+	if s, err := maps.ReadEventStats(c.pinRoot); err == nil {
+		ch <- prometheus.MustNewConstMetric(descDropEvents, prometheus.CounterValue, float64(s.Sent), "sent")
+		ch <- prometheus.MustNewConstMetric(descDropEvents, prometheus.CounterValue, float64(s.RateLimited), "rate_limited")
+		ch <- prometheus.MustNewConstMetric(descDropEvents, prometheus.CounterValue, float64(s.RingbufFull), "ringbuf_full")
+	}
+	if cfg, err := maps.ReadEventConfig(c.pinRoot); err == nil {
+		ch <- prometheus.MustNewConstMetric(descDropEventRate, prometheus.GaugeValue, float64(cfg.DropRate))
 	}
 	counters, err := maps.ReadPinnedCounters(c.pinRoot)
 	if err != nil {

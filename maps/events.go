@@ -189,6 +189,20 @@ func EventStatsOf(m *ebpf.Map) (EventStats, error) {
 	return s, nil
 }
 
+// ReadEventConfig reads the node's event_config.
+func ReadEventConfig(root string) (EventConfig, error) {
+	var cfg EventConfig
+	m, err := OpenPinned(root, MapEventConfig)
+	if err != nil {
+		return cfg, err
+	}
+	defer m.Close()
+	if err := m.Lookup(uint32(0), &cfg); err != nil {
+		return cfg, fmt.Errorf("read event config: %w", err)
+	}
+	return cfg, nil
+}
+
 // WriteEventConfig sets the drop events' rate limit (rate 0: none).
 func WriteEventConfig(m *ebpf.Map, rate, burst uint32) error {
 	if rate > MaxDropEventRate || burst > MaxDropEventRate {

@@ -237,6 +237,15 @@ func TestRestartAndUpgradeKeepTraffic(t *testing.T) {
 	if v := e.metricSum(t, "podpath_datapath_packets_total", `hook="from_pod"`); v < float64(tr.ok.Load()) {
 		t.Errorf("from_pod counted %v packets for %d connections", v, tr.ok.Load())
 	}
+	// Drop events: the limit the node runs with, and every result counted.
+	if v := e.metric(t, "podpath_drop_event_rate"); v != maps.DefaultDropEventRate {
+		t.Errorf("podpath_drop_event_rate %v, want the default %d", v, maps.DefaultDropEventRate)
+	}
+	for _, r := range []string{"sent", "rate_limited", "ringbuf_full"} {
+		if v := e.metric(t, `podpath_drop_events_total{result="`+r+`"}`); v < 0 {
+			t.Errorf("no podpath_drop_events_total{result=%q} in /metrics", r)
+		}
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for e.metric(t, `podpath_reaped_entries_total{table="conntrack"}`) <= 0 {
 		if time.Now().After(deadline) {
