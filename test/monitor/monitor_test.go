@@ -214,6 +214,27 @@ func TestMonitorShowsDropsFiltered(t *testing.T) {
 		t.Fatalf("monitor --stats: %v %+v\n%s", err, st, out)
 	}
 
+	// podpath status: the drops among the top reasons, the events.
+	var sum struct {
+		Loaded   bool
+		Attached map[string]int
+		TopDrops []struct {
+			Hook, Reason string
+			Packets      uint64
+		}
+		Events maps.EventStats
+	}
+	out, err = exec.Command(bin, "--pin-root", node.PinRoot, "--state-dir", node.StateDir, "status", "-o", "json").CombinedOutput()
+	if err != nil || json.Unmarshal(out, &sum) != nil || !sum.Loaded || sum.Attached["from_pod"] != 2 || len(sum.TopDrops) == 0 ||
+		sum.TopDrops[0].Reason != "drop_spoofed_ip" || sum.TopDrops[0].Hook != "from_pod" || sum.TopDrops[0].Packets < 3*4 || sum.Events != st {
+		t.Fatalf("status -o json: %v %+v\n%s\nwant from_pod on 2 pods, drop_spoofed_ip at from_pod on top, events %+v", err, sum, out, st)
+	}
+	out, err = exec.Command(bin, "--pin-root", node.PinRoot, "--state-dir", node.StateDir, "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "drop_spoofed_ip at from_pod") || !strings.Contains(string(out), "Drop events:") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	t.Logf("podpath status:\n%s", out)
+
 	for _, bad := range [][]string{{"--proto", "sctp"}, {"--addr", "10.1"}, {"--pod", "no-such-pod"}, {"--reason", "drop_nonsense"}, {"--port", "70000"}} {
 		out, err := exec.Command(bin, append([]string{"--pin-root", node.PinRoot, "monitor"}, bad...)...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), bad[0]) {
