@@ -71,7 +71,7 @@ or lost to a full ring buffer. One monitor reads a node's events at a time.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return monitor(ctx, g.pinRoot, f, g.output == "json", cmd.OutOrStdout())
+			return monitor(ctx, g.pinRoot, f, g.output == "json", cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
@@ -261,7 +261,7 @@ func (m monitorEvent) text() string {
 }
 
 // monitor prints the events that match f until ctx ends.
-func monitor(ctx context.Context, root string, f monitorFilter, asJSON bool, out io.Writer) error {
+func monitor(ctx context.Context, root string, f monitorFilter, asJSON bool, out, log io.Writer) error {
 	unlock, err := lockMonitor(root)
 	if err != nil {
 		return err
@@ -277,6 +277,7 @@ func monitor(ctx context.Context, root string, f monitorFilter, asJSON bool, out
 	}()
 	devs := &devices{root: root}
 	devs.refresh()
+	fmt.Fprintf(log, "reading the drop events of %s until interrupted\n", root)
 	enc := json.NewEncoder(out)
 	for {
 		rec, err := r.Read()

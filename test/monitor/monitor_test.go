@@ -57,7 +57,10 @@ func startMonitor(t *testing.T, bin string, node *sim.Node, args ...string) *run
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cmd.Stderr = os.Stderr
+	errOut, err := r.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	// In the node's network namespace, where its devices are.
 	if err := node.Do(r.cmd.Start); err != nil {
 		t.Fatal(err)
@@ -72,7 +75,23 @@ func startMonitor(t *testing.T, bin string, node *sim.Node, args ...string) *run
 			r.mu.Unlock()
 		}
 	}()
-	time.Sleep(300 * time.Millisecond) // the reader opens the ring buffer
+	// Ready once it says so (it reads the ring buffer and handles SIGINT
+	// by then): a slow machine takes a while to start a process.
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(errOut)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "reading the drop events of ") {
+				close(ready)
+			}
+			fmt.Fprintf(os.Stderr, "monitor: %s\n", sc.Text())
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(time.Minute):
+		t.Fatal("monitor did not say it was reading within a minute")
+	}
 	return r
 }
 
