@@ -296,6 +296,8 @@ const (
 	fromPodReasonREASON_DROP_UNKNOWN_PEER   fromPodReason = 78
 	fromPodReasonREASON_DROP_NO_PEER        fromPodReason = 79
 	fromPodReasonREASON_DROP_TUNNEL_FAILED  fromPodReason = 80
+	fromPodReasonREASON_DROP_REJECT_FAILED  fromPodReason = 81
+	fromPodReasonREASON_DROP_BACKEND_GONE   fromPodReason = 82
 )
 
 type fromPodSlotKey struct {

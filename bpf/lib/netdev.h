@@ -76,7 +76,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 		frag4_record(&first, &f, svc);
 	if (svc == SVC_REJECT) {
 		if (icmp4_unreach_reply(skb, f.daddr) < 0)
-			return verdict(skb, hook, REASON_DROP_NO_BACKEND, TC_ACT_SHOT);
+			return verdict(skb, hook, REASON_DROP_REJECT_FAILED, TC_ACT_SHOT);
 		count(REASON_SVC_REJECT, hook, skb->len);
 		return bpf_redirect(skb->ingress_ifindex, 0);
 	}

@@ -34,7 +34,9 @@ enum reason {
 	REASON_DROP_SPOOFED_ARP = 68,	/* ARP sender is not this endpoint */
 	REASON_DROP_UNSUPPORTED_L3 = 69,/* neither IPv4 nor ARP (IPv6 pods come later) */
 	REASON_DROP_TTL_EXCEEDED = 70,	/* TTL would reach zero when routed */
-	REASON_DROP_NO_BACKEND = 71,	/* service without backends, reply not possible */
+	REASON_DROP_NO_BACKEND = 71,	/* service without backends, and no reply is
+					 * sent (a later fragment of a rejected
+					 * datagram) */
 	REASON_DROP_CT_FULL = 72,	/* conntrack entry could not be created */
 	REASON_DROP_NAT_FAILED = 73,	/* header rewrite failed */
 	REASON_DROP_FIB_FAILED = 74,	/* no route for a translated reply */
@@ -48,6 +50,11 @@ enum reason {
 	REASON_DROP_NO_PEER = 79,	/* sent into the overlay to an address no
 					 * node owns */
 	REASON_DROP_TUNNEL_FAILED = 80,	/* the tunnel key could not be read or set */
+	REASON_DROP_REJECT_FAILED = 81,	/* service without backends, and this packet
+					 * cannot be answered with an ICMP reject (IP
+					 * options, or too short to quote) */
+	REASON_DROP_BACKEND_GONE = 82,	/* the backend chosen for a new flow has no
+					 * entry (removed while a slot still named it) */
 };
 
 /* Every reason from here on is a drop. */

@@ -108,7 +108,7 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 		return 0;
 	b = backend_lookup(id);
 	if (!b) {
-		*reason = REASON_DROP_NO_BACKEND;
+		*reason = REASON_DROP_BACKEND_GONE;
 		return 0;
 	}
 	fwd.svc_id = svc->id;

@@ -74,7 +74,25 @@ func TestServiceReject(t *testing.T) {
 			t.Errorf("verdict %d, want TC_ACT_SHOT (%d)", r.verdict, tcActShot)
 		}
 		expectBytes(t, "packet", r.out, in)
-		d.expectCounts(t, one("from_pod/drop_no_backend", in))
+		d.expectCounts(t, one("from_pod/drop_reject_failed", in))
+	})
+
+	// A slot still naming a backend whose entry is gone (deleted before
+	// its slot was): the new flow is dropped as such, unchanged, with no
+	// conntrack entry, and not rejected as a service without backends.
+	t.Run("the chosen backend's entry is gone", func(t *testing.T) {
+		d := newServiceDatapath(t, clusterIP(protoTCP, backendB))
+		d.deleteBackend(t, backendB)
+		in := tcpFlow(podA.IP, 40205, vip, vipPort, tcpSYN).sentBy(podA)
+		r := d.send(t, podA, in)
+		if r.verdict != tcActShot {
+			t.Errorf("verdict %d, want TC_ACT_SHOT (%d)", r.verdict, tcActShot)
+		}
+		expectBytes(t, "packet", r.out, in)
+		d.expectCounts(t, one("from_pod/drop_backend_gone", in))
+		if n := len(d.ctAll(t)); n != 0 {
+			t.Errorf("%d conntrack entries, want none", n)
+		}
 	})
 }
 
