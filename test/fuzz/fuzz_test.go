@@ -5,7 +5,9 @@
 // packet:
 //   - each program returns a verdict it may return and counts the packet
 //     exactly once, under its hook and a reason: a drop reason for a drop,
-//     another for anything else (run_test.go);
+//     another for anything else, and raises one drop event naming that
+//     reason, the hook and the packet's length for a drop, none otherwise
+//     (run_test.go);
 //   - no packet leaves with a checksum made wrong: each changes exactly as
 //     much as the bytes it covers, and UDP without one keeps none;
 //   - a packet goes on the way the node sends it, and when it arrives

@@ -7,6 +7,7 @@ package fuzz_test
 // exactly this state.
 
 import (
+	"github.com/cilium/ebpf/ringbuf"
 	"net"
 	"net/netip"
 	"testing"
@@ -163,7 +164,10 @@ var mapSizes = map[string]uint32{
 var allPrograms = []string{maps.ProgFromPod, maps.ProgToPod, maps.ProgFromNetdev, maps.ProgToNetdev, maps.ProgXDPNetdev}
 
 // node is the loaded node.
-type node struct{ *progrun.Node }
+type node struct {
+	*progrun.Node
+	events *ringbuf.Reader // drop events, drained after every run
+}
 
 // loadNode loads every program, registers the pods, services, node
 // address and SNAT configuration; reset adds the tracked flows.
@@ -177,7 +181,15 @@ func loadNode(tb testing.TB) *node {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(pn.Close)
-	n := &node{pn}
+	n := &node{Node: pn}
+	// Every drop raises its event: a limit no run reaches.
+	if err := maps.WriteEventConfig(pn.Maps[maps.MapEventConfig], maps.MaxDropEventRate, maps.MaxDropEventRate); err != nil {
+		tb.Fatal(err)
+	}
+	if n.events, err = ringbuf.NewReader(pn.Maps[maps.MapEvents]); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { n.events.Close() })
 	for _, p := range pods {
 		n.put(tb, maps.MapEndpoints, maps.NewEndpointKey(p.IP), maps.NewEndpointInfo(p.Ifindex, p.MAC, p.NodeMAC, 0))
 	}

@@ -9,8 +9,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/packet"
@@ -91,6 +93,7 @@ func (n *node) run(t *testing.T, h hop, frame []byte) result {
 		t.Fatalf("run %s: %v", h, err)
 	}
 	r.Reason = n.countedOnce(t, h, before)
+	n.checkEvents(t, r)
 	if !slices.Contains(programs[h.Prog].verdicts, r.Verdict) {
 		t.Errorf("%s: verdict %d, allowed are %v", h, r.Verdict, programs[h.Prog].verdicts)
 	}
@@ -107,6 +110,39 @@ func (n *node) run(t *testing.T, h hop, frame []byte) result {
 		}
 	}
 	return r
+}
+
+// checkEvents reads the drop events the run raised: one for a drop, with
+// its reason, hook and the packet's length as dropped; none otherwise.
+func (n *node) checkEvents(t *testing.T, r result) {
+	t.Helper()
+	var evs []maps.DecodedEvent
+	for {
+		n.events.SetDeadline(time.Now())
+		rec, err := n.events.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read events: %v", err)
+		}
+		e, err := maps.DecodeEvent(rec.RawSample)
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, e)
+	}
+	switch {
+	case !r.dropped() && len(evs) != 0:
+		t.Errorf("%s (%s): not dropped, yet %d drop events: %+v", r.hop, r.Reason, len(evs), evs)
+	case r.dropped() && len(evs) != 1:
+		t.Errorf("%s (%s): dropped, %d drop events, want 1: %+v", r.hop, r.Reason, len(evs), evs)
+	case r.dropped():
+		e := evs[0]
+		if e.Kind != "drop" || e.Reason != r.Reason || e.Hook.String() != programs[r.Prog].hook || e.Len != uint32(len(r.Out)) {
+			t.Errorf("%s: dropped as %s, %d bytes; event %s %s at %s, %d bytes", r.hop, r.Reason, len(r.Out), e.Kind, e.Reason, e.Hook, e.Len)
+		}
+	}
 }
 
 // cutInsideL3Header tells whether an IPv4 or IPv6 frame ends before its
