@@ -27,6 +27,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/podpath/podpath/maps"
 	"io"
 	"log/slog"
 	"os"
@@ -311,6 +312,7 @@ func methodNotes(c config) []string {
 		"all topologies: MTU 1500 on every device, veths with kernel-default offloads (see topologies.*.devices); the podpath and bridge contenders also count packets on their own path (forward_local counter, conntrack ACCEPT rule) to prove the traffic took it",
 		fmt.Sprintf("bpf_prog_run: kernel-timed BPF_PROG_RUN, %d calls x %d runs per repetition for tc (XDP: the same runs in %d calls); the kernel reports whole ns per run; every run's verdict and counter are checked", c.ProgCalls, c.ProgRepeat, xdpCalls),
 		"bpf_prog_run local delivery: from_pod rewrites the frame it forwards and BPF_PROG_RUN reruns it on the rewritten frame, so the destination's gateway MAC is seeded equal to the source pod's MAC and TTL starts at 255: every run takes the forwarding path",
+		fmt.Sprintf("bpf_prog_run drop events: off (rate 0) except on the paths that say \"drop events on\" (%d per second and CPU, bursts of %d, the node default); a flood of drops outruns the limit, so past the first burst each drop takes the token check and is held back", maps.DefaultDropEventRate, maps.DefaultDropEventBurst),
 		fmt.Sprintf("cni: each pod in a fresh netns (made and removed outside the timing), ADD/DEL through libcni in the node's netns, %d pods one at a time then %d at a time; reference: bridge (isGateway, ipMasq false, like podpath sets up no NAT) + host-local, containernetworking/plugins %s", c.CNIPods, c.CNIParallel, cniPluginsVersion),
 		"memory: read once (deterministic) from the kernel, fdinfo memlock via ebpf MapInfo/ProgramInfo, after loader.Init into a temporary pin root",
 		fmt.Sprintf("services: a client pod reaches %s:%d (ClusterIP) whose one backend is a server pod on the same node (port %d), with %v services programmed, the measured one last; the other services have %d backends each on other nodes (never reached). "+

@@ -74,6 +74,9 @@ type progPath struct {
 	verdict uint32
 	reason  string // counter "hook/reason" raised once per run; "" for no-ops
 	noop    string // the no-op path of the same program type
+	// dropEvents is the drop events' rate per CPU during the path's runs
+	// (burst the default); 0: off.
+	dropEvents uint32
 }
 
 // runProgRun times every path.
@@ -141,6 +144,12 @@ func (e *env) runProgRun(ctx context.Context) error {
 		{name: "from_pod local 1400B", prog: tc, frame: data, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
 		{name: "from_pod to-stack", prog: tc, frame: toStack, ingress: benchSrc.Ifindex, verdict: tcActOK, reason: "from_pod/to_stack", noop: "noop tc (TC_ACT_OK)"},
 		{name: "from_pod drop spoofed", prog: tc, frame: spoofed, ingress: benchSrc.Ifindex, verdict: tcActShot, reason: "from_pod/drop_spoofed_ip", noop: "noop tc (TC_ACT_OK)"},
+		// The same drops with drop events on at the default limit: past the
+		// first burst, a flood's events are held back by the rate limit.
+		{name: "from_pod drop spoofed, drop events on", prog: tc, frame: spoofed, ingress: benchSrc.Ifindex, verdict: tcActShot, reason: "from_pod/drop_spoofed_ip", noop: "noop tc (TC_ACT_OK)",
+			dropEvents: maps.DefaultDropEventRate},
+		{name: "from_pod local SYN, drop events on", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
+			dropEvents: maps.DefaultDropEventRate},
 		{name: "noop xdp (XDP_PASS)", prog: noopXDP, frame: fromWire, xdp: true, verdict: xdpPass},
 		{name: "xdp_netdev pass", prog: xp, frame: fromWire, xdp: true, verdict: xdpPass, reason: "xdp/to_stack", noop: "noop xdp (XDP_PASS)"},
 	}
@@ -152,6 +161,9 @@ func (e *env) runProgRun(ctx context.Context) error {
 			}
 			before, err := readCounter(counters, p.reason)
 			if err != nil {
+				return err
+			}
+			if err := maps.WriteEventConfig(fromPod.Maps[maps.MapEventConfig], p.dropEvents, maps.DefaultDropEventBurst); err != nil {
 				return err
 			}
 			calls, repeat := e.cfg.ProgCalls, e.cfg.ProgRepeat
