@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -57,6 +59,43 @@ type measurement struct {
 	// Extra holds evidence per repetition: retransmits, eBPF counter
 	// deltas, sample counts.
 	Extra map[string][]any `json:"extra,omitempty"`
+	// Failed are the repetitions that gave no value, with why: the run
+	// goes on without them, and Reps holds the others in order.
+	Failed []failedRep `json:"failedRepetitions,omitempty"`
+}
+
+// failedRep is a repetition that failed: its attempt (0 for the first
+// repetition of the measurement) and the error, evidence included.
+type failedRep struct {
+	Attempt int    `json:"attempt"`
+	Error   string `json:"error"`
+}
+
+// maxFailedShare is the share of failed repetitions above which a
+// measurement is unreliable: shown as such and not compared.
+const maxFailedShare = 1.0 / 3
+
+// unreliable tells whether too many repetitions failed to trust the rest.
+func (m *measurement) unreliable() bool {
+	n := len(m.Reps) + len(m.Failed)
+	return n > 0 && float64(len(m.Failed)) > maxFailedShare*float64(n)
+}
+
+// attempts maps each attempt that gave a value to it.
+func (m *measurement) attempts() map[int]float64 {
+	out := map[int]float64{}
+	failed := map[int]bool{}
+	for _, f := range m.Failed {
+		failed[f.Attempt] = true
+	}
+	i := 0
+	for a := 0; i < len(m.Reps); a++ {
+		if !failed[a] {
+			out[a] = m.Reps[i]
+			i++
+		}
+	}
+	return out
 }
 
 // record appends one repetition of a metric, creating the measurement on
@@ -70,6 +109,20 @@ func (r *results) record(family, metric, contender, unit, better string, v float
 	m.Reps = append(m.Reps, v)
 	m.Min, m.Median, m.Max = minMedMax(m.Reps)
 	return m
+}
+
+// recordFailure notes a repetition of each metric that gave no value, so
+// the run goes on and the results show it.
+func (r *results) recordFailure(family, contender, unit, better string, err error, metrics ...string) {
+	for _, metric := range metrics {
+		m := r.find(family, metric, contender)
+		if m == nil {
+			m = &measurement{Family: family, Metric: metric, Contender: contender, Unit: unit, Better: better}
+			r.Measurements = append(r.Measurements, m)
+		}
+		m.Failed = append(m.Failed, failedRep{Attempt: len(m.Reps) + len(m.Failed), Error: err.Error()})
+	}
+	slog.Warn("repetition failed; the run goes on without it", "family", family, "contender", contender, "metrics", metrics, "err", err)
 }
 
 // addExtra appends a piece of per-repetition evidence.
@@ -248,16 +301,18 @@ type pairedInterval struct {
 	N      int     `json:"n"`
 }
 
-// paired is num/den repetition by repetition; ok is false unless both
-// have the same, non-zero number of repetitions.
+// paired is num/den repetition by repetition, over the repetitions both
+// have a value for; ok is false when there is none, or either side is
+// unreliable.
 func paired(num, den *measurement) (pairedInterval, bool) {
-	if num == nil || den == nil || len(num.Reps) != len(den.Reps) || len(num.Reps) == 0 {
+	if num == nil || den == nil || num.unreliable() || den.unreliable() {
 		return pairedInterval{}, false
 	}
+	na, da := num.attempts(), den.attempts()
 	var rs []float64
-	for i := range num.Reps {
-		if den.Reps[i] > 0 {
-			rs = append(rs, num.Reps[i]/den.Reps[i])
+	for _, a := range slices.Sorted(maps.Keys(na)) {
+		if d, ok := da[a]; ok && d > 0 {
+			rs = append(rs, na[a]/d)
 		}
 	}
 	if len(rs) == 0 {

@@ -85,7 +85,14 @@ func (e *env) measureRequestResponse(ctx context.Context, fam string, t *topolog
 		return err
 	})
 	if err != nil {
-		return r, before, fmt.Errorf("%s %s %s: %w (datapath counters that rose: %v)", fam, kind, t.contender, err, rose(before, t.extras()))
+		if ctx.Err() != nil {
+			return r, before, ctx.Err()
+		}
+		now := t.extras()
+		err = fmt.Errorf("%s %s %s: %w (datapath counters that rose: %v)", fam, kind, t.contender, err, rose(before, now))
+		e.res.recordFailure(fam, t.contender, unit, higher, err, kind+"_rate")
+		e.res.recordFailure(fam, t.contender, "µs", lower, err, kind+"_p50", kind+"_p99")
+		return r, now, nil
 	}
 	m := e.res.record(fam, kind+"_rate", t.contender, unit, higher, r.rate)
 	m.addExtra("transactions", r.count)

@@ -333,7 +333,12 @@ func (e *env) measureService(ctx context.Context, t *svcTopology, crr bool, rep 
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("services %s %s %d: %w", kind, t.contender, t.n, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		e.res.recordFailure(famServices, t.contender, unit, higher, fmt.Errorf("services %s %s %d: %w", kind, t.contender, t.n, err),
+			fmt.Sprintf("%s_rate@%d", kind, t.n))
+		return nil
 	}
 	m := e.res.record(famServices, fmt.Sprintf("%s_rate@%d", kind, t.n), t.contender, unit, higher, r.rate)
 	m.addExtra("services", t.n)

@@ -115,7 +115,13 @@ func (e *env) measureThroughput(ctx context.Context, fam string, t *topology, be
 		return err
 	})
 	if err != nil {
-		return r, before, fmt.Errorf("%s throughput %s: %w", fam, t.contender, err)
+		if ctx.Err() != nil {
+			return r, before, ctx.Err()
+		}
+		now := t.extras()
+		e.res.recordFailure(fam, t.contender, "Gbit/s", higher,
+			fmt.Errorf("%s throughput %s: %w (datapath counters that rose: %v)", fam, t.contender, err, rose(before, now)), "throughput")
+		return r, now, nil
 	}
 	m := e.res.record(fam, "throughput", t.contender, "Gbit/s", higher, r.bitsPerSecond/1e9)
 	m.addExtra("retransmits", r.retransmits)

@@ -91,6 +91,17 @@ func summary(r *results) string {
 		}
 		b.WriteString(header + "\n" + sep + "\n")
 		for _, x := range ms {
+			if !x.trusted() {
+				fmt.Fprintf(&b, "| %s | %s | %s | - | - | %s |", x.Metric, x.Contender, x.failedCell(), x.Unit)
+				for range refs {
+					b.WriteString(" - |")
+				}
+				if fam == famProgRun {
+					b.WriteString(" - | - |")
+				}
+				b.WriteString("\n")
+				continue
+			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |", x.Metric, x.Contender,
 				formatValue(x.Median), formatValue(x.Min), formatValue(x.Max), x.Unit)
 			for _, ref := range refs {
@@ -107,6 +118,7 @@ func summary(r *results) string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(failuresSection(r))
 	if len(r.Notes) > 0 {
 		b.WriteString("## Notes\n\n")
 		for _, n := range r.Notes {
@@ -147,8 +159,33 @@ func baseline(r *results, m *measurement) *measurement {
 	return nil
 }
 
+// trusted: the measurement has values and few enough failed repetitions.
+func (m *measurement) trusted() bool { return len(m.Reps) > 0 && !m.unreliable() }
+
+// failedCell says how many repetitions failed, in place of a median.
+func (m *measurement) failedCell() string {
+	return fmt.Sprintf("unreliable: %d of %d repetitions failed", len(m.Failed), len(m.Failed)+len(m.Reps))
+}
+
+// failuresSection lists every failed repetition with its error.
+func failuresSection(r *results) string {
+	var b strings.Builder
+	for _, m := range r.Measurements {
+		for _, f := range m.Failed {
+			if b.Len() == 0 {
+				b.WriteString("## Failed repetitions\n\nEach gave no value; the run went on without it. A measurement with more than a third of its repetitions failed is unreliable: shown as such, not compared.\n\n")
+			}
+			fmt.Fprintf(&b, "- %s %s %s, repetition %d: %s\n", m.Family, m.Metric, m.Contender, f.Attempt+1, f.Error)
+		}
+	}
+	if b.Len() > 0 {
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
 func ratioCell(m, ref *measurement) string {
-	if ref == nil || ref == m || ref.Median == 0 || math.IsNaN(ref.Median) {
+	if ref == nil || ref == m || !ref.trusted() || !m.trusted() || ref.Median == 0 || math.IsNaN(ref.Median) {
 		return "-"
 	}
 	return fmt.Sprintf("%.2fx", m.Median/ref.Median)
@@ -180,6 +217,9 @@ func servicesSummary(r *results) string {
 	med := func(m *measurement) string {
 		if m == nil {
 			return "not measured"
+		}
+		if !m.trusted() {
+			return m.failedCell()
 		}
 		return fmt.Sprintf("%s (%s-%s)", formatValue(m.Median), formatValue(m.Min), formatValue(m.Max))
 	}
