@@ -243,12 +243,19 @@ func TestMonitorShowsDropsFiltered(t *testing.T) {
 		}
 		Events maps.EventStats
 	}
-	out, err = exec.Command(bin, "--pin-root", node.PinRoot, "--state-dir", node.StateDir, "status", "-o", "json").CombinedOutput()
+	// In the node's network namespace, as on a node: tc attachments
+	// without bpf_link (kernels before tcx) are found on its devices.
+	status := func(args ...string) (out []byte, err error) {
+		cmd := exec.Command(bin, append([]string{"--pin-root", node.PinRoot, "--state-dir", node.StateDir, "status"}, args...)...)
+		node.Do(func() error { out, err = cmd.CombinedOutput(); return nil })
+		return out, err
+	}
+	out, err = status("-o", "json")
 	if err != nil || json.Unmarshal(out, &sum) != nil || !sum.Loaded || sum.Attached["from_pod"] != 2 || len(sum.TopDrops) == 0 ||
 		sum.TopDrops[0].Reason != "drop_spoofed_ip" || sum.TopDrops[0].Hook != "from_pod" || sum.TopDrops[0].Packets < 3*4 || sum.Events != st {
 		t.Fatalf("status -o json: %v %+v\n%s\nwant from_pod on 2 pods, drop_spoofed_ip at from_pod on top, events %+v", err, sum, out, st)
 	}
-	out, err = exec.Command(bin, "--pin-root", node.PinRoot, "--state-dir", node.StateDir, "status").CombinedOutput()
+	out, err = status()
 	if err != nil || !strings.Contains(string(out), "drop_spoofed_ip at from_pod") || !strings.Contains(string(out), "Drop events:") {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
