@@ -23,7 +23,7 @@ static __noinline int from_known_peer(struct __sk_buff *skb)
 	struct peer *p;
 	__be32 remote;
 
-	if (bpf_skb_get_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4), 0) < 0)
+	if (tunnel_key_get(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4)) < 0)
 		return -1;
 	remote = bpf_htonl(key.remote_ipv4);
 	p = peer_lookup4(remote);

@@ -119,7 +119,7 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 			if (icmp4_unreach_reply(skb, f.daddr) < 0)
 				return drop(skb, REASON_DROP_REJECT_FAILED);
 			count(REASON_SVC_REJECT, HOOK_FROM_POD, skb->len);
-			return bpf_redirect_peer(skb->ingress_ifindex, 0);
+			return redirect_peer(skb->ingress_ifindex);
 		}
 	} else if (f.frag) {
 		frag4_record(&first, &f, svc);

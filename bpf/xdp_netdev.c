@@ -91,6 +91,7 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 	svc = svc_lookup4_node(f.daddr, f.dport, f.proto, SVC_SCOPE_EXTERNAL);
 	if (!svc || (!e && !svc->backends))
 		return 0;
+	trace_note(TRACE_SERVICE, svc->id, svc->backends, svc->algo);
 	b = svc_backend4(&f, svc, e, len, &reason);
 	/* A backend elsewhere needs the node's address as source too
 	 * (lib/netdev.h): from_netdev does both, finding the backend chosen

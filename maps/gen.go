@@ -13,4 +13,14 @@ package maps
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -no-global-types toPod ../bpf/to_pod.c
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -no-global-types fromOverlay ../bpf/from_overlay.c
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -no-global-types toOverlay ../bpf/to_overlay.c
+
+// The same programs built for the dry run of `podpath trace`
+// (bpf/lib/trace.h): no write to a shared map, a log of their own.
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types fromPodDry ../bpf/from_pod.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types xdpNetdevDry ../bpf/xdp_netdev.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types fromNetdevDry ../bpf/from_netdev.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types toNetdevDry ../bpf/to_netdev.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types toPodDry ../bpf/to_pod.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types fromOverlayDry ../bpf/from_overlay.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types toOverlayDry ../bpf/to_overlay.c
 //go:generate go run ./internal/gensum -o generated.sum ../bpf

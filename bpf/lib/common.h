@@ -34,3 +34,5 @@ static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
 {
 	__builtin_memcpy(dst, src, ETH_ALEN_BYTES);
 }
+
+#include "trace.h"

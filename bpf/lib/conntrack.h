@@ -38,6 +38,32 @@ static __always_inline void ct_merge_tcp_flags(__u8 *seen, __u8 flags)
 		*seen |= flags;
 }
 
+#ifdef PODPATH_DRY_RUN
+/* The dry run's conntrack entries: what the flow's packet would have
+ * created, kept for the later hooks of the same trace (to_netdev finds a
+ * NodePort flow's reply entry that from_netdev made). The run's own,
+ * emptied by its caller before each trace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 16);
+} trace_ct SEC(".maps");
+#endif
+
+/* ct_find is the entry of key k: the node's, or in the dry run the one
+ * the trace has made so far. */
+static __always_inline struct ct_entry *ct_find(const struct ct_key *k)
+{
+#ifdef PODPATH_DRY_RUN
+	struct ct_entry *e = bpf_map_lookup_elem(&trace_ct, k);
+
+	if (e)
+		return e;
+#endif
+	return bpf_map_lookup_elem(&conntrack, k);
+}
+
 static __always_inline void ct_key4(struct ct_key *k, __be32 saddr, __be32 daddr,
 				    __be16 sport, __be16 dport, __u8 proto)
 {
@@ -58,7 +84,7 @@ static __always_inline struct ct_entry *ct_lookup4(const struct flow4 *f)
 	struct ct_entry *e;
 
 	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
-	e = bpf_map_lookup_elem(&conntrack, &k);
+	e = ct_find(&k);
 	if (e && e->expires < bpf_ktime_get_ns())
 		return NULL;
 	return e;
@@ -70,6 +96,8 @@ static __always_inline int ct_touch(struct ct_entry *e, const struct flow4 *f, _
 {
 	__u64 now = bpf_ktime_get_ns(), expires;
 
+	if (DRY_RUN)
+		return 0;
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, bytes);
 	ct_merge_tcp_flags(&e->tcp_flags, f->tcp_flags);
@@ -101,6 +129,12 @@ static __always_inline int ct_create4(__be32 saddr, __be32 daddr, __be16 sport, 
 
 	ct_key4(&k, saddr, daddr, sport, dport, f->proto);
 	e->expires = bpf_ktime_get_ns() + ct_lifetime(f->proto, e->tcp_flags);
+#ifdef PODPATH_DRY_RUN
+	if (flags == BPF_NOEXIST && ct_find(&k))
+		return -EEXIST;
+	return (int)bpf_map_update_elem(&trace_ct, &k, e, BPF_ANY);
+#else
 	/* int: before 6.4 the inlined update's result arrives zero-extended. */
 	return (int)bpf_map_update_elem(&conntrack, &k, e, flags);
+#endif
 }

@@ -9,6 +9,10 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 	struct counter_key key = { .reason = reason, .hook = hook };
 	struct counter_value *val;
 
+	if (DRY_RUN) {
+		trace_note(TRACE_VERDICT, reason, hook, 0);
+		return;
+	}
 	val = bpf_map_lookup_elem(&counters, &key);
 	if (!val) {
 		struct counter_value init = {};
@@ -29,7 +33,7 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 static __always_inline int verdict(struct __sk_buff *skb, enum hook hook, enum reason reason, int action)
 {
 	count(reason, hook, skb->len);
-	if (reason >= REASON_DROP_FIRST)
+	if (!DRY_RUN && reason >= REASON_DROP_FIRST)
 		event_drop_skb(skb, hook, reason);
 	return action;
 }
@@ -38,6 +42,7 @@ static __always_inline int verdict(struct __sk_buff *skb, enum hook hook, enum r
 static __always_inline int xdp_drop(struct xdp_md *ctx, enum reason reason, __u32 len)
 {
 	count(reason, HOOK_XDP, len);
-	event_drop_xdp(ctx, HOOK_XDP, reason, len);
+	if (!DRY_RUN)
+		event_drop_xdp(ctx, HOOK_XDP, reason, len);
 	return XDP_DROP;
 }

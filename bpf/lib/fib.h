@@ -30,5 +30,6 @@ static __always_inline int fib_redirect4(struct __sk_buff *skb, __be32 saddr, __
 		return TC_ACT_SHOT;
 	}
 	*ok = 1;
-	return bpf_redirect_neigh(p.ifindex, 0, 0, 0);
+	trace_note(TRACE_FIB, p.ifindex, rc, 0);
+	return redirect_neigh(p.ifindex, 0, 0);
 }

@@ -41,6 +41,7 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 	if (ip->ttl <= 1)
 		return verdict(skb, hook, REASON_DROP_TTL_EXCEEDED, TC_ACT_SHOT);
 	if (peer) {
+		trace_note(TRACE_PEER, peer->node_addr[0], peer->flags, 0);
 		ret = forward_peer4(skb, eth, ip, peer, hook);
 		if (ret == FORWARD_PEER_TUNNEL_FAILED)
 			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
@@ -57,7 +58,7 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		mac_copy(eth->h_dest, dst->mac);
 		mac_copy(eth->h_source, dst->node_mac);
 		count(REASON_FORWARD_LOCAL, hook, skb->len);
-		return bpf_redirect_peer(dst->ifindex, 0);
+		return redirect_peer(dst->ifindex);
 	}
 	/* A reply whose source is now a node address (NodePort): the stack
 	 * would drop it as a martian, so route it ourselves. */

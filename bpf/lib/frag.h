@@ -30,6 +30,8 @@ static __always_inline void frag4_record(const struct frag_key *k, const struct 
 {
 	struct frag_entry e = {};
 
+	if (DRY_RUN)
+		return;
 	e.expires = bpf_ktime_get_ns() + FRAG_LIFETIME;
 	e.saddr = f->saddr;
 	e.daddr = f->daddr;
@@ -55,5 +57,6 @@ static __always_inline int frag4_translate(struct __sk_buff *skb, struct flow4 *
 		return -2;
 	f->saddr = e->saddr;
 	f->daddr = e->daddr;
+	trace_note(TRACE_FRAG, e->decision, 0, 0);
 	return e->decision;
 }

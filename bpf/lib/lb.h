@@ -53,7 +53,7 @@ static __always_inline __u32 slot_backend(__u32 svc_id, __u32 slot)
 static __always_inline __u32 lb_pick(const struct svc_info *svc, __u32 hash)
 {
 	__u32 n = *(volatile const __u16 *)&svc->backends, id = svc->id;
-	__u32 *next, *inner_id;
+	__u32 *next, *inner_id, turn;
 	void *table;
 
 	if (!n)
@@ -63,8 +63,10 @@ static __always_inline __u32 lb_pick(const struct svc_info *svc, __u32 hash)
 		next = bpf_map_lookup_elem(&svc_rr, &id);
 		if (!next)
 			return slot_backend(id, bpf_get_prandom_u32() % n + 1);
-		*next = *next + 1;
-		return slot_backend(id, *next % n + 1);
+		turn = *next + 1;
+		if (!DRY_RUN)
+			*next = turn;
+		return slot_backend(id, turn % n + 1);
 	case LB_MAGLEV:
 		table = bpf_map_lookup_elem(&maglev, &id);
 		if (table && maglev_table_size) {
@@ -103,7 +105,8 @@ static __always_inline __u32 lb_select4(const struct svc_info *svc, __be32 clien
 		if (cur && now - cur->last_used < (__u64)svc->affinity_timeout * 1000000000ULL) {
 			b = backend_lookup(cur->backend_id);
 			if (b && !(b->flags & BACKEND_F_TERMINATING)) {
-				cur->last_used = now;
+				if (!DRY_RUN)
+					cur->last_used = now;
 				return cur->backend_id;
 			}
 		}
@@ -121,13 +124,13 @@ static __always_inline __u32 lb_select4(const struct svc_info *svc, __be32 clien
 		 * is created only where none exists, and the loser takes the
 		 * winner's backend. One found stale above is replaced. */
 		if (!cur) {
-			if ((int)bpf_map_update_elem(&affinity, &ak, &av, BPF_NOEXIST) != -EEXIST)
+			if ((int)map_insert(&affinity, &ak, &av, BPF_NOEXIST) != -EEXIST)
 				return id;
 			cur = bpf_map_lookup_elem(&affinity, &ak);
 			if (cur && (b = backend_lookup(cur->backend_id)) && !(b->flags & BACKEND_F_TERMINATING))
 				return cur->backend_id;
 		}
-		bpf_map_update_elem(&affinity, &ak, &av, BPF_ANY);
+		map_insert(&affinity, &ak, &av, BPF_ANY);
 	}
 	return id;
 }

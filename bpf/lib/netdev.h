@@ -78,7 +78,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 		if (icmp4_unreach_reply(skb, f.daddr) < 0)
 			return verdict(skb, hook, REASON_DROP_REJECT_FAILED, TC_ACT_SHOT);
 		count(REASON_SVC_REJECT, hook, skb->len);
-		return bpf_redirect(skb->ingress_ifindex, 0);
+		return redirect_egress(skb->ingress_ifindex);
 	}
 	return forward4(skb, svc, hook, 0, 0);
 }

@@ -47,6 +47,7 @@ static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct 
 	key.remote_ipv4 = bpf_ntohl(p->node_addr[0]);
 	key.tunnel_id = p->vni;
 	key.tunnel_ttl = 64;
+	trace_note(TRACE_TUNNEL, p->node_addr[0], p->vni, 0);
 	return (int)bpf_skb_set_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4),
 					   BPF_F_ZERO_CSUM_TX);
 }
@@ -84,7 +85,7 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 		if (peer_set_tunnel4(skb, p) < 0)
 			return FORWARD_PEER_TUNNEL_FAILED;
 		count(REASON_FORWARD_TUNNEL, hook, skb->len);
-		return bpf_redirect(p->ifindex, 0);
+		return redirect_egress(p->ifindex);
 	}
 
 	fib.family = AF_INET;
@@ -99,12 +100,12 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN_BYTES);
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN_BYTES);
 		count(REASON_FORWARD_ROUTED, hook, skb->len);
-		return bpf_redirect(fib.ifindex, 0);
+		return redirect_egress(fib.ifindex);
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		nh.nh_family = AF_INET;
 		nh.ipv4_nh = p->node_addr[0];
 		count(REASON_FORWARD_ROUTED, hook, skb->len);
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		return redirect_neigh(fib.ifindex, &nh, sizeof(nh));
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return verdict(skb, hook, REASON_TO_STACK_MTU, TC_ACT_OK);
 	default:

@@ -54,6 +54,7 @@ static __always_inline int reply_translate(struct __sk_buff *skb, struct flow4 *
 	__be32 frontend = e->nat_addr[0];
 	__be16 frontend_port = e->nat_port;
 
+	trace_note(TRACE_CT_REPLY, e->backend_id, e->svc_id, frontend);
 	if (ct_touch(e, f, skb->len))
 		svc_ct_heal_forward4(f, e);
 	if ((e->flags & CT_F_HAIRPIN) &&
@@ -95,6 +96,7 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 	if (e) {
 		b = backend_lookup(e->backend_id);
 		if (b && !ct_reopens(e, f, b->flags)) {
+			trace_note(TRACE_CT_FLOW, e->backend_id, e->svc_id, 0);
 			/* The reply entry, if evicted meanwhile, comes back. */
 			if (ct_touch(e, f, bytes))
 				svc_ct_reply4(f, b, e->svc_id, e->backend_id, BPF_NOEXIST);
@@ -106,6 +108,7 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 	id = lb_select4(svc, f->saddr, flow4_hash(f));
 	if (!id)
 		return 0;
+	trace_note(TRACE_LB_NEW, id, svc->id, 0);
 	b = backend_lookup(id);
 	if (!b) {
 		*reason = REASON_DROP_BACKEND_GONE;
@@ -122,7 +125,7 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 		/* Made since our lookup, unless what is there has expired
 		 * (ct_lookup4 saw nothing) or lost its backend. */
 		ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
-		e = bpf_map_lookup_elem(&conntrack, &k);
+		e = ct_find(&k);
 		won = e && e->expires >= bpf_ktime_get_ns() ? backend_lookup(e->backend_id) : 0;
 		if (e && won) {
 			ct_touch(e, f, bytes);
@@ -169,6 +172,7 @@ static __always_inline int service_translate(struct __sk_buff *skb, struct flow4
 	svc = svc_lookup4_node(f->daddr, f->dport, f->proto, scope);
 	if (!svc)
 		return SVC_UNTOUCHED;
+	trace_note(TRACE_SERVICE, svc->id, svc->backends, svc->algo);
 	b = svc_backend4(f, svc, e, skb->len, reason);
 	if (!b)
 		return *reason == REASON_UNSPEC ? SVC_REJECT : SVC_DROP;
@@ -217,7 +221,7 @@ static __always_inline int svc_icmp_error4(struct __sk_buff *skb, struct flow4 *
 		return SVC_UNTOUCHED;
 	/* The tuple of the quoted packet's answer: conntrack's key for it. */
 	ct_key4(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol);
-	e = bpf_map_lookup_elem(&conntrack, &k);
+	e = ct_find(&k);
 	if (!e || e->expires < bpf_ktime_get_ns() || (e->flags & CT_F_HAIRPIN))
 		return SVC_UNTOUCHED;
 	if (e->flags & CT_F_REPLY) {

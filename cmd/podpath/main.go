@@ -53,7 +53,7 @@ func newRoot() *cobra.Command {
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(newNodeCmd(g), newStatusCmd(g), newEndpointCmd(g), newCountersCmd(g), newDemoCmd(g))
 	root.AddCommand(newNATCmd(g))
-	root.AddCommand(newServiceCmd(g), newCTCmd(g), newMonitorCmd(g))
+	root.AddCommand(newServiceCmd(g), newCTCmd(g), newMonitorCmd(g), newTraceCmd(g))
 	root.AddCommand(newAgentCmd(g))
 	return root
 }

@@ -1,8 +1,8 @@
-// Package packet builds Ethernet frames by hand for the tests that run the
-// datapath's programs with BPF_PROG_RUN (test/datapath, test/fuzz): just
-// enough Ethernet, IPv4, TCP, UDP, ICMP and ARP, every length and checksum
-// computed here, so a test states the packet it sends and the bytes it
-// expects back.
+// Package packet builds Ethernet frames by hand for what runs the
+// datapath's programs with BPF_PROG_RUN (test/datapath, test/fuzz, and
+// podpath trace): just enough Ethernet, IPv4, TCP, UDP, ICMP and ARP,
+// every length and checksum computed here, so a caller states the packet
+// it sends and the bytes it expects back.
 package packet
 
 import (
