@@ -125,6 +125,11 @@ var (
 		[]string{"result"}, nil)
 	descDropEventRate = prometheus.NewDesc("podpath_drop_event_rate",
 		"Drop events each CPU may send per second (0: none are sent).", nil, nil)
+	descTraceEvents = prometheus.NewDesc("podpath_trace_events_total",
+		"Packets tracing selected (podpath monitor --trace), by what became of them: sent to the ring buffer, left out by the sampling, lost to a full ring buffer.",
+		[]string{"result"}, nil)
+	descTracing = prometheus.NewDesc("podpath_trace_sample",
+		"Whether tracing is on: 0 off, else one traced packet in this many raises an event.", nil, nil)
 )
 
 // boundedMaps are the maps whose fill level matters: when one is full, new
@@ -141,6 +146,8 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descBytes
 	ch <- descDropEvents
 	ch <- descDropEventRate
+	ch <- descTraceEvents
+	ch <- descTracing
 }
 
 func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -160,6 +167,16 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if cfg, err := maps.ReadEventConfig(c.pinRoot); err == nil {
 		ch <- prometheus.MustNewConstMetric(descDropEventRate, prometheus.GaugeValue, float64(cfg.DropRate))
+		sample := 0.0
+		if t := maps.TraceOf(cfg); t.On() {
+			sample = float64(max(t.Sample, 1))
+		}
+		ch <- prometheus.MustNewConstMetric(descTracing, prometheus.GaugeValue, sample)
+	}
+	if s, err := maps.ReadTraceStats(c.pinRoot); err == nil {
+		ch <- prometheus.MustNewConstMetric(descTraceEvents, prometheus.CounterValue, float64(s.Sent), "sent")
+		ch <- prometheus.MustNewConstMetric(descTraceEvents, prometheus.CounterValue, float64(s.SampledOut), "sampled_out")
+		ch <- prometheus.MustNewConstMetric(descTraceEvents, prometheus.CounterValue, float64(s.RingbufFull), "ringbuf_full")
 	}
 	counters, err := maps.ReadPinnedCounters(c.pinRoot)
 	if err != nil {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/internal/sim"
@@ -335,6 +338,13 @@ func (podpathContender) build(ctx context.Context, e *env) (_ *topology, err err
 	}
 	t.dst = t.server.IP
 	t.info.Notes = append(t.info.Notes, "pin root "+node.PinRoot)
+	cli, err := sim.BuildPodpath(filepath.Join(e.srcDir, ".cache", "podpath-cli"))
+	if err != nil {
+		return nil, err
+	}
+	t.traced = func(ctx context.Context) (func() error, error) {
+		return startMonitor(ctx, cli, node, "--trace", t.client.IP.String(), "-o", "json")
+	}
 	counters, err := maps.OpenPinned(node.PinRoot, maps.MapCounters)
 	if err != nil {
 		return nil, err
@@ -389,4 +399,46 @@ func closeAllFn(fns ...func() error) func() error {
 
 func prefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// startMonitor runs podpath monitor with args in node's namespace, its
+// output read and discarded as a terminal would take it, and returns once
+// it reads the events; stop interrupts it and waits for its exit.
+func startMonitor(ctx context.Context, bin string, node *sim.Node, args ...string) (stop func() error, err error) {
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--pin-root", node.PinRoot, "--state-dir", node.StateDir, "monitor"}, args...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	errOut, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := node.Do(cmd.Start); err != nil {
+		return nil, err
+	}
+	go io.Copy(io.Discard, out)
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(errOut)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "reading the drop events of ") {
+				close(ready)
+			}
+		}
+	}()
+	stop = func() error {
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			return err
+		}
+		return cmd.Wait()
+	}
+	select {
+	case <-ready:
+		return stop, nil
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("podpath monitor %v did not start reading within 30 s", args)
+	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/ringbuf"
 	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/maps"
@@ -77,6 +78,8 @@ type progPath struct {
 	// dropEvents is the drop events' rate per CPU during the path's runs
 	// (burst the default); 0: off.
 	dropEvents uint32
+	// trace is what tracing selects during the path's runs; zero: off.
+	trace maps.Trace
 }
 
 // runProgRun times every path.
@@ -150,10 +153,31 @@ func (e *env) runProgRun(ctx context.Context) error {
 			dropEvents: maps.DefaultDropEventRate},
 		{name: "from_pod local SYN, drop events on", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
 			dropEvents: maps.DefaultDropEventRate},
+		// Tracing on (podpath monitor --trace) for another pod: each run
+		// pays the filter's check; for this pod, every run raises a trace
+		// event, read by a reader draining the ring buffer meanwhile.
+		{name: "from_pod local SYN, tracing another pod", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
+			trace: maps.Trace{Addr: offNodeIP}},
+		{name: "from_pod local SYN, tracing this pod", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
+			trace: maps.Trace{Addr: benchSrc.IP}},
 		{name: "noop xdp (XDP_PASS)", prog: noopXDP, frame: fromWire, xdp: true, verdict: xdpPass},
 		{name: "xdp_netdev pass", prog: xp, frame: fromWire, xdp: true, verdict: xdpPass, reason: "xdp/to_stack", noop: "noop xdp (XDP_PASS)"},
 	}
 	counters := fromPod.Maps[maps.MapCounters]
+	// A reader empties the ring buffer throughout, as podpath monitor
+	// would: events find room, and their cost is the one a user sees.
+	reader, err := ringbuf.NewReader(fromPod.Maps[maps.MapEvents])
+	if err != nil {
+		return err
+	}
+	defer reader.Close()
+	go func() {
+		for {
+			if _, err := reader.Read(); err != nil {
+				return
+			}
+		}
+	}()
 	for rep := range e.cfg.Reps {
 		for _, p := range rotate(paths, rep) {
 			if err := ctx.Err(); err != nil {
@@ -164,6 +188,9 @@ func (e *env) runProgRun(ctx context.Context) error {
 				return err
 			}
 			if err := maps.WriteEventConfig(fromPod.Maps[maps.MapEventConfig], p.dropEvents, maps.DefaultDropEventBurst); err != nil {
+				return err
+			}
+			if err := maps.SetTraceMap(fromPod.Maps[maps.MapEventConfig], p.trace); err != nil {
 				return err
 			}
 			calls, repeat := e.cfg.ProgCalls, e.cfg.ProgRepeat

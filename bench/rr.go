@@ -57,8 +57,41 @@ func (e *env) runRR(ctx context.Context, crr bool) error {
 			e.res.record(fam, "p99", t.contender, "µs", lower, r.p99)
 			slog.Info(fam, "rep", rep+1, "contender", t.contender, "rate", fmt.Sprintf("%.0f", r.rate),
 				"p50_us", fmt.Sprintf("%.1f", r.p50), "p99_us", fmt.Sprintf("%.1f", r.p99))
+			if t.traced != nil {
+				if err := e.measureTraced(ctx, fam, unit, t, crr, rep); err != nil {
+					return err
+				}
+			}
 		}
 	}
+	return nil
+}
+
+// measureTraced measures t again with podpath monitor --trace following
+// the client, right after t itself (paired by repetition): the cost of a
+// trace event per packet and hook, and of the monitor reading them.
+func (e *env) measureTraced(ctx context.Context, fam, unit string, t *topology, crr bool, rep int) error {
+	stop, err := t.traced(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: start podpath monitor --trace: %w", fam, err)
+	}
+	var r rrResult
+	ev, err := measurePath(t, func() (err error) {
+		r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
+		return err
+	})
+	if serr := stop(); err == nil && serr != nil {
+		err = fmt.Errorf("stop podpath monitor: %w", serr)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", fam, cPodpathTraced, err)
+	}
+	m := e.res.record(fam, "rate", cPodpathTraced, unit, higher, r.rate)
+	m.addExtra("transactions", r.count)
+	ev.record(m, t)
+	e.res.record(fam, "p50", cPodpathTraced, "µs", lower, r.p50)
+	e.res.record(fam, "p99", cPodpathTraced, "µs", lower, r.p99)
+	slog.Info(fam, "rep", rep+1, "contender", cPodpathTraced, "rate", fmt.Sprintf("%.0f", r.rate))
 	return nil
 }
 

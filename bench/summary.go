@@ -117,6 +117,11 @@ func summary(r *results) string {
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
+		if fam == famRR || fam == famCRR {
+			if s := pairedRatios(r.find(fam, "rate", cPodpathTraced), r.find(fam, "rate", cPodpath)); s != "" {
+				fmt.Fprintf(&b, "%s: podpath measured again right after itself in each repetition while `podpath monitor --trace` follows the client pod (each of its packets raises a trace event at each hook, printed as JSON); its rate against podpath's, %s.\n\n", cPodpathTraced, s)
+			}
+		}
 	}
 	b.WriteString(failuresSection(r))
 	if len(r.Notes) > 0 {

@@ -37,6 +37,9 @@ const (
 	cLimit   = "limit"
 	cDocker  = "bridge"
 	cPodpath = "podpath"
+	// cPodpathTraced is podpath's topology measured again, in the same
+	// repetition, while podpath monitor --trace follows the client pod.
+	cPodpathTraced = "podpath+trace"
 )
 
 // contenders are measured in this order (rotated every repetition).
@@ -89,7 +92,10 @@ type topology struct {
 	reap func() (int, error)
 	// devices are recorded (MTU, offloads) for the fairness check.
 	devices []nsDevice
-	close   func() error
+	// traced, if set, starts what cPodpathTraced measures under (podpath
+	// monitor --trace on the client) and returns how to stop it.
+	traced func(ctx context.Context) (stop func() error, err error)
+	close  func() error
 }
 
 // extras reads the topology's further counters (none without extra).

@@ -118,7 +118,7 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 		if (svc == SVC_REJECT) {
 			if (icmp4_unreach_reply(skb, f.daddr) < 0)
 				return drop(skb, REASON_DROP_REJECT_FAILED);
-			count(REASON_SVC_REJECT, HOOK_FROM_POD, skb->len);
+			account(skb, REASON_SVC_REJECT, HOOK_FROM_POD);
 			return redirect_peer(skb->ingress_ifindex);
 		}
 	} else if (f.frag) {
@@ -132,6 +132,7 @@ int from_pod(struct __sk_buff *skb)
 {
 	struct ethhdr *eth;
 
+	trace_begin(skb);
 	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	eth = header_at(skb, 0, struct ethhdr);

@@ -38,6 +38,7 @@ int to_netdev(struct __sk_buff *skb)
 	struct flow4 f;
 	int ret, masq;
 
+	trace_begin(skb);
 	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
 		return verdict(skb, HOOK_TO_NETDEV, REASON_TO_STACK, TC_ACT_OK);
 	eth = header_at(skb, 0, struct ethhdr);

@@ -33,6 +33,7 @@ int to_overlay(struct __sk_buff *skb)
 	struct peer *p;
 	int keyed, masq = 0;
 
+	trace_begin(skb);
 	keyed = tunnel_key_get(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4)) == 0;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_UNSUPPORTED_L3, TC_ACT_SHOT);

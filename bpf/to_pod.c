@@ -44,6 +44,7 @@ int to_pod(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct flow4 f;
 
+	trace_begin(skb);
 	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	eth = header_at(skb, 0, struct ethhdr);

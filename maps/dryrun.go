@@ -18,7 +18,7 @@ const MapTraceCT = "trace_ct"
 // node's: the dry-run programs have every write to them compiled out, and
 // do not read them, so a fresh copy is a second guard that no count or
 // event of the node moves.
-var DryRunPrivate = []string{MapCounters, MapNatStats, MapEvents, MapEventConfig, MapEventState}
+var DryRunPrivate = []string{MapCounters, MapNatStats, MapEvents, MapEventConfig, MapEventState, MapTraceState}
 
 // Trace note kinds, as enum trace_kind in bpf/lib/trace.h.
 const (

@@ -18,6 +18,14 @@ type (
 	Event       = fromPodEvent
 	EventConfig = fromPodEventConfig
 	EventState  = fromPodEventState
+	TraceState  = fromPodTraceState
+)
+
+// What raises trace events (enum trace_flags in bpf/lib/maps.h).
+const (
+	TraceAll     = 1 // every packet
+	TraceIfindex = 2 // packets on one device
+	TraceAddr    = 4 // packets from or to one address
 )
 
 // Kinds of event (enum event_kind).
@@ -191,12 +199,17 @@ func EventStatsOf(m *ebpf.Map) (EventStats, error) {
 
 // ReadEventConfig reads the node's event_config.
 func ReadEventConfig(root string) (EventConfig, error) {
-	var cfg EventConfig
 	m, err := OpenPinned(root, MapEventConfig)
 	if err != nil {
-		return cfg, err
+		return EventConfig{}, err
 	}
 	defer m.Close()
+	return ReadEventConfigMap(m)
+}
+
+// ReadEventConfigMap reads an event_config map.
+func ReadEventConfigMap(m *ebpf.Map) (EventConfig, error) {
+	var cfg EventConfig
 	if err := m.Lookup(uint32(0), &cfg); err != nil {
 		return cfg, fmt.Errorf("read event config: %w", err)
 	}
@@ -220,4 +233,111 @@ func WriteEventConfig(m *ebpf.Map, rate, burst uint32) error {
 		return fmt.Errorf("write event config: %w", err)
 	}
 	return nil
+}
+
+// Trace is what raises trace events: nothing (the zero value), every
+// packet (All), or the packets on a device (Ifindex) or from or to an
+// address before or after translation (Addr), one in Sample of those
+// (per CPU; 0 or 1 every one).
+type Trace struct {
+	All     bool       `json:"all,omitempty"`
+	Ifindex uint32     `json:"ifindex,omitempty"`
+	Addr    netip.Addr `json:"addr,omitempty"`
+	Sample  uint32     `json:"sample,omitempty"`
+}
+
+// On says whether t selects any packet.
+func (t Trace) On() bool { return t.All || t.Ifindex != 0 || t.Addr.IsValid() }
+
+// TraceOf reads the trace settings of an event_config.
+func TraceOf(cfg EventConfig) Trace {
+	t := Trace{All: cfg.TraceFlags&TraceAll != 0, Sample: cfg.TraceSample}
+	if cfg.TraceFlags&TraceIfindex != 0 {
+		t.Ifindex = cfg.TraceIfindex
+	}
+	if cfg.TraceFlags&TraceAddr != 0 {
+		var b [4]byte
+		putNativeU32(b[:], cfg.TraceAddr)
+		t.Addr = netip.AddrFrom4(b)
+	}
+	if !t.On() {
+		t.Sample = 0
+	}
+	return t
+}
+
+// SetTrace writes t into the node's event_config, keeping the drop events'
+// settings; the zero Trace switches tracing off.
+func SetTrace(root string, t Trace) error {
+	m, err := OpenPinned(root, MapEventConfig)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return SetTraceMap(m, t)
+}
+
+// SetTraceMap is SetTrace on an event_config map.
+func SetTraceMap(m *ebpf.Map, t Trace) error {
+	if t.Addr.IsValid() && !t.Addr.Is4() {
+		return fmt.Errorf("trace %s: only IPv4 addresses are traced", t.Addr)
+	}
+	var cfg EventConfig
+	if err := m.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read event config: %w", err)
+	}
+	cfg.TraceFlags, cfg.TraceIfindex, cfg.TraceAddr, cfg.TraceSample = 0, 0, 0, 0
+	if t.All {
+		cfg.TraceFlags |= TraceAll
+	}
+	if t.Ifindex != 0 {
+		cfg.TraceFlags |= TraceIfindex
+		cfg.TraceIfindex = t.Ifindex
+	}
+	if t.Addr.IsValid() {
+		cfg.TraceFlags |= TraceAddr
+		cfg.TraceAddr = nativeU32(t.Addr.AsSlice())
+	}
+	if cfg.TraceFlags != 0 {
+		cfg.TraceSample = t.Sample
+	}
+	if err := m.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write event config: %w", err)
+	}
+	return nil
+}
+
+// TraceStats is what became of the packets tracing selected, summed over
+// CPUs.
+type TraceStats struct {
+	Matched     uint64 `json:"matched"`
+	Sent        uint64 `json:"sent"`
+	SampledOut  uint64 `json:"sampledOut"`
+	RingbufFull uint64 `json:"ringbufFull"`
+}
+
+// ReadTraceStats sums trace_state over the CPUs.
+func ReadTraceStats(root string) (TraceStats, error) {
+	m, err := OpenPinned(root, MapTraceState)
+	if err != nil {
+		return TraceStats{}, err
+	}
+	defer m.Close()
+	return TraceStatsOf(m)
+}
+
+// TraceStatsOf sums a trace_state map over the CPUs.
+func TraceStatsOf(m *ebpf.Map) (TraceStats, error) {
+	var per []TraceState
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		return TraceStats{}, fmt.Errorf("read trace state: %w", err)
+	}
+	var s TraceStats
+	for _, p := range per {
+		s.Matched += p.Matched
+		s.Sent += p.Sent
+		s.SampledOut += p.SampledOut
+		s.RingbufFull += p.RingbufFull
+	}
+	return s, nil
 }

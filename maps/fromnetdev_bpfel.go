@@ -36,6 +36,8 @@ const (
 	fromNetdevMapSockRevNat         = "sock_rev_nat"
 	fromNetdevMapSvcRr              = "svc_rr"
 	fromNetdevMapSvcSlots           = "svc_slots"
+	fromNetdevMapTraceOrig          = "trace_orig"
+	fromNetdevMapTraceState         = "trace_state"
 	fromNetdevProgFromNetdev        = "from_netdev"
 	fromNetdevVarBackendFlagsUnused = "backend_flags_unused"
 	fromNetdevVarCtFlagsUnused      = "ct_flags_unused"
@@ -120,6 +122,8 @@ type fromNetdevMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,6 +184,8 @@ type fromNetdevMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromNetdevMaps) Close() error {
@@ -204,6 +210,8 @@ func (m *fromNetdevMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -38,6 +38,8 @@ const (
 	fromNetdevDryMapSvcSlots           = "svc_slots"
 	fromNetdevDryMapTraceCt            = "trace_ct"
 	fromNetdevDryMapTraceLog           = "trace_log"
+	fromNetdevDryMapTraceOrig          = "trace_orig"
+	fromNetdevDryMapTraceState         = "trace_state"
 	fromNetdevDryProgFromNetdev        = "from_netdev"
 	fromNetdevDryVarBackendFlagsUnused = "backend_flags_unused"
 	fromNetdevDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -124,6 +126,8 @@ type fromNetdevDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromNetdevDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,8 @@ type fromNetdevDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromNetdevDryMaps) Close() error {
@@ -212,6 +218,8 @@ func (m *fromNetdevDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -36,6 +36,8 @@ const (
 	fromOverlayMapSockRevNat         = "sock_rev_nat"
 	fromOverlayMapSvcRr              = "svc_rr"
 	fromOverlayMapSvcSlots           = "svc_slots"
+	fromOverlayMapTraceOrig          = "trace_orig"
+	fromOverlayMapTraceState         = "trace_state"
 	fromOverlayProgFromOverlay       = "from_overlay"
 	fromOverlayVarBackendFlagsUnused = "backend_flags_unused"
 	fromOverlayVarCtFlagsUnused      = "ct_flags_unused"
@@ -120,6 +122,8 @@ type fromOverlayMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromOverlayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,6 +184,8 @@ type fromOverlayMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromOverlayMaps) Close() error {
@@ -204,6 +210,8 @@ func (m *fromOverlayMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

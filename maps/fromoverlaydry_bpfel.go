@@ -38,6 +38,8 @@ const (
 	fromOverlayDryMapSvcSlots           = "svc_slots"
 	fromOverlayDryMapTraceCt            = "trace_ct"
 	fromOverlayDryMapTraceLog           = "trace_log"
+	fromOverlayDryMapTraceOrig          = "trace_orig"
+	fromOverlayDryMapTraceState         = "trace_state"
 	fromOverlayDryProgFromOverlay       = "from_overlay"
 	fromOverlayDryVarBackendFlagsUnused = "backend_flags_unused"
 	fromOverlayDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -124,6 +126,8 @@ type fromOverlayDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromOverlayDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,8 @@ type fromOverlayDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromOverlayDryMaps) Close() error {
@@ -212,6 +218,8 @@ func (m *fromOverlayDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -154,6 +154,16 @@ type fromPodEventState struct {
 	RingbufFull uint64
 }
 
+type fromPodEventTuple struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type fromPodFragEntry struct {
 	_        structs.HostLayout
 	Expires  uint64
@@ -358,6 +368,14 @@ const (
 	fromPodSvcScopeSVC_SCOPE_INTERNAL fromPodSvcScope = 1
 )
 
+type fromPodTraceState struct {
+	_           structs.HostLayout
+	Matched     uint64
+	Sent        uint64
+	SampledOut  uint64
+	RingbufFull uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -382,6 +400,8 @@ const (
 	fromPodMapSockRevNat         = "sock_rev_nat"
 	fromPodMapSvcRr              = "svc_rr"
 	fromPodMapSvcSlots           = "svc_slots"
+	fromPodMapTraceOrig          = "trace_orig"
+	fromPodMapTraceState         = "trace_state"
 	fromPodProgFromPod           = "from_pod"
 	fromPodVarBackendFlagsUnused = "backend_flags_unused"
 	fromPodVarCtFlagsUnused      = "ct_flags_unused"
@@ -466,6 +486,8 @@ type fromPodMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromPodVariableSpecs contains global variables before they are loaded into the kernel.
@@ -526,6 +548,8 @@ type fromPodMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromPodMaps) Close() error {
@@ -550,6 +574,8 @@ func (m *fromPodMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

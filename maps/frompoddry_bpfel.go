@@ -38,6 +38,8 @@ const (
 	fromPodDryMapSvcSlots           = "svc_slots"
 	fromPodDryMapTraceCt            = "trace_ct"
 	fromPodDryMapTraceLog           = "trace_log"
+	fromPodDryMapTraceOrig          = "trace_orig"
+	fromPodDryMapTraceState         = "trace_state"
 	fromPodDryProgFromPod           = "from_pod"
 	fromPodDryVarBackendFlagsUnused = "backend_flags_unused"
 	fromPodDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -124,6 +126,8 @@ type fromPodDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromPodDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,8 @@ type fromPodDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromPodDryMaps) Close() error {
@@ -212,6 +218,8 @@ func (m *fromPodDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -29,6 +29,8 @@ const (
 	MapEvents      = "events"
 	MapEventConfig = "event_config"
 	MapEventState  = "event_state"
+	// Per CPU, what became of the packets tracing selected.
+	MapTraceState = "trace_state"
 )
 
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
@@ -50,7 +52,7 @@ const (
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
 	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers,
-	MapEvents, MapEventConfig, MapEventState}
+	MapEvents, MapEventConfig, MapEventState, MapTraceState}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

@@ -36,6 +36,7 @@ const (
 	sockMapSockRevNat         = "sock_rev_nat"
 	sockMapSvcRr              = "svc_rr"
 	sockMapSvcSlots           = "svc_slots"
+	sockMapTraceState         = "trace_state"
 	sockProgSockConnect4      = "sock_connect4"
 	sockProgSockGetpeername4  = "sock_getpeername4"
 	sockProgSockRecvmsg4      = "sock_recvmsg4"
@@ -126,6 +127,7 @@ type sockMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +188,7 @@ type sockMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *sockMaps) Close() error {
@@ -210,6 +213,7 @@ func (m *sockMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceState,
 	)
 }
 

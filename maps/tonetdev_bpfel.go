@@ -36,6 +36,8 @@ const (
 	toNetdevMapSockRevNat         = "sock_rev_nat"
 	toNetdevMapSvcRr              = "svc_rr"
 	toNetdevMapSvcSlots           = "svc_slots"
+	toNetdevMapTraceOrig          = "trace_orig"
+	toNetdevMapTraceState         = "trace_state"
 	toNetdevProgToNetdev          = "to_netdev"
 	toNetdevVarBackendFlagsUnused = "backend_flags_unused"
 	toNetdevVarCtFlagsUnused      = "ct_flags_unused"
@@ -120,6 +122,8 @@ type toNetdevMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,6 +184,8 @@ type toNetdevMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toNetdevMaps) Close() error {
@@ -204,6 +210,8 @@ func (m *toNetdevMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

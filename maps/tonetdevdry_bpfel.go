@@ -38,6 +38,8 @@ const (
 	toNetdevDryMapSvcSlots           = "svc_slots"
 	toNetdevDryMapTraceCt            = "trace_ct"
 	toNetdevDryMapTraceLog           = "trace_log"
+	toNetdevDryMapTraceOrig          = "trace_orig"
+	toNetdevDryMapTraceState         = "trace_state"
 	toNetdevDryProgToNetdev          = "to_netdev"
 	toNetdevDryVarBackendFlagsUnused = "backend_flags_unused"
 	toNetdevDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -124,6 +126,8 @@ type toNetdevDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toNetdevDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,8 @@ type toNetdevDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toNetdevDryMaps) Close() error {
@@ -212,6 +218,8 @@ func (m *toNetdevDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -36,6 +36,8 @@ const (
 	toOverlayMapSockRevNat         = "sock_rev_nat"
 	toOverlayMapSvcRr              = "svc_rr"
 	toOverlayMapSvcSlots           = "svc_slots"
+	toOverlayMapTraceOrig          = "trace_orig"
+	toOverlayMapTraceState         = "trace_state"
 	toOverlayProgToOverlay         = "to_overlay"
 	toOverlayVarBackendFlagsUnused = "backend_flags_unused"
 	toOverlayVarCtFlagsUnused      = "ct_flags_unused"
@@ -119,6 +121,8 @@ type toOverlayMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toOverlayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -178,6 +182,8 @@ type toOverlayMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toOverlayMaps) Close() error {
@@ -202,6 +208,8 @@ func (m *toOverlayMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -38,6 +38,8 @@ const (
 	toOverlayDryMapSvcSlots           = "svc_slots"
 	toOverlayDryMapTraceCt            = "trace_ct"
 	toOverlayDryMapTraceLog           = "trace_log"
+	toOverlayDryMapTraceOrig          = "trace_orig"
+	toOverlayDryMapTraceState         = "trace_state"
 	toOverlayDryProgToOverlay         = "to_overlay"
 	toOverlayDryVarBackendFlagsUnused = "backend_flags_unused"
 	toOverlayDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -123,6 +125,8 @@ type toOverlayDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toOverlayDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -184,6 +188,8 @@ type toOverlayDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toOverlayDryMaps) Close() error {
@@ -210,6 +216,8 @@ func (m *toOverlayDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

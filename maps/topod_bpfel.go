@@ -36,6 +36,8 @@ const (
 	toPodMapSockRevNat         = "sock_rev_nat"
 	toPodMapSvcRr              = "svc_rr"
 	toPodMapSvcSlots           = "svc_slots"
+	toPodMapTraceOrig          = "trace_orig"
+	toPodMapTraceState         = "trace_state"
 	toPodProgToPod             = "to_pod"
 	toPodVarBackendFlagsUnused = "backend_flags_unused"
 	toPodVarCtFlagsUnused      = "ct_flags_unused"
@@ -120,6 +122,8 @@ type toPodMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toPodVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,6 +184,8 @@ type toPodMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toPodMaps) Close() error {
@@ -204,6 +210,8 @@ func (m *toPodMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

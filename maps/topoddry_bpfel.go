@@ -38,6 +38,8 @@ const (
 	toPodDryMapSvcSlots           = "svc_slots"
 	toPodDryMapTraceCt            = "trace_ct"
 	toPodDryMapTraceLog           = "trace_log"
+	toPodDryMapTraceOrig          = "trace_orig"
+	toPodDryMapTraceState         = "trace_state"
 	toPodDryProgToPod             = "to_pod"
 	toPodDryVarBackendFlagsUnused = "backend_flags_unused"
 	toPodDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -124,6 +126,8 @@ type toPodDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toPodDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,8 @@ type toPodDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toPodDryMaps) Close() error {
@@ -212,6 +218,8 @@ func (m *toPodDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -36,6 +36,8 @@ const (
 	xdpNetdevMapSockRevNat         = "sock_rev_nat"
 	xdpNetdevMapSvcRr              = "svc_rr"
 	xdpNetdevMapSvcSlots           = "svc_slots"
+	xdpNetdevMapTraceOrig          = "trace_orig"
+	xdpNetdevMapTraceState         = "trace_state"
 	xdpNetdevProgXdpNetdev         = "xdp_netdev"
 	xdpNetdevVarBackendFlagsUnused = "backend_flags_unused"
 	xdpNetdevVarCtFlagsUnused      = "ct_flags_unused"
@@ -120,6 +122,8 @@ type xdpNetdevMapSpecs struct {
 	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // xdpNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,6 +184,8 @@ type xdpNetdevMaps struct {
 	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
 	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *xdpNetdevMaps) Close() error {
@@ -204,6 +210,8 @@ func (m *xdpNetdevMaps) Close() error {
 		m.SockRevNat,
 		m.SvcRr,
 		m.SvcSlots,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

@@ -38,6 +38,8 @@ const (
 	xdpNetdevDryMapSvcSlots           = "svc_slots"
 	xdpNetdevDryMapTraceCt            = "trace_ct"
 	xdpNetdevDryMapTraceLog           = "trace_log"
+	xdpNetdevDryMapTraceOrig          = "trace_orig"
+	xdpNetdevDryMapTraceState         = "trace_state"
 	xdpNetdevDryProgXdpNetdev         = "xdp_netdev"
 	xdpNetdevDryVarBackendFlagsUnused = "backend_flags_unused"
 	xdpNetdevDryVarCtFlagsUnused      = "ct_flags_unused"
@@ -124,6 +126,8 @@ type xdpNetdevDryMapSpecs struct {
 	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
 	TraceCt     *ebpf.MapSpec `ebpf:"trace_ct"`
 	TraceLog    *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // xdpNetdevDryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,8 @@ type xdpNetdevDryMaps struct {
 	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
 	TraceCt     *ebpf.Map `ebpf:"trace_ct"`
 	TraceLog    *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
+	TraceState  *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *xdpNetdevDryMaps) Close() error {
@@ -212,6 +218,8 @@ func (m *xdpNetdevDryMaps) Close() error {
 		m.SvcSlots,
 		m.TraceCt,
 		m.TraceLog,
+		m.TraceOrig,
+		m.TraceState,
 	)
 }
 

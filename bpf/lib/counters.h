@@ -28,12 +28,25 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 	val->bytes += bytes;
 }
 
-/* verdict counts the packet, raises a drop event for a drop, and returns
- * the action for it. */
-static __always_inline int verdict(struct __sk_buff *skb, enum hook hook, enum reason reason, int action)
+/* account counts a tc program's packet that reason lets live, and raises
+ * its trace event when tracing is on (lib/events.h). */
+static __always_inline void account(struct __sk_buff *skb, enum reason reason, enum hook hook)
 {
 	count(reason, hook, skb->len);
-	if (!DRY_RUN && reason >= REASON_DROP_FIRST)
+	if (!DRY_RUN && tracing())
+		event_trace_skb(skb, hook, reason);
+}
+
+/* verdict counts the packet, raises a drop event for a drop or a trace
+ * event for another traced one, and returns the action for it. */
+static __always_inline int verdict(struct __sk_buff *skb, enum hook hook, enum reason reason, int action)
+{
+	if (reason < REASON_DROP_FIRST) {
+		account(skb, reason, hook);
+		return action;
+	}
+	count(reason, hook, skb->len);
+	if (!DRY_RUN)
 		event_drop_skb(skb, hook, reason);
 	return action;
 }

@@ -75,6 +75,24 @@ static __always_inline struct event_state *event_admit(void)
 
 /* event_reserve takes a token and a record in the ring buffer, filled with
  * what every drop event has; 0 when none is to be sent. */
+/* event_new reserves a record of kind in the ring buffer and fills in
+ * what every event has; 0 when the ring buffer is full. */
+static __always_inline struct event *event_new(__u32 kind, __u32 ifindex, __u32 len, __u32 hook, __u32 reason)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ifindex = ifindex;
+	e->len = len;
+	e->reason = reason;
+	e->hook = hook;
+	e->kind = kind;
+	return e;
+}
+
 static __always_inline struct event *event_reserve(__u32 ifindex, __u32 len, __u32 hook, __u32 reason)
 {
 	struct event_state *st = event_admit();
@@ -82,19 +100,12 @@ static __always_inline struct event *event_reserve(__u32 ifindex, __u32 len, __u
 
 	if (!st)
 		return 0;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = event_new(EVENT_DROP, ifindex, len, hook, reason);
 	if (!e) {
 		st->ringbuf_full++;
 		return 0;
 	}
 	st->sent++;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_ns();
-	e->ifindex = ifindex;
-	e->len = len;
-	e->reason = reason;
-	e->hook = hook;
-	e->kind = EVENT_DROP;
 	return e;
 }
 
@@ -113,11 +124,10 @@ static __noinline int event_drop_skb(struct __sk_buff *skb, __u32 hook, __u32 re
 	return 0;
 }
 
-/* xdp_load_bytes reads len bytes at off of an XDP frame's linear part. */
-static __always_inline int xdp_load_bytes(struct xdp_md *ctx, __u32 off, void *to, __u32 len)
+/* load_direct reads len bytes at off of a packet's linear part, data to
+ * data_end, without a helper call. */
+static __always_inline int load_direct(void *data, void *data_end, __u32 off, void *to, __u32 len)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	__u8 *p;
 
 	if (off > 128)
@@ -148,6 +158,21 @@ static __always_inline int xdp_load_bytes(struct xdp_md *ctx, __u32 off, void *t
 	return -1;
 }
 
+/* xdp_load_bytes reads len bytes at off of an XDP frame's linear part. */
+static __always_inline int xdp_load_bytes(struct xdp_md *ctx, __u32 off, void *to, __u32 len)
+{
+	return load_direct((void *)(long)ctx->data, (void *)(long)ctx->data_end, off, to, len);
+}
+
+/* skb_bytes reads len bytes at off of a tc program's packet: straight from
+ * its linear part, else (headers in fragments) by bpf_skb_load_bytes. */
+static __always_inline int skb_bytes(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	if (load_direct((void *)(long)skb->data, (void *)(long)skb->data_end, off, to, len) == 0)
+		return 0;
+	return (int)bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* event_drop_xdp is event_drop_skb for xdp_netdev. */
 static __noinline int event_drop_xdp(struct xdp_md *ctx, __u32 hook, __u32 reason, __u32 len)
 {
@@ -159,4 +184,105 @@ static __noinline int event_drop_xdp(struct xdp_md *ctx, __u32 hook, __u32 reaso
 		event_fill(xdp_load_bytes, ctx, &e->tuple, ETH_HLEN);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+/* Trace events (podpath monitor --trace): when event_config.trace_flags
+ * is set, each packet a tc program lets live and that matches the filter
+ * raises an event at the hook's verdict, one in trace_sample of them,
+ * with the packet as it arrived at the hook (orig) and as it leaves it.
+ * With tracing off (the default) a hook pays one array lookup at its
+ * start and one at its verdict. */
+
+/* This CPU's packet as it arrived at the hook now running: written at the
+ * hook's start when tracing is on, read at its verdict. Each object's own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct event_tuple);
+	__uint(max_entries, 1);
+} trace_orig SEC(".maps");
+
+static __always_inline int tracing(void)
+{
+	__u32 zero = 0;
+	struct event_config *cfg = bpf_map_lookup_elem(&event_config, &zero);
+
+	return cfg && cfg->trace_flags;
+}
+
+/* event_trace_begin remembers the packet as it arrives at the hook. */
+static __noinline int event_trace_begin(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct event_tuple *t = bpf_map_lookup_elem(&trace_orig, &zero);
+	__be16 proto = 0;
+
+	if (!t)
+		return 0;
+	__builtin_memset(t, 0, sizeof(*t));
+	if (skb_bytes(skb, 12, &proto, 2) == 0 && proto == bpf_htons(ETH_P_IP))
+		event_fill(skb_bytes, skb, t, ETH_HLEN);
+	return 0;
+}
+
+static __always_inline int tuple_has(const struct event_tuple *t, __be32 addr)
+{
+	return t->saddr == addr || t->daddr == addr;
+}
+
+/* event_trace_skb raises the trace event of a packet that reason lets
+ * live at hook, when the filter selects it and the sample takes it. */
+static __noinline int event_trace_skb(struct __sk_buff *skb, __u32 hook, __u32 reason)
+{
+	__u32 zero = 0;
+	struct event_config *cfg = bpf_map_lookup_elem(&event_config, &zero);
+	struct trace_state *st = bpf_map_lookup_elem(&trace_state, &zero);
+	struct event_tuple *orig = bpf_map_lookup_elem(&trace_orig, &zero);
+	struct event_tuple now = {};
+	struct event *e;
+	__be32 addrs[2];
+	__be16 proto = 0;
+	__u32 flags;
+	int ip;
+
+	if (!cfg || !st || !orig)
+		return 0;
+	flags = cfg->trace_flags;
+	ip = skb_bytes(skb, 12, &proto, 2) == 0 && proto == bpf_htons(ETH_P_IP);
+	/* The filter first, on what it needs: most packets are not traced. */
+	if (!(flags & TRACE_F_ALL) &&
+	    !((flags & TRACE_F_IFINDEX) && (skb->ifindex == cfg->trace_ifindex ||
+					    skb->ingress_ifindex == cfg->trace_ifindex)) &&
+	    !((flags & TRACE_F_ADDR) &&
+	      ((ip && skb_bytes(skb, ETH_HLEN + 12, addrs, 8) == 0 &&
+		(addrs[0] == cfg->trace_addr || addrs[1] == cfg->trace_addr)) ||
+	       tuple_has(orig, cfg->trace_addr))))
+		return 0;
+	if (ip)
+		event_fill(skb_bytes, skb, &now, ETH_HLEN);
+	st->matched++;
+	if (cfg->trace_sample > 1 && st->matched % cfg->trace_sample) {
+		st->sampled_out++;
+		return 0;
+	}
+	e = event_new(EVENT_TRACE, skb->ifindex, skb->len, hook, reason);
+	if (!e) {
+		st->ringbuf_full++;
+		return 0;
+	}
+	st->sent++;
+	e->ethertype = proto;
+	e->tuple = now;
+	if (orig->saddr != now.saddr || orig->daddr != now.daddr ||
+	    orig->sport != now.sport || orig->dport != now.dport || orig->proto != now.proto)
+		e->orig = *orig;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* trace_begin starts a tc hook: with tracing on, it remembers the packet. */
+static __always_inline void trace_begin(struct __sk_buff *skb)
+{
+	if (!DRY_RUN && tracing())
+		event_trace_begin(skb);
 }

@@ -19,6 +19,7 @@
 static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook,
 				    int known, struct endpoint_info *dst)
 {
+	enum reason reason = REASON_TO_STACK;
 	struct peer *peer = 0;
 	struct ethhdr *eth;
 	struct iphdr *ip;
@@ -42,9 +43,10 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		return verdict(skb, hook, REASON_DROP_TTL_EXCEEDED, TC_ACT_SHOT);
 	if (peer) {
 		trace_note(TRACE_PEER, peer->node_addr[0], peer->flags, 0);
-		ret = forward_peer4(skb, eth, ip, peer, hook);
+		ret = forward_peer4(skb, eth, ip, peer, &reason);
 		if (ret == FORWARD_PEER_TUNNEL_FAILED)
 			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
+		account(skb, reason, hook);
 		/* Handed to the stack, it is routed there, TTL and all. */
 		if (ret != TC_ACT_OK) {
 			ip = header_at(skb, ETH_HLEN, struct iphdr);
@@ -57,7 +59,7 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 	if (dst) {
 		mac_copy(eth->h_dest, dst->mac);
 		mac_copy(eth->h_source, dst->node_mac);
-		count(REASON_FORWARD_LOCAL, hook, skb->len);
+		account(skb, REASON_FORWARD_LOCAL, hook);
 		return redirect_peer(dst->ifindex);
 	}
 	/* A reply whose source is now a node address (NodePort): the stack

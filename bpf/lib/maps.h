@@ -490,11 +490,21 @@ struct event_config {
 	__u32 drop_rate;	/* drop events per second and CPU; 0: none */
 	__u32 drop_burst;	/* drop events a CPU may send at once after a
 				 * quiet spell */
-	__u32 trace_flags;	/* reserved for per-flow tracing; 0 */
-	__u32 trace_ifindex;	/* reserved */
-	__be32 trace_addr;	/* reserved */
-	__u32 trace_sample;	/* reserved */
+	__u32 trace_flags;	/* enum trace_flags: which packets raise trace
+				 * events; 0, the default: none */
+	__u32 trace_ifindex;	/* TRACE_F_IFINDEX: packets seen on this device */
+	__be32 trace_addr;	/* TRACE_F_ADDR: packets from or to this address,
+				 * before or after translation */
+	__u32 trace_sample;	/* one matching packet in this many raises an
+				 * event (per CPU); 0 or 1: every one */
 	__u32 reserved[2];
+};
+
+/* What raises trace events, in event_config.trace_flags. */
+enum trace_flags {
+	TRACE_F_ALL = 1,	/* every packet */
+	TRACE_F_IFINDEX = 2,	/* packets on trace_ifindex (in or out) */
+	TRACE_F_ADDR = 4,	/* packets from or to trace_addr */
 };
 
 struct {
@@ -521,3 +531,19 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } event_state SEC(".maps");
+
+/* Per CPU: what became of the packets tracing selected. */
+struct trace_state {
+	__u64 matched;		/* packets the trace filter selected */
+	__u64 sent;		/* trace events written to the ring buffer */
+	__u64 sampled_out;	/* matched, but not the 1 in trace_sample */
+	__u64 ringbuf_full;	/* trace events lost to a full ring buffer */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct trace_state);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} trace_state SEC(".maps");

@@ -22,6 +22,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 	struct flow4 f;
 	int svc;
 
+	trace_begin(skb);
 	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
 		return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
 	eth = header_at(skb, 0, struct ethhdr);
@@ -77,7 +78,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 	if (svc == SVC_REJECT) {
 		if (icmp4_unreach_reply(skb, f.daddr) < 0)
 			return verdict(skb, hook, REASON_DROP_REJECT_FAILED, TC_ACT_SHOT);
-		count(REASON_SVC_REJECT, hook, skb->len);
+		account(skb, REASON_SVC_REJECT, hook);
 		return redirect_egress(skb->ingress_ifindex);
 	}
 	return forward4(skb, svc, hook, 0, 0);

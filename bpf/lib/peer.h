@@ -61,8 +61,9 @@ static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct 
  * fragments it or answers "fragmentation needed" along its own routes to
  * the peer.
  *
- * Returns the action, or FORWARD_PEER_TUNNEL_FAILED for the caller to drop
- * (the drop's event then runs on the caller's frame, not on this one).
+ * Returns the action with *reason, for the caller to count, or
+ * FORWARD_PEER_TUNNEL_FAILED for the caller to drop: the counting, and the
+ * events it may raise, run on the caller's frame, not on top of this one.
  *
  * Not inlined: its FIB and tunnel structures would otherwise sit in the
  * frame of every program that can reach a peer, on top of which
@@ -71,7 +72,7 @@ static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct 
 #define FORWARD_PEER_TUNNEL_FAILED (-2)
 
 static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
-					 const struct peer *p, enum hook hook)
+					 const struct peer *p, enum reason *reason)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
@@ -79,12 +80,14 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 	long rc;
 
 	if (p->flags & PEER_F_TUNNEL) {
-		if (!skb->gso_size && p->mtu && tot_len > p->mtu)
-			return verdict(skb, hook, REASON_TO_STACK_MTU, TC_ACT_OK);
+		if (!skb->gso_size && p->mtu && tot_len > p->mtu) {
+			*reason = REASON_TO_STACK_MTU;
+			return TC_ACT_OK;
+		}
 		overlay_macs(eth, p->node_addr[0]);
 		if (peer_set_tunnel4(skb, p) < 0)
 			return FORWARD_PEER_TUNNEL_FAILED;
-		count(REASON_FORWARD_TUNNEL, hook, skb->len);
+		*reason = REASON_FORWARD_TUNNEL;
 		return redirect_egress(p->ifindex);
 	}
 
@@ -99,18 +102,20 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN_BYTES);
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN_BYTES);
-		count(REASON_FORWARD_ROUTED, hook, skb->len);
+		*reason = REASON_FORWARD_ROUTED;
 		return redirect_egress(fib.ifindex);
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		nh.nh_family = AF_INET;
 		nh.ipv4_nh = p->node_addr[0];
-		count(REASON_FORWARD_ROUTED, hook, skb->len);
+		*reason = REASON_FORWARD_ROUTED;
 		return redirect_neigh(fib.ifindex, &nh, sizeof(nh));
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		return verdict(skb, hook, REASON_TO_STACK_MTU, TC_ACT_OK);
+		*reason = REASON_TO_STACK_MTU;
+		return TC_ACT_OK;
 	default:
 		/* No usable route to the node here: the stack has the last
 		 * word (and its own error). */
-		return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
+		*reason = REASON_TO_STACK;
+		return TC_ACT_OK;
 	}
 }

@@ -39,15 +39,23 @@ func newMonitorCmd(g *globals) *cobra.Command {
 		addr, proto, kindFlag string
 		port                  int
 		stats                 bool
+		traceSel              string
+		traceSample           uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "monitor",
-		Short: "Stream the datapath's drop events as they happen (no daemon needed)",
+		Short: "Stream the datapath's drop events, and with --trace its verdicts on chosen packets, as they happen (no daemon needed)",
 		Long: `Reads the node's events ring buffer: one line per dropped packet, with
 the hook, the device and pod, the reason and the packet's addresses and
 ports, until interrupted. Drop events are rate-limited per CPU (node init
 --drop-event-rate); --stats says how many were sent, held back by the limit,
-or lost to a full ring buffer. One monitor reads a node's events at a time.`,
+or lost to a full ring buffer. One monitor reads a node's events at a time.
+
+--trace switches tracing on while the monitor runs: every hook's verdict on
+each selected packet (all, a pod's, or an address's, before or after
+translation) raises a trace event with the packet as it arrived at the hook
+and as it left, one in --trace-sample of them per CPU. Tracing costs each
+selected packet an event; it is switched off again when the monitor exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if stats {
@@ -69,9 +77,13 @@ or lost to a full ring buffer. One monitor reads a node's events at a time.`,
 			if err := f.resolvePod(g.pinRoot); err != nil {
 				return err
 			}
+			tr, err := parseTrace(g.pinRoot, traceSel, traceSample)
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return monitor(ctx, g.pinRoot, f, g.output == "json", cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return monitor(ctx, g.pinRoot, f, tr, g.output == "json", cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
@@ -79,7 +91,9 @@ or lost to a full ring buffer. One monitor reads a node's events at a time.`,
 	fl.StringVar(&addr, "addr", "", "only packets from or to this address")
 	fl.IntVar(&port, "port", 0, "only packets from or to this port (TCP, UDP)")
 	fl.StringVar(&proto, "proto", "", "only this protocol: tcp, udp or icmp")
-	fl.StringVar(&kindFlag, "type", "", "only events of this type: drop")
+	fl.StringVar(&kindFlag, "type", "", "only events of this type: drop or trace")
+	fl.StringVar(&traceSel, "trace", "", "trace while running: all, a pod (address or host-side device), or an address")
+	fl.Uint32Var(&traceSample, "trace-sample", 1, "with --trace: one selected packet in this many raises an event (per CPU)")
 	fl.StringVar(&f.reason, "reason", "", "only events of this reason (for example drop_spoofed_ip; see podpath counters)")
 	fl.BoolVar(&stats, "stats", false, "print how many events were sent, rate-limited and lost, and exit")
 	return cmd
@@ -260,8 +274,30 @@ func (m monitorEvent) text() string {
 	return b.String()
 }
 
-// monitor prints the events that match f until ctx ends.
-func monitor(ctx context.Context, root string, f monitorFilter, asJSON bool, out, log io.Writer) error {
+// parseTrace reads --trace: all, a pod of the node (its address or
+// host-side device: the packets on its veth and from or to its address),
+// or any IPv4 address.
+func parseTrace(root, sel string, sample uint32) (maps.Trace, error) {
+	switch sel {
+	case "":
+		return maps.Trace{}, nil
+	case "all":
+		return maps.Trace{All: true, Sample: sample}, nil
+	}
+	pod := monitorFilter{pod: sel}
+	if err := pod.resolvePod(root); err == nil {
+		return maps.Trace{Ifindex: pod.podIfx, Addr: pod.podAddr, Sample: sample}, nil
+	}
+	a, err := netip.ParseAddr(sel)
+	if err != nil || !a.Unmap().Is4() {
+		return maps.Trace{}, fmt.Errorf("--trace %q: want all, a pod of this node (address or host-side device) or an IPv4 address", sel)
+	}
+	return maps.Trace{Addr: a.Unmap(), Sample: sample}, nil
+}
+
+// monitor prints the events that match f until ctx ends, with tracing on
+// as tr says while it runs.
+func monitor(ctx context.Context, root string, f monitorFilter, tr maps.Trace, asJSON bool, out, log io.Writer) error {
 	unlock, err := lockMonitor(root)
 	if err != nil {
 		return err
@@ -270,6 +306,23 @@ func monitor(ctx context.Context, root string, f monitorFilter, asJSON bool, out
 	r, err := maps.OpenEvents(root)
 	if err != nil {
 		return err
+	}
+	// Holding the lock, this is the only monitor: tracing found on was
+	// left by one that did not exit cleanly.
+	if cfg, err := maps.ReadEventConfig(root); err == nil && maps.TraceOf(cfg).On() && !tr.On() {
+		fmt.Fprintln(log, "tracing was left on by a monitor that did not exit cleanly: switching it off")
+	}
+	if err := maps.SetTrace(root, tr); err != nil {
+		r.Close()
+		return err
+	}
+	defer func() {
+		if err := maps.SetTrace(root, maps.Trace{}); err != nil {
+			fmt.Fprintf(log, "switch tracing off: %v\n", err)
+		}
+	}()
+	if tr.On() {
+		fmt.Fprintf(log, "tracing %s, one packet in %d\n", describeTrace(tr), max(tr.Sample, 1))
 	}
 	go func() {
 		<-ctx.Done()
@@ -304,6 +357,16 @@ func monitor(ctx context.Context, root string, f monitorFilter, asJSON bool, out
 			return err
 		}
 	}
+}
+
+func describeTrace(t maps.Trace) string {
+	switch {
+	case t.All:
+		return "every packet"
+	case t.Ifindex != 0:
+		return fmt.Sprintf("the packets on ifindex %d and from or to %s", t.Ifindex, t.Addr)
+	}
+	return "the packets from or to " + t.Addr.String()
 }
 
 // lockMonitor makes this the only monitor of the node's events: a ring

@@ -29,6 +29,8 @@ type summary struct {
 	DropsTotal  uint64            `json:"dropsTotal"`
 	Events      *maps.EventStats  `json:"events,omitempty"`
 	EventConfig *maps.EventConfig `json:"eventConfig,omitempty"`
+	Trace       *maps.Trace       `json:"trace,omitempty"` // nil: tracing off
+	TraceStats  *maps.TraceStats  `json:"traceStats,omitempty"`
 }
 
 type mapFill struct {
@@ -90,6 +92,12 @@ func summarize(st *loader.Status, root string) summary {
 	}
 	if ec, err := maps.ReadEventConfig(root); err == nil {
 		s.EventConfig = &ec
+		if t := maps.TraceOf(ec); t.On() {
+			s.Trace = &t
+		}
+	}
+	if ts, err := maps.ReadTraceStats(root); err == nil {
+		s.TraceStats = &ts
 	}
 	return s
 }
@@ -138,5 +146,13 @@ func printSummary(w io.Writer, s summary, root string) {
 		}
 		fmt.Fprintf(w, "Drop events:\t%s; sent %d, rate-limited %d, lost to a full buffer %d (podpath monitor)\n",
 			limit, s.Events.Sent, s.Events.RateLimited, s.Events.RingbufFull)
+	}
+	if s.TraceStats != nil {
+		state := "off"
+		if s.Trace != nil {
+			state = fmt.Sprintf("on for %s, one packet in %d", describeTrace(*s.Trace), max(s.Trace.Sample, 1))
+		}
+		fmt.Fprintf(w, "Tracing:\t%s; sent %d, sampled out %d, lost to a full buffer %d (podpath monitor --trace)\n",
+			state, s.TraceStats.Sent, s.TraceStats.SampledOut, s.TraceStats.RingbufFull)
 	}
 }

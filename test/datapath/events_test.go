@@ -30,6 +30,13 @@ func newEventsNode(t *testing.T, rate, burst uint32) *eventsNode {
 	if err := maps.NewEndpoints(n.Maps[maps.MapEndpoints]).Put(podA.IP, podA.info()); err != nil {
 		t.Fatal(err)
 	}
+	e.start(t, rate, burst)
+	return e
+}
+
+// start sets the drop events' limit and reads the ring buffer.
+func (e *eventsNode) start(t *testing.T, rate, burst uint32) {
+	t.Helper()
 	if err := maps.WriteEventConfig(e.config, rate, burst); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +46,6 @@ func newEventsNode(t *testing.T, rate, burst uint32) *eventsNode {
 	}
 	t.Cleanup(func() { r.Close() })
 	e.reader = r
-	return e
 }
 
 // drain reads every event in the ring buffer.

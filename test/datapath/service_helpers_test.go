@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/podpath/podpath/internal/csum"
 	"github.com/podpath/podpath/internal/packet"
+	"github.com/podpath/podpath/internal/progrun"
 	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
 )
@@ -135,6 +136,7 @@ type svcDatapath struct {
 	rr, maglev, affinity      *ebpf.Map
 	conntrack, nodeAddrs      *ebpf.Map
 	maglevInner               *ebpf.MapSpec
+	node                      *progrun.Node
 }
 
 // Map sizes for tests: the loader sizes these maps from the node
@@ -178,6 +180,7 @@ func newSizedServiceDatapath(t *testing.T, sizes map[string]uint32, svcs ...serv
 		conntrack:   n.Maps[maps.MapConntrack],
 		nodeAddrs:   n.Maps[maps.MapNodeAddrs],
 		maglevInner: n.MaglevInner,
+		node:        n,
 	}
 	for _, p := range []pod{podA, podB, podC} {
 		if err := d.endpoints.Put(p.IP, p.info()); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/maps"
+	"github.com/podpath/podpath/services"
 	"github.com/vishvananda/netlink"
 )
 
@@ -116,31 +117,36 @@ func (r *running) stop(t *testing.T) []string {
 	return r.lines
 }
 
-func TestMonitorShowsDropsFiltered(t *testing.T) {
+// newMonitorNode is a simulated node named name with pod CIDR cidr and
+// two pods, client and server, and the podpath binary to run against it.
+func newMonitorNode(t *testing.T, name, cidr string) (bin string, node *sim.Node, client, server *sim.Pod) {
+	t.Helper()
 	dir := t.TempDir()
 	cniBin, err := sim.BuildCNI(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin, err := sim.BuildPodpath(dir)
-	if err != nil {
+	if bin, err = sim.BuildPodpath(dir); err != nil {
 		t.Fatal(err)
 	}
-	node, err := sim.NewNode("mon", netip.MustParsePrefix("10.217.0.0/24"), sim.WithCNIBin(cniBin), sim.WithPluginStderr(io.Discard))
+	node, err = sim.NewNode(name, netip.MustParsePrefix(cidr), sim.WithCNIBin(cniBin), sim.WithPluginStderr(io.Discard))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { node.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	client, err := node.AddPod(ctx, "client")
-	if err != nil {
+	if client, err = node.AddPod(ctx, "client"); err != nil {
 		t.Fatal(err)
 	}
-	server, err := node.AddPod(ctx, "server")
-	if err != nil {
+	if server, err = node.AddPod(ctx, "server"); err != nil {
 		t.Fatal(err)
 	}
+	return bin, node, client, server
+}
+
+func TestMonitorShowsDropsFiltered(t *testing.T) {
+	bin, node, client, server := newMonitorNode(t, "mon", "10.217.0.0/24")
 	hostVeth := client.Result.Interfaces[0].Name
 	// An address the client's node never gave it: what it sends from there
 	// is spoofed, and from_pod drops it.
@@ -266,5 +272,78 @@ func TestMonitorShowsDropsFiltered(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), bad[0]) {
 			t.Errorf("monitor %v: %v\n%s\nwant an error naming %s", bad, err, out, bad[0])
 		}
+	}
+}
+
+// monitor --trace switches tracing on for one pod while it runs: each
+// hook's verdict on that pod's packets streams as a trace event, with the
+// packet as it arrived and as it left (a ClusterIP connection's request
+// translated to the backend, its reply back to the frontend), and
+// tracing is off again once the monitor exits.
+func TestMonitorTrace(t *testing.T) {
+	bin, node, client, server := newMonitorNode(t, "mtr", "10.218.0.0/24")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ln, err := sim.ServeTCP(server.Do, netip.AddrPortFrom(server.IP, 8080).String(), func(net.Conn) string { return "hello" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	svcs, err := services.Open(node.PinRoot, node.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svcs.Close() })
+	vip := netip.MustParseAddr("10.96.218.1")
+	if _, err := svcs.Upsert(ctx, services.Service{Namespace: "mon", Name: "web", ClusterIP: vip,
+		Ports:    []services.Port{{Name: "http", Port: 80, TargetPort: 8080}},
+		Backends: []services.Backend{{IP: server.IP, Ready: true, Local: true}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	m := startMonitor(t, bin, node, "-o", "json", "--trace", client.IP.String(), "--type", "trace")
+	if cfg, err := maps.ReadEventConfig(node.PinRoot); err != nil || !maps.TraceOf(cfg).On() {
+		t.Fatalf("while monitor --trace runs: config %+v (%v), want tracing on", cfg, err)
+	}
+	if got, err := sim.FetchTCP(client.Do, netip.AddrPortFrom(vip, 80).String(), 5*time.Second); err != nil || got != "hello" {
+		t.Fatalf("client to the ClusterIP: %q, %v", got, err)
+	}
+	lines := m.stop(t)
+	type traced struct {
+		event
+		OrigSrc, OrigDst string
+	}
+	var request, reply bool
+	for _, l := range lines {
+		var e traced
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("monitor -o json printed %q: %v", l, err)
+		}
+		if e.Type != "trace" || e.Reason == "" || e.Proto != "tcp" {
+			t.Errorf("monitor --trace --type trace printed %q", l)
+		}
+		switch {
+		case e.Hook == "from_pod" && e.Src == client.IP.String() && e.Dst == server.IP.String() && e.DstPort == 8080 &&
+			e.OrigDst == netip.AddrPortFrom(vip, 80).String():
+			request = true
+		case e.Hook == "from_pod" && e.Src == vip.String() && e.SrcPort == 80 && e.Dst == client.IP.String() &&
+			e.OrigSrc == netip.AddrPortFrom(server.IP, 8080).String():
+			reply = true
+		}
+	}
+	if !request || !reply {
+		t.Fatalf("monitor --trace %s printed (request seen %v, reply seen %v):\n%s\nwant the request translated to %s:8080 and the reply back from %s:80",
+			client.IP, request, reply, strings.Join(lines, "\n"), server.IP, vip)
+	}
+	t.Logf("trace: %s", lines[0])
+	if cfg, err := maps.ReadEventConfig(node.PinRoot); err != nil || maps.TraceOf(cfg).On() {
+		t.Errorf("after monitor --trace exited: config %+v (%v), want tracing off", cfg, err)
+	}
+	if st, err := maps.ReadTraceStats(node.PinRoot); err != nil || st.Sent < 4 || st.Sent != st.Matched {
+		t.Errorf("trace state %+v (%v): want every selected packet sent", st, err)
+	}
+	out, err := exec.Command(bin, "--pin-root", node.PinRoot, "monitor", "--trace", "no-such-pod").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--trace") {
+		t.Errorf("monitor --trace no-such-pod: %v\n%s\nwant an error naming --trace", err, out)
 	}
 }
