@@ -64,6 +64,29 @@ func (p benchPod) info() maps.EndpointInfo {
 	return maps.NewEndpointInfo(p.Ifindex, p.MAC, p.NodeMAC, p.Cookie)
 }
 
+// The tracing-off target's two paths: from_pod as attached, tracing off,
+// and from_pod built without tracing's hooks.
+const (
+	pathTracingOff = "from_pod local SYN"
+	pathNoTrace    = "from_pod local SYN, built without tracing"
+)
+
+// progRunTargets: with tracing off, the hot path costs what it cost before
+// trace events existed: the paired interval of the ratio reaches 1.0.
+func progRunTargets(r *results) {
+	num, den := r.find(famProgRun, "ns_per_packet", pathTracingOff), r.find(famProgRun, "ns_per_packet", pathNoTrace)
+	p, ok := paired(num, den)
+	if !ok {
+		return
+	}
+	r.Targets = append(r.Targets, target{
+		Name:  "bpf_prog_run: from_pod with tracing off vs built without tracing",
+		Ratio: round3(p.Median), Want: "no measurable cost (paired interval reaches 1.00x)", Pass: p.Min <= 1, Paired: &p,
+		Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); medians %s vs %s %s",
+			p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit),
+	})
+}
+
 // progPath is one program path: a program, a packet, the verdict every run
 // must return and the counter it must raise.
 type progPath struct {
@@ -109,6 +132,22 @@ func (e *env) runProgRun(ctx context.Context) error {
 		return fmt.Errorf("load %s: %w", maps.ProgXDPNetdev, err)
 	}
 	defer xdp.Close()
+	// from_pod as built before trace events, on the same maps.
+	noTraceSpec, err := maps.NoTraceSpec()
+	if err != nil {
+		return err
+	}
+	same := map[string]*ebpf.Map{}
+	for name, ms := range noTraceSpec.Maps {
+		if m, ok := fromPod.Maps[name]; ok && ms.Pinning == ebpf.PinByName {
+			same[name] = m
+		}
+	}
+	noTrace, err := ebpf.NewCollectionWithOptions(noTraceSpec, ebpf.CollectionOptions{MapReplacements: same})
+	if err != nil {
+		return fmt.Errorf("load %s without tracing: %w", maps.ProgFromPod, err)
+	}
+	defer noTrace.Close()
 
 	eps := maps.NewEndpoints(fromPod.Maps[maps.MapEndpoints])
 	for _, p := range []benchPod{benchSrc, benchDst} {
@@ -143,7 +182,10 @@ func (e *env) runProgRun(ctx context.Context) error {
 	fromWire := tcpFrame(benchPod{IP: netip.MustParseAddr("192.0.2.1"), MAC: mac("02:00:c0:00:02:01")}, benchDst.IP, 64, false, 1400)
 	paths := []progPath{
 		{name: "noop tc (TC_ACT_OK)", prog: noopTC, frame: data, ingress: benchSrc.Ifindex, verdict: tcActOK},
-		{name: "from_pod local SYN", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
+		{name: pathTracingOff, prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
+		// The reference of the tracing-off target: the same path, built
+		// without the trace events' hooks.
+		{name: pathNoTrace, prog: noTrace.Programs[maps.ProgFromPod], frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
 		{name: "from_pod local 1400B", prog: tc, frame: data, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
 		{name: "from_pod to-stack", prog: tc, frame: toStack, ingress: benchSrc.Ifindex, verdict: tcActOK, reason: "from_pod/to_stack", noop: "noop tc (TC_ACT_OK)"},
 		{name: "from_pod drop spoofed", prog: tc, frame: spoofed, ingress: benchSrc.Ifindex, verdict: tcActShot, reason: "from_pod/drop_spoofed_ip", noop: "noop tc (TC_ACT_OK)"},

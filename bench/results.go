@@ -240,6 +240,7 @@ func evaluateTargets(r *results) {
 	controlPlaneTargets(r)
 	soakTargets(r)
 	crossNodeTargets(r)
+	progRunTargets(r)
 }
 
 // compareTarget adds a target on the ratio of two medians; pass judges

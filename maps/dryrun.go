@@ -87,3 +87,17 @@ func DrySpecs() (map[string]*ebpf.CollectionSpec, error) {
 	}
 	return specs, nil
 }
+
+// NoTraceSpec is from_pod built without the trace events' hooks
+// (PODPATH_NO_TRACE): the benchmark's reference for what tracing costs
+// while it is off. Never loaded on a node.
+func NoTraceSpec() (*ebpf.CollectionSpec, error) {
+	if err := liftMemlock(); err != nil {
+		return nil, err
+	}
+	spec, err := loadFromPodNoTrace()
+	if err != nil {
+		return nil, fmt.Errorf("load from_pod object without tracing: %w", err)
+	}
+	return spec, nil
+}

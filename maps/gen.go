@@ -23,4 +23,8 @@ package maps
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types toPodDry ../bpf/to_pod.c
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types fromOverlayDry ../bpf/from_overlay.c
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_DRY_RUN" -target bpfel -no-global-types toOverlayDry ../bpf/to_overlay.c
+
+// from_pod without the trace events' hooks, for the benchmark only: the
+// reference the cost of tracing switched off is measured against.
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -DPODPATH_NO_TRACE" -target bpfel -no-global-types fromPodNoTrace ../bpf/from_pod.c
 //go:generate go run ./internal/gensum -o generated.sum ../bpf

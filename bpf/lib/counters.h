@@ -33,7 +33,7 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 static __always_inline void account(struct __sk_buff *skb, enum reason reason, enum hook hook)
 {
 	count(reason, hook, skb->len);
-	if (!DRY_RUN && tracing())
+	if (TRACE_EVENTS && tracing())
 		event_trace_skb(skb, hook, reason);
 }
 

@@ -283,6 +283,6 @@ static __noinline int event_trace_skb(struct __sk_buff *skb, __u32 hook, __u32 r
 /* trace_begin starts a tc hook: with tracing on, it remembers the packet. */
 static __always_inline void trace_begin(struct __sk_buff *skb)
 {
-	if (!DRY_RUN && tracing())
+	if (TRACE_EVENTS && tracing())
 		event_trace_begin(skb);
 }

@@ -13,6 +13,16 @@
 #define DRY_RUN 0
 #endif
 
+/* TRACE_EVENTS: whether the programs can raise trace events (lib/events.h).
+ * Not in the dry run; not in the benchmark's reference build of from_pod
+ * (PODPATH_NO_TRACE), against which the cost of tracing switched off is
+ * measured. */
+#if defined(PODPATH_DRY_RUN) || defined(PODPATH_NO_TRACE)
+#define TRACE_EVENTS 0
+#else
+#define TRACE_EVENTS 1
+#endif
+
 /* What a note says; a, b and c as listed (addresses in network order). */
 enum trace_kind {
 	TRACE_VERDICT = 1,	/* a: reason, b: hook (every counted packet) */
