@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -132,22 +133,31 @@ func (e *env) runProgRun(ctx context.Context) error {
 		return fmt.Errorf("load %s: %w", maps.ProgXDPNetdev, err)
 	}
 	defer xdp.Close()
-	// from_pod as built before trace events, on the same maps.
+	// from_pod as built before trace events, and as the loader builds it
+	// while tracing is on, on the same maps.
 	noTraceSpec, err := maps.NoTraceSpec()
 	if err != nil {
 		return err
 	}
-	same := map[string]*ebpf.Map{}
-	for name, ms := range noTraceSpec.Maps {
-		if m, ok := fromPod.Maps[name]; ok && ms.Pinning == ebpf.PinByName {
-			same[name] = m
-		}
-	}
-	noTrace, err := ebpf.NewCollectionWithOptions(noTraceSpec, ebpf.CollectionOptions{MapReplacements: same})
+	noTrace, err := loadSharing(noTraceSpec, fromPod)
 	if err != nil {
 		return fmt.Errorf("load %s without tracing: %w", maps.ProgFromPod, err)
 	}
 	defer noTrace.Close()
+	tracedSpecs, err := maps.Specs()
+	if err != nil {
+		return err
+	}
+	tracedSpec := tracedSpecs[maps.ProgFromPod]
+	if err := tracedSpec.Variables[maps.VarTraceCapable].Set(uint32(1)); err != nil {
+		return err
+	}
+	traced, err := loadSharing(tracedSpec, fromPod)
+	if err != nil {
+		return fmt.Errorf("load %s with tracing: %w", maps.ProgFromPod, err)
+	}
+	defer traced.Close()
+	tcTraced := traced.Programs[maps.ProgFromPod]
 
 	eps := maps.NewEndpoints(fromPod.Maps[maps.MapEndpoints])
 	for _, p := range []benchPod{benchSrc, benchDst} {
@@ -198,9 +208,9 @@ func (e *env) runProgRun(ctx context.Context) error {
 		// Tracing on (podpath monitor --trace) for another pod: each run
 		// pays the filter's check; for this pod, every run raises a trace
 		// event, read by a reader draining the ring buffer meanwhile.
-		{name: "from_pod local SYN, tracing another pod", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
+		{name: "from_pod local SYN, tracing another pod", prog: tcTraced, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
 			trace: maps.Trace{Addr: offNodeIP}},
-		{name: "from_pod local SYN, tracing this pod", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
+		{name: "from_pod local SYN, tracing this pod", prog: tcTraced, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
 			trace: maps.Trace{Addr: benchSrc.IP}},
 		{name: "noop xdp (XDP_PASS)", prog: noopXDP, frame: fromWire, xdp: true, verdict: xdpPass},
 		{name: "xdp_netdev pass", prog: xp, frame: fromWire, xdp: true, verdict: xdpPass, reason: "xdp/to_stack", noop: "noop xdp (XDP_PASS)"},
@@ -266,6 +276,19 @@ func (e *env) runProgRun(ctx context.Context) error {
 		slog.Info("bpf_prog_run", "path", p.name, "median_ns", fmt.Sprintf("%.1f", m.Median))
 	}
 	return nil
+}
+
+// loadSharing loads spec with the maps of coll where both have one of the
+// node's (pinned) maps: another build of a program on the same state.
+func loadSharing(spec *ebpf.CollectionSpec, coll *ebpf.Collection) (*ebpf.Collection, error) {
+	same := map[string]*ebpf.Map{}
+	for name, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinNone
+		if m, ok := coll.Maps[name]; ok && slices.Contains(maps.AllMaps, name) {
+			same[name] = m
+		}
+	}
+	return ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: same})
 }
 
 // noop is a program of the given type that returns ret and does nothing else.

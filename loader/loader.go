@@ -312,6 +312,7 @@ func Init(c Config) error {
 	if err != nil {
 		return err
 	}
+	traceOn := tracingOn(c.PinRoot)
 	progs := map[string]*ebpf.Program{}
 	defer func() {
 		for _, p := range progs {
@@ -321,6 +322,9 @@ func Init(c Config) error {
 	for _, name := range sortedKeys(specs) {
 		spec := specs[name]
 		if err := sizeMaps(spec, c); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if err := setTraceCapable(spec, traceOn); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		if err := checkPinnedMaps(c.PinRoot, spec); err != nil {

@@ -51,6 +51,7 @@ const (
 	fromNetdevVarReasonUnused       = "reason_unused"
 	fromNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	fromNetdevVarSvcScopeUnused     = "svc_scope_unused"
+	fromNetdevVarTraceCapable       = "trace_capable"
 )
 
 // loadFromNetdev returns the embedded CollectionSpec for fromNetdev.
@@ -142,6 +143,7 @@ type fromNetdevVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -231,6 +233,7 @@ type fromNetdevVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromNetdevPrograms contains all programs after they have been loaded into the kernel.

@@ -53,6 +53,7 @@ const (
 	fromNetdevDryVarReasonUnused       = "reason_unused"
 	fromNetdevDryVarSvcFlagsUnused     = "svc_flags_unused"
 	fromNetdevDryVarSvcScopeUnused     = "svc_scope_unused"
+	fromNetdevDryVarTraceCapable       = "trace_capable"
 )
 
 // loadFromNetdevDry returns the embedded CollectionSpec for fromNetdevDry.
@@ -146,6 +147,7 @@ type fromNetdevDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromNetdevDryObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +241,7 @@ type fromNetdevDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromNetdevDryPrograms contains all programs after they have been loaded into the kernel.

@@ -51,6 +51,7 @@ const (
 	fromOverlayVarReasonUnused       = "reason_unused"
 	fromOverlayVarSvcFlagsUnused     = "svc_flags_unused"
 	fromOverlayVarSvcScopeUnused     = "svc_scope_unused"
+	fromOverlayVarTraceCapable       = "trace_capable"
 )
 
 // loadFromOverlay returns the embedded CollectionSpec for fromOverlay.
@@ -142,6 +143,7 @@ type fromOverlayVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromOverlayObjects contains all objects after they have been loaded into the kernel.
@@ -231,6 +233,7 @@ type fromOverlayVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromOverlayPrograms contains all programs after they have been loaded into the kernel.

@@ -53,6 +53,7 @@ const (
 	fromOverlayDryVarReasonUnused       = "reason_unused"
 	fromOverlayDryVarSvcFlagsUnused     = "svc_flags_unused"
 	fromOverlayDryVarSvcScopeUnused     = "svc_scope_unused"
+	fromOverlayDryVarTraceCapable       = "trace_capable"
 )
 
 // loadFromOverlayDry returns the embedded CollectionSpec for fromOverlayDry.
@@ -146,6 +147,7 @@ type fromOverlayDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromOverlayDryObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +241,7 @@ type fromOverlayDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromOverlayDryPrograms contains all programs after they have been loaded into the kernel.

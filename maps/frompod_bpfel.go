@@ -415,6 +415,7 @@ const (
 	fromPodVarReasonUnused       = "reason_unused"
 	fromPodVarSvcFlagsUnused     = "svc_flags_unused"
 	fromPodVarSvcScopeUnused     = "svc_scope_unused"
+	fromPodVarTraceCapable       = "trace_capable"
 )
 
 // loadFromPod returns the embedded CollectionSpec for fromPod.
@@ -506,6 +507,7 @@ type fromPodVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromPodObjects contains all objects after they have been loaded into the kernel.
@@ -595,6 +597,7 @@ type fromPodVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromPodPrograms contains all programs after they have been loaded into the kernel.

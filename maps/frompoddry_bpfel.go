@@ -53,6 +53,7 @@ const (
 	fromPodDryVarReasonUnused       = "reason_unused"
 	fromPodDryVarSvcFlagsUnused     = "svc_flags_unused"
 	fromPodDryVarSvcScopeUnused     = "svc_scope_unused"
+	fromPodDryVarTraceCapable       = "trace_capable"
 )
 
 // loadFromPodDry returns the embedded CollectionSpec for fromPodDry.
@@ -146,6 +147,7 @@ type fromPodDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromPodDryObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +241,7 @@ type fromPodDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromPodDryPrograms contains all programs after they have been loaded into the kernel.

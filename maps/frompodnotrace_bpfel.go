@@ -51,6 +51,7 @@ const (
 	fromPodNoTraceVarReasonUnused       = "reason_unused"
 	fromPodNoTraceVarSvcFlagsUnused     = "svc_flags_unused"
 	fromPodNoTraceVarSvcScopeUnused     = "svc_scope_unused"
+	fromPodNoTraceVarTraceCapable       = "trace_capable"
 )
 
 // loadFromPodNoTrace returns the embedded CollectionSpec for fromPodNoTrace.
@@ -142,6 +143,7 @@ type fromPodNoTraceVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromPodNoTraceObjects contains all objects after they have been loaded into the kernel.
@@ -231,6 +233,7 @@ type fromPodNoTraceVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromPodNoTracePrograms contains all programs after they have been loaded into the kernel.

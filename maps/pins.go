@@ -36,6 +36,10 @@ const (
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
 const VarMaglevTableSize = "maglev_table_size"
 
+// VarTraceCapable is the programs' read-only switch of the trace events'
+// hooks (bpf/lib/events.h): 1 while tracing is on.
+const VarTraceCapable = "trace_capable"
+
 // Program names, as the entry functions in bpf/*.c.
 const (
 	ProgFromPod    = "from_pod"

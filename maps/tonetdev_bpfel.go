@@ -51,6 +51,7 @@ const (
 	toNetdevVarReasonUnused       = "reason_unused"
 	toNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	toNetdevVarSvcScopeUnused     = "svc_scope_unused"
+	toNetdevVarTraceCapable       = "trace_capable"
 )
 
 // loadToNetdev returns the embedded CollectionSpec for toNetdev.
@@ -142,6 +143,7 @@ type toNetdevVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -231,6 +233,7 @@ type toNetdevVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toNetdevPrograms contains all programs after they have been loaded into the kernel.

@@ -53,6 +53,7 @@ const (
 	toNetdevDryVarReasonUnused       = "reason_unused"
 	toNetdevDryVarSvcFlagsUnused     = "svc_flags_unused"
 	toNetdevDryVarSvcScopeUnused     = "svc_scope_unused"
+	toNetdevDryVarTraceCapable       = "trace_capable"
 )
 
 // loadToNetdevDry returns the embedded CollectionSpec for toNetdevDry.
@@ -146,6 +147,7 @@ type toNetdevDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toNetdevDryObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +241,7 @@ type toNetdevDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toNetdevDryPrograms contains all programs after they have been loaded into the kernel.

@@ -50,6 +50,7 @@ const (
 	toOverlayVarReasonUnused       = "reason_unused"
 	toOverlayVarSvcFlagsUnused     = "svc_flags_unused"
 	toOverlayVarSvcScopeUnused     = "svc_scope_unused"
+	toOverlayVarTraceCapable       = "trace_capable"
 )
 
 // loadToOverlay returns the embedded CollectionSpec for toOverlay.
@@ -140,6 +141,7 @@ type toOverlayVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toOverlayObjects contains all objects after they have been loaded into the kernel.
@@ -228,6 +230,7 @@ type toOverlayVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toOverlayPrograms contains all programs after they have been loaded into the kernel.

@@ -52,6 +52,7 @@ const (
 	toOverlayDryVarReasonUnused       = "reason_unused"
 	toOverlayDryVarSvcFlagsUnused     = "svc_flags_unused"
 	toOverlayDryVarSvcScopeUnused     = "svc_scope_unused"
+	toOverlayDryVarTraceCapable       = "trace_capable"
 )
 
 // loadToOverlayDry returns the embedded CollectionSpec for toOverlayDry.
@@ -144,6 +145,7 @@ type toOverlayDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toOverlayDryObjects contains all objects after they have been loaded into the kernel.
@@ -236,6 +238,7 @@ type toOverlayDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toOverlayDryPrograms contains all programs after they have been loaded into the kernel.

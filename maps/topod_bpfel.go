@@ -51,6 +51,7 @@ const (
 	toPodVarReasonUnused       = "reason_unused"
 	toPodVarSvcFlagsUnused     = "svc_flags_unused"
 	toPodVarSvcScopeUnused     = "svc_scope_unused"
+	toPodVarTraceCapable       = "trace_capable"
 )
 
 // loadToPod returns the embedded CollectionSpec for toPod.
@@ -142,6 +143,7 @@ type toPodVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toPodObjects contains all objects after they have been loaded into the kernel.
@@ -231,6 +233,7 @@ type toPodVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toPodPrograms contains all programs after they have been loaded into the kernel.

@@ -53,6 +53,7 @@ const (
 	toPodDryVarReasonUnused       = "reason_unused"
 	toPodDryVarSvcFlagsUnused     = "svc_flags_unused"
 	toPodDryVarSvcScopeUnused     = "svc_scope_unused"
+	toPodDryVarTraceCapable       = "trace_capable"
 )
 
 // loadToPodDry returns the embedded CollectionSpec for toPodDry.
@@ -146,6 +147,7 @@ type toPodDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toPodDryObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +241,7 @@ type toPodDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toPodDryPrograms contains all programs after they have been loaded into the kernel.

@@ -51,6 +51,7 @@ const (
 	xdpNetdevVarReasonUnused       = "reason_unused"
 	xdpNetdevVarSvcFlagsUnused     = "svc_flags_unused"
 	xdpNetdevVarSvcScopeUnused     = "svc_scope_unused"
+	xdpNetdevVarTraceCapable       = "trace_capable"
 )
 
 // loadXdpNetdev returns the embedded CollectionSpec for xdpNetdev.
@@ -142,6 +143,7 @@ type xdpNetdevVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // xdpNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -231,6 +233,7 @@ type xdpNetdevVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // xdpNetdevPrograms contains all programs after they have been loaded into the kernel.

@@ -53,6 +53,7 @@ const (
 	xdpNetdevDryVarReasonUnused       = "reason_unused"
 	xdpNetdevDryVarSvcFlagsUnused     = "svc_flags_unused"
 	xdpNetdevDryVarSvcScopeUnused     = "svc_scope_unused"
+	xdpNetdevDryVarTraceCapable       = "trace_capable"
 )
 
 // loadXdpNetdevDry returns the embedded CollectionSpec for xdpNetdevDry.
@@ -146,6 +147,7 @@ type xdpNetdevDryVariableSpecs struct {
 	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // xdpNetdevDryObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +241,7 @@ type xdpNetdevDryVariables struct {
 	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
 	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
 	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // xdpNetdevDryPrograms contains all programs after they have been loaded into the kernel.

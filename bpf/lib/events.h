@@ -190,8 +190,10 @@ static __noinline int event_drop_xdp(struct xdp_md *ctx, __u32 hook, __u32 reaso
  * is set, each packet a tc program lets live and that matches the filter
  * raises an event at the hook's verdict, one in trace_sample of them,
  * with the packet as it arrived at the hook (orig) and as it leaves it.
- * With tracing off (the default) a hook pays one array lookup at its
- * start and one at its verdict. */
+ * With tracing off (the default) the programs are loaded with
+ * trace_capable 0 and pay nothing for it; while it is on, a hook whose
+ * packet is not selected pays an array lookup at its start and one at its
+ * verdict. */
 
 /* This CPU's packet as it arrived at the hook now running: written at the
  * hook's start when tracing is on, read at its verdict. Each object's own. */
@@ -202,11 +204,19 @@ struct {
 	__uint(max_entries, 1);
 } trace_orig SEC(".maps");
 
+/* Set by the loader: 1 while tracing is on (switching it reloads the
+ * programs, see loader.SetTracing), else 0, and then the verifier removes
+ * every check of tracing: the programs cost what they cost without it. */
+volatile const __u32 trace_capable = 0;
+
 static __always_inline int tracing(void)
 {
 	__u32 zero = 0;
-	struct event_config *cfg = bpf_map_lookup_elem(&event_config, &zero);
+	struct event_config *cfg;
 
+	if (!trace_capable)
+		return 0;
+	cfg = bpf_map_lookup_elem(&event_config, &zero);
 	return cfg && cfg->trace_flags;
 }
 

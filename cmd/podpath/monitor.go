@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -54,8 +55,10 @@ or lost to a full ring buffer. One monitor reads a node's events at a time.
 --trace switches tracing on while the monitor runs: every hook's verdict on
 each selected packet (all, a pod's, or an address's, before or after
 translation) raises a trace event with the packet as it arrived at the hook
-and as it left, one in --trace-sample of them per CPU. Tracing costs each
-selected packet an event; it is switched off again when the monitor exits.`,
+and as it left, one in --trace-sample of them per CPU. Switching tracing
+on and off reloads the node's programs in place (as node init does, with
+the node recorded in --state-dir), so with it off they carry none of its
+checks; it is switched off again when the monitor exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if stats {
@@ -63,9 +66,18 @@ selected packet an event; it is switched off again when the monitor exits.`,
 				if err != nil {
 					return err
 				}
-				return g.render(s, func(w io.Writer) {
-					fmt.Fprintln(w, "SENT\tRATE LIMITED\tRING BUFFER FULL")
-					fmt.Fprintf(w, "%d\t%d\t%d\n", s.Sent, s.RateLimited, s.RingbufFull)
+				ts, err := maps.ReadTraceStats(g.pinRoot)
+				if err != nil {
+					return err
+				}
+				out := struct {
+					maps.EventStats
+					Trace maps.TraceStats `json:"trace"`
+				}{s, ts}
+				return g.render(out, func(w io.Writer) {
+					fmt.Fprintln(w, "EVENTS\tSELECTED\tSENT\tRATE LIMITED\tSAMPLED OUT\tRING BUFFER FULL")
+					fmt.Fprintf(w, "drop\t-\t%d\t%d\t-\t%d\n", s.Sent, s.RateLimited, s.RingbufFull)
+					fmt.Fprintf(w, "trace\t%d\t%d\t-\t%d\t%d\n", ts.Matched, ts.Sent, ts.SampledOut, ts.RingbufFull)
 				})
 			}
 			if g.output != "" && g.output != "table" && g.output != "json" {
@@ -83,7 +95,7 @@ selected packet an event; it is switched off again when the monitor exits.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return monitor(ctx, g.pinRoot, f, tr, g.output == "json", cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return monitor(ctx, g.pinRoot, g.stateDir, f, tr, g.output == "json", cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
@@ -95,7 +107,7 @@ selected packet an event; it is switched off again when the monitor exits.`,
 	fl.StringVar(&traceSel, "trace", "", "trace while running: all, a pod (address or host-side device), or an address")
 	fl.Uint32Var(&traceSample, "trace-sample", 1, "with --trace: one selected packet in this many raises an event (per CPU)")
 	fl.StringVar(&f.reason, "reason", "", "only events of this reason (for example drop_spoofed_ip; see podpath counters)")
-	fl.BoolVar(&stats, "stats", false, "print how many events were sent, rate-limited and lost, and exit")
+	fl.BoolVar(&stats, "stats", false, "print how many drop and trace events were sent, rate-limited, sampled out and lost, and exit")
 	return cmd
 }
 
@@ -296,8 +308,9 @@ func parseTrace(root, sel string, sample uint32) (maps.Trace, error) {
 }
 
 // monitor prints the events that match f until ctx ends, with tracing on
-// as tr says while it runs.
-func monitor(ctx context.Context, root string, f monitorFilter, tr maps.Trace, asJSON bool, out, log io.Writer) error {
+// as tr says while it runs (switched through the node recorded in
+// stateDir: switching reloads its programs).
+func monitor(ctx context.Context, root, stateDir string, f monitorFilter, tr maps.Trace, asJSON bool, out, log io.Writer) error {
 	unlock, err := lockMonitor(root)
 	if err != nil {
 		return err
@@ -309,19 +322,23 @@ func monitor(ctx context.Context, root string, f monitorFilter, tr maps.Trace, a
 	}
 	// Holding the lock, this is the only monitor: tracing found on was
 	// left by one that did not exit cleanly.
+	stale := false
 	if cfg, err := maps.ReadEventConfig(root); err == nil && maps.TraceOf(cfg).On() && !tr.On() {
 		fmt.Fprintln(log, "tracing was left on by a monitor that did not exit cleanly: switching it off")
+		stale = true
 	}
-	if err := maps.SetTrace(root, tr); err != nil {
-		r.Close()
-		return err
-	}
-	defer func() {
-		if err := maps.SetTrace(root, maps.Trace{}); err != nil {
-			fmt.Fprintf(log, "switch tracing off: %v\n", err)
+	if tr.On() || stale {
+		if err := switchTracing(root, stateDir, tr); err != nil {
+			r.Close()
+			return err
 		}
-	}()
+	}
 	if tr.On() {
+		defer func() {
+			if err := switchTracing(root, stateDir, maps.Trace{}); err != nil {
+				fmt.Fprintf(log, "switch tracing off: %v\n", err)
+			}
+		}()
 		fmt.Fprintf(log, "tracing %s, one packet in %d\n", describeTrace(tr), max(tr.Sample, 1))
 	}
 	go func() {
@@ -357,6 +374,19 @@ func monitor(ctx context.Context, root string, f monitorFilter, tr maps.Trace, a
 			return err
 		}
 	}
+}
+
+// switchTracing sets tracing on the node recorded in stateDir, which must
+// be the node whose pins are under root.
+func switchTracing(root, stateDir string, t maps.Trace) error {
+	c, err := loader.ReadNodeConfig(stateDir)
+	if err != nil {
+		return fmt.Errorf("tracing switches through the node's configuration: %w", err)
+	}
+	if filepath.Clean(c.PinRoot) != filepath.Clean(root) {
+		return fmt.Errorf("the node recorded in %s pins under %s, not %s: give --state-dir and --pin-root of one node", stateDir, c.PinRoot, root)
+	}
+	return loader.SetTracing(stateDir, t)
 }
 
 func describeTrace(t maps.Trace) string {

@@ -65,6 +65,14 @@ func LoadNode(programs []string, sizes map[string]uint32, maglevSize uint32) (*N
 			}
 			n.MaglevInner = ms.InnerMap
 		}
+		// The trace events' hooks in, as the loader builds them while
+		// tracing is on: tests switch tracing through event_config.
+		if v := spec.Variables[maps.VarTraceCapable]; v != nil {
+			if err := v.Set(uint32(1)); err != nil {
+				n.Close()
+				return nil, err
+			}
+		}
 		if v := spec.Variables[maps.VarMaglevTableSize]; v != nil && maglevSize != 0 {
 			if err := v.Set(maglevSize); err != nil {
 				n.Close()

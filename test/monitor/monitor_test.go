@@ -339,10 +339,16 @@ func TestMonitorTrace(t *testing.T) {
 	if cfg, err := maps.ReadEventConfig(node.PinRoot); err != nil || maps.TraceOf(cfg).On() {
 		t.Errorf("after monitor --trace exited: config %+v (%v), want tracing off", cfg, err)
 	}
-	if st, err := maps.ReadTraceStats(node.PinRoot); err != nil || st.Sent < 4 || st.Sent != st.Matched {
+	st, err := maps.ReadTraceStats(node.PinRoot)
+	if err != nil || st.Sent < 4 || st.Sent != st.Matched {
 		t.Errorf("trace state %+v (%v): want every selected packet sent", st, err)
 	}
-	out, err := exec.Command(bin, "--pin-root", node.PinRoot, "monitor", "--trace", "no-such-pod").CombinedOutput()
+	var stats struct{ Trace maps.TraceStats }
+	out, err := exec.Command(bin, "--pin-root", node.PinRoot, "monitor", "--stats", "-o", "json").CombinedOutput()
+	if err != nil || json.Unmarshal(out, &stats) != nil || stats.Trace != st {
+		t.Errorf("monitor --stats: %v %+v\n%s\nwant trace %+v", err, stats, out, st)
+	}
+	out, err = exec.Command(bin, "--pin-root", node.PinRoot, "monitor", "--trace", "no-such-pod").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--trace") {
 		t.Errorf("monitor --trace no-such-pod: %v\n%s\nwant an error naming --trace", err, out)
 	}
