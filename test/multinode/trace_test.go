@@ -313,6 +313,21 @@ func TestTraceAgreesWithTraffic(t *testing.T) {
 				}
 			})
 
+			t.Run("the node itself to pods", func(t *testing.T) {
+				node := c.nodes[0]
+				dst := netip.AddrPortFrom(b1.pod.IP, backendPort)
+				r := traceQuiet(t, c, 0, trace.Request{From: node.Address.String(), To: dst, Proto: "tcp"})
+				expectTrace(t, r, "sent", "", egress+"(pass)", dst)
+				local := netip.AddrPortFrom(bLocal.pod.IP, backendPort)
+				r = traceQuiet(t, c, 0, trace.Request{From: node.Address.String(), To: local, Proto: "tcp"})
+				expectTrace(t, r, "delivered", "into pod "+bLocal.pod.IP.String(), "to_pod(pass)", local)
+				for _, want := range []*backend{b1, bLocal} {
+					if name, seen, err := fetchIdentity(node.Do, netip.AddrPortFrom(want.pod.IP, backendPort).String()); err != nil || name != want.name || seen != node.Address.String() {
+						t.Errorf("real TCP from the node to %s: %q saw %q (%v)", want.name, name, seen, err)
+					}
+				}
+			})
+
 			t.Run("ClusterIP, the flow's backend", func(t *testing.T) {
 				vip := netip.MustParseAddr("10.96.40.1")
 				c.applyService(t, services.Service{Namespace: "mn", Name: "tr-svc", ClusterIP: vip, Algorithm: services.AlgorithmMaglev,
