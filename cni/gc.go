@@ -72,7 +72,9 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range allocs {
 		veth := HostVethName(a.ContainerID, a.IfName)
 		owner[a.Addr] = veth
-		if valid[veth] {
+		// The pool is the node's: another network's attachments are
+		// that network's GC's to judge.
+		if valid[veth] || a.Network != conf.Network {
 			continue
 		}
 		hold(veth, func() error {

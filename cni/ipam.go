@@ -13,16 +13,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// IPAMDir is where the addresses of a network are recorded: one file per
-// allocated address, named by the address and holding the container ID and
-// interface name of its owner, next to a lock file every invocation takes.
-func IPAMDir(stateDir, network string) string {
+// IPAMDir is where the node's pod addresses are recorded, whatever network
+// (conflist) a pod was attached through: the networks share the node's pod
+// CIDR, so they share one pool, and no address is handed out twice. One
+// file per allocated address, named by the address and holding the
+// container ID, interface name and network of its owner, next to a lock
+// file every invocation takes. Its name is no valid network name: before
+// the pool was shared, each network kept its own under its name.
+func IPAMDir(stateDir string) string {
+	return filepath.Join(stateDir, "ipam", nodePool)
+}
+
+// nodePool names the shared pool's directory: a network name starts with
+// a letter or digit.
+const nodePool = "_node"
+
+// networkDir holds what is a network's own: its attachments' lock (and,
+// left by older versions, its addresses, which the pool takes over).
+func networkDir(stateDir, network string) string {
 	return filepath.Join(stateDir, "ipam", network)
 }
 
 // AddressFile is the record of one allocated address.
-func AddressFile(stateDir, network string, addr netip.Addr) string {
-	return filepath.Join(IPAMDir(stateDir, network), addr.String())
+func AddressFile(stateDir string, addr netip.Addr) string {
+	return filepath.Join(IPAMDir(stateDir), addr.String())
 }
 
 const (
@@ -35,20 +49,23 @@ type Allocation struct {
 	Addr        netip.Addr
 	ContainerID string
 	IfName      string
+	Network     string
 }
 
-// pool allocates pod addresses from files under IPAMDir. Every operation
-// holds an exclusive flock, so concurrent plugin processes never hand out
-// the same address, and the files survive restarts.
+// pool allocates pod addresses from files under IPAMDir for attachments
+// of one network. Every operation holds an exclusive flock, so concurrent
+// plugin processes (of any network) never hand out the same address, and
+// the files survive restarts.
 type pool struct {
-	dir  string
-	cidr netip.Prefix // unset for pools opened only to release
-	lock *os.File
+	dir     string
+	network string
+	cidr    netip.Prefix // unset for pools opened only to release
+	lock    *os.File
 }
 
 func openPool(stateDir, network string, cidr netip.Prefix) (*pool, error) {
-	dir := IPAMDir(stateDir, network)
-	f, err := openLockFile(stateDir, network, lockFile)
+	dir := IPAMDir(stateDir)
+	f, err := openLockFile(dir, lockFile)
 	if err != nil {
 		return nil, err
 	}
@@ -62,12 +79,63 @@ func openPool(stateDir, network string, cidr netip.Prefix) (*pool, error) {
 		f.Close()
 		return nil, newError(types.ErrIOFailure, "ipam: lock %s: %v", dir, err)
 	}
-	return &pool{dir: dir, cidr: cidr, lock: f}, nil
+	p := &pool{dir: dir, network: network, cidr: cidr, lock: f}
+	if err := p.adoptNetworkPools(stateDir); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return p, nil
 }
 
-// openLockFile opens (creates) one of the network's lock files.
-func openLockFile(stateDir, network, name string) (*os.File, error) {
-	dir := IPAMDir(stateDir, network)
+// adoptNetworkPools moves the addresses recorded in per-network pools, as
+// versions before the shared pool kept them, into it, each marked with its
+// network. An address already in the shared pool stays where it was: two
+// networks handed it out, and its second holder keeps a record that only
+// its own DEL removes. Called holding the pool's lock.
+func (p *pool) adoptNetworkPools(stateDir string) error {
+	nets, err := os.ReadDir(filepath.Join(stateDir, "ipam"))
+	if err != nil {
+		return newError(types.ErrIOFailure, "ipam: %v", err)
+	}
+	for _, n := range nets {
+		if !n.IsDir() || n.Name() == nodePool {
+			continue
+		}
+		dir := networkDir(stateDir, n.Name())
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			return newError(types.ErrIOFailure, "ipam: %v", err)
+		}
+		for _, f := range files {
+			addr, err := netip.ParseAddr(f.Name())
+			if err != nil {
+				continue // the locks, last_reserved
+			}
+			if _, err := os.Stat(filepath.Join(p.dir, f.Name())); err == nil {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(dir, f.Name()))
+			if err != nil {
+				return newError(types.ErrIOFailure, "ipam: %v", err)
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			a := Allocation{Addr: addr, ContainerID: strings.TrimSpace(lines[0]), Network: n.Name()}
+			if len(lines) > 1 {
+				a.IfName = strings.TrimSpace(lines[1])
+			}
+			if err := p.write(a); err != nil {
+				return err
+			}
+			if err := os.Remove(filepath.Join(dir, f.Name())); err != nil {
+				return newError(types.ErrIOFailure, "ipam: %v", err)
+			}
+		}
+	}
+	return nil
+}
+
+// openLockFile opens (creates) a lock file in dir.
+func openLockFile(dir, name string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, newError(types.ErrIOFailure, "ipam: %v", err)
 	}
@@ -111,10 +179,19 @@ func (p *pool) list() ([]Allocation, error) {
 		if len(lines) > 1 {
 			a.IfName = strings.TrimSpace(lines[1])
 		}
+		if len(lines) > 2 {
+			a.Network = strings.TrimSpace(lines[2])
+		}
 		out = append(out, a)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
 	return out, nil
+}
+
+// holds says whether a is the allocation of this network's attachment
+// containerID/ifname.
+func (p *pool) holds(a Allocation, containerID, ifname string) bool {
+	return a.ContainerID == containerID && a.IfName == ifname && a.Network == p.network
 }
 
 // find returns the address held by an attachment.
@@ -124,7 +201,7 @@ func (p *pool) find(containerID, ifname string) (netip.Addr, bool, error) {
 		return netip.Addr{}, false, err
 	}
 	for _, a := range all {
-		if a.ContainerID == containerID && a.IfName == ifname {
+		if p.holds(a, containerID, ifname) {
 			return a.Addr, true, nil
 		}
 	}
@@ -143,7 +220,7 @@ func (p *pool) allocate(containerID, ifname string, skip netip.Addr) (addr netip
 	used := make(map[netip.Addr]bool, len(all))
 	inPool := 0
 	for _, a := range all {
-		if a.ContainerID == containerID && a.IfName == ifname {
+		if p.holds(a, containerID, ifname) {
 			return a.Addr, false, nil
 		}
 		used[a.Addr] = true
@@ -182,17 +259,25 @@ func (p *pool) allocate(containerID, ifname string, skip netip.Addr) (addr netip
 // file; the temporary file of a writer killed before the rename is removed
 // by the next list.
 func (p *pool) record(addr netip.Addr, containerID, ifname string) error {
-	final := filepath.Join(p.dir, addr.String())
-	tmp := filepath.Join(p.dir, "."+addr.String()+".tmp")
-	if err := os.WriteFile(tmp, []byte(containerID+"\n"+ifname+"\n"), 0o600); err != nil {
+	if err := p.write(Allocation{Addr: addr, ContainerID: containerID, IfName: ifname, Network: p.network}); err != nil {
+		return err
+	}
+	// Only a hint for the round robin: losing it is harmless.
+	_ = os.WriteFile(filepath.Join(p.dir, lastReserved), []byte(addr.String()+"\n"), 0o600)
+	return nil
+}
+
+// write puts a's record in place atomically.
+func (p *pool) write(a Allocation) error {
+	final := filepath.Join(p.dir, a.Addr.String())
+	tmp := filepath.Join(p.dir, "."+a.Addr.String()+".tmp")
+	if err := os.WriteFile(tmp, []byte(a.ContainerID+"\n"+a.IfName+"\n"+a.Network+"\n"), 0o600); err != nil {
 		return newError(types.ErrIOFailure, "ipam: %v", err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
 		return newError(types.ErrIOFailure, "ipam: %v", err)
 	}
-	// Only a hint for the round robin: losing it is harmless.
-	_ = os.WriteFile(filepath.Join(p.dir, lastReserved), []byte(addr.String()+"\n"), 0o600)
 	return nil
 }
 
@@ -203,7 +288,7 @@ func (p *pool) release(a Allocation) error {
 		return err
 	}
 	for _, cur := range all {
-		if cur.Addr == a.Addr && cur.ContainerID == a.ContainerID && cur.IfName == a.IfName {
+		if cur.Addr == a.Addr && p.holds(cur, a.ContainerID, a.IfName) {
 			if err := os.Remove(filepath.Join(p.dir, a.Addr.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("ipam: release %s: %w", a.Addr, err)
 			}

@@ -127,7 +127,7 @@ func TestPoolRemovesTmpOfKilledWriter(t *testing.T) {
 	if _, _, err := alloc(t, dir, cidr, "c0"); err != nil {
 		t.Fatal(err)
 	}
-	tmp := filepath.Join(IPAMDir(dir, "net"), ".10.9.2.5.tmp")
+	tmp := filepath.Join(IPAMDir(dir), ".10.9.2.5.tmp")
 	if err := os.WriteFile(tmp, []byte("killed\neth0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -184,4 +184,87 @@ func TestHostVethName(t *testing.T) {
 	if a != "pp538f587a236" {
 		t.Fatalf("HostVethName: %q", a)
 	}
+}
+
+// Two networks on one node share its pool: their pods never get the same
+// address, each network finds and releases only its own attachments, and
+// records of the per-network pools older versions kept are taken over,
+// marked with their network, unless two networks both handed out the
+// address.
+func TestPoolSharedByNetworks(t *testing.T) {
+	dir := t.TempDir()
+	cidr := netip.MustParsePrefix("10.9.3.0/29") // 6 addresses
+	// What an older version left: network "old" holds .1 and .2, and
+	// network "older" handed out .2 again.
+	for net, addrs := range map[string][]string{"old": {"10.9.3.1", "10.9.3.2"}, "older": {"10.9.3.2"}} {
+		d := networkDir(dir, net)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			if err := os.WriteFile(filepath.Join(d, a), []byte("legacy-"+net+"\neth0\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// with runs fn on network's pool, open only meanwhile: its flock
+	// excludes every other opening, in this process too.
+	with := func(network string, fn func(p *pool)) {
+		t.Helper()
+		p, err := openPool(dir, network, cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		fn(p)
+	}
+	got := map[netip.Addr]string{}
+	for i, net := range []string{"a", "b", "a", "b"} {
+		with(net, func(p *pool) {
+			addr, fresh, err := p.allocate(fmt.Sprintf("c%d", i), "eth0", netip.Addr{})
+			if err != nil || !fresh {
+				t.Fatalf("%s: allocate: %v fresh=%v", net, err, fresh)
+			}
+			if prev, dup := got[addr]; dup {
+				t.Fatalf("%s handed out to %s and to network %s", addr, prev, net)
+			}
+			got[addr] = net
+		})
+	}
+	for _, legacy := range []string{"10.9.3.1", "10.9.3.2"} {
+		if _, dup := got[netip.MustParseAddr(legacy)]; dup {
+			t.Errorf("%s, held in an older per-network pool, was handed out again", legacy)
+		}
+	}
+	with("a", func(p *pool) {
+		all, err := p.list()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, al := range all {
+			if al.Addr.String() == "10.9.3.1" && (al.Network != "old" || al.ContainerID != "legacy-old" || al.IfName != "eth0") {
+				t.Errorf("10.9.3.1 taken over as %+v, want network old's legacy-old/eth0", al)
+			}
+		}
+	})
+	if _, err := os.Stat(filepath.Join(networkDir(dir, "older"), "10.9.3.2")); err != nil {
+		t.Errorf("the address two older pools both held: %v, want it left in the second one", err)
+	}
+	// Each network finds only its own attachment of a container ID.
+	with("b", func(p *pool) {
+		if _, ok, _ := p.find("c0", "eth0"); ok {
+			t.Errorf("network b finds network a's c0")
+		}
+	})
+	with("old", func(p *pool) {
+		if _, ok, _ := p.find("legacy-old", "eth0"); !ok {
+			t.Errorf("network old does not find its taken-over attachment")
+		}
+	})
+	// Full: the pool counts every network's addresses.
+	with("c", func(p *pool) {
+		if _, _, err := p.allocate("c9", "eth0", netip.Addr{}); err == nil {
+			t.Errorf("a seventh address from a pool of 6 (2 taken over, 4 allocated) was handed out")
+		}
+	})
 }

@@ -27,7 +27,7 @@ var errAttachmentBusy = errors.New("an ADD or DEL of this attachment is running"
 // record lock belongs to the process, never conflicts within it, and goes
 // when any descriptor of the file is closed.
 func lockAttachment(stateDir, network, hostVeth string, wait bool) (*os.File, error) {
-	f, err := openLockFile(stateDir, network, attachmentsLock)
+	f, err := openLockFile(networkDir(stateDir, network), attachmentsLock)
 	if err != nil {
 		return nil, err
 	}

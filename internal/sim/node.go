@@ -51,6 +51,7 @@ type Node struct {
 
 	tmp     string // owned temporary directory, removed by Close
 	netList *libcni.NetworkConfigList
+	dns     types.DNS
 	cni     *libcni.CNIConfig
 
 	// Outside is the network behind the node's uplink, when it has one.
@@ -72,6 +73,7 @@ type Pod struct {
 	// PortMappings are the hostPorts the runtime passes (the portMappings
 	// capability), as containerd and Docker do for -p.
 	PortMappings []PortMapping
+	net          *libcni.NetworkConfigList // nil: the node's network
 }
 
 // PortMapping is one entry of the portMappings capability.
@@ -84,6 +86,10 @@ type PortMapping struct {
 
 // PodOption adjusts a pod before its ADD.
 type PodOption func(*Pod)
+
+// WithNetworkList attaches the pod through another network of the node
+// (NewNetworkList) than its own.
+func WithNetworkList(l *libcni.NetworkConfigList) PodOption { return func(p *Pod) { p.net = l } }
 
 // WithPortMappings gives the pod hostPorts.
 func WithPortMappings(pm ...PortMapping) PodOption {
@@ -254,27 +260,8 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 
-	conf := map[string]any{
-		"cniVersion": "1.1.0",
-		"name":       n.NetName,
-		"plugins": []map[string]any{{
-			"type":         PluginType,
-			"pinRoot":      n.PinRoot,
-			"stateDir":     n.StateDir,
-			"capabilities": map[string]bool{"portMappings": true},
-		}},
-	}
-	if !o.dns.IsEmpty() {
-		conf["plugins"].([]map[string]any)[0]["dns"] = o.dns
-	}
-	b, err := json.MarshalIndent(conf, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(n.ConfPath(), b, 0o600); err != nil {
-		return nil, err
-	}
-	if n.netList, err = libcni.ConfListFromBytes(b); err != nil {
+	n.dns = o.dns
+	if n.netList, err = n.NewNetworkList(n.NetName); err != nil {
 		return nil, err
 	}
 	var exec invoke.Exec
@@ -288,6 +275,41 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 
 // ConfPath is the node's conflist.
 func (n *Node) ConfPath() string { return filepath.Join(n.ConfDir, n.NetName+".conflist") }
+
+// NewNetworkList writes a conflist of the node's network under another
+// name, <name>.conflist in ConfDir, and returns it parsed: a second podpath
+// network on the node (WithNetworkList attaches pods through it).
+func (n *Node) NewNetworkList(name string) (*libcni.NetworkConfigList, error) {
+	conf := map[string]any{
+		"cniVersion": "1.1.0",
+		"name":       name,
+		"plugins": []map[string]any{{
+			"type":         PluginType,
+			"pinRoot":      n.PinRoot,
+			"stateDir":     n.StateDir,
+			"capabilities": map[string]bool{"portMappings": true},
+		}},
+	}
+	if !n.dns.IsEmpty() {
+		conf["plugins"].([]map[string]any)[0]["dns"] = n.dns
+	}
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(n.ConfDir, name+".conflist"), b, 0o600); err != nil {
+		return nil, err
+	}
+	return libcni.ConfListFromBytes(b)
+}
+
+// listOf is the network p is attached through.
+func (n *Node) listOf(p *Pod) *libcni.NetworkConfigList {
+	if p.net != nil {
+		return p.net
+	}
+	return n.netList
+}
 
 // NetworkList is the node's parsed conflist.
 func (n *Node) NetworkList() *libcni.NetworkConfigList { return n.netList }
@@ -370,9 +392,9 @@ func (n *Node) AddPod(ctx context.Context, name string, opts ...PodOption) (_ *P
 	var res types.Result
 	err = n.Do(func() error {
 		var err error
-		res, err = n.cni.AddNetworkList(ctx, n.netList, p.RuntimeConf())
+		res, err = n.cni.AddNetworkList(ctx, n.listOf(p), p.RuntimeConf())
 		if err != nil {
-			if derr := n.cni.DelNetworkList(ctx, n.netList, p.RuntimeConf()); derr != nil {
+			if derr := n.cni.DelNetworkList(ctx, n.listOf(p), p.RuntimeConf()); derr != nil {
 				slog.Warn("sim: DEL after failed ADD", "pod", name, "err", derr)
 			}
 		}
@@ -401,7 +423,7 @@ func (n *Node) AddPod(ctx context.Context, name string, opts ...PodOption) (_ *P
 
 // DelPod disconnects a pod with a CNI DEL and removes its namespace.
 func (n *Node) DelPod(ctx context.Context, p *Pod) error {
-	err := n.Do(func() error { return n.cni.DelNetworkList(ctx, n.netList, p.RuntimeConf()) })
+	err := n.Do(func() error { return n.cni.DelNetworkList(ctx, n.listOf(p), p.RuntimeConf()) })
 	if err != nil {
 		return fmt.Errorf("delete pod %s: %w", p.Name, err)
 	}
@@ -419,17 +441,22 @@ func (n *Node) DelPod(ctx context.Context, p *Pod) error {
 
 // CheckPod runs a CNI CHECK on a pod.
 func (n *Node) CheckPod(ctx context.Context, p *Pod) error {
-	return n.Do(func() error { return n.cni.CheckNetworkList(ctx, n.netList, p.RuntimeConf()) })
+	return n.Do(func() error { return n.cni.CheckNetworkList(ctx, n.listOf(p), p.RuntimeConf()) })
 }
 
 // GC runs a CNI GC that keeps only the given pods. libcni first sends DEL
 // for cached attachments that are not kept, then GC to the plugin.
 func (n *Node) GC(ctx context.Context, keep ...*Pod) error {
+	return n.GCNetwork(ctx, n.netList, keep...)
+}
+
+// GCNetwork is GC of one network of the node.
+func (n *Node) GCNetwork(ctx context.Context, l *libcni.NetworkConfigList, keep ...*Pod) error {
 	args := &libcni.GCArgs{}
 	for _, p := range keep {
 		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: IfName})
 	}
-	return n.Do(func() error { return n.cni.GCNetworkList(ctx, n.netList, args) })
+	return n.Do(func() error { return n.cni.GCNetworkList(ctx, l, args) })
 }
 
 // Status runs a CNI STATUS.

@@ -39,7 +39,7 @@ func TestDelRemovesEverything(t *testing.T) {
 	n := newNode(t, "del", "10.77.5.0/24")
 	p := addPod(t, n, "a")
 	hostName := cni.HostVethName(p.ContainerID, sim.IfName)
-	addrFile := cni.AddressFile(n.StateDir, n.NetName, p.IP)
+	addrFile := cni.AddressFile(n.StateDir, p.IP)
 
 	if _, err := os.Stat(addrFile); err != nil {
 		t.Fatalf("address file after ADD: %v", err)

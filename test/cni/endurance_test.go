@@ -465,7 +465,7 @@ func assertOnlyPods(t *testing.T, n *sim.Node, pods []*sim.Pod) {
 		t.Errorf("%d node routes, want %d", len(r), len(pods))
 	}
 	var files []string
-	entries, err := os.ReadDir(cni.IPAMDir(n.StateDir, n.NetName))
+	entries, err := os.ReadDir(cni.IPAMDir(n.StateDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,7 +474,15 @@ func assertOnlyPods(t *testing.T, n *sim.Node, pods []*sim.Pod) {
 			files = append(files, e.Name())
 		}
 	}
-	equal("other files in the IPAM directory", files, []string{"attachments.lock", "last_reserved", "lock"})
+	equal("other files in the node's IPAM directory", files, []string{"last_reserved", "lock"})
+	files = nil
+	if entries, err = os.ReadDir(filepath.Join(n.StateDir, "ipam", n.NetName)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	equal("files in the network's IPAM directory", files, []string{"attachments.lock"})
 	var pins []string
 	if err := filepath.WalkDir(maps.LinkDir(n.PinRoot), func(path string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {

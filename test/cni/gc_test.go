@@ -20,7 +20,7 @@ func TestGCKeepsOnlyValidAttachments(t *testing.T) {
 	a, c, d := addPod(t, n, "a"), addPod(t, n, "c"), addPod(t, n, "d")
 	addPod(t, n, "b")
 	// d's address record is lost: GC must find its veth by the network's label.
-	if err := os.Remove(cni.AddressFile(n.StateDir, n.NetName, d.IP)); err != nil {
+	if err := os.Remove(cni.AddressFile(n.StateDir, d.IP)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -141,7 +141,7 @@ func TestGCClosesHostPortsOfUnlistedPods(t *testing.T) {
 	}
 	// bare keeps only its hostPort: its record is lost, its veth deleted.
 	bare := pods[2]
-	if err := os.Remove(cni.AddressFile(n.StateDir, n.NetName, bare.IP)); err != nil {
+	if err := os.Remove(cni.AddressFile(n.StateDir, bare.IP)); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.Do(func() error {

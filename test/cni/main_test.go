@@ -118,7 +118,7 @@ func endpoints(t *testing.T, n *sim.Node) []maps.Endpoint {
 // allocations lists the address files of the node's network.
 func allocations(t *testing.T, n *sim.Node) []string {
 	t.Helper()
-	entries, err := os.ReadDir(cni.IPAMDir(n.StateDir, n.NetName))
+	entries, err := os.ReadDir(cni.IPAMDir(n.StateDir))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
