@@ -13,8 +13,9 @@
  *      are dropped when that one was not seen;
  *   4. a destination that is a pod on this node is routed straight into that
  *      pod's namespace (TTL decremented, MACs rewritten, bpf_redirect_peer),
- *      never touching a bridge or the host's routing; a translated reply to
- *      elsewhere is routed out by FIB lookup;
+ *      never touching a bridge or the host's routing, unless the two pods'
+ *      networks do not reach each other (lib/network.h: dropped); a
+ *      translated reply to elsewhere is routed out by FIB lookup;
  *   5. everything else goes to the host stack. */
 #include "lib/common.h"
 #include "lib/parse.h"
@@ -61,7 +62,7 @@ static __always_inline int from_pod_arp(struct __sk_buff *skb)
 
 /* A pod's stack sends a datagram's first fragment first: a later one with
  * nothing recorded cannot be translated, whatever it was meant for. */
-static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct flow4 *f)
+static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct flow4 *f, __u32 net)
 {
 	int svc = frag4_translate(skb, f, HOOK_FROM_POD);
 
@@ -71,7 +72,7 @@ static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct
 		return drop(skb, REASON_DROP_NAT_FAILED);
 	if (svc == SVC_REJECT)
 		return drop(skb, REASON_DROP_NO_BACKEND);
-	return forward4(skb, svc, HOOK_FROM_POD, 0, 0);
+	return forward4(skb, svc, HOOK_FROM_POD, 0, 0, net);
 }
 
 static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
@@ -100,12 +101,12 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 	if (flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	if (f.frag == FLOW_FRAG_LATER)
-		return from_pod_later_fragment(skb, &f);
+		return from_pod_later_fragment(skb, &f, src->network);
 	if (f.icmp == FLOW_ICMP_ERROR) {
 		svc = svc_icmp_error4(skb, &f);
 		if (svc == SVC_DROP)
 			return drop(skb, REASON_DROP_NAT_FAILED);
-		return forward4(skb, svc, HOOK_FROM_POD, 0, 0);
+		return forward4(skb, svc, HOOK_FROM_POD, 0, 0, src->network);
 	}
 	frag4_key(&first, &f, HOOK_FROM_POD);
 	dst = endpoint_lookup4(f.daddr);
@@ -124,7 +125,7 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 	} else if (f.frag) {
 		frag4_record(&first, &f, svc);
 	}
-	return forward4(skb, svc, HOOK_FROM_POD, 1, dst);
+	return forward4(skb, svc, HOOK_FROM_POD, 1, dst, src->network);
 }
 
 SEC("tc")

@@ -105,6 +105,10 @@ func Add(args *skel.CmdArgs) (err error) {
 		return datapathError(err)
 	}
 	defer eps.Close()
+	network, err := registerNetwork(conf)
+	if err != nil {
+		return err
+	}
 	progs := make([]*ebpf.Program, len(podPrograms))
 	for i, p := range podPrograms {
 		if progs[i], err = loader.LoadPinnedProgram(conf.PinRoot, p.name); err != nil {
@@ -179,6 +183,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	pauseAt(StepPod)
 
 	info := maps.NewEndpointInfo(uint32(hostLink.Attrs().Index), ps.podMAC, hostMAC, ps.cookie)
+	info.Network = network
 	if err := eps.Put(addr, info); err != nil {
 		return datapathError(err)
 	}
@@ -211,6 +216,27 @@ func Add(args *skel.CmdArgs) (err error) {
 	slog.Info("pod added", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName,
 		"ip", addr, "veth", hostName, "ifindex", hostLink.Attrs().Index, "attach", mode)
 	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// registerNetwork writes the network and what it reaches into the
+// datapath, before any of its pods can send, and returns its id. The
+// network stays when its last pod goes: an entry is a few bytes, and a
+// pod's DEL racing another's ADD must not leave the ADD's pod isolated
+// from everything.
+func registerNetwork(conf *Config) (uint32, error) {
+	nws, err := maps.OpenNetworks(conf.PinRoot)
+	if err != nil {
+		return 0, datapathError(err)
+	}
+	defer nws.Close()
+	id, err := nws.Put(conf.Network, conf.Reaches)
+	if errors.Is(err, maps.ErrNetworkIDTaken) {
+		return 0, invalidConfig("%v", err)
+	}
+	if err != nil {
+		return 0, datapathError(err)
+	}
+	return id, nil
 }
 
 // allocate reserves the attachment's address, and undoes only a reservation

@@ -106,6 +106,8 @@ func checkAttachment(conf *Config, args *skel.CmdArgs) error {
 		return checkFailed("endpoint %s has pod MAC %s, %s has %s", addr, info.PodMAC(), args.IfName, podMAC)
 	case !bytes.Equal(info.NodeMac[:], hostMAC):
 		return checkFailed("endpoint %s has gateway MAC %s, host veth %s has %s", addr, info.GatewayMAC(), hostName, hostMAC)
+	case info.Network != 0 && info.Network != maps.NetworkID(conf.Network):
+		return checkFailed("endpoint %s is in network %d, network %q is %d", addr, info.Network, conf.Network, maps.NetworkID(conf.Network))
 	}
 	atts, err := loader.Attachments(conf.PinRoot)
 	if err != nil {

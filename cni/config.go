@@ -29,6 +29,11 @@ type NetConf struct {
 	PodCIDR string `json:"podCIDR,omitempty"`
 	// MTU of both ends of each pod's veth; default: the node's.
 	MTU int `json:"mtu,omitempty"`
+	// Reaches names the networks this network's pods may exchange
+	// packets with, both ways, or "*" for every network. The pods of one
+	// network always reach each other; those of two networks neither of
+	// which reaches the other never do.
+	Reaches []string `json:"reaches,omitempty"`
 	// RuntimeConfig carries the capabilities the runtime fills in: with
 	// "capabilities": {"portMappings": true} in the conflist, the pod's
 	// hostPorts (Docker's -p).
@@ -55,6 +60,8 @@ type Config struct {
 	PodCIDR netip.Prefix
 	Gateway netip.Addr
 	MTU     int
+	// Reaches are the networks the network reaches (maps.ReachAll: all).
+	Reaches []string
 	// TCAttach is the node's tc attach mechanism (loader.Config.TCAttach);
 	// empty when the node recorded none.
 	TCAttach string
@@ -89,6 +96,7 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 		MTU:              nc.MTU,
 		DNS:              nc.DNS,
 		ValidAttachments: nc.ValidAttachments,
+		Reaches:          nc.Reaches,
 	}
 	hostPorts, err := hostPortServices(nc.RuntimeConfig.PortMappings)
 	if err != nil {
@@ -97,6 +105,14 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 	c.HostPorts = hostPorts
 	if c.Network == "" {
 		return nil, invalidConfig("network name is missing")
+	}
+	if len(c.Network) > maxNetworkName {
+		return nil, invalidConfig("network name %q: longer than %d bytes", c.Network, maxNetworkName)
+	}
+	for _, r := range c.Reaches {
+		if r == "" || len(r) > maxNetworkName {
+			return nil, invalidConfig("reaches: %q is no network name (1-%d bytes, or \"*\" for every network)", r, maxNetworkName)
+		}
 	}
 	if c.StateDir == "" {
 		c.StateDir = loader.DefaultStateDir
@@ -168,6 +184,9 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 	}
 	return c, nil
 }
+
+// maxNetworkName is the longest network name the networks map holds.
+const maxNetworkName = 59
 
 // validPool accepts an IPv4 network of /8 to /30 without host bits.
 func validPool(p netip.Prefix) error {

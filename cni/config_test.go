@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -49,5 +50,34 @@ func TestParseConfigWithoutNode(t *testing.T) {
 	}
 	if c.PinRoot != "/sys/fs/bpf/podpath" || c.MTU != 1500 {
 		t.Fatalf("defaults %+v", c)
+	}
+}
+
+// reaches names networks, or "*" for all; an empty or over-long name, and
+// a network name the networks map cannot hold, are invalid configuration.
+func TestParseConfigReaches(t *testing.T) {
+	dir := t.TempDir()
+	long := strings.Repeat("x", 60)
+	conf := func(name, reaches string) []byte {
+		return []byte(`{"cniVersion":"1.1.0","name":"` + name + `","podCIDR":"10.8.0.0/24","stateDir":"` + dir + `","reaches":` + reaches + `}`)
+	}
+	c, err := ParseConfig(conf("blue", `["red","*"]`), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Reaches) != 2 || c.Reaches[0] != "red" || c.Reaches[1] != "*" {
+		t.Fatalf("reaches %v, want [red *]", c.Reaches)
+	}
+	for _, bad := range [][]byte{
+		conf("blue", `[""]`),
+		conf("blue", `["`+long+`"]`),
+		conf(long, `[]`),
+		conf("blue", `"red"`),
+	} {
+		_, err := ParseConfig(bad, true)
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig {
+			t.Errorf("config %s: %v, want an invalid network configuration error", bad, err)
+		}
 	}
 }

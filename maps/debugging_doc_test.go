@@ -374,8 +374,12 @@ func fillEveryMap(t *testing.T, n *node) {
 		clientPort = uint16(40000)
 	)
 
+	network, err := maps.NewNetworks(n.openMap(t, maps.MapNetworks), n.openMap(t, maps.MapNetworkReach)).Put("blue", []string{"red"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := maps.NewEndpoints(n.openMap(t, maps.MapEndpoints)).Put(podIP,
-		maps.EndpointInfo{Ifindex: 10, Mac: [6]uint8{0x02, 0, 0x0a, 0xf4, 0x01, 0x0a}, NodeMac: [6]uint8{0xee, 0xee, 0, 0, 0, 0x0a}, NetnsCookie: 0x1000}); err != nil {
+		maps.EndpointInfo{Ifindex: 10, Mac: [6]uint8{0x02, 0, 0x0a, 0xf4, 0x01, 0x0a}, NodeMac: [6]uint8{0xee, 0xee, 0, 0, 0, 0x0a}, Network: network, NetnsCookie: 0x1000}); err != nil {
 		t.Fatal(err)
 	}
 	runPinnedFromPod(t, n.root)

@@ -93,7 +93,7 @@ type fromPodEndpointInfo struct {
 	Flags       uint32
 	Mac         [6]uint8
 	NodeMac     [6]uint8
-	Reserved    uint32
+	Network     uint32
 	NetnsCookie uint64
 }
 
@@ -242,6 +242,18 @@ const (
 	fromPodNatStatNAT_STAT_MAX            fromPodNatStat = 6
 )
 
+type fromPodNetworkInfo struct {
+	_     structs.HostLayout
+	Flags uint32
+	Name  [60]int8
+}
+
+type fromPodNetworkPair struct {
+	_    structs.HostLayout
+	From uint32
+	To   uint32
+}
+
 type fromPodNonmasqKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -276,38 +288,39 @@ type fromPodPeerKey struct {
 type fromPodReason uint32
 
 const (
-	fromPodReasonREASON_UNSPEC              fromPodReason = 0
-	fromPodReasonREASON_FORWARD_LOCAL       fromPodReason = 1
-	fromPodReasonREASON_TO_STACK            fromPodReason = 2
-	fromPodReasonREASON_ARP_TO_STACK        fromPodReason = 3
-	fromPodReasonREASON_SVC_REJECT          fromPodReason = 4
-	fromPodReasonREASON_FORWARD_FIB         fromPodReason = 5
-	fromPodReasonREASON_PASS_TRANSLATED     fromPodReason = 6
-	fromPodReasonREASON_SNAT                fromPodReason = 7
-	fromPodReasonREASON_SVC_REPLY           fromPodReason = 8
-	fromPodReasonREASON_PASS                fromPodReason = 9
-	fromPodReasonREASON_FORWARD_ROUTED      fromPodReason = 10
-	fromPodReasonREASON_FORWARD_TUNNEL      fromPodReason = 11
-	fromPodReasonREASON_TO_STACK_MTU        fromPodReason = 12
-	fromPodReasonREASON_DROP_TRUNCATED      fromPodReason = 64
-	fromPodReasonREASON_DROP_BAD_IP_HEADER  fromPodReason = 65
-	fromPodReasonREASON_DROP_SPOOFED_IP     fromPodReason = 66
-	fromPodReasonREASON_DROP_SPOOFED_MAC    fromPodReason = 67
-	fromPodReasonREASON_DROP_SPOOFED_ARP    fromPodReason = 68
-	fromPodReasonREASON_DROP_UNSUPPORTED_L3 fromPodReason = 69
-	fromPodReasonREASON_DROP_TTL_EXCEEDED   fromPodReason = 70
-	fromPodReasonREASON_DROP_NO_BACKEND     fromPodReason = 71
-	fromPodReasonREASON_DROP_CT_FULL        fromPodReason = 72
-	fromPodReasonREASON_DROP_NAT_FAILED     fromPodReason = 73
-	fromPodReasonREASON_DROP_FIB_FAILED     fromPodReason = 74
-	fromPodReasonREASON_DROP_NAT_NO_PORT    fromPodReason = 75
-	fromPodReasonREASON_DROP_NAT_MAP_FULL   fromPodReason = 76
-	fromPodReasonREASON_DROP_FRAG_UNKNOWN   fromPodReason = 77
-	fromPodReasonREASON_DROP_UNKNOWN_PEER   fromPodReason = 78
-	fromPodReasonREASON_DROP_NO_PEER        fromPodReason = 79
-	fromPodReasonREASON_DROP_TUNNEL_FAILED  fromPodReason = 80
-	fromPodReasonREASON_DROP_REJECT_FAILED  fromPodReason = 81
-	fromPodReasonREASON_DROP_BACKEND_GONE   fromPodReason = 82
+	fromPodReasonREASON_UNSPEC                fromPodReason = 0
+	fromPodReasonREASON_FORWARD_LOCAL         fromPodReason = 1
+	fromPodReasonREASON_TO_STACK              fromPodReason = 2
+	fromPodReasonREASON_ARP_TO_STACK          fromPodReason = 3
+	fromPodReasonREASON_SVC_REJECT            fromPodReason = 4
+	fromPodReasonREASON_FORWARD_FIB           fromPodReason = 5
+	fromPodReasonREASON_PASS_TRANSLATED       fromPodReason = 6
+	fromPodReasonREASON_SNAT                  fromPodReason = 7
+	fromPodReasonREASON_SVC_REPLY             fromPodReason = 8
+	fromPodReasonREASON_PASS                  fromPodReason = 9
+	fromPodReasonREASON_FORWARD_ROUTED        fromPodReason = 10
+	fromPodReasonREASON_FORWARD_TUNNEL        fromPodReason = 11
+	fromPodReasonREASON_TO_STACK_MTU          fromPodReason = 12
+	fromPodReasonREASON_DROP_TRUNCATED        fromPodReason = 64
+	fromPodReasonREASON_DROP_BAD_IP_HEADER    fromPodReason = 65
+	fromPodReasonREASON_DROP_SPOOFED_IP       fromPodReason = 66
+	fromPodReasonREASON_DROP_SPOOFED_MAC      fromPodReason = 67
+	fromPodReasonREASON_DROP_SPOOFED_ARP      fromPodReason = 68
+	fromPodReasonREASON_DROP_UNSUPPORTED_L3   fromPodReason = 69
+	fromPodReasonREASON_DROP_TTL_EXCEEDED     fromPodReason = 70
+	fromPodReasonREASON_DROP_NO_BACKEND       fromPodReason = 71
+	fromPodReasonREASON_DROP_CT_FULL          fromPodReason = 72
+	fromPodReasonREASON_DROP_NAT_FAILED       fromPodReason = 73
+	fromPodReasonREASON_DROP_FIB_FAILED       fromPodReason = 74
+	fromPodReasonREASON_DROP_NAT_NO_PORT      fromPodReason = 75
+	fromPodReasonREASON_DROP_NAT_MAP_FULL     fromPodReason = 76
+	fromPodReasonREASON_DROP_FRAG_UNKNOWN     fromPodReason = 77
+	fromPodReasonREASON_DROP_UNKNOWN_PEER     fromPodReason = 78
+	fromPodReasonREASON_DROP_NO_PEER          fromPodReason = 79
+	fromPodReasonREASON_DROP_TUNNEL_FAILED    fromPodReason = 80
+	fromPodReasonREASON_DROP_REJECT_FAILED    fromPodReason = 81
+	fromPodReasonREASON_DROP_BACKEND_GONE     fromPodReason = 82
+	fromPodReasonREASON_DROP_NETWORK_ISOLATED fromPodReason = 83
 )
 
 type fromPodSlotKey struct {
@@ -392,6 +405,8 @@ const (
 	fromPodMapMaglev             = "maglev"
 	fromPodMapNatConfig          = "nat_config"
 	fromPodMapNatStats           = "nat_stats"
+	fromPodMapNetworkReach       = "network_reach"
+	fromPodMapNetworks           = "networks"
 	fromPodMapNodeAddrs          = "node_addrs"
 	fromPodMapNonmasq            = "nonmasq"
 	fromPodMapPeers              = "peers"
@@ -467,28 +482,30 @@ type fromPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodMapSpecs struct {
-	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
-	Backends    *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
-	EventState  *ebpf.MapSpec `ebpf:"event_state"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers       *ebpf.MapSpec `ebpf:"peers"`
-	Services    *ebpf.MapSpec `ebpf:"services"`
-	Snat        *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
+	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
+	EventState   *ebpf.MapSpec `ebpf:"event_state"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Services     *ebpf.MapSpec `ebpf:"services"`
+	Snat         *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromPodVariableSpecs contains global variables before they are loaded into the kernel.
@@ -530,28 +547,30 @@ func (o *fromPodObjects) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodMaps struct {
-	Affinity    *ebpf.Map `ebpf:"affinity"`
-	Backends    *ebpf.Map `ebpf:"backends"`
-	Conntrack   *ebpf.Map `ebpf:"conntrack"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	EventConfig *ebpf.Map `ebpf:"event_config"`
-	EventState  *ebpf.Map `ebpf:"event_state"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	Maglev      *ebpf.Map `ebpf:"maglev"`
-	NatConfig   *ebpf.Map `ebpf:"nat_config"`
-	NatStats    *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
-	Peers       *ebpf.Map `ebpf:"peers"`
-	Services    *ebpf.Map `ebpf:"services"`
-	Snat        *ebpf.Map `ebpf:"snat"`
-	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
-	TraceState  *ebpf.Map `ebpf:"trace_state"`
+	Affinity     *ebpf.Map `ebpf:"affinity"`
+	Backends     *ebpf.Map `ebpf:"backends"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EventConfig  *ebpf.Map `ebpf:"event_config"`
+	EventState   *ebpf.Map `ebpf:"event_state"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Frags        *ebpf.Map `ebpf:"frags"`
+	Maglev       *ebpf.Map `ebpf:"maglev"`
+	NatConfig    *ebpf.Map `ebpf:"nat_config"`
+	NatStats     *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach *ebpf.Map `ebpf:"network_reach"`
+	Networks     *ebpf.Map `ebpf:"networks"`
+	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
+	Peers        *ebpf.Map `ebpf:"peers"`
+	Services     *ebpf.Map `ebpf:"services"`
+	Snat         *ebpf.Map `ebpf:"snat"`
+	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
+	TraceState   *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromPodMaps) Close() error {
@@ -568,6 +587,8 @@ func (m *fromPodMaps) Close() error {
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
+		m.NetworkReach,
+		m.Networks,
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,

@@ -79,35 +79,45 @@ func SpecLayout(ms *ebpf.MapSpec) string { return Layout(ms.Key, ms.Value) }
 // PinnedLayout reads the layout of a loaded map from the BTF the kernel holds
 // for it.
 func PinnedLayout(m *ebpf.Map) (string, error) {
-	info, err := mapBTFInfo(m)
+	key, value, err := pinnedTypes(m)
 	if err != nil {
 		return "", err
-	}
-	if info.btfID == 0 {
-		return "", fmt.Errorf("map carries no BTF")
-	}
-	h, err := btf.NewHandleFromID(btf.ID(info.btfID))
-	if err != nil {
-		return "", fmt.Errorf("open map BTF: %w", err)
-	}
-	defer h.Close()
-	spec, err := h.Spec(nil)
-	if err != nil {
-		return "", fmt.Errorf("read map BTF: %w", err)
-	}
-	key, err := spec.TypeByID(btf.TypeID(info.keyTypeID))
-	if err != nil {
-		return "", fmt.Errorf("map key type: %w", err)
-	}
-	value, err := spec.TypeByID(btf.TypeID(info.valueTypeID))
-	if err != nil {
-		return "", fmt.Errorf("map value type: %w", err)
 	}
 	return Layout(key, value), nil
 }
 
+func pinnedTypes(m *ebpf.Map) (key, value btf.Type, err error) {
+	info, err := mapBTFInfo(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	if info.btfID == 0 {
+		return nil, nil, fmt.Errorf("map carries no BTF")
+	}
+	h, err := btf.NewHandleFromID(btf.ID(info.btfID))
+	if err != nil {
+		return nil, nil, fmt.Errorf("open map BTF: %w", err)
+	}
+	defer h.Close()
+	spec, err := h.Spec(nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read map BTF: %w", err)
+	}
+	if key, err = spec.TypeByID(btf.TypeID(info.keyTypeID)); err != nil {
+		return nil, nil, fmt.Errorf("map key type: %w", err)
+	}
+	if value, err = spec.TypeByID(btf.TypeID(info.valueTypeID)); err != nil {
+		return nil, nil, fmt.Errorf("map value type: %w", err)
+	}
+	return key, value, nil
+}
+
 // CheckLayout returns an error wrapping ErrLayoutChanged when the pinned
-// map m would be misread by code built from spec.
+// map m would be misread by code built from spec. A member the pinned
+// layout calls reserved (or reserved...) may have been given a name and a
+// use since, at the same offset and of the same type: that is what it was
+// reserved for, and the bytes read the same (zero, in entries written
+// before).
 func CheckLayout(spec *ebpf.MapSpec, m *ebpf.Map) error {
 	if spec.Type == ebpf.HashOfMaps || spec.Type == ebpf.ArrayOfMaps || spec.Type == ebpf.RingBuf {
 		// Values are map ids, not data, or a ring buffer has neither key
@@ -115,15 +125,50 @@ func CheckLayout(spec *ebpf.MapSpec, m *ebpf.Map) error {
 		// flags are compared by MapSpec.Compatible.
 		return nil
 	}
-	want := SpecLayout(spec)
-	have, err := PinnedLayout(m)
+	key, value, err := pinnedTypes(m)
 	if err != nil {
 		return fmt.Errorf("map %s: %w", spec.Name, err)
 	}
-	if have != want {
-		return fmt.Errorf("map %s: pinned %s, this build expects %s: %w", spec.Name, have, want, ErrLayoutChanged)
+	want, have := SpecLayout(spec), Layout(key, value)
+	if have == want {
+		return nil
 	}
-	return nil
+	if claimsReserved(key, spec.Key, 0) && claimsReserved(value, spec.Value, 0) {
+		return nil
+	}
+	return fmt.Errorf("map %s: pinned %s, this build expects %s: %w", spec.Name, have, want, ErrLayoutChanged)
+}
+
+// claimsReserved says whether want reads the bytes of have the same way,
+// up to members have calls reserved that want names otherwise.
+func claimsReserved(have, want btf.Type, depth int) bool {
+	if depth > 16 {
+		return false
+	}
+	hs, hok := btf.UnderlyingType(have).(*btf.Struct)
+	ws, wok := btf.UnderlyingType(want).(*btf.Struct)
+	if !hok || !wok {
+		var a, b strings.Builder
+		describe(&a, have, depth)
+		describe(&b, want, depth)
+		return a.String() == b.String()
+	}
+	if hs.Size != ws.Size || len(hs.Members) != len(ws.Members) {
+		return false
+	}
+	for i, hm := range hs.Members {
+		wm := ws.Members[i]
+		if hm.Offset != wm.Offset || hm.BitfieldSize != wm.BitfieldSize {
+			return false
+		}
+		if hm.Name != wm.Name && !strings.HasPrefix(hm.Name, "reserved") {
+			return false
+		}
+		if !claimsReserved(hm.Type, wm.Type, depth+1) {
+			return false
+		}
+	}
+	return true
 }
 
 // bpfMapInfo is the head of struct bpf_map_info (linux/bpf.h), up to the

@@ -24,6 +24,9 @@ const (
 	MapNatStats  = "nat_stats"
 	MapFrags     = "frags"
 	MapPeers     = "peers"
+	// Networks (isolation domains) and the reaches declared between them.
+	MapNetworks     = "networks"
+	MapNetworkReach = "network_reach"
 	// Drop events to user space (podpath monitor), their configuration
 	// and, per CPU, their rate limit's state and accounting.
 	MapEvents      = "events"
@@ -56,7 +59,7 @@ const (
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
 	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers,
-	MapEvents, MapEventConfig, MapEventState, MapTraceState}
+	MapEvents, MapEventConfig, MapEventState, MapTraceState, MapNetworks, MapNetworkReach}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

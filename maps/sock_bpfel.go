@@ -28,6 +28,8 @@ const (
 	sockMapMaglev             = "maglev"
 	sockMapNatConfig          = "nat_config"
 	sockMapNatStats           = "nat_stats"
+	sockMapNetworkReach       = "network_reach"
+	sockMapNetworks           = "networks"
 	sockMapNodeAddrs          = "node_addrs"
 	sockMapNonmasq            = "nonmasq"
 	sockMapPeers              = "peers"
@@ -107,27 +109,29 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
-	Backends    *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
-	EventState  *ebpf.MapSpec `ebpf:"event_state"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers       *ebpf.MapSpec `ebpf:"peers"`
-	Services    *ebpf.MapSpec `ebpf:"services"`
-	Snat        *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
+	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
+	EventState   *ebpf.MapSpec `ebpf:"event_state"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Services     *ebpf.MapSpec `ebpf:"services"`
+	Snat         *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -168,27 +172,29 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	Affinity    *ebpf.Map `ebpf:"affinity"`
-	Backends    *ebpf.Map `ebpf:"backends"`
-	Conntrack   *ebpf.Map `ebpf:"conntrack"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	EventConfig *ebpf.Map `ebpf:"event_config"`
-	EventState  *ebpf.Map `ebpf:"event_state"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	Maglev      *ebpf.Map `ebpf:"maglev"`
-	NatConfig   *ebpf.Map `ebpf:"nat_config"`
-	NatStats    *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
-	Peers       *ebpf.Map `ebpf:"peers"`
-	Services    *ebpf.Map `ebpf:"services"`
-	Snat        *ebpf.Map `ebpf:"snat"`
-	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
-	TraceState  *ebpf.Map `ebpf:"trace_state"`
+	Affinity     *ebpf.Map `ebpf:"affinity"`
+	Backends     *ebpf.Map `ebpf:"backends"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EventConfig  *ebpf.Map `ebpf:"event_config"`
+	EventState   *ebpf.Map `ebpf:"event_state"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Frags        *ebpf.Map `ebpf:"frags"`
+	Maglev       *ebpf.Map `ebpf:"maglev"`
+	NatConfig    *ebpf.Map `ebpf:"nat_config"`
+	NatStats     *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach *ebpf.Map `ebpf:"network_reach"`
+	Networks     *ebpf.Map `ebpf:"networks"`
+	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
+	Peers        *ebpf.Map `ebpf:"peers"`
+	Services     *ebpf.Map `ebpf:"services"`
+	Snat         *ebpf.Map `ebpf:"snat"`
+	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
+	TraceState   *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *sockMaps) Close() error {
@@ -205,6 +211,8 @@ func (m *sockMaps) Close() error {
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
+		m.NetworkReach,
+		m.Networks,
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,

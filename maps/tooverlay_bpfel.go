@@ -28,6 +28,8 @@ const (
 	toOverlayMapMaglev             = "maglev"
 	toOverlayMapNatConfig          = "nat_config"
 	toOverlayMapNatStats           = "nat_stats"
+	toOverlayMapNetworkReach       = "network_reach"
+	toOverlayMapNetworks           = "networks"
 	toOverlayMapNodeAddrs          = "node_addrs"
 	toOverlayMapNonmasq            = "nonmasq"
 	toOverlayMapPeers              = "peers"
@@ -102,28 +104,30 @@ type toOverlayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toOverlayMapSpecs struct {
-	Affinity    *ebpf.MapSpec `ebpf:"affinity"`
-	Backends    *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig *ebpf.MapSpec `ebpf:"event_config"`
-	EventState  *ebpf.MapSpec `ebpf:"event_state"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	Maglev      *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig   *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats    *ebpf.MapSpec `ebpf:"nat_stats"`
-	NodeAddrs   *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq     *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers       *ebpf.MapSpec `ebpf:"peers"`
-	Services    *ebpf.MapSpec `ebpf:"services"`
-	Snat        *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat  *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr       *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots    *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig   *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState  *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
+	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
+	EventState   *ebpf.MapSpec `ebpf:"event_state"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Services     *ebpf.MapSpec `ebpf:"services"`
+	Snat         *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toOverlayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -164,28 +168,30 @@ func (o *toOverlayObjects) Close() error {
 //
 // It can be passed to loadToOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toOverlayMaps struct {
-	Affinity    *ebpf.Map `ebpf:"affinity"`
-	Backends    *ebpf.Map `ebpf:"backends"`
-	Conntrack   *ebpf.Map `ebpf:"conntrack"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	EventConfig *ebpf.Map `ebpf:"event_config"`
-	EventState  *ebpf.Map `ebpf:"event_state"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	Maglev      *ebpf.Map `ebpf:"maglev"`
-	NatConfig   *ebpf.Map `ebpf:"nat_config"`
-	NatStats    *ebpf.Map `ebpf:"nat_stats"`
-	NodeAddrs   *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq     *ebpf.Map `ebpf:"nonmasq"`
-	Peers       *ebpf.Map `ebpf:"peers"`
-	Services    *ebpf.Map `ebpf:"services"`
-	Snat        *ebpf.Map `ebpf:"snat"`
-	SockRevNat  *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr       *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots    *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig   *ebpf.Map `ebpf:"trace_orig"`
-	TraceState  *ebpf.Map `ebpf:"trace_state"`
+	Affinity     *ebpf.Map `ebpf:"affinity"`
+	Backends     *ebpf.Map `ebpf:"backends"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EventConfig  *ebpf.Map `ebpf:"event_config"`
+	EventState   *ebpf.Map `ebpf:"event_state"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Frags        *ebpf.Map `ebpf:"frags"`
+	Maglev       *ebpf.Map `ebpf:"maglev"`
+	NatConfig    *ebpf.Map `ebpf:"nat_config"`
+	NatStats     *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach *ebpf.Map `ebpf:"network_reach"`
+	Networks     *ebpf.Map `ebpf:"networks"`
+	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
+	Peers        *ebpf.Map `ebpf:"peers"`
+	Services     *ebpf.Map `ebpf:"services"`
+	Snat         *ebpf.Map `ebpf:"snat"`
+	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
+	TraceState   *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toOverlayMaps) Close() error {
@@ -202,6 +208,8 @@ func (m *toOverlayMaps) Close() error {
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
+		m.NetworkReach,
+		m.Networks,
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,

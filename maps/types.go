@@ -18,6 +18,8 @@ import (
 type (
 	EndpointKey   = fromPodEndpointKey
 	EndpointInfo  = fromPodEndpointInfo
+	NetworkInfo   = fromPodNetworkInfo
+	NetworkPair   = fromPodNetworkPair
 	CounterKey    = fromPodCounterKey
 	CounterValue  = fromPodCounterValue
 	Reason        = fromPodReason
@@ -243,6 +245,8 @@ const (
 	ReasonDropSpoofedARP    = fromPodReasonREASON_DROP_SPOOFED_ARP
 	ReasonDropUnsupportedL3 = fromPodReasonREASON_DROP_UNSUPPORTED_L3
 	ReasonDropTTLExceeded   = fromPodReasonREASON_DROP_TTL_EXCEEDED
+
+	ReasonDropNetworkIsolated = fromPodReasonREASON_DROP_NETWORK_ISOLATED
 
 	ReasonForwardRouted    = fromPodReasonREASON_FORWARD_ROUTED
 	ReasonForwardTunnel    = fromPodReasonREASON_FORWARD_TUNNEL

@@ -9,15 +9,18 @@
 #include "fib.h"
 #include "svc.h"
 #include "peer.h"
+#include "network.h"
 
 /* forward4 delivers a (possibly translated) packet: into a local pod, on
  * to another node's pod or address (peer.h), out by the FIB for a
  * translated reply, or to the stack. hook says who is asking, for the
  * counters. The caller may have looked the destination up already (known:
  * dst is the result, possibly none); a rewritten destination is looked up
- * here. */
+ * here. src_net is the sending pod's network, 0 when the sender is no pod
+ * of this node: a local pod of a network src_net does not reach gets
+ * nothing, whatever address (a service's) the packet was sent to. */
 static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook,
-				    int known, struct endpoint_info *dst)
+				    int known, struct endpoint_info *dst, __u32 src_net)
 {
 	enum reason reason = REASON_TO_STACK;
 	struct peer *peer = 0;
@@ -55,6 +58,8 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		}
 		return ret;
 	}
+	if (dst && !network_allows(src_net, dst->network))
+		return verdict(skb, hook, REASON_DROP_NETWORK_ISOLATED, TC_ACT_SHOT);
 	ipv4_decrease_ttl(ip);
 	if (dst) {
 		mac_copy(eth->h_dest, dst->mac);

@@ -27,7 +27,8 @@ struct endpoint_info {
 	__u32 flags;
 	__u8 mac[6];		/* the pod's eth0 */
 	__u8 node_mac[6];	/* the host-side veth, the pod's gateway MAC */
-	__u32 reserved;
+	__u32 network;		/* the network it was attached through (networks);
+				 * 0: none, isolated from nothing */
 	__u64 netns_cookie;	/* the pod's network namespace */
 };
 
@@ -39,6 +40,43 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoints SEC(".maps");
+
+/* Networks: the pods attached through one CNI network (a conflist's name)
+ * form an isolation domain, as Docker's user-defined networks do. A
+ * network's id is derived from its name, so it is the same on every node
+ * without anything agreeing on it. Pods of two networks reach each other
+ * only when either network reaches all others or a reach between the two
+ * is declared (network_reach), both ways. */
+#define NETWORK_F_REACHES_ALL 1	/* reaches and is reached by every network */
+
+struct network_info {
+	__u32 flags;		/* NETWORK_F_* */
+	char name[60];		/* the network's name, for people */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);	/* network id */
+	__type(value, struct network_info);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} networks SEC(".maps");
+
+/* A reach declared by network from towards network to. */
+struct network_pair {
+	__u32 from;
+	__u32 to;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct network_pair);
+	__type(value, __u32);	/* reserved, 0 */
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} network_reach SEC(".maps");
 
 struct counter_key {
 	__u16 reason;		/* enum reason */

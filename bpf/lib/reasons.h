@@ -55,6 +55,8 @@ enum reason {
 					 * options, or too short to quote) */
 	REASON_DROP_BACKEND_GONE = 82,	/* the backend chosen for a new flow has no
 					 * entry (removed while a slot still named it) */
+	REASON_DROP_NETWORK_ISOLATED = 83, /* between pods of two networks that
+					 * do not reach each other */
 };
 
 /* Every reason from here on is a drop. */

@@ -376,7 +376,7 @@ func printEndpoints(out io.Writer, root string) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  IP\tDEVICE\tIFINDEX\tPOD MAC\tGATEWAY MAC")
 	for _, e := range list {
-		r := newEndpointRow(e)
+		r := newEndpointRow(e, nil)
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", r.IP, r.Device, r.Ifindex, r.PodMAC, r.GatewayMAC)
 	}
 	return tw.Flush()

@@ -19,14 +19,15 @@ func newEndpointCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			names := maps.NetworkNames(g.pinRoot)
 			rows := make([]endpointRow, 0, len(list))
 			for _, e := range list {
-				rows = append(rows, newEndpointRow(e))
+				rows = append(rows, newEndpointRow(e, names))
 			}
 			return g.render(rows, func(w io.Writer) {
-				fmt.Fprintln(w, "IP\tDEVICE\tIFINDEX\tPOD MAC\tGATEWAY MAC\tNETNS COOKIE")
+				fmt.Fprintln(w, "IP\tDEVICE\tIFINDEX\tPOD MAC\tGATEWAY MAC\tNETWORK\tNETNS COOKIE")
 				for _, r := range rows {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\n", r.IP, r.Device, r.Ifindex, r.PodMAC, r.GatewayMAC, r.NetnsCookie)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\n", r.IP, r.Device, r.Ifindex, r.PodMAC, r.GatewayMAC, r.Network, r.NetnsCookie)
 				}
 			})
 		},
@@ -42,9 +43,13 @@ type endpointRow struct {
 	GatewayMAC  string `json:"gatewayMAC"`
 	NetnsCookie uint64 `json:"netnsCookie"`
 	Flags       uint32 `json:"flags"`
+	// Network is the network's name, "-" for none, #id for one the node
+	// does not know.
+	Network   string `json:"network"`
+	NetworkID uint32 `json:"networkID,omitempty"`
 }
 
-func newEndpointRow(e maps.Endpoint) endpointRow {
+func newEndpointRow(e maps.Endpoint, networks map[uint32]string) endpointRow {
 	r := endpointRow{
 		IP:          e.IP.String(),
 		Ifindex:     e.Info.Ifindex,
@@ -53,6 +58,14 @@ func newEndpointRow(e maps.Endpoint) endpointRow {
 		NetnsCookie: e.Info.NetnsCookie,
 		Flags:       e.Info.Flags,
 		Device:      "?",
+		Network:     "-",
+		NetworkID:   e.Info.Network,
+	}
+	if id := e.Info.Network; id != 0 {
+		r.Network = fmt.Sprintf("#%d", id)
+		if name, ok := networks[id]; ok {
+			r.Network = name
+		}
 	}
 	if dev, err := net.InterfaceByIndex(int(e.Info.Ifindex)); err == nil {
 		r.Device = dev.Name

@@ -278,8 +278,9 @@ func (n *Node) ConfPath() string { return filepath.Join(n.ConfDir, n.NetName+".c
 
 // NewNetworkList writes a conflist of the node's network under another
 // name, <name>.conflist in ConfDir, and returns it parsed: a second podpath
-// network on the node (WithNetworkList attaches pods through it).
-func (n *Node) NewNetworkList(name string) (*libcni.NetworkConfigList, error) {
+// network on the node (WithNetworkList attaches pods through it), reaching
+// the networks named in reaches.
+func (n *Node) NewNetworkList(name string, reaches ...string) (*libcni.NetworkConfigList, error) {
 	conf := map[string]any{
 		"cniVersion": "1.1.0",
 		"name":       name,
@@ -292,6 +293,9 @@ func (n *Node) NewNetworkList(name string) (*libcni.NetworkConfigList, error) {
 	}
 	if !n.dns.IsEmpty() {
 		conf["plugins"].([]map[string]any)[0]["dns"] = n.dns
+	}
+	if len(reaches) > 0 {
+		conf["plugins"].([]map[string]any)[0]["reaches"] = reaches
 	}
 	b, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
