@@ -31,5 +31,5 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
-	return netdev_ingress(skb, HOOK_FROM_NETDEV);
+	return netdev_ingress(skb, HOOK_FROM_NETDEV, 0);
 }

@@ -7,17 +7,20 @@
  *   2. the rest is decided as for packets from the uplink (lib/netdev.h):
  *      replies of masqueraded flows and of service flows get their
  *      addresses back, a pod on this node gets the packet straight into its
- *      namespace with bpf_redirect_peer, and what is for the node itself
- *      goes to the stack, as addressed to this host. */
+ *      namespace with bpf_redirect_peer unless the sending pod's network,
+ *      which the VNI carries, does not reach the pod's (lib/network.h), and
+ *      what is for the node itself goes to the stack, as addressed to this
+ *      host. */
 #include <linux/if_packet.h>
 #include "lib/netdev.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* from_known_peer says whether the packet came from a node in the peers
- * map. Not inlined: the tunnel key would otherwise sit in from_overlay's
- * frame, which forward_peer4's is added to. */
-static __noinline int from_known_peer(struct __sk_buff *skb)
+ * map, and sets *net to the sending pod's network when the VNI carries one
+ * (lib/peer.h). Not inlined: the tunnel key would otherwise sit in
+ * from_overlay's frame, which forward_peer4's is added to. */
+static __noinline int from_known_peer(struct __sk_buff *skb, __u32 *net)
 {
 	struct bpf_tunnel_key key = {};
 	struct peer *p;
@@ -27,13 +30,17 @@ static __noinline int from_known_peer(struct __sk_buff *skb)
 		return -1;
 	remote = bpf_htonl(key.remote_ipv4);
 	p = peer_lookup4(remote);
-	return p && (p->flags & PEER_F_NODE) && p->node_addr[0] == remote;
+	if (!p || !(p->flags & PEER_F_NODE) || p->node_addr[0] != remote)
+		return 0;
+	*net = key.tunnel_id >= NETWORK_VNI_BASE ? key.tunnel_id : 0;
+	return 1;
 }
 
 SEC("tc")
 int from_overlay(struct __sk_buff *skb)
 {
-	int known = from_known_peer(skb);
+	__u32 net = 0;
+	int known = from_known_peer(skb, &net);
 
 	if (known < 0)
 		return verdict(skb, HOOK_FROM_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
@@ -43,5 +50,5 @@ int from_overlay(struct __sk_buff *skb)
 	 * its device's MAC as destination, not this one's: what the stack
 	 * gets here is for this host all the same. */
 	bpf_skb_change_type(skb, PACKET_HOST);
-	return netdev_ingress(skb, HOOK_FROM_OVERLAY);
+	return netdev_ingress(skb, HOOK_FROM_OVERLAY, net);
 }

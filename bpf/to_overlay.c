@@ -9,8 +9,9 @@
  *      (lib/peer.h) and pass;
  *   3. the node's own packets, routed here by the kernel routes podpath
  *      keeps for other nodes' pod CIDRs, get their key here from the same
- *      peers map: without one the device would drop them. Anything not for
- *      a known node is dropped. */
+ *      peers map (and a pod's packet the stack routed here, too large for
+ *      from_pod to send, its network as VNI): without one the device would
+ *      drop them. Anything not for a known node is dropped. */
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/counters.h"
@@ -66,7 +67,7 @@ int to_overlay(struct __sk_buff *skb)
 		p = peer_lookup4(f.daddr);
 		if (!p || !(p->flags & PEER_F_TUNNEL))
 			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NO_PEER, TC_ACT_SHOT);
-		if (peer_set_tunnel4(skb, p) < 0)
+		if (peer_set_tunnel4(skb, p, f.saddr) < 0)
 			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
 	}
 	if (masq)

@@ -201,8 +201,9 @@ func (c Config) Validate() error {
 		if len(c.Uplinks) == 0 {
 			return fmt.Errorf("routing %s needs an uplink (--uplink)", RoutingVXLAN)
 		}
-		if c.VNI >= 1<<24 {
-			return fmt.Errorf("VNI %d out of range 1-%d", c.VNI, 1<<24-1)
+		if c.VNI >= maps.NetworkVNIBase {
+			// VNIs from 2^23 up carry the sending pod's network.
+			return fmt.Errorf("VNI %d out of range 1-%d", c.VNI, maps.NetworkVNIBase-1)
 		}
 	default:
 		return fmt.Errorf("routing %q: want %s or %s", c.Routing, RoutingDirect, RoutingVXLAN)

@@ -17,18 +17,20 @@ const NetworkReachesAll = 1
 // ReachAll in a network's reach list stands for every network.
 const ReachAll = "*"
 
+// NetworkVNIBase is the first network id, and the first VXLAN network
+// identifier that carries one: the overlay sends a pod's packets with its
+// network's id as VNI, and the node's own VNI stays below.
+const NetworkVNIBase = 1 << 23
+
 // NetworkID is the id of the network called name: derived from the name
-// alone, so every node agrees on it with no one handing ids out. It fits
-// 24 bits (a VXLAN VNI's) and is never 0, which stands for no network.
+// alone, so every node agrees on it with no one handing ids out. It fits a
+// VXLAN VNI's 24 bits, from NetworkVNIBase up (never 0, which stands for
+// no network).
 func NetworkID(name string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(name))
 	v := h.Sum32()
-	id := (v >> 24) ^ (v & 0xffffff)
-	if id == 0 {
-		id = 1
-	}
-	return id
+	return NetworkVNIBase | ((v >> 23) ^ v) & (NetworkVNIBase - 1)
 }
 
 // ErrNetworkIDTaken is returned when two network names come to the same id

@@ -31,8 +31,8 @@ func TestNetworkID(t *testing.T) {
 	for i := range 2000 {
 		name := fmt.Sprintf("net-%d", i)
 		id := maps.NetworkID(name)
-		if id == 0 || id > 0xffffff {
-			t.Fatalf("NetworkID(%q) = %#x, want 1..0xffffff", name, id)
+		if id < maps.NetworkVNIBase || id > 0xffffff {
+			t.Fatalf("NetworkID(%q) = %#x, want %#x..0xffffff", name, id, maps.NetworkVNIBase)
 		}
 		if id != maps.NetworkID(name) {
 			t.Fatalf("NetworkID(%q) is not stable", name)

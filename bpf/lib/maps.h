@@ -48,6 +48,9 @@ struct {
  * only when either network reaches all others or a reach between the two
  * is declared (network_reach), both ways. */
 #define NETWORK_F_REACHES_ALL 1	/* reaches and is reached by every network */
+/* Network ids start here, and so do the VNIs that carry them across the
+ * overlay: a node's own VNI is below. */
+#define NETWORK_VNI_BASE (1U << 23)
 
 struct network_info {
 	__u32 flags;		/* NETWORK_F_* */

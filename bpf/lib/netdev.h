@@ -13,7 +13,9 @@
 #include "frag.h"
 #include "peer.h"
 
-static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
+/* src_net is the network the packet's sender is a pod of, when the
+ * overlay says so; 0 otherwise (lib/network.h). */
+static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook, __u32 src_net)
 {
 	enum reason reason;
 	struct frag_key first;
@@ -41,7 +43,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 		svc = frag4_translate(skb, &f, hook);
 		if (svc == -2)
 			return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
-		return forward4(skb, svc < 0 ? SVC_UNTOUCHED : svc, hook, 0, 0, 0);
+		return forward4(skb, svc < 0 ? SVC_UNTOUCHED : svc, hook, 0, 0, src_net);
 	}
 	frag4_key(&first, &f, hook);
 	switch (snat_ingress4(skb, &f)) {
@@ -57,7 +59,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 		}
 		if (f.frag)
 			frag4_record(&first, &f, svc);
-		return forward4(skb, svc, hook, 0, 0, 0);
+		return forward4(skb, svc, hook, 0, 0, src_net);
 	case -1:
 		return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
 	}
@@ -65,10 +67,10 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 		svc = svc_icmp_error4(skb, &f);
 		if (svc == SVC_DROP)
 			return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
-		return forward4(skb, svc, hook, 0, 0, 0);
+		return forward4(skb, svc, hook, 0, 0, src_net);
 	}
 	if (!f.has_ports)
-		return forward4(skb, SVC_UNTOUCHED, hook, 0, 0, 0);
+		return forward4(skb, SVC_UNTOUCHED, hook, 0, 0, src_net);
 
 	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 0, &reason);
 	if (svc == SVC_DROP)
@@ -81,5 +83,5 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook)
 		account(skb, REASON_SVC_REJECT, hook);
 		return redirect_egress(skb->ingress_ifindex);
 	}
-	return forward4(skb, svc, hook, 0, 0, 0);
+	return forward4(skb, svc, hook, 0, 0, src_net);
 }

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "maps.h"
 #include "counters.h"
+#include "endpoints.h"
 
 /* A node's overlay device has MAC 0e:70 followed by its IPv4 address, so a
  * frame encapsulated here can be addressed to the device that receives it.
@@ -37,17 +38,21 @@ static __always_inline struct peer *peer_lookup4(__be32 addr)
 }
 
 /* peer_set_tunnel4 gives the packet its encapsulation towards p: the
- * overlay device's xmit reads the outer destination and VNI from it. The
- * key's size stops before local_ipv4 (6.0): older kernels accept only
- * their own size, and every kernel the shorter one. */
-static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct peer *p)
+ * overlay device's xmit reads the outer destination and VNI from it. A
+ * packet from a pod of a network carries the network's id as its VNI
+ * (NETWORK_VNI_BASE and up), so the receiving node can keep networks
+ * apart; any other packet carries the node's VNI. The key's size stops
+ * before local_ipv4 (6.0): older kernels accept only their own size, and
+ * every kernel the shorter one. */
+static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct peer *p, __be32 saddr)
 {
+	struct endpoint_info *src = endpoint_lookup4(saddr);
 	struct bpf_tunnel_key key = {};
 
 	key.remote_ipv4 = bpf_ntohl(p->node_addr[0]);
-	key.tunnel_id = p->vni;
+	key.tunnel_id = src && src->network >= NETWORK_VNI_BASE ? src->network : p->vni;
 	key.tunnel_ttl = 64;
-	trace_note(TRACE_TUNNEL, p->node_addr[0], p->vni, 0);
+	trace_note(TRACE_TUNNEL, p->node_addr[0], key.tunnel_id, 0);
 	return (int)bpf_skb_set_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4),
 					   BPF_F_ZERO_CSUM_TX);
 }
@@ -85,7 +90,7 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 			return TC_ACT_OK;
 		}
 		overlay_macs(eth, p->node_addr[0]);
-		if (peer_set_tunnel4(skb, p) < 0)
+		if (peer_set_tunnel4(skb, p, ip->saddr) < 0)
 			return FORWARD_PEER_TUNNEL_FAILED;
 		*reason = REASON_FORWARD_TUNNEL;
 		return redirect_egress(p->ifindex);

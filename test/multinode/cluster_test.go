@@ -188,12 +188,12 @@ func closeSharedClusters() error {
 }
 
 // addPod adds a pod to node i for the rest of the test.
-func (c *cluster) addPod(t *testing.T, i int, name string) *sim.Pod {
+func (c *cluster) addPod(t *testing.T, i int, name string, opts ...sim.PodOption) *sim.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	n := c.nodes[i]
-	p, err := n.AddPod(ctx, name)
+	p, err := n.AddPod(ctx, name, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
