@@ -30,7 +30,7 @@ func NetworkID(name string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(name))
 	v := h.Sum32()
-	return NetworkVNIBase | ((v >> 23) ^ v) & (NetworkVNIBase - 1)
+	return NetworkVNIBase | ((v>>23)^v)&(NetworkVNIBase-1)
 }
 
 // ErrNetworkIDTaken is returned when two network names come to the same id

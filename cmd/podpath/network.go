@@ -33,17 +33,14 @@ func newNetworkCmd(g *globals) *cobra.Command {
 		Short: "Make a network and what it reaches known on this node, as the CNI plugin does at ADD; needed where the network has no pod but other nodes' pods of it talk to this node's",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			nws, err := maps.OpenNetworks(g.pinRoot)
-			if err != nil {
-				return err
-			}
-			defer nws.Close()
-			id, err := nws.Put(args[0], reaches)
-			if err != nil {
-				return err
-			}
-			fmt.Printf("network %s: id %d, reaches %s\n", args[0], id, maps.FormatReaches(reaches))
-			return nil
+			return withNetworks(g.pinRoot, func(nws *maps.Networks) error {
+				id, err := nws.Put(args[0], reaches)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("network %s: id %d, reaches %s\n", args[0], id, maps.FormatReaches(reaches))
+				return nil
+			})
 		},
 	}
 	add.Flags().StringSliceVar(&reaches, "reaches", nil, `networks this one's pods exchange packets with, both ways ("*": every network); replaces what it reached before`)
@@ -53,15 +50,19 @@ func newNetworkCmd(g *globals) *cobra.Command {
 		Short: "Forget a network and the reaches it declared (its pods, if any are left, then reach no other network)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			nws, err := maps.OpenNetworks(g.pinRoot)
-			if err != nil {
-				return err
-			}
-			defer nws.Close()
-			return nws.Delete(args[0])
+			return withNetworks(g.pinRoot, func(nws *maps.Networks) error { return nws.Delete(args[0]) })
 		},
 	})
 	return cmd
+}
+
+func withNetworks(root string, fn func(*maps.Networks) error) error {
+	nws, err := maps.OpenNetworks(root)
+	if err != nil {
+		return err
+	}
+	defer nws.Close()
+	return fn(nws)
 }
 
 type networkRow struct {

@@ -19,6 +19,34 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// cliNode runs the podpath binary, built afresh, in a network namespace of
+// its own with a pin root and state directory of its own; the node is
+// reset when the test ends.
+func cliNode(t *testing.T, name string) (podpath func(args ...string) (string, error), netns ns.NetNS) {
+	t.Helper()
+	bin, err := sim.BuildPodpath(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns, err = sim.NewNetNS(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.RemoveNetNS(netns) })
+	global := []string{"--pin-root", filepath.Join(loader.BPFFSMount, fmt.Sprintf("podpath-%s-%d", name, os.Getpid())), "--state-dir", t.TempDir()}
+	podpath = func(args ...string) (out string, err error) {
+		netns.Do(func(ns.NetNS) error {
+			var b []byte
+			b, err = exec.Command(bin, append(global, args...)...).CombinedOutput()
+			out = string(b)
+			return nil
+		})
+		return out, err
+	}
+	t.Cleanup(func() { podpath("node", "reset") })
+	return podpath, netns
+}
+
 func subcommand(t *testing.T, path ...string) *cobra.Command {
 	t.Helper()
 	cmd, _, err := newRoot().Find(path)
@@ -105,16 +133,8 @@ func TestNodeInitXDPMode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: loads the datapath into a network namespace")
 	}
-	bin, err := sim.BuildPodpath(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	netns, err := sim.NewNetNS("xdpmode")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.RemoveNetNS(netns) })
-	err = netns.Do(func(ns.NetNS) error {
+	podpath, netns := cliNode(t, "xdpmode")
+	err := netns.Do(func(ns.NetNS) error {
 		la := netlink.NewLinkAttrs()
 		la.Name = "up0"
 		for _, l := range []netlink.Link{&netlink.Veth{LinkAttrs: la, PeerName: "up1"}, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}} {
@@ -130,17 +150,6 @@ func TestNodeInitXDPMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	global := []string{"--pin-root", filepath.Join(loader.BPFFSMount, fmt.Sprintf("podpath-xdpmode-%d", os.Getpid())), "--state-dir", t.TempDir()}
-	podpath := func(args ...string) (out string, err error) {
-		netns.Do(func(ns.NetNS) error {
-			var b []byte
-			b, err = exec.Command(bin, append(global, args...)...).CombinedOutput()
-			out = string(b)
-			return nil
-		})
-		return out, err
-	}
-	t.Cleanup(func() { podpath("node", "reset") })
 	initArgs := []string{"node", "init", "--pod-cidr", "10.98.0.0/24", "--no-snat"}
 
 	for _, step := range []struct {
