@@ -62,7 +62,8 @@ static __always_inline int from_pod_arp(struct __sk_buff *skb)
 
 /* A pod's stack sends a datagram's first fragment first: a later one with
  * nothing recorded cannot be translated, whatever it was meant for. */
-static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct flow4 *f, __u32 net)
+static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct flow4 *f,
+						   const struct endpoint_info *src)
 {
 	int svc = frag4_translate(skb, f, HOOK_FROM_POD);
 
@@ -72,7 +73,7 @@ static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct
 		return drop(skb, REASON_DROP_NAT_FAILED);
 	if (svc == SVC_REJECT)
 		return drop(skb, REASON_DROP_NO_BACKEND);
-	return forward4(skb, svc, HOOK_FROM_POD, 0, 0, net);
+	return forward4(skb, svc, HOOK_FROM_POD, 0, 0, src, src->network);
 }
 
 static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
@@ -101,12 +102,12 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 	if (flow4_parse(skb, ip, &f) < 0)
 		return drop(skb, REASON_DROP_TRUNCATED);
 	if (f.frag == FLOW_FRAG_LATER)
-		return from_pod_later_fragment(skb, &f, src->network);
+		return from_pod_later_fragment(skb, &f, src);
 	if (f.icmp == FLOW_ICMP_ERROR) {
 		svc = svc_icmp_error4(skb, &f);
 		if (svc == SVC_DROP)
 			return drop(skb, REASON_DROP_NAT_FAILED);
-		return forward4(skb, svc, HOOK_FROM_POD, 0, 0, src->network);
+		return forward4(skb, svc, HOOK_FROM_POD, 0, 0, src, src->network);
 	}
 	frag4_key(&first, &f, HOOK_FROM_POD);
 	dst = endpoint_lookup4(f.daddr);
@@ -125,7 +126,7 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 	} else if (f.frag) {
 		frag4_record(&first, &f, svc);
 	}
-	return forward4(skb, svc, HOOK_FROM_POD, 1, dst, src->network);
+	return forward4(skb, svc, HOOK_FROM_POD, 1, dst, src, src->network);
 }
 
 SEC("tc")

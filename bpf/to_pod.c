@@ -14,7 +14,10 @@
  *      request to a backend, or a node-address backend refuses it) gets the
  *      frontend back in its quote;
  *   4. the later fragments of a translated reply get what its first
- *      fragment got; everything else passes untouched.
+ *      fragment got;
+ *   5. everything else passes untouched, unless the pod's ingress policy
+ *      does not allow it (lib/policy.h): the node's own packets always
+ *      do, what the stack forwards from elsewhere is looked up.
  * The stack routed these packets already: no TTL or MAC is changed here. */
 #include "lib/common.h"
 #include "lib/parse.h"
@@ -22,6 +25,8 @@
 #include "lib/flow.h"
 #include "lib/svc.h"
 #include "lib/frag.h"
+#include "lib/endpoints.h"
+#include "lib/policy.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -33,6 +38,18 @@ static __always_inline int drop(struct __sk_buff *skb, enum reason reason)
 static __always_inline int pass(struct __sk_buff *skb)
 {
 	return verdict(skb, HOOK_TO_POD, REASON_PASS, TC_ACT_OK);
+}
+
+/* deliver passes a packet the stack routed to the pod at daddr, as its
+ * policy says. */
+static __always_inline int deliver(struct __sk_buff *skb, __be32 daddr)
+{
+	struct endpoint_info *ep = endpoint_lookup4(daddr);
+
+	if (ep && ep->flags &&
+	    policy_denies4(skb, POLICY_INGRESS, ep->flags & ENDPOINT_F_POLICY_INGRESS))
+		return drop(skb, REASON_DROP_POLICY_INGRESS);
+	return pass(skb);
 }
 
 SEC("tc")
@@ -67,7 +84,7 @@ int to_pod(struct __sk_buff *skb)
 		case -2:
 			return drop(skb, REASON_DROP_NAT_FAILED);
 		}
-		return pass(skb);
+		return deliver(skb, f.daddr);
 	}
 	if (f.icmp == FLOW_ICMP_ERROR) {
 		switch (svc_icmp_error4(skb, &f)) {
@@ -76,10 +93,10 @@ int to_pod(struct __sk_buff *skb)
 		case SVC_DROP:
 			return drop(skb, REASON_DROP_NAT_FAILED);
 		}
-		return pass(skb);
+		return deliver(skb, f.daddr);
 	}
 	if (!f.has_ports)
-		return pass(skb);
+		return deliver(skb, f.daddr);
 
 	/* The destination is this veth's pod, so only the reply lookup is
 	 * done: the same as from_pod's for a packet to a local pod. */
@@ -92,5 +109,5 @@ int to_pod(struct __sk_buff *skb)
 	case SVC_DROP:
 		return drop(skb, reason);
 	}
-	return pass(skb);
+	return deliver(skb, f.daddr);
 }

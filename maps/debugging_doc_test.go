@@ -443,6 +443,32 @@ func fillEveryMap(t *testing.T, n *node) {
 	// The IP id is in network order, as a port.
 	put(maps.MapFrags, fragKey{Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(clusterIP)[0], ID: maps.Port(0x1234), Proto: 17, Hook: uint8(maps.HookFromPod)},
 		fragEntry{Expires: maps.Monotonic() + uint64(30*time.Second), Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(podIP)[0], Decision: 1})
+
+	// Policy: the client's identity, the pod's rule allowing it TCP 8080,
+	// the connection that rule let in, a first fragment's ports.
+	pol := maps.NewPolicy(n.openMap(t, maps.MapIPCache), n.openMap(t, maps.MapPolicy), n.openMap(t, maps.MapEndpoints))
+	if err := pol.SetIdentity(netip.PrefixFrom(clientIP, 32), maps.IdentityFirstUser); err != nil {
+		t.Fatal(err)
+	}
+	if err := pol.Allow(maps.PolicyRule{Endpoint: podIP, Direction: maps.PolicyIngress, Identity: maps.IdentityFirstUser,
+		Proto: protoTCP, PortFirst: 8080, PortLast: 8080}); err != nil {
+		t.Fatal(err)
+	}
+	put(maps.MapPolicyCT, maps.PolicyCtKey{Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(podIP)[0], Sport: maps.Port(clientPort),
+		Dport: maps.Port(8080), Proto: protoTCP, Direction: maps.PolicyIngress},
+		maps.PolicyCtEntry{Expires: expires, TcpFlags: tcpSYN})
+	type fragPortsKey struct {
+		Saddr, Daddr uint32
+		ID           uint16
+		Proto, Pad   uint8
+	}
+	type fragPorts struct {
+		Expires      uint64
+		Sport, Dport uint16
+		Pad          [4]uint8
+	}
+	put(maps.MapPolicyFrags, fragPortsKey{Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(podIP)[0], ID: maps.Port(0x1234), Proto: 17},
+		fragPorts{Expires: maps.Monotonic() + uint64(30*time.Second), Sport: maps.Port(40001), Dport: maps.Port(53)})
 }
 
 // The doc's tables of numbers bpftool prints and the names podpath gives

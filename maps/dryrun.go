@@ -35,6 +35,8 @@ const (
 	TraceTunnel    = 11
 	TraceFrag      = 12
 	TraceFIB       = 13
+	TraceEndpoint  = 14
+	TracePolicy    = 15
 )
 
 // Redirect kinds of a TraceRedirect note, as enum trace_redirect.

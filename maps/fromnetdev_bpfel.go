@@ -16,44 +16,51 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromNetdevMapAffinity           = "affinity"
-	fromNetdevMapBackends           = "backends"
-	fromNetdevMapConntrack          = "conntrack"
-	fromNetdevMapCounters           = "counters"
-	fromNetdevMapEndpoints          = "endpoints"
-	fromNetdevMapEventConfig        = "event_config"
-	fromNetdevMapEventState         = "event_state"
-	fromNetdevMapEvents             = "events"
-	fromNetdevMapFrags              = "frags"
-	fromNetdevMapMaglev             = "maglev"
-	fromNetdevMapNatConfig          = "nat_config"
-	fromNetdevMapNatStats           = "nat_stats"
-	fromNetdevMapNetworkReach       = "network_reach"
-	fromNetdevMapNetworks           = "networks"
-	fromNetdevMapNodeAddrs          = "node_addrs"
-	fromNetdevMapNonmasq            = "nonmasq"
-	fromNetdevMapPeers              = "peers"
-	fromNetdevMapServices           = "services"
-	fromNetdevMapSnat               = "snat"
-	fromNetdevMapSockRevNat         = "sock_rev_nat"
-	fromNetdevMapSvcRr              = "svc_rr"
-	fromNetdevMapSvcSlots           = "svc_slots"
-	fromNetdevMapTraceOrig          = "trace_orig"
-	fromNetdevMapTraceState         = "trace_state"
-	fromNetdevProgFromNetdev        = "from_netdev"
-	fromNetdevVarBackendFlagsUnused = "backend_flags_unused"
-	fromNetdevVarCtFlagsUnused      = "ct_flags_unused"
-	fromNetdevVarEventLayout        = "event_layout"
-	fromNetdevVarHookUnused         = "hook_unused"
-	fromNetdevVarLbAlgoUnused       = "lb_algo_unused"
-	fromNetdevVarMaglevTableSize    = "maglev_table_size"
-	fromNetdevVarNatFlagsUnused     = "nat_flags_unused"
-	fromNetdevVarNatStatUnused      = "nat_stat_unused"
-	fromNetdevVarPeerFlagsUnused    = "peer_flags_unused"
-	fromNetdevVarReasonUnused       = "reason_unused"
-	fromNetdevVarSvcFlagsUnused     = "svc_flags_unused"
-	fromNetdevVarSvcScopeUnused     = "svc_scope_unused"
-	fromNetdevVarTraceCapable       = "trace_capable"
+	fromNetdevMapAffinity              = "affinity"
+	fromNetdevMapBackends              = "backends"
+	fromNetdevMapConntrack             = "conntrack"
+	fromNetdevMapCounters              = "counters"
+	fromNetdevMapEndpoints             = "endpoints"
+	fromNetdevMapEventConfig           = "event_config"
+	fromNetdevMapEventState            = "event_state"
+	fromNetdevMapEvents                = "events"
+	fromNetdevMapFrags                 = "frags"
+	fromNetdevMapIpcache               = "ipcache"
+	fromNetdevMapMaglev                = "maglev"
+	fromNetdevMapNatConfig             = "nat_config"
+	fromNetdevMapNatStats              = "nat_stats"
+	fromNetdevMapNetworkReach          = "network_reach"
+	fromNetdevMapNetworks              = "networks"
+	fromNetdevMapNodeAddrs             = "node_addrs"
+	fromNetdevMapNonmasq               = "nonmasq"
+	fromNetdevMapPeers                 = "peers"
+	fromNetdevMapPolicy                = "policy"
+	fromNetdevMapPolicyCt              = "policy_ct"
+	fromNetdevMapPolicyFrags           = "policy_frags"
+	fromNetdevMapPolicyScratch         = "policy_scratch"
+	fromNetdevMapServices              = "services"
+	fromNetdevMapSnat                  = "snat"
+	fromNetdevMapSockRevNat            = "sock_rev_nat"
+	fromNetdevMapSvcRr                 = "svc_rr"
+	fromNetdevMapSvcSlots              = "svc_slots"
+	fromNetdevMapTraceOrig             = "trace_orig"
+	fromNetdevMapTraceState            = "trace_state"
+	fromNetdevProgFromNetdev           = "from_netdev"
+	fromNetdevVarBackendFlagsUnused    = "backend_flags_unused"
+	fromNetdevVarCtFlagsUnused         = "ct_flags_unused"
+	fromNetdevVarEventLayout           = "event_layout"
+	fromNetdevVarHookUnused            = "hook_unused"
+	fromNetdevVarIdentityUnused        = "identity_unused"
+	fromNetdevVarLbAlgoUnused          = "lb_algo_unused"
+	fromNetdevVarMaglevTableSize       = "maglev_table_size"
+	fromNetdevVarNatFlagsUnused        = "nat_flags_unused"
+	fromNetdevVarNatStatUnused         = "nat_stat_unused"
+	fromNetdevVarPeerFlagsUnused       = "peer_flags_unused"
+	fromNetdevVarPolicyDirectionUnused = "policy_direction_unused"
+	fromNetdevVarReasonUnused          = "reason_unused"
+	fromNetdevVarSvcFlagsUnused        = "svc_flags_unused"
+	fromNetdevVarSvcScopeUnused        = "svc_scope_unused"
+	fromNetdevVarTraceCapable          = "trace_capable"
 )
 
 // loadFromNetdev returns the embedded CollectionSpec for fromNetdev.
@@ -105,49 +112,56 @@ type fromNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromNetdevMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromNetdevVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromNetdevVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -170,30 +184,35 @@ func (o *fromNetdevObjects) Close() error {
 //
 // It can be passed to loadFromNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromNetdevMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromNetdevMaps) Close() error {
@@ -207,6 +226,7 @@ func (m *fromNetdevMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -215,6 +235,10 @@ func (m *fromNetdevMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,19 +253,21 @@ func (m *fromNetdevMaps) Close() error {
 //
 // It can be passed to loadFromNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromNetdevVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromNetdevPrograms contains all programs after they have been loaded into the kernel.

@@ -16,46 +16,53 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromNetdevDryMapAffinity           = "affinity"
-	fromNetdevDryMapBackends           = "backends"
-	fromNetdevDryMapConntrack          = "conntrack"
-	fromNetdevDryMapCounters           = "counters"
-	fromNetdevDryMapEndpoints          = "endpoints"
-	fromNetdevDryMapEventConfig        = "event_config"
-	fromNetdevDryMapEventState         = "event_state"
-	fromNetdevDryMapEvents             = "events"
-	fromNetdevDryMapFrags              = "frags"
-	fromNetdevDryMapMaglev             = "maglev"
-	fromNetdevDryMapNatConfig          = "nat_config"
-	fromNetdevDryMapNatStats           = "nat_stats"
-	fromNetdevDryMapNetworkReach       = "network_reach"
-	fromNetdevDryMapNetworks           = "networks"
-	fromNetdevDryMapNodeAddrs          = "node_addrs"
-	fromNetdevDryMapNonmasq            = "nonmasq"
-	fromNetdevDryMapPeers              = "peers"
-	fromNetdevDryMapServices           = "services"
-	fromNetdevDryMapSnat               = "snat"
-	fromNetdevDryMapSockRevNat         = "sock_rev_nat"
-	fromNetdevDryMapSvcRr              = "svc_rr"
-	fromNetdevDryMapSvcSlots           = "svc_slots"
-	fromNetdevDryMapTraceCt            = "trace_ct"
-	fromNetdevDryMapTraceLog           = "trace_log"
-	fromNetdevDryMapTraceOrig          = "trace_orig"
-	fromNetdevDryMapTraceState         = "trace_state"
-	fromNetdevDryProgFromNetdev        = "from_netdev"
-	fromNetdevDryVarBackendFlagsUnused = "backend_flags_unused"
-	fromNetdevDryVarCtFlagsUnused      = "ct_flags_unused"
-	fromNetdevDryVarEventLayout        = "event_layout"
-	fromNetdevDryVarHookUnused         = "hook_unused"
-	fromNetdevDryVarLbAlgoUnused       = "lb_algo_unused"
-	fromNetdevDryVarMaglevTableSize    = "maglev_table_size"
-	fromNetdevDryVarNatFlagsUnused     = "nat_flags_unused"
-	fromNetdevDryVarNatStatUnused      = "nat_stat_unused"
-	fromNetdevDryVarPeerFlagsUnused    = "peer_flags_unused"
-	fromNetdevDryVarReasonUnused       = "reason_unused"
-	fromNetdevDryVarSvcFlagsUnused     = "svc_flags_unused"
-	fromNetdevDryVarSvcScopeUnused     = "svc_scope_unused"
-	fromNetdevDryVarTraceCapable       = "trace_capable"
+	fromNetdevDryMapAffinity              = "affinity"
+	fromNetdevDryMapBackends              = "backends"
+	fromNetdevDryMapConntrack             = "conntrack"
+	fromNetdevDryMapCounters              = "counters"
+	fromNetdevDryMapEndpoints             = "endpoints"
+	fromNetdevDryMapEventConfig           = "event_config"
+	fromNetdevDryMapEventState            = "event_state"
+	fromNetdevDryMapEvents                = "events"
+	fromNetdevDryMapFrags                 = "frags"
+	fromNetdevDryMapIpcache               = "ipcache"
+	fromNetdevDryMapMaglev                = "maglev"
+	fromNetdevDryMapNatConfig             = "nat_config"
+	fromNetdevDryMapNatStats              = "nat_stats"
+	fromNetdevDryMapNetworkReach          = "network_reach"
+	fromNetdevDryMapNetworks              = "networks"
+	fromNetdevDryMapNodeAddrs             = "node_addrs"
+	fromNetdevDryMapNonmasq               = "nonmasq"
+	fromNetdevDryMapPeers                 = "peers"
+	fromNetdevDryMapPolicy                = "policy"
+	fromNetdevDryMapPolicyCt              = "policy_ct"
+	fromNetdevDryMapPolicyFrags           = "policy_frags"
+	fromNetdevDryMapPolicyScratch         = "policy_scratch"
+	fromNetdevDryMapServices              = "services"
+	fromNetdevDryMapSnat                  = "snat"
+	fromNetdevDryMapSockRevNat            = "sock_rev_nat"
+	fromNetdevDryMapSvcRr                 = "svc_rr"
+	fromNetdevDryMapSvcSlots              = "svc_slots"
+	fromNetdevDryMapTraceCt               = "trace_ct"
+	fromNetdevDryMapTraceLog              = "trace_log"
+	fromNetdevDryMapTraceOrig             = "trace_orig"
+	fromNetdevDryMapTraceState            = "trace_state"
+	fromNetdevDryProgFromNetdev           = "from_netdev"
+	fromNetdevDryVarBackendFlagsUnused    = "backend_flags_unused"
+	fromNetdevDryVarCtFlagsUnused         = "ct_flags_unused"
+	fromNetdevDryVarEventLayout           = "event_layout"
+	fromNetdevDryVarHookUnused            = "hook_unused"
+	fromNetdevDryVarIdentityUnused        = "identity_unused"
+	fromNetdevDryVarLbAlgoUnused          = "lb_algo_unused"
+	fromNetdevDryVarMaglevTableSize       = "maglev_table_size"
+	fromNetdevDryVarNatFlagsUnused        = "nat_flags_unused"
+	fromNetdevDryVarNatStatUnused         = "nat_stat_unused"
+	fromNetdevDryVarPeerFlagsUnused       = "peer_flags_unused"
+	fromNetdevDryVarPolicyDirectionUnused = "policy_direction_unused"
+	fromNetdevDryVarReasonUnused          = "reason_unused"
+	fromNetdevDryVarSvcFlagsUnused        = "svc_flags_unused"
+	fromNetdevDryVarSvcScopeUnused        = "svc_scope_unused"
+	fromNetdevDryVarTraceCapable          = "trace_capable"
 )
 
 // loadFromNetdevDry returns the embedded CollectionSpec for fromNetdevDry.
@@ -107,51 +114,58 @@ type fromNetdevDryProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromNetdevDryMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceCt      *ebpf.MapSpec `ebpf:"trace_ct"`
-	TraceLog     *ebpf.MapSpec `ebpf:"trace_log"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceCt       *ebpf.MapSpec `ebpf:"trace_ct"`
+	TraceLog      *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromNetdevDryVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromNetdevDryVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromNetdevDryObjects contains all objects after they have been loaded into the kernel.
@@ -174,32 +188,37 @@ func (o *fromNetdevDryObjects) Close() error {
 //
 // It can be passed to loadFromNetdevDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromNetdevDryMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceCt      *ebpf.Map `ebpf:"trace_ct"`
-	TraceLog     *ebpf.Map `ebpf:"trace_log"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceCt       *ebpf.Map `ebpf:"trace_ct"`
+	TraceLog      *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromNetdevDryMaps) Close() error {
@@ -213,6 +232,7 @@ func (m *fromNetdevDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -221,6 +241,10 @@ func (m *fromNetdevDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -237,19 +261,21 @@ func (m *fromNetdevDryMaps) Close() error {
 //
 // It can be passed to loadFromNetdevDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromNetdevDryVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromNetdevDryPrograms contains all programs after they have been loaded into the kernel.

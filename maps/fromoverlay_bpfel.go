@@ -16,44 +16,51 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromOverlayMapAffinity           = "affinity"
-	fromOverlayMapBackends           = "backends"
-	fromOverlayMapConntrack          = "conntrack"
-	fromOverlayMapCounters           = "counters"
-	fromOverlayMapEndpoints          = "endpoints"
-	fromOverlayMapEventConfig        = "event_config"
-	fromOverlayMapEventState         = "event_state"
-	fromOverlayMapEvents             = "events"
-	fromOverlayMapFrags              = "frags"
-	fromOverlayMapMaglev             = "maglev"
-	fromOverlayMapNatConfig          = "nat_config"
-	fromOverlayMapNatStats           = "nat_stats"
-	fromOverlayMapNetworkReach       = "network_reach"
-	fromOverlayMapNetworks           = "networks"
-	fromOverlayMapNodeAddrs          = "node_addrs"
-	fromOverlayMapNonmasq            = "nonmasq"
-	fromOverlayMapPeers              = "peers"
-	fromOverlayMapServices           = "services"
-	fromOverlayMapSnat               = "snat"
-	fromOverlayMapSockRevNat         = "sock_rev_nat"
-	fromOverlayMapSvcRr              = "svc_rr"
-	fromOverlayMapSvcSlots           = "svc_slots"
-	fromOverlayMapTraceOrig          = "trace_orig"
-	fromOverlayMapTraceState         = "trace_state"
-	fromOverlayProgFromOverlay       = "from_overlay"
-	fromOverlayVarBackendFlagsUnused = "backend_flags_unused"
-	fromOverlayVarCtFlagsUnused      = "ct_flags_unused"
-	fromOverlayVarEventLayout        = "event_layout"
-	fromOverlayVarHookUnused         = "hook_unused"
-	fromOverlayVarLbAlgoUnused       = "lb_algo_unused"
-	fromOverlayVarMaglevTableSize    = "maglev_table_size"
-	fromOverlayVarNatFlagsUnused     = "nat_flags_unused"
-	fromOverlayVarNatStatUnused      = "nat_stat_unused"
-	fromOverlayVarPeerFlagsUnused    = "peer_flags_unused"
-	fromOverlayVarReasonUnused       = "reason_unused"
-	fromOverlayVarSvcFlagsUnused     = "svc_flags_unused"
-	fromOverlayVarSvcScopeUnused     = "svc_scope_unused"
-	fromOverlayVarTraceCapable       = "trace_capable"
+	fromOverlayMapAffinity              = "affinity"
+	fromOverlayMapBackends              = "backends"
+	fromOverlayMapConntrack             = "conntrack"
+	fromOverlayMapCounters              = "counters"
+	fromOverlayMapEndpoints             = "endpoints"
+	fromOverlayMapEventConfig           = "event_config"
+	fromOverlayMapEventState            = "event_state"
+	fromOverlayMapEvents                = "events"
+	fromOverlayMapFrags                 = "frags"
+	fromOverlayMapIpcache               = "ipcache"
+	fromOverlayMapMaglev                = "maglev"
+	fromOverlayMapNatConfig             = "nat_config"
+	fromOverlayMapNatStats              = "nat_stats"
+	fromOverlayMapNetworkReach          = "network_reach"
+	fromOverlayMapNetworks              = "networks"
+	fromOverlayMapNodeAddrs             = "node_addrs"
+	fromOverlayMapNonmasq               = "nonmasq"
+	fromOverlayMapPeers                 = "peers"
+	fromOverlayMapPolicy                = "policy"
+	fromOverlayMapPolicyCt              = "policy_ct"
+	fromOverlayMapPolicyFrags           = "policy_frags"
+	fromOverlayMapPolicyScratch         = "policy_scratch"
+	fromOverlayMapServices              = "services"
+	fromOverlayMapSnat                  = "snat"
+	fromOverlayMapSockRevNat            = "sock_rev_nat"
+	fromOverlayMapSvcRr                 = "svc_rr"
+	fromOverlayMapSvcSlots              = "svc_slots"
+	fromOverlayMapTraceOrig             = "trace_orig"
+	fromOverlayMapTraceState            = "trace_state"
+	fromOverlayProgFromOverlay          = "from_overlay"
+	fromOverlayVarBackendFlagsUnused    = "backend_flags_unused"
+	fromOverlayVarCtFlagsUnused         = "ct_flags_unused"
+	fromOverlayVarEventLayout           = "event_layout"
+	fromOverlayVarHookUnused            = "hook_unused"
+	fromOverlayVarIdentityUnused        = "identity_unused"
+	fromOverlayVarLbAlgoUnused          = "lb_algo_unused"
+	fromOverlayVarMaglevTableSize       = "maglev_table_size"
+	fromOverlayVarNatFlagsUnused        = "nat_flags_unused"
+	fromOverlayVarNatStatUnused         = "nat_stat_unused"
+	fromOverlayVarPeerFlagsUnused       = "peer_flags_unused"
+	fromOverlayVarPolicyDirectionUnused = "policy_direction_unused"
+	fromOverlayVarReasonUnused          = "reason_unused"
+	fromOverlayVarSvcFlagsUnused        = "svc_flags_unused"
+	fromOverlayVarSvcScopeUnused        = "svc_scope_unused"
+	fromOverlayVarTraceCapable          = "trace_capable"
 )
 
 // loadFromOverlay returns the embedded CollectionSpec for fromOverlay.
@@ -105,49 +112,56 @@ type fromOverlayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromOverlayMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromOverlayVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromOverlayVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromOverlayObjects contains all objects after they have been loaded into the kernel.
@@ -170,30 +184,35 @@ func (o *fromOverlayObjects) Close() error {
 //
 // It can be passed to loadFromOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromOverlayMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromOverlayMaps) Close() error {
@@ -207,6 +226,7 @@ func (m *fromOverlayMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -215,6 +235,10 @@ func (m *fromOverlayMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,19 +253,21 @@ func (m *fromOverlayMaps) Close() error {
 //
 // It can be passed to loadFromOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromOverlayVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromOverlayPrograms contains all programs after they have been loaded into the kernel.

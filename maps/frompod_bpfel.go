@@ -182,6 +182,23 @@ type fromPodFragKey struct {
 	Hook  uint8
 }
 
+type fromPodFragPorts struct {
+	_       structs.HostLayout
+	Expires uint64
+	Sport   uint16
+	Dport   uint16
+	Pad     [4]uint8
+}
+
+type fromPodFragPortsKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
 type fromPodHook uint32
 
 const (
@@ -193,6 +210,28 @@ const (
 	fromPodHookHOOK_FROM_OVERLAY fromPodHook = 5
 	fromPodHookHOOK_TO_OVERLAY   fromPodHook = 6
 )
+
+type fromPodIdentity uint32
+
+const (
+	fromPodIdentityIDENTITY_ANY         fromPodIdentity = 0
+	fromPodIdentityIDENTITY_HOST        fromPodIdentity = 1
+	fromPodIdentityIDENTITY_WORLD       fromPodIdentity = 2
+	fromPodIdentityIDENTITY_REMOTE_NODE fromPodIdentity = 3
+	fromPodIdentityIDENTITY_FIRST_USER  fromPodIdentity = 256
+)
+
+type fromPodIpcacheEntry struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+}
+
+type fromPodIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
 
 type fromPodLbAlgo uint32
 
@@ -285,6 +324,57 @@ type fromPodPeerKey struct {
 	Addr      [4]uint32
 }
 
+type fromPodPolicyCtEntry struct {
+	_        structs.HostLayout
+	Expires  uint64
+	TcpFlags uint8
+	Pad      [7]uint8
+}
+
+type fromPodPolicyCtKey struct {
+	_         structs.HostLayout
+	Saddr     uint32
+	Daddr     uint32
+	Sport     uint16
+	Dport     uint16
+	Proto     uint8
+	Direction uint8
+	Pad       [2]uint8
+}
+
+type fromPodPolicyDirection uint32
+
+const (
+	fromPodPolicyDirectionPOLICY_INGRESS fromPodPolicyDirection = 0
+	fromPodPolicyDirectionPOLICY_EGRESS  fromPodPolicyDirection = 1
+)
+
+type fromPodPolicyEntry struct {
+	_       structs.HostLayout
+	Packets uint64
+}
+
+type fromPodPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Endpoint  uint32
+	Identity  uint32
+	Direction uint8
+	Proto     uint8
+	Dport     uint16
+}
+
+type fromPodPolicyScratch struct {
+	_  structs.HostLayout
+	K  fromPodPolicyCtKey
+	R  fromPodPolicyCtKey
+	Pk fromPodPolicyKey
+	Fk fromPodFragPortsKey
+	_  [4]byte
+	Fp fromPodFragPorts
+	Ne fromPodPolicyCtEntry
+}
+
 type fromPodReason uint32
 
 const (
@@ -321,6 +411,8 @@ const (
 	fromPodReasonREASON_DROP_REJECT_FAILED    fromPodReason = 81
 	fromPodReasonREASON_DROP_BACKEND_GONE     fromPodReason = 82
 	fromPodReasonREASON_DROP_NETWORK_ISOLATED fromPodReason = 83
+	fromPodReasonREASON_DROP_POLICY_INGRESS   fromPodReason = 84
+	fromPodReasonREASON_DROP_POLICY_EGRESS    fromPodReason = 85
 )
 
 type fromPodSlotKey struct {
@@ -393,44 +485,51 @@ type fromPodTraceState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromPodMapAffinity           = "affinity"
-	fromPodMapBackends           = "backends"
-	fromPodMapConntrack          = "conntrack"
-	fromPodMapCounters           = "counters"
-	fromPodMapEndpoints          = "endpoints"
-	fromPodMapEventConfig        = "event_config"
-	fromPodMapEventState         = "event_state"
-	fromPodMapEvents             = "events"
-	fromPodMapFrags              = "frags"
-	fromPodMapMaglev             = "maglev"
-	fromPodMapNatConfig          = "nat_config"
-	fromPodMapNatStats           = "nat_stats"
-	fromPodMapNetworkReach       = "network_reach"
-	fromPodMapNetworks           = "networks"
-	fromPodMapNodeAddrs          = "node_addrs"
-	fromPodMapNonmasq            = "nonmasq"
-	fromPodMapPeers              = "peers"
-	fromPodMapServices           = "services"
-	fromPodMapSnat               = "snat"
-	fromPodMapSockRevNat         = "sock_rev_nat"
-	fromPodMapSvcRr              = "svc_rr"
-	fromPodMapSvcSlots           = "svc_slots"
-	fromPodMapTraceOrig          = "trace_orig"
-	fromPodMapTraceState         = "trace_state"
-	fromPodProgFromPod           = "from_pod"
-	fromPodVarBackendFlagsUnused = "backend_flags_unused"
-	fromPodVarCtFlagsUnused      = "ct_flags_unused"
-	fromPodVarEventLayout        = "event_layout"
-	fromPodVarHookUnused         = "hook_unused"
-	fromPodVarLbAlgoUnused       = "lb_algo_unused"
-	fromPodVarMaglevTableSize    = "maglev_table_size"
-	fromPodVarNatFlagsUnused     = "nat_flags_unused"
-	fromPodVarNatStatUnused      = "nat_stat_unused"
-	fromPodVarPeerFlagsUnused    = "peer_flags_unused"
-	fromPodVarReasonUnused       = "reason_unused"
-	fromPodVarSvcFlagsUnused     = "svc_flags_unused"
-	fromPodVarSvcScopeUnused     = "svc_scope_unused"
-	fromPodVarTraceCapable       = "trace_capable"
+	fromPodMapAffinity              = "affinity"
+	fromPodMapBackends              = "backends"
+	fromPodMapConntrack             = "conntrack"
+	fromPodMapCounters              = "counters"
+	fromPodMapEndpoints             = "endpoints"
+	fromPodMapEventConfig           = "event_config"
+	fromPodMapEventState            = "event_state"
+	fromPodMapEvents                = "events"
+	fromPodMapFrags                 = "frags"
+	fromPodMapIpcache               = "ipcache"
+	fromPodMapMaglev                = "maglev"
+	fromPodMapNatConfig             = "nat_config"
+	fromPodMapNatStats              = "nat_stats"
+	fromPodMapNetworkReach          = "network_reach"
+	fromPodMapNetworks              = "networks"
+	fromPodMapNodeAddrs             = "node_addrs"
+	fromPodMapNonmasq               = "nonmasq"
+	fromPodMapPeers                 = "peers"
+	fromPodMapPolicy                = "policy"
+	fromPodMapPolicyCt              = "policy_ct"
+	fromPodMapPolicyFrags           = "policy_frags"
+	fromPodMapPolicyScratch         = "policy_scratch"
+	fromPodMapServices              = "services"
+	fromPodMapSnat                  = "snat"
+	fromPodMapSockRevNat            = "sock_rev_nat"
+	fromPodMapSvcRr                 = "svc_rr"
+	fromPodMapSvcSlots              = "svc_slots"
+	fromPodMapTraceOrig             = "trace_orig"
+	fromPodMapTraceState            = "trace_state"
+	fromPodProgFromPod              = "from_pod"
+	fromPodVarBackendFlagsUnused    = "backend_flags_unused"
+	fromPodVarCtFlagsUnused         = "ct_flags_unused"
+	fromPodVarEventLayout           = "event_layout"
+	fromPodVarHookUnused            = "hook_unused"
+	fromPodVarIdentityUnused        = "identity_unused"
+	fromPodVarLbAlgoUnused          = "lb_algo_unused"
+	fromPodVarMaglevTableSize       = "maglev_table_size"
+	fromPodVarNatFlagsUnused        = "nat_flags_unused"
+	fromPodVarNatStatUnused         = "nat_stat_unused"
+	fromPodVarPeerFlagsUnused       = "peer_flags_unused"
+	fromPodVarPolicyDirectionUnused = "policy_direction_unused"
+	fromPodVarReasonUnused          = "reason_unused"
+	fromPodVarSvcFlagsUnused        = "svc_flags_unused"
+	fromPodVarSvcScopeUnused        = "svc_scope_unused"
+	fromPodVarTraceCapable          = "trace_capable"
 )
 
 // loadFromPod returns the embedded CollectionSpec for fromPod.
@@ -482,49 +581,56 @@ type fromPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromPodVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromPodObjects contains all objects after they have been loaded into the kernel.
@@ -547,30 +653,35 @@ func (o *fromPodObjects) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromPodMaps) Close() error {
@@ -584,6 +695,7 @@ func (m *fromPodMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -592,6 +704,10 @@ func (m *fromPodMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -606,19 +722,21 @@ func (m *fromPodMaps) Close() error {
 //
 // It can be passed to loadFromPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromPodPrograms contains all programs after they have been loaded into the kernel.

@@ -16,46 +16,53 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromPodDryMapAffinity           = "affinity"
-	fromPodDryMapBackends           = "backends"
-	fromPodDryMapConntrack          = "conntrack"
-	fromPodDryMapCounters           = "counters"
-	fromPodDryMapEndpoints          = "endpoints"
-	fromPodDryMapEventConfig        = "event_config"
-	fromPodDryMapEventState         = "event_state"
-	fromPodDryMapEvents             = "events"
-	fromPodDryMapFrags              = "frags"
-	fromPodDryMapMaglev             = "maglev"
-	fromPodDryMapNatConfig          = "nat_config"
-	fromPodDryMapNatStats           = "nat_stats"
-	fromPodDryMapNetworkReach       = "network_reach"
-	fromPodDryMapNetworks           = "networks"
-	fromPodDryMapNodeAddrs          = "node_addrs"
-	fromPodDryMapNonmasq            = "nonmasq"
-	fromPodDryMapPeers              = "peers"
-	fromPodDryMapServices           = "services"
-	fromPodDryMapSnat               = "snat"
-	fromPodDryMapSockRevNat         = "sock_rev_nat"
-	fromPodDryMapSvcRr              = "svc_rr"
-	fromPodDryMapSvcSlots           = "svc_slots"
-	fromPodDryMapTraceCt            = "trace_ct"
-	fromPodDryMapTraceLog           = "trace_log"
-	fromPodDryMapTraceOrig          = "trace_orig"
-	fromPodDryMapTraceState         = "trace_state"
-	fromPodDryProgFromPod           = "from_pod"
-	fromPodDryVarBackendFlagsUnused = "backend_flags_unused"
-	fromPodDryVarCtFlagsUnused      = "ct_flags_unused"
-	fromPodDryVarEventLayout        = "event_layout"
-	fromPodDryVarHookUnused         = "hook_unused"
-	fromPodDryVarLbAlgoUnused       = "lb_algo_unused"
-	fromPodDryVarMaglevTableSize    = "maglev_table_size"
-	fromPodDryVarNatFlagsUnused     = "nat_flags_unused"
-	fromPodDryVarNatStatUnused      = "nat_stat_unused"
-	fromPodDryVarPeerFlagsUnused    = "peer_flags_unused"
-	fromPodDryVarReasonUnused       = "reason_unused"
-	fromPodDryVarSvcFlagsUnused     = "svc_flags_unused"
-	fromPodDryVarSvcScopeUnused     = "svc_scope_unused"
-	fromPodDryVarTraceCapable       = "trace_capable"
+	fromPodDryMapAffinity              = "affinity"
+	fromPodDryMapBackends              = "backends"
+	fromPodDryMapConntrack             = "conntrack"
+	fromPodDryMapCounters              = "counters"
+	fromPodDryMapEndpoints             = "endpoints"
+	fromPodDryMapEventConfig           = "event_config"
+	fromPodDryMapEventState            = "event_state"
+	fromPodDryMapEvents                = "events"
+	fromPodDryMapFrags                 = "frags"
+	fromPodDryMapIpcache               = "ipcache"
+	fromPodDryMapMaglev                = "maglev"
+	fromPodDryMapNatConfig             = "nat_config"
+	fromPodDryMapNatStats              = "nat_stats"
+	fromPodDryMapNetworkReach          = "network_reach"
+	fromPodDryMapNetworks              = "networks"
+	fromPodDryMapNodeAddrs             = "node_addrs"
+	fromPodDryMapNonmasq               = "nonmasq"
+	fromPodDryMapPeers                 = "peers"
+	fromPodDryMapPolicy                = "policy"
+	fromPodDryMapPolicyCt              = "policy_ct"
+	fromPodDryMapPolicyFrags           = "policy_frags"
+	fromPodDryMapPolicyScratch         = "policy_scratch"
+	fromPodDryMapServices              = "services"
+	fromPodDryMapSnat                  = "snat"
+	fromPodDryMapSockRevNat            = "sock_rev_nat"
+	fromPodDryMapSvcRr                 = "svc_rr"
+	fromPodDryMapSvcSlots              = "svc_slots"
+	fromPodDryMapTraceCt               = "trace_ct"
+	fromPodDryMapTraceLog              = "trace_log"
+	fromPodDryMapTraceOrig             = "trace_orig"
+	fromPodDryMapTraceState            = "trace_state"
+	fromPodDryProgFromPod              = "from_pod"
+	fromPodDryVarBackendFlagsUnused    = "backend_flags_unused"
+	fromPodDryVarCtFlagsUnused         = "ct_flags_unused"
+	fromPodDryVarEventLayout           = "event_layout"
+	fromPodDryVarHookUnused            = "hook_unused"
+	fromPodDryVarIdentityUnused        = "identity_unused"
+	fromPodDryVarLbAlgoUnused          = "lb_algo_unused"
+	fromPodDryVarMaglevTableSize       = "maglev_table_size"
+	fromPodDryVarNatFlagsUnused        = "nat_flags_unused"
+	fromPodDryVarNatStatUnused         = "nat_stat_unused"
+	fromPodDryVarPeerFlagsUnused       = "peer_flags_unused"
+	fromPodDryVarPolicyDirectionUnused = "policy_direction_unused"
+	fromPodDryVarReasonUnused          = "reason_unused"
+	fromPodDryVarSvcFlagsUnused        = "svc_flags_unused"
+	fromPodDryVarSvcScopeUnused        = "svc_scope_unused"
+	fromPodDryVarTraceCapable          = "trace_capable"
 )
 
 // loadFromPodDry returns the embedded CollectionSpec for fromPodDry.
@@ -107,51 +114,58 @@ type fromPodDryProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodDryMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceCt      *ebpf.MapSpec `ebpf:"trace_ct"`
-	TraceLog     *ebpf.MapSpec `ebpf:"trace_log"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceCt       *ebpf.MapSpec `ebpf:"trace_ct"`
+	TraceLog      *ebpf.MapSpec `ebpf:"trace_log"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromPodDryVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodDryVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromPodDryObjects contains all objects after they have been loaded into the kernel.
@@ -174,32 +188,37 @@ func (o *fromPodDryObjects) Close() error {
 //
 // It can be passed to loadFromPodDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodDryMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceCt      *ebpf.Map `ebpf:"trace_ct"`
-	TraceLog     *ebpf.Map `ebpf:"trace_log"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceCt       *ebpf.Map `ebpf:"trace_ct"`
+	TraceLog      *ebpf.Map `ebpf:"trace_log"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromPodDryMaps) Close() error {
@@ -213,6 +232,7 @@ func (m *fromPodDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -221,6 +241,10 @@ func (m *fromPodDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -237,19 +261,21 @@ func (m *fromPodDryMaps) Close() error {
 //
 // It can be passed to loadFromPodDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodDryVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromPodDryPrograms contains all programs after they have been loaded into the kernel.

@@ -16,44 +16,51 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fromPodNoTraceMapAffinity           = "affinity"
-	fromPodNoTraceMapBackends           = "backends"
-	fromPodNoTraceMapConntrack          = "conntrack"
-	fromPodNoTraceMapCounters           = "counters"
-	fromPodNoTraceMapEndpoints          = "endpoints"
-	fromPodNoTraceMapEventConfig        = "event_config"
-	fromPodNoTraceMapEventState         = "event_state"
-	fromPodNoTraceMapEvents             = "events"
-	fromPodNoTraceMapFrags              = "frags"
-	fromPodNoTraceMapMaglev             = "maglev"
-	fromPodNoTraceMapNatConfig          = "nat_config"
-	fromPodNoTraceMapNatStats           = "nat_stats"
-	fromPodNoTraceMapNetworkReach       = "network_reach"
-	fromPodNoTraceMapNetworks           = "networks"
-	fromPodNoTraceMapNodeAddrs          = "node_addrs"
-	fromPodNoTraceMapNonmasq            = "nonmasq"
-	fromPodNoTraceMapPeers              = "peers"
-	fromPodNoTraceMapServices           = "services"
-	fromPodNoTraceMapSnat               = "snat"
-	fromPodNoTraceMapSockRevNat         = "sock_rev_nat"
-	fromPodNoTraceMapSvcRr              = "svc_rr"
-	fromPodNoTraceMapSvcSlots           = "svc_slots"
-	fromPodNoTraceMapTraceOrig          = "trace_orig"
-	fromPodNoTraceMapTraceState         = "trace_state"
-	fromPodNoTraceProgFromPod           = "from_pod"
-	fromPodNoTraceVarBackendFlagsUnused = "backend_flags_unused"
-	fromPodNoTraceVarCtFlagsUnused      = "ct_flags_unused"
-	fromPodNoTraceVarEventLayout        = "event_layout"
-	fromPodNoTraceVarHookUnused         = "hook_unused"
-	fromPodNoTraceVarLbAlgoUnused       = "lb_algo_unused"
-	fromPodNoTraceVarMaglevTableSize    = "maglev_table_size"
-	fromPodNoTraceVarNatFlagsUnused     = "nat_flags_unused"
-	fromPodNoTraceVarNatStatUnused      = "nat_stat_unused"
-	fromPodNoTraceVarPeerFlagsUnused    = "peer_flags_unused"
-	fromPodNoTraceVarReasonUnused       = "reason_unused"
-	fromPodNoTraceVarSvcFlagsUnused     = "svc_flags_unused"
-	fromPodNoTraceVarSvcScopeUnused     = "svc_scope_unused"
-	fromPodNoTraceVarTraceCapable       = "trace_capable"
+	fromPodNoTraceMapAffinity              = "affinity"
+	fromPodNoTraceMapBackends              = "backends"
+	fromPodNoTraceMapConntrack             = "conntrack"
+	fromPodNoTraceMapCounters              = "counters"
+	fromPodNoTraceMapEndpoints             = "endpoints"
+	fromPodNoTraceMapEventConfig           = "event_config"
+	fromPodNoTraceMapEventState            = "event_state"
+	fromPodNoTraceMapEvents                = "events"
+	fromPodNoTraceMapFrags                 = "frags"
+	fromPodNoTraceMapIpcache               = "ipcache"
+	fromPodNoTraceMapMaglev                = "maglev"
+	fromPodNoTraceMapNatConfig             = "nat_config"
+	fromPodNoTraceMapNatStats              = "nat_stats"
+	fromPodNoTraceMapNetworkReach          = "network_reach"
+	fromPodNoTraceMapNetworks              = "networks"
+	fromPodNoTraceMapNodeAddrs             = "node_addrs"
+	fromPodNoTraceMapNonmasq               = "nonmasq"
+	fromPodNoTraceMapPeers                 = "peers"
+	fromPodNoTraceMapPolicy                = "policy"
+	fromPodNoTraceMapPolicyCt              = "policy_ct"
+	fromPodNoTraceMapPolicyFrags           = "policy_frags"
+	fromPodNoTraceMapPolicyScratch         = "policy_scratch"
+	fromPodNoTraceMapServices              = "services"
+	fromPodNoTraceMapSnat                  = "snat"
+	fromPodNoTraceMapSockRevNat            = "sock_rev_nat"
+	fromPodNoTraceMapSvcRr                 = "svc_rr"
+	fromPodNoTraceMapSvcSlots              = "svc_slots"
+	fromPodNoTraceMapTraceOrig             = "trace_orig"
+	fromPodNoTraceMapTraceState            = "trace_state"
+	fromPodNoTraceProgFromPod              = "from_pod"
+	fromPodNoTraceVarBackendFlagsUnused    = "backend_flags_unused"
+	fromPodNoTraceVarCtFlagsUnused         = "ct_flags_unused"
+	fromPodNoTraceVarEventLayout           = "event_layout"
+	fromPodNoTraceVarHookUnused            = "hook_unused"
+	fromPodNoTraceVarIdentityUnused        = "identity_unused"
+	fromPodNoTraceVarLbAlgoUnused          = "lb_algo_unused"
+	fromPodNoTraceVarMaglevTableSize       = "maglev_table_size"
+	fromPodNoTraceVarNatFlagsUnused        = "nat_flags_unused"
+	fromPodNoTraceVarNatStatUnused         = "nat_stat_unused"
+	fromPodNoTraceVarPeerFlagsUnused       = "peer_flags_unused"
+	fromPodNoTraceVarPolicyDirectionUnused = "policy_direction_unused"
+	fromPodNoTraceVarReasonUnused          = "reason_unused"
+	fromPodNoTraceVarSvcFlagsUnused        = "svc_flags_unused"
+	fromPodNoTraceVarSvcScopeUnused        = "svc_scope_unused"
+	fromPodNoTraceVarTraceCapable          = "trace_capable"
 )
 
 // loadFromPodNoTrace returns the embedded CollectionSpec for fromPodNoTrace.
@@ -105,49 +112,56 @@ type fromPodNoTraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodNoTraceMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // fromPodNoTraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fromPodNoTraceVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // fromPodNoTraceObjects contains all objects after they have been loaded into the kernel.
@@ -170,30 +184,35 @@ func (o *fromPodNoTraceObjects) Close() error {
 //
 // It can be passed to loadFromPodNoTraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodNoTraceMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *fromPodNoTraceMaps) Close() error {
@@ -207,6 +226,7 @@ func (m *fromPodNoTraceMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -215,6 +235,10 @@ func (m *fromPodNoTraceMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,19 +253,21 @@ func (m *fromPodNoTraceMaps) Close() error {
 //
 // It can be passed to loadFromPodNoTraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fromPodNoTraceVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // fromPodNoTracePrograms contains all programs after they have been loaded into the kernel.

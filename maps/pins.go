@@ -27,6 +27,12 @@ const (
 	// Networks (isolation domains) and the reaches declared between them.
 	MapNetworks     = "networks"
 	MapNetworkReach = "network_reach"
+	// Network policy: identities of addresses, the allowed peers of each
+	// pod, the connections allowed, first fragments' ports.
+	MapIPCache     = "ipcache"
+	MapPolicy      = "policy"
+	MapPolicyCT    = "policy_ct"
+	MapPolicyFrags = "policy_frags"
 	// Drop events to user space (podpath monitor), their configuration
 	// and, per CPU, their rate limit's state and accounting.
 	MapEvents      = "events"
@@ -59,7 +65,8 @@ const (
 var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapBackends,
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
 	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers,
-	MapEvents, MapEventConfig, MapEventState, MapTraceState, MapNetworks, MapNetworkReach}
+	MapEvents, MapEventConfig, MapEventState, MapTraceState, MapNetworks, MapNetworkReach,
+	MapIPCache, MapPolicy, MapPolicyCT, MapPolicyFrags}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

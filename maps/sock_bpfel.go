@@ -16,45 +16,51 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockMapAffinity           = "affinity"
-	sockMapBackends           = "backends"
-	sockMapConntrack          = "conntrack"
-	sockMapCounters           = "counters"
-	sockMapEndpoints          = "endpoints"
-	sockMapEventConfig        = "event_config"
-	sockMapEventState         = "event_state"
-	sockMapEvents             = "events"
-	sockMapFrags              = "frags"
-	sockMapMaglev             = "maglev"
-	sockMapNatConfig          = "nat_config"
-	sockMapNatStats           = "nat_stats"
-	sockMapNetworkReach       = "network_reach"
-	sockMapNetworks           = "networks"
-	sockMapNodeAddrs          = "node_addrs"
-	sockMapNonmasq            = "nonmasq"
-	sockMapPeers              = "peers"
-	sockMapServices           = "services"
-	sockMapSnat               = "snat"
-	sockMapSockRevNat         = "sock_rev_nat"
-	sockMapSvcRr              = "svc_rr"
-	sockMapSvcSlots           = "svc_slots"
-	sockMapTraceState         = "trace_state"
-	sockProgSockConnect4      = "sock_connect4"
-	sockProgSockGetpeername4  = "sock_getpeername4"
-	sockProgSockRecvmsg4      = "sock_recvmsg4"
-	sockProgSockSendmsg4      = "sock_sendmsg4"
-	sockVarBackendFlagsUnused = "backend_flags_unused"
-	sockVarCtFlagsUnused      = "ct_flags_unused"
-	sockVarHookUnused         = "hook_unused"
-	sockVarLbAlgoUnused       = "lb_algo_unused"
-	sockVarMaglevTableSize    = "maglev_table_size"
-	sockVarNatFlagsUnused     = "nat_flags_unused"
-	sockVarNatStatUnused      = "nat_stat_unused"
-	sockVarNodeNetnsCookie    = "node_netns_cookie"
-	sockVarPeerFlagsUnused    = "peer_flags_unused"
-	sockVarReasonUnused       = "reason_unused"
-	sockVarSvcFlagsUnused     = "svc_flags_unused"
-	sockVarSvcScopeUnused     = "svc_scope_unused"
+	sockMapAffinity              = "affinity"
+	sockMapBackends              = "backends"
+	sockMapConntrack             = "conntrack"
+	sockMapCounters              = "counters"
+	sockMapEndpoints             = "endpoints"
+	sockMapEventConfig           = "event_config"
+	sockMapEventState            = "event_state"
+	sockMapEvents                = "events"
+	sockMapFrags                 = "frags"
+	sockMapIpcache               = "ipcache"
+	sockMapMaglev                = "maglev"
+	sockMapNatConfig             = "nat_config"
+	sockMapNatStats              = "nat_stats"
+	sockMapNetworkReach          = "network_reach"
+	sockMapNetworks              = "networks"
+	sockMapNodeAddrs             = "node_addrs"
+	sockMapNonmasq               = "nonmasq"
+	sockMapPeers                 = "peers"
+	sockMapPolicy                = "policy"
+	sockMapPolicyCt              = "policy_ct"
+	sockMapPolicyFrags           = "policy_frags"
+	sockMapServices              = "services"
+	sockMapSnat                  = "snat"
+	sockMapSockRevNat            = "sock_rev_nat"
+	sockMapSvcRr                 = "svc_rr"
+	sockMapSvcSlots              = "svc_slots"
+	sockMapTraceState            = "trace_state"
+	sockProgSockConnect4         = "sock_connect4"
+	sockProgSockGetpeername4     = "sock_getpeername4"
+	sockProgSockRecvmsg4         = "sock_recvmsg4"
+	sockProgSockSendmsg4         = "sock_sendmsg4"
+	sockVarBackendFlagsUnused    = "backend_flags_unused"
+	sockVarCtFlagsUnused         = "ct_flags_unused"
+	sockVarHookUnused            = "hook_unused"
+	sockVarIdentityUnused        = "identity_unused"
+	sockVarLbAlgoUnused          = "lb_algo_unused"
+	sockVarMaglevTableSize       = "maglev_table_size"
+	sockVarNatFlagsUnused        = "nat_flags_unused"
+	sockVarNatStatUnused         = "nat_stat_unused"
+	sockVarNodeNetnsCookie       = "node_netns_cookie"
+	sockVarPeerFlagsUnused       = "peer_flags_unused"
+	sockVarPolicyDirectionUnused = "policy_direction_unused"
+	sockVarReasonUnused          = "reason_unused"
+	sockVarSvcFlagsUnused        = "svc_flags_unused"
+	sockVarSvcScopeUnused        = "svc_scope_unused"
 )
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -118,6 +124,7 @@ type sockMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -126,6 +133,9 @@ type sockMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -138,18 +148,20 @@ type sockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	NodeNetnsCookie    *ebpf.VariableSpec `ebpf:"node_netns_cookie"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	NodeNetnsCookie       *ebpf.VariableSpec `ebpf:"node_netns_cookie"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -181,6 +193,7 @@ type sockMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -189,6 +202,9 @@ type sockMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -208,6 +224,7 @@ func (m *sockMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -216,6 +233,9 @@ func (m *sockMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,18 +249,20 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	NodeNetnsCookie    *ebpf.Variable `ebpf:"node_netns_cookie"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	NodeNetnsCookie       *ebpf.Variable `ebpf:"node_netns_cookie"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.

@@ -16,44 +16,50 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	toNetdevMapAffinity           = "affinity"
-	toNetdevMapBackends           = "backends"
-	toNetdevMapConntrack          = "conntrack"
-	toNetdevMapCounters           = "counters"
-	toNetdevMapEndpoints          = "endpoints"
-	toNetdevMapEventConfig        = "event_config"
-	toNetdevMapEventState         = "event_state"
-	toNetdevMapEvents             = "events"
-	toNetdevMapFrags              = "frags"
-	toNetdevMapMaglev             = "maglev"
-	toNetdevMapNatConfig          = "nat_config"
-	toNetdevMapNatStats           = "nat_stats"
-	toNetdevMapNetworkReach       = "network_reach"
-	toNetdevMapNetworks           = "networks"
-	toNetdevMapNodeAddrs          = "node_addrs"
-	toNetdevMapNonmasq            = "nonmasq"
-	toNetdevMapPeers              = "peers"
-	toNetdevMapServices           = "services"
-	toNetdevMapSnat               = "snat"
-	toNetdevMapSockRevNat         = "sock_rev_nat"
-	toNetdevMapSvcRr              = "svc_rr"
-	toNetdevMapSvcSlots           = "svc_slots"
-	toNetdevMapTraceOrig          = "trace_orig"
-	toNetdevMapTraceState         = "trace_state"
-	toNetdevProgToNetdev          = "to_netdev"
-	toNetdevVarBackendFlagsUnused = "backend_flags_unused"
-	toNetdevVarCtFlagsUnused      = "ct_flags_unused"
-	toNetdevVarEventLayout        = "event_layout"
-	toNetdevVarHookUnused         = "hook_unused"
-	toNetdevVarLbAlgoUnused       = "lb_algo_unused"
-	toNetdevVarMaglevTableSize    = "maglev_table_size"
-	toNetdevVarNatFlagsUnused     = "nat_flags_unused"
-	toNetdevVarNatStatUnused      = "nat_stat_unused"
-	toNetdevVarPeerFlagsUnused    = "peer_flags_unused"
-	toNetdevVarReasonUnused       = "reason_unused"
-	toNetdevVarSvcFlagsUnused     = "svc_flags_unused"
-	toNetdevVarSvcScopeUnused     = "svc_scope_unused"
-	toNetdevVarTraceCapable       = "trace_capable"
+	toNetdevMapAffinity              = "affinity"
+	toNetdevMapBackends              = "backends"
+	toNetdevMapConntrack             = "conntrack"
+	toNetdevMapCounters              = "counters"
+	toNetdevMapEndpoints             = "endpoints"
+	toNetdevMapEventConfig           = "event_config"
+	toNetdevMapEventState            = "event_state"
+	toNetdevMapEvents                = "events"
+	toNetdevMapFrags                 = "frags"
+	toNetdevMapIpcache               = "ipcache"
+	toNetdevMapMaglev                = "maglev"
+	toNetdevMapNatConfig             = "nat_config"
+	toNetdevMapNatStats              = "nat_stats"
+	toNetdevMapNetworkReach          = "network_reach"
+	toNetdevMapNetworks              = "networks"
+	toNetdevMapNodeAddrs             = "node_addrs"
+	toNetdevMapNonmasq               = "nonmasq"
+	toNetdevMapPeers                 = "peers"
+	toNetdevMapPolicy                = "policy"
+	toNetdevMapPolicyCt              = "policy_ct"
+	toNetdevMapPolicyFrags           = "policy_frags"
+	toNetdevMapServices              = "services"
+	toNetdevMapSnat                  = "snat"
+	toNetdevMapSockRevNat            = "sock_rev_nat"
+	toNetdevMapSvcRr                 = "svc_rr"
+	toNetdevMapSvcSlots              = "svc_slots"
+	toNetdevMapTraceOrig             = "trace_orig"
+	toNetdevMapTraceState            = "trace_state"
+	toNetdevProgToNetdev             = "to_netdev"
+	toNetdevVarBackendFlagsUnused    = "backend_flags_unused"
+	toNetdevVarCtFlagsUnused         = "ct_flags_unused"
+	toNetdevVarEventLayout           = "event_layout"
+	toNetdevVarHookUnused            = "hook_unused"
+	toNetdevVarIdentityUnused        = "identity_unused"
+	toNetdevVarLbAlgoUnused          = "lb_algo_unused"
+	toNetdevVarMaglevTableSize       = "maglev_table_size"
+	toNetdevVarNatFlagsUnused        = "nat_flags_unused"
+	toNetdevVarNatStatUnused         = "nat_stat_unused"
+	toNetdevVarPeerFlagsUnused       = "peer_flags_unused"
+	toNetdevVarPolicyDirectionUnused = "policy_direction_unused"
+	toNetdevVarReasonUnused          = "reason_unused"
+	toNetdevVarSvcFlagsUnused        = "svc_flags_unused"
+	toNetdevVarSvcScopeUnused        = "svc_scope_unused"
+	toNetdevVarTraceCapable          = "trace_capable"
 )
 
 // loadToNetdev returns the embedded CollectionSpec for toNetdev.
@@ -114,6 +120,7 @@ type toNetdevMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -122,6 +129,9 @@ type toNetdevMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -135,19 +145,21 @@ type toNetdevMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toNetdevVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -179,6 +191,7 @@ type toNetdevMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -187,6 +200,9 @@ type toNetdevMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -207,6 +223,7 @@ func (m *toNetdevMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -215,6 +232,9 @@ func (m *toNetdevMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,19 +249,21 @@ func (m *toNetdevMaps) Close() error {
 //
 // It can be passed to loadToNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toNetdevVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toNetdevPrograms contains all programs after they have been loaded into the kernel.

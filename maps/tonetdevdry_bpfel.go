@@ -16,46 +16,52 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	toNetdevDryMapAffinity           = "affinity"
-	toNetdevDryMapBackends           = "backends"
-	toNetdevDryMapConntrack          = "conntrack"
-	toNetdevDryMapCounters           = "counters"
-	toNetdevDryMapEndpoints          = "endpoints"
-	toNetdevDryMapEventConfig        = "event_config"
-	toNetdevDryMapEventState         = "event_state"
-	toNetdevDryMapEvents             = "events"
-	toNetdevDryMapFrags              = "frags"
-	toNetdevDryMapMaglev             = "maglev"
-	toNetdevDryMapNatConfig          = "nat_config"
-	toNetdevDryMapNatStats           = "nat_stats"
-	toNetdevDryMapNetworkReach       = "network_reach"
-	toNetdevDryMapNetworks           = "networks"
-	toNetdevDryMapNodeAddrs          = "node_addrs"
-	toNetdevDryMapNonmasq            = "nonmasq"
-	toNetdevDryMapPeers              = "peers"
-	toNetdevDryMapServices           = "services"
-	toNetdevDryMapSnat               = "snat"
-	toNetdevDryMapSockRevNat         = "sock_rev_nat"
-	toNetdevDryMapSvcRr              = "svc_rr"
-	toNetdevDryMapSvcSlots           = "svc_slots"
-	toNetdevDryMapTraceCt            = "trace_ct"
-	toNetdevDryMapTraceLog           = "trace_log"
-	toNetdevDryMapTraceOrig          = "trace_orig"
-	toNetdevDryMapTraceState         = "trace_state"
-	toNetdevDryProgToNetdev          = "to_netdev"
-	toNetdevDryVarBackendFlagsUnused = "backend_flags_unused"
-	toNetdevDryVarCtFlagsUnused      = "ct_flags_unused"
-	toNetdevDryVarEventLayout        = "event_layout"
-	toNetdevDryVarHookUnused         = "hook_unused"
-	toNetdevDryVarLbAlgoUnused       = "lb_algo_unused"
-	toNetdevDryVarMaglevTableSize    = "maglev_table_size"
-	toNetdevDryVarNatFlagsUnused     = "nat_flags_unused"
-	toNetdevDryVarNatStatUnused      = "nat_stat_unused"
-	toNetdevDryVarPeerFlagsUnused    = "peer_flags_unused"
-	toNetdevDryVarReasonUnused       = "reason_unused"
-	toNetdevDryVarSvcFlagsUnused     = "svc_flags_unused"
-	toNetdevDryVarSvcScopeUnused     = "svc_scope_unused"
-	toNetdevDryVarTraceCapable       = "trace_capable"
+	toNetdevDryMapAffinity              = "affinity"
+	toNetdevDryMapBackends              = "backends"
+	toNetdevDryMapConntrack             = "conntrack"
+	toNetdevDryMapCounters              = "counters"
+	toNetdevDryMapEndpoints             = "endpoints"
+	toNetdevDryMapEventConfig           = "event_config"
+	toNetdevDryMapEventState            = "event_state"
+	toNetdevDryMapEvents                = "events"
+	toNetdevDryMapFrags                 = "frags"
+	toNetdevDryMapIpcache               = "ipcache"
+	toNetdevDryMapMaglev                = "maglev"
+	toNetdevDryMapNatConfig             = "nat_config"
+	toNetdevDryMapNatStats              = "nat_stats"
+	toNetdevDryMapNetworkReach          = "network_reach"
+	toNetdevDryMapNetworks              = "networks"
+	toNetdevDryMapNodeAddrs             = "node_addrs"
+	toNetdevDryMapNonmasq               = "nonmasq"
+	toNetdevDryMapPeers                 = "peers"
+	toNetdevDryMapPolicy                = "policy"
+	toNetdevDryMapPolicyCt              = "policy_ct"
+	toNetdevDryMapPolicyFrags           = "policy_frags"
+	toNetdevDryMapServices              = "services"
+	toNetdevDryMapSnat                  = "snat"
+	toNetdevDryMapSockRevNat            = "sock_rev_nat"
+	toNetdevDryMapSvcRr                 = "svc_rr"
+	toNetdevDryMapSvcSlots              = "svc_slots"
+	toNetdevDryMapTraceCt               = "trace_ct"
+	toNetdevDryMapTraceLog              = "trace_log"
+	toNetdevDryMapTraceOrig             = "trace_orig"
+	toNetdevDryMapTraceState            = "trace_state"
+	toNetdevDryProgToNetdev             = "to_netdev"
+	toNetdevDryVarBackendFlagsUnused    = "backend_flags_unused"
+	toNetdevDryVarCtFlagsUnused         = "ct_flags_unused"
+	toNetdevDryVarEventLayout           = "event_layout"
+	toNetdevDryVarHookUnused            = "hook_unused"
+	toNetdevDryVarIdentityUnused        = "identity_unused"
+	toNetdevDryVarLbAlgoUnused          = "lb_algo_unused"
+	toNetdevDryVarMaglevTableSize       = "maglev_table_size"
+	toNetdevDryVarNatFlagsUnused        = "nat_flags_unused"
+	toNetdevDryVarNatStatUnused         = "nat_stat_unused"
+	toNetdevDryVarPeerFlagsUnused       = "peer_flags_unused"
+	toNetdevDryVarPolicyDirectionUnused = "policy_direction_unused"
+	toNetdevDryVarReasonUnused          = "reason_unused"
+	toNetdevDryVarSvcFlagsUnused        = "svc_flags_unused"
+	toNetdevDryVarSvcScopeUnused        = "svc_scope_unused"
+	toNetdevDryVarTraceCapable          = "trace_capable"
 )
 
 // loadToNetdevDry returns the embedded CollectionSpec for toNetdevDry.
@@ -116,6 +122,7 @@ type toNetdevDryMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -124,6 +131,9 @@ type toNetdevDryMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -139,19 +149,21 @@ type toNetdevDryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toNetdevDryVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toNetdevDryObjects contains all objects after they have been loaded into the kernel.
@@ -183,6 +195,7 @@ type toNetdevDryMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -191,6 +204,9 @@ type toNetdevDryMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -213,6 +229,7 @@ func (m *toNetdevDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -221,6 +238,9 @@ func (m *toNetdevDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -237,19 +257,21 @@ func (m *toNetdevDryMaps) Close() error {
 //
 // It can be passed to loadToNetdevDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toNetdevDryVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toNetdevDryPrograms contains all programs after they have been loaded into the kernel.

@@ -16,43 +16,49 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	toOverlayMapAffinity           = "affinity"
-	toOverlayMapBackends           = "backends"
-	toOverlayMapConntrack          = "conntrack"
-	toOverlayMapCounters           = "counters"
-	toOverlayMapEndpoints          = "endpoints"
-	toOverlayMapEventConfig        = "event_config"
-	toOverlayMapEventState         = "event_state"
-	toOverlayMapEvents             = "events"
-	toOverlayMapFrags              = "frags"
-	toOverlayMapMaglev             = "maglev"
-	toOverlayMapNatConfig          = "nat_config"
-	toOverlayMapNatStats           = "nat_stats"
-	toOverlayMapNetworkReach       = "network_reach"
-	toOverlayMapNetworks           = "networks"
-	toOverlayMapNodeAddrs          = "node_addrs"
-	toOverlayMapNonmasq            = "nonmasq"
-	toOverlayMapPeers              = "peers"
-	toOverlayMapServices           = "services"
-	toOverlayMapSnat               = "snat"
-	toOverlayMapSockRevNat         = "sock_rev_nat"
-	toOverlayMapSvcRr              = "svc_rr"
-	toOverlayMapSvcSlots           = "svc_slots"
-	toOverlayMapTraceOrig          = "trace_orig"
-	toOverlayMapTraceState         = "trace_state"
-	toOverlayProgToOverlay         = "to_overlay"
-	toOverlayVarBackendFlagsUnused = "backend_flags_unused"
-	toOverlayVarCtFlagsUnused      = "ct_flags_unused"
-	toOverlayVarEventLayout        = "event_layout"
-	toOverlayVarHookUnused         = "hook_unused"
-	toOverlayVarLbAlgoUnused       = "lb_algo_unused"
-	toOverlayVarNatFlagsUnused     = "nat_flags_unused"
-	toOverlayVarNatStatUnused      = "nat_stat_unused"
-	toOverlayVarPeerFlagsUnused    = "peer_flags_unused"
-	toOverlayVarReasonUnused       = "reason_unused"
-	toOverlayVarSvcFlagsUnused     = "svc_flags_unused"
-	toOverlayVarSvcScopeUnused     = "svc_scope_unused"
-	toOverlayVarTraceCapable       = "trace_capable"
+	toOverlayMapAffinity              = "affinity"
+	toOverlayMapBackends              = "backends"
+	toOverlayMapConntrack             = "conntrack"
+	toOverlayMapCounters              = "counters"
+	toOverlayMapEndpoints             = "endpoints"
+	toOverlayMapEventConfig           = "event_config"
+	toOverlayMapEventState            = "event_state"
+	toOverlayMapEvents                = "events"
+	toOverlayMapFrags                 = "frags"
+	toOverlayMapIpcache               = "ipcache"
+	toOverlayMapMaglev                = "maglev"
+	toOverlayMapNatConfig             = "nat_config"
+	toOverlayMapNatStats              = "nat_stats"
+	toOverlayMapNetworkReach          = "network_reach"
+	toOverlayMapNetworks              = "networks"
+	toOverlayMapNodeAddrs             = "node_addrs"
+	toOverlayMapNonmasq               = "nonmasq"
+	toOverlayMapPeers                 = "peers"
+	toOverlayMapPolicy                = "policy"
+	toOverlayMapPolicyCt              = "policy_ct"
+	toOverlayMapPolicyFrags           = "policy_frags"
+	toOverlayMapServices              = "services"
+	toOverlayMapSnat                  = "snat"
+	toOverlayMapSockRevNat            = "sock_rev_nat"
+	toOverlayMapSvcRr                 = "svc_rr"
+	toOverlayMapSvcSlots              = "svc_slots"
+	toOverlayMapTraceOrig             = "trace_orig"
+	toOverlayMapTraceState            = "trace_state"
+	toOverlayProgToOverlay            = "to_overlay"
+	toOverlayVarBackendFlagsUnused    = "backend_flags_unused"
+	toOverlayVarCtFlagsUnused         = "ct_flags_unused"
+	toOverlayVarEventLayout           = "event_layout"
+	toOverlayVarHookUnused            = "hook_unused"
+	toOverlayVarIdentityUnused        = "identity_unused"
+	toOverlayVarLbAlgoUnused          = "lb_algo_unused"
+	toOverlayVarNatFlagsUnused        = "nat_flags_unused"
+	toOverlayVarNatStatUnused         = "nat_stat_unused"
+	toOverlayVarPeerFlagsUnused       = "peer_flags_unused"
+	toOverlayVarPolicyDirectionUnused = "policy_direction_unused"
+	toOverlayVarReasonUnused          = "reason_unused"
+	toOverlayVarSvcFlagsUnused        = "svc_flags_unused"
+	toOverlayVarSvcScopeUnused        = "svc_scope_unused"
+	toOverlayVarTraceCapable          = "trace_capable"
 )
 
 // loadToOverlay returns the embedded CollectionSpec for toOverlay.
@@ -113,6 +119,7 @@ type toOverlayMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -121,6 +128,9 @@ type toOverlayMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -134,18 +144,20 @@ type toOverlayMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toOverlayVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toOverlayObjects contains all objects after they have been loaded into the kernel.
@@ -177,6 +189,7 @@ type toOverlayMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -185,6 +198,9 @@ type toOverlayMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -205,6 +221,7 @@ func (m *toOverlayMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -213,6 +230,9 @@ func (m *toOverlayMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -227,18 +247,20 @@ func (m *toOverlayMaps) Close() error {
 //
 // It can be passed to loadToOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toOverlayVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toOverlayPrograms contains all programs after they have been loaded into the kernel.

@@ -16,45 +16,51 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	toOverlayDryMapAffinity           = "affinity"
-	toOverlayDryMapBackends           = "backends"
-	toOverlayDryMapConntrack          = "conntrack"
-	toOverlayDryMapCounters           = "counters"
-	toOverlayDryMapEndpoints          = "endpoints"
-	toOverlayDryMapEventConfig        = "event_config"
-	toOverlayDryMapEventState         = "event_state"
-	toOverlayDryMapEvents             = "events"
-	toOverlayDryMapFrags              = "frags"
-	toOverlayDryMapMaglev             = "maglev"
-	toOverlayDryMapNatConfig          = "nat_config"
-	toOverlayDryMapNatStats           = "nat_stats"
-	toOverlayDryMapNetworkReach       = "network_reach"
-	toOverlayDryMapNetworks           = "networks"
-	toOverlayDryMapNodeAddrs          = "node_addrs"
-	toOverlayDryMapNonmasq            = "nonmasq"
-	toOverlayDryMapPeers              = "peers"
-	toOverlayDryMapServices           = "services"
-	toOverlayDryMapSnat               = "snat"
-	toOverlayDryMapSockRevNat         = "sock_rev_nat"
-	toOverlayDryMapSvcRr              = "svc_rr"
-	toOverlayDryMapSvcSlots           = "svc_slots"
-	toOverlayDryMapTraceCt            = "trace_ct"
-	toOverlayDryMapTraceLog           = "trace_log"
-	toOverlayDryMapTraceOrig          = "trace_orig"
-	toOverlayDryMapTraceState         = "trace_state"
-	toOverlayDryProgToOverlay         = "to_overlay"
-	toOverlayDryVarBackendFlagsUnused = "backend_flags_unused"
-	toOverlayDryVarCtFlagsUnused      = "ct_flags_unused"
-	toOverlayDryVarEventLayout        = "event_layout"
-	toOverlayDryVarHookUnused         = "hook_unused"
-	toOverlayDryVarLbAlgoUnused       = "lb_algo_unused"
-	toOverlayDryVarNatFlagsUnused     = "nat_flags_unused"
-	toOverlayDryVarNatStatUnused      = "nat_stat_unused"
-	toOverlayDryVarPeerFlagsUnused    = "peer_flags_unused"
-	toOverlayDryVarReasonUnused       = "reason_unused"
-	toOverlayDryVarSvcFlagsUnused     = "svc_flags_unused"
-	toOverlayDryVarSvcScopeUnused     = "svc_scope_unused"
-	toOverlayDryVarTraceCapable       = "trace_capable"
+	toOverlayDryMapAffinity              = "affinity"
+	toOverlayDryMapBackends              = "backends"
+	toOverlayDryMapConntrack             = "conntrack"
+	toOverlayDryMapCounters              = "counters"
+	toOverlayDryMapEndpoints             = "endpoints"
+	toOverlayDryMapEventConfig           = "event_config"
+	toOverlayDryMapEventState            = "event_state"
+	toOverlayDryMapEvents                = "events"
+	toOverlayDryMapFrags                 = "frags"
+	toOverlayDryMapIpcache               = "ipcache"
+	toOverlayDryMapMaglev                = "maglev"
+	toOverlayDryMapNatConfig             = "nat_config"
+	toOverlayDryMapNatStats              = "nat_stats"
+	toOverlayDryMapNetworkReach          = "network_reach"
+	toOverlayDryMapNetworks              = "networks"
+	toOverlayDryMapNodeAddrs             = "node_addrs"
+	toOverlayDryMapNonmasq               = "nonmasq"
+	toOverlayDryMapPeers                 = "peers"
+	toOverlayDryMapPolicy                = "policy"
+	toOverlayDryMapPolicyCt              = "policy_ct"
+	toOverlayDryMapPolicyFrags           = "policy_frags"
+	toOverlayDryMapServices              = "services"
+	toOverlayDryMapSnat                  = "snat"
+	toOverlayDryMapSockRevNat            = "sock_rev_nat"
+	toOverlayDryMapSvcRr                 = "svc_rr"
+	toOverlayDryMapSvcSlots              = "svc_slots"
+	toOverlayDryMapTraceCt               = "trace_ct"
+	toOverlayDryMapTraceLog              = "trace_log"
+	toOverlayDryMapTraceOrig             = "trace_orig"
+	toOverlayDryMapTraceState            = "trace_state"
+	toOverlayDryProgToOverlay            = "to_overlay"
+	toOverlayDryVarBackendFlagsUnused    = "backend_flags_unused"
+	toOverlayDryVarCtFlagsUnused         = "ct_flags_unused"
+	toOverlayDryVarEventLayout           = "event_layout"
+	toOverlayDryVarHookUnused            = "hook_unused"
+	toOverlayDryVarIdentityUnused        = "identity_unused"
+	toOverlayDryVarLbAlgoUnused          = "lb_algo_unused"
+	toOverlayDryVarNatFlagsUnused        = "nat_flags_unused"
+	toOverlayDryVarNatStatUnused         = "nat_stat_unused"
+	toOverlayDryVarPeerFlagsUnused       = "peer_flags_unused"
+	toOverlayDryVarPolicyDirectionUnused = "policy_direction_unused"
+	toOverlayDryVarReasonUnused          = "reason_unused"
+	toOverlayDryVarSvcFlagsUnused        = "svc_flags_unused"
+	toOverlayDryVarSvcScopeUnused        = "svc_scope_unused"
+	toOverlayDryVarTraceCapable          = "trace_capable"
 )
 
 // loadToOverlayDry returns the embedded CollectionSpec for toOverlayDry.
@@ -115,6 +121,7 @@ type toOverlayDryMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -123,6 +130,9 @@ type toOverlayDryMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -138,18 +148,20 @@ type toOverlayDryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toOverlayDryVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toOverlayDryObjects contains all objects after they have been loaded into the kernel.
@@ -181,6 +193,7 @@ type toOverlayDryMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -189,6 +202,9 @@ type toOverlayDryMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -211,6 +227,7 @@ func (m *toOverlayDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -219,6 +236,9 @@ func (m *toOverlayDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -235,18 +255,20 @@ func (m *toOverlayDryMaps) Close() error {
 //
 // It can be passed to loadToOverlayDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toOverlayDryVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toOverlayDryPrograms contains all programs after they have been loaded into the kernel.

@@ -16,44 +16,51 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	toPodMapAffinity           = "affinity"
-	toPodMapBackends           = "backends"
-	toPodMapConntrack          = "conntrack"
-	toPodMapCounters           = "counters"
-	toPodMapEndpoints          = "endpoints"
-	toPodMapEventConfig        = "event_config"
-	toPodMapEventState         = "event_state"
-	toPodMapEvents             = "events"
-	toPodMapFrags              = "frags"
-	toPodMapMaglev             = "maglev"
-	toPodMapNatConfig          = "nat_config"
-	toPodMapNatStats           = "nat_stats"
-	toPodMapNetworkReach       = "network_reach"
-	toPodMapNetworks           = "networks"
-	toPodMapNodeAddrs          = "node_addrs"
-	toPodMapNonmasq            = "nonmasq"
-	toPodMapPeers              = "peers"
-	toPodMapServices           = "services"
-	toPodMapSnat               = "snat"
-	toPodMapSockRevNat         = "sock_rev_nat"
-	toPodMapSvcRr              = "svc_rr"
-	toPodMapSvcSlots           = "svc_slots"
-	toPodMapTraceOrig          = "trace_orig"
-	toPodMapTraceState         = "trace_state"
-	toPodProgToPod             = "to_pod"
-	toPodVarBackendFlagsUnused = "backend_flags_unused"
-	toPodVarCtFlagsUnused      = "ct_flags_unused"
-	toPodVarEventLayout        = "event_layout"
-	toPodVarHookUnused         = "hook_unused"
-	toPodVarLbAlgoUnused       = "lb_algo_unused"
-	toPodVarMaglevTableSize    = "maglev_table_size"
-	toPodVarNatFlagsUnused     = "nat_flags_unused"
-	toPodVarNatStatUnused      = "nat_stat_unused"
-	toPodVarPeerFlagsUnused    = "peer_flags_unused"
-	toPodVarReasonUnused       = "reason_unused"
-	toPodVarSvcFlagsUnused     = "svc_flags_unused"
-	toPodVarSvcScopeUnused     = "svc_scope_unused"
-	toPodVarTraceCapable       = "trace_capable"
+	toPodMapAffinity              = "affinity"
+	toPodMapBackends              = "backends"
+	toPodMapConntrack             = "conntrack"
+	toPodMapCounters              = "counters"
+	toPodMapEndpoints             = "endpoints"
+	toPodMapEventConfig           = "event_config"
+	toPodMapEventState            = "event_state"
+	toPodMapEvents                = "events"
+	toPodMapFrags                 = "frags"
+	toPodMapIpcache               = "ipcache"
+	toPodMapMaglev                = "maglev"
+	toPodMapNatConfig             = "nat_config"
+	toPodMapNatStats              = "nat_stats"
+	toPodMapNetworkReach          = "network_reach"
+	toPodMapNetworks              = "networks"
+	toPodMapNodeAddrs             = "node_addrs"
+	toPodMapNonmasq               = "nonmasq"
+	toPodMapPeers                 = "peers"
+	toPodMapPolicy                = "policy"
+	toPodMapPolicyCt              = "policy_ct"
+	toPodMapPolicyFrags           = "policy_frags"
+	toPodMapPolicyScratch         = "policy_scratch"
+	toPodMapServices              = "services"
+	toPodMapSnat                  = "snat"
+	toPodMapSockRevNat            = "sock_rev_nat"
+	toPodMapSvcRr                 = "svc_rr"
+	toPodMapSvcSlots              = "svc_slots"
+	toPodMapTraceOrig             = "trace_orig"
+	toPodMapTraceState            = "trace_state"
+	toPodProgToPod                = "to_pod"
+	toPodVarBackendFlagsUnused    = "backend_flags_unused"
+	toPodVarCtFlagsUnused         = "ct_flags_unused"
+	toPodVarEventLayout           = "event_layout"
+	toPodVarHookUnused            = "hook_unused"
+	toPodVarIdentityUnused        = "identity_unused"
+	toPodVarLbAlgoUnused          = "lb_algo_unused"
+	toPodVarMaglevTableSize       = "maglev_table_size"
+	toPodVarNatFlagsUnused        = "nat_flags_unused"
+	toPodVarNatStatUnused         = "nat_stat_unused"
+	toPodVarPeerFlagsUnused       = "peer_flags_unused"
+	toPodVarPolicyDirectionUnused = "policy_direction_unused"
+	toPodVarReasonUnused          = "reason_unused"
+	toPodVarSvcFlagsUnused        = "svc_flags_unused"
+	toPodVarSvcScopeUnused        = "svc_scope_unused"
+	toPodVarTraceCapable          = "trace_capable"
 )
 
 // loadToPod returns the embedded CollectionSpec for toPod.
@@ -105,49 +112,56 @@ type toPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toPodMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EventConfig  *ebpf.MapSpec `ebpf:"event_config"`
-	EventState   *ebpf.MapSpec `ebpf:"event_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
-	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
-	NetworkReach *ebpf.MapSpec `ebpf:"network_reach"`
-	Networks     *ebpf.MapSpec `ebpf:"networks"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
-	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Snat         *ebpf.MapSpec `ebpf:"snat"`
-	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.MapSpec `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.MapSpec `ebpf:"trace_orig"`
-	TraceState   *ebpf.MapSpec `ebpf:"trace_state"`
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EventConfig   *ebpf.MapSpec `ebpf:"event_config"`
+	EventState    *ebpf.MapSpec `ebpf:"event_state"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatStats      *ebpf.MapSpec `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.MapSpec `ebpf:"network_reach"`
+	Networks      *ebpf.MapSpec `ebpf:"networks"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
+	Peers         *ebpf.MapSpec `ebpf:"peers"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Snat          *ebpf.MapSpec `ebpf:"snat"`
+	SockRevNat    *ebpf.MapSpec `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.MapSpec `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.MapSpec `ebpf:"trace_orig"`
+	TraceState    *ebpf.MapSpec `ebpf:"trace_state"`
 }
 
 // toPodVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type toPodVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // toPodObjects contains all objects after they have been loaded into the kernel.
@@ -170,30 +184,35 @@ func (o *toPodObjects) Close() error {
 //
 // It can be passed to loadToPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toPodMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EventConfig  *ebpf.Map `ebpf:"event_config"`
-	EventState   *ebpf.Map `ebpf:"event_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatConfig    *ebpf.Map `ebpf:"nat_config"`
-	NatStats     *ebpf.Map `ebpf:"nat_stats"`
-	NetworkReach *ebpf.Map `ebpf:"network_reach"`
-	Networks     *ebpf.Map `ebpf:"networks"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
-	Peers        *ebpf.Map `ebpf:"peers"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Snat         *ebpf.Map `ebpf:"snat"`
-	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
-	SvcRr        *ebpf.Map `ebpf:"svc_rr"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TraceOrig    *ebpf.Map `ebpf:"trace_orig"`
-	TraceState   *ebpf.Map `ebpf:"trace_state"`
+	Affinity      *ebpf.Map `ebpf:"affinity"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EventConfig   *ebpf.Map `ebpf:"event_config"`
+	EventState    *ebpf.Map `ebpf:"event_state"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Maglev        *ebpf.Map `ebpf:"maglev"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatStats      *ebpf.Map `ebpf:"nat_stats"`
+	NetworkReach  *ebpf.Map `ebpf:"network_reach"`
+	Networks      *ebpf.Map `ebpf:"networks"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
+	Peers         *ebpf.Map `ebpf:"peers"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Snat          *ebpf.Map `ebpf:"snat"`
+	SockRevNat    *ebpf.Map `ebpf:"sock_rev_nat"`
+	SvcRr         *ebpf.Map `ebpf:"svc_rr"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TraceOrig     *ebpf.Map `ebpf:"trace_orig"`
+	TraceState    *ebpf.Map `ebpf:"trace_state"`
 }
 
 func (m *toPodMaps) Close() error {
@@ -207,6 +226,7 @@ func (m *toPodMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -215,6 +235,10 @@ func (m *toPodMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
+		m.PolicyScratch,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,19 +253,21 @@ func (m *toPodMaps) Close() error {
 //
 // It can be passed to loadToPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type toPodVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // toPodPrograms contains all programs after they have been loaded into the kernel.

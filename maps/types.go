@@ -20,6 +20,12 @@ type (
 	EndpointInfo  = fromPodEndpointInfo
 	NetworkInfo   = fromPodNetworkInfo
 	NetworkPair   = fromPodNetworkPair
+	IPCacheKey    = fromPodIpcacheKey
+	IPCacheEntry  = fromPodIpcacheEntry
+	PolicyKey     = fromPodPolicyKey
+	PolicyEntry   = fromPodPolicyEntry
+	PolicyCtKey   = fromPodPolicyCtKey
+	PolicyCtEntry = fromPodPolicyCtEntry
 	CounterKey    = fromPodCounterKey
 	CounterValue  = fromPodCounterValue
 	Reason        = fromPodReason
@@ -247,6 +253,8 @@ const (
 	ReasonDropTTLExceeded   = fromPodReasonREASON_DROP_TTL_EXCEEDED
 
 	ReasonDropNetworkIsolated = fromPodReasonREASON_DROP_NETWORK_ISOLATED
+	ReasonDropPolicyIngress   = fromPodReasonREASON_DROP_POLICY_INGRESS
+	ReasonDropPolicyEgress    = fromPodReasonREASON_DROP_POLICY_EGRESS
 
 	ReasonForwardRouted    = fromPodReasonREASON_FORWARD_ROUTED
 	ReasonForwardTunnel    = fromPodReasonREASON_FORWARD_TUNNEL

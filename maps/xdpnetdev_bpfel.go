@@ -16,44 +16,50 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpNetdevMapAffinity           = "affinity"
-	xdpNetdevMapBackends           = "backends"
-	xdpNetdevMapConntrack          = "conntrack"
-	xdpNetdevMapCounters           = "counters"
-	xdpNetdevMapEndpoints          = "endpoints"
-	xdpNetdevMapEventConfig        = "event_config"
-	xdpNetdevMapEventState         = "event_state"
-	xdpNetdevMapEvents             = "events"
-	xdpNetdevMapFrags              = "frags"
-	xdpNetdevMapMaglev             = "maglev"
-	xdpNetdevMapNatConfig          = "nat_config"
-	xdpNetdevMapNatStats           = "nat_stats"
-	xdpNetdevMapNetworkReach       = "network_reach"
-	xdpNetdevMapNetworks           = "networks"
-	xdpNetdevMapNodeAddrs          = "node_addrs"
-	xdpNetdevMapNonmasq            = "nonmasq"
-	xdpNetdevMapPeers              = "peers"
-	xdpNetdevMapServices           = "services"
-	xdpNetdevMapSnat               = "snat"
-	xdpNetdevMapSockRevNat         = "sock_rev_nat"
-	xdpNetdevMapSvcRr              = "svc_rr"
-	xdpNetdevMapSvcSlots           = "svc_slots"
-	xdpNetdevMapTraceOrig          = "trace_orig"
-	xdpNetdevMapTraceState         = "trace_state"
-	xdpNetdevProgXdpNetdev         = "xdp_netdev"
-	xdpNetdevVarBackendFlagsUnused = "backend_flags_unused"
-	xdpNetdevVarCtFlagsUnused      = "ct_flags_unused"
-	xdpNetdevVarEventLayout        = "event_layout"
-	xdpNetdevVarHookUnused         = "hook_unused"
-	xdpNetdevVarLbAlgoUnused       = "lb_algo_unused"
-	xdpNetdevVarMaglevTableSize    = "maglev_table_size"
-	xdpNetdevVarNatFlagsUnused     = "nat_flags_unused"
-	xdpNetdevVarNatStatUnused      = "nat_stat_unused"
-	xdpNetdevVarPeerFlagsUnused    = "peer_flags_unused"
-	xdpNetdevVarReasonUnused       = "reason_unused"
-	xdpNetdevVarSvcFlagsUnused     = "svc_flags_unused"
-	xdpNetdevVarSvcScopeUnused     = "svc_scope_unused"
-	xdpNetdevVarTraceCapable       = "trace_capable"
+	xdpNetdevMapAffinity              = "affinity"
+	xdpNetdevMapBackends              = "backends"
+	xdpNetdevMapConntrack             = "conntrack"
+	xdpNetdevMapCounters              = "counters"
+	xdpNetdevMapEndpoints             = "endpoints"
+	xdpNetdevMapEventConfig           = "event_config"
+	xdpNetdevMapEventState            = "event_state"
+	xdpNetdevMapEvents                = "events"
+	xdpNetdevMapFrags                 = "frags"
+	xdpNetdevMapIpcache               = "ipcache"
+	xdpNetdevMapMaglev                = "maglev"
+	xdpNetdevMapNatConfig             = "nat_config"
+	xdpNetdevMapNatStats              = "nat_stats"
+	xdpNetdevMapNetworkReach          = "network_reach"
+	xdpNetdevMapNetworks              = "networks"
+	xdpNetdevMapNodeAddrs             = "node_addrs"
+	xdpNetdevMapNonmasq               = "nonmasq"
+	xdpNetdevMapPeers                 = "peers"
+	xdpNetdevMapPolicy                = "policy"
+	xdpNetdevMapPolicyCt              = "policy_ct"
+	xdpNetdevMapPolicyFrags           = "policy_frags"
+	xdpNetdevMapServices              = "services"
+	xdpNetdevMapSnat                  = "snat"
+	xdpNetdevMapSockRevNat            = "sock_rev_nat"
+	xdpNetdevMapSvcRr                 = "svc_rr"
+	xdpNetdevMapSvcSlots              = "svc_slots"
+	xdpNetdevMapTraceOrig             = "trace_orig"
+	xdpNetdevMapTraceState            = "trace_state"
+	xdpNetdevProgXdpNetdev            = "xdp_netdev"
+	xdpNetdevVarBackendFlagsUnused    = "backend_flags_unused"
+	xdpNetdevVarCtFlagsUnused         = "ct_flags_unused"
+	xdpNetdevVarEventLayout           = "event_layout"
+	xdpNetdevVarHookUnused            = "hook_unused"
+	xdpNetdevVarIdentityUnused        = "identity_unused"
+	xdpNetdevVarLbAlgoUnused          = "lb_algo_unused"
+	xdpNetdevVarMaglevTableSize       = "maglev_table_size"
+	xdpNetdevVarNatFlagsUnused        = "nat_flags_unused"
+	xdpNetdevVarNatStatUnused         = "nat_stat_unused"
+	xdpNetdevVarPeerFlagsUnused       = "peer_flags_unused"
+	xdpNetdevVarPolicyDirectionUnused = "policy_direction_unused"
+	xdpNetdevVarReasonUnused          = "reason_unused"
+	xdpNetdevVarSvcFlagsUnused        = "svc_flags_unused"
+	xdpNetdevVarSvcScopeUnused        = "svc_scope_unused"
+	xdpNetdevVarTraceCapable          = "trace_capable"
 )
 
 // loadXdpNetdev returns the embedded CollectionSpec for xdpNetdev.
@@ -114,6 +120,7 @@ type xdpNetdevMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -122,6 +129,9 @@ type xdpNetdevMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -135,19 +145,21 @@ type xdpNetdevMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpNetdevVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // xdpNetdevObjects contains all objects after they have been loaded into the kernel.
@@ -179,6 +191,7 @@ type xdpNetdevMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -187,6 +200,9 @@ type xdpNetdevMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -207,6 +223,7 @@ func (m *xdpNetdevMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -215,6 +232,9 @@ func (m *xdpNetdevMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -229,19 +249,21 @@ func (m *xdpNetdevMaps) Close() error {
 //
 // It can be passed to loadXdpNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpNetdevVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // xdpNetdevPrograms contains all programs after they have been loaded into the kernel.

@@ -16,46 +16,52 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpNetdevDryMapAffinity           = "affinity"
-	xdpNetdevDryMapBackends           = "backends"
-	xdpNetdevDryMapConntrack          = "conntrack"
-	xdpNetdevDryMapCounters           = "counters"
-	xdpNetdevDryMapEndpoints          = "endpoints"
-	xdpNetdevDryMapEventConfig        = "event_config"
-	xdpNetdevDryMapEventState         = "event_state"
-	xdpNetdevDryMapEvents             = "events"
-	xdpNetdevDryMapFrags              = "frags"
-	xdpNetdevDryMapMaglev             = "maglev"
-	xdpNetdevDryMapNatConfig          = "nat_config"
-	xdpNetdevDryMapNatStats           = "nat_stats"
-	xdpNetdevDryMapNetworkReach       = "network_reach"
-	xdpNetdevDryMapNetworks           = "networks"
-	xdpNetdevDryMapNodeAddrs          = "node_addrs"
-	xdpNetdevDryMapNonmasq            = "nonmasq"
-	xdpNetdevDryMapPeers              = "peers"
-	xdpNetdevDryMapServices           = "services"
-	xdpNetdevDryMapSnat               = "snat"
-	xdpNetdevDryMapSockRevNat         = "sock_rev_nat"
-	xdpNetdevDryMapSvcRr              = "svc_rr"
-	xdpNetdevDryMapSvcSlots           = "svc_slots"
-	xdpNetdevDryMapTraceCt            = "trace_ct"
-	xdpNetdevDryMapTraceLog           = "trace_log"
-	xdpNetdevDryMapTraceOrig          = "trace_orig"
-	xdpNetdevDryMapTraceState         = "trace_state"
-	xdpNetdevDryProgXdpNetdev         = "xdp_netdev"
-	xdpNetdevDryVarBackendFlagsUnused = "backend_flags_unused"
-	xdpNetdevDryVarCtFlagsUnused      = "ct_flags_unused"
-	xdpNetdevDryVarEventLayout        = "event_layout"
-	xdpNetdevDryVarHookUnused         = "hook_unused"
-	xdpNetdevDryVarLbAlgoUnused       = "lb_algo_unused"
-	xdpNetdevDryVarMaglevTableSize    = "maglev_table_size"
-	xdpNetdevDryVarNatFlagsUnused     = "nat_flags_unused"
-	xdpNetdevDryVarNatStatUnused      = "nat_stat_unused"
-	xdpNetdevDryVarPeerFlagsUnused    = "peer_flags_unused"
-	xdpNetdevDryVarReasonUnused       = "reason_unused"
-	xdpNetdevDryVarSvcFlagsUnused     = "svc_flags_unused"
-	xdpNetdevDryVarSvcScopeUnused     = "svc_scope_unused"
-	xdpNetdevDryVarTraceCapable       = "trace_capable"
+	xdpNetdevDryMapAffinity              = "affinity"
+	xdpNetdevDryMapBackends              = "backends"
+	xdpNetdevDryMapConntrack             = "conntrack"
+	xdpNetdevDryMapCounters              = "counters"
+	xdpNetdevDryMapEndpoints             = "endpoints"
+	xdpNetdevDryMapEventConfig           = "event_config"
+	xdpNetdevDryMapEventState            = "event_state"
+	xdpNetdevDryMapEvents                = "events"
+	xdpNetdevDryMapFrags                 = "frags"
+	xdpNetdevDryMapIpcache               = "ipcache"
+	xdpNetdevDryMapMaglev                = "maglev"
+	xdpNetdevDryMapNatConfig             = "nat_config"
+	xdpNetdevDryMapNatStats              = "nat_stats"
+	xdpNetdevDryMapNetworkReach          = "network_reach"
+	xdpNetdevDryMapNetworks              = "networks"
+	xdpNetdevDryMapNodeAddrs             = "node_addrs"
+	xdpNetdevDryMapNonmasq               = "nonmasq"
+	xdpNetdevDryMapPeers                 = "peers"
+	xdpNetdevDryMapPolicy                = "policy"
+	xdpNetdevDryMapPolicyCt              = "policy_ct"
+	xdpNetdevDryMapPolicyFrags           = "policy_frags"
+	xdpNetdevDryMapServices              = "services"
+	xdpNetdevDryMapSnat                  = "snat"
+	xdpNetdevDryMapSockRevNat            = "sock_rev_nat"
+	xdpNetdevDryMapSvcRr                 = "svc_rr"
+	xdpNetdevDryMapSvcSlots              = "svc_slots"
+	xdpNetdevDryMapTraceCt               = "trace_ct"
+	xdpNetdevDryMapTraceLog              = "trace_log"
+	xdpNetdevDryMapTraceOrig             = "trace_orig"
+	xdpNetdevDryMapTraceState            = "trace_state"
+	xdpNetdevDryProgXdpNetdev            = "xdp_netdev"
+	xdpNetdevDryVarBackendFlagsUnused    = "backend_flags_unused"
+	xdpNetdevDryVarCtFlagsUnused         = "ct_flags_unused"
+	xdpNetdevDryVarEventLayout           = "event_layout"
+	xdpNetdevDryVarHookUnused            = "hook_unused"
+	xdpNetdevDryVarIdentityUnused        = "identity_unused"
+	xdpNetdevDryVarLbAlgoUnused          = "lb_algo_unused"
+	xdpNetdevDryVarMaglevTableSize       = "maglev_table_size"
+	xdpNetdevDryVarNatFlagsUnused        = "nat_flags_unused"
+	xdpNetdevDryVarNatStatUnused         = "nat_stat_unused"
+	xdpNetdevDryVarPeerFlagsUnused       = "peer_flags_unused"
+	xdpNetdevDryVarPolicyDirectionUnused = "policy_direction_unused"
+	xdpNetdevDryVarReasonUnused          = "reason_unused"
+	xdpNetdevDryVarSvcFlagsUnused        = "svc_flags_unused"
+	xdpNetdevDryVarSvcScopeUnused        = "svc_scope_unused"
+	xdpNetdevDryVarTraceCapable          = "trace_capable"
 )
 
 // loadXdpNetdevDry returns the embedded CollectionSpec for xdpNetdevDry.
@@ -116,6 +122,7 @@ type xdpNetdevDryMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
 	NatStats     *ebpf.MapSpec `ebpf:"nat_stats"`
@@ -124,6 +131,9 @@ type xdpNetdevDryMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -139,19 +149,21 @@ type xdpNetdevDryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpNetdevDryVariableSpecs struct {
-	BackendFlagsUnused *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.VariableSpec `ebpf:"event_layout"`
-	HookUnused         *ebpf.VariableSpec `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.VariableSpec `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.VariableSpec `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.VariableSpec `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.VariableSpec `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.VariableSpec `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.VariableSpec `ebpf:"trace_capable"`
 }
 
 // xdpNetdevDryObjects contains all objects after they have been loaded into the kernel.
@@ -183,6 +195,7 @@ type xdpNetdevDryMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
 	NatStats     *ebpf.Map `ebpf:"nat_stats"`
@@ -191,6 +204,9 @@ type xdpNetdevDryMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
+	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -213,6 +229,7 @@ func (m *xdpNetdevDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
 		m.NatStats,
@@ -221,6 +238,9 @@ func (m *xdpNetdevDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
+		m.Policy,
+		m.PolicyCt,
+		m.PolicyFrags,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,
@@ -237,19 +257,21 @@ func (m *xdpNetdevDryMaps) Close() error {
 //
 // It can be passed to loadXdpNetdevDryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpNetdevDryVariables struct {
-	BackendFlagsUnused *ebpf.Variable `ebpf:"backend_flags_unused"`
-	CtFlagsUnused      *ebpf.Variable `ebpf:"ct_flags_unused"`
-	EventLayout        *ebpf.Variable `ebpf:"event_layout"`
-	HookUnused         *ebpf.Variable `ebpf:"hook_unused"`
-	LbAlgoUnused       *ebpf.Variable `ebpf:"lb_algo_unused"`
-	MaglevTableSize    *ebpf.Variable `ebpf:"maglev_table_size"`
-	NatFlagsUnused     *ebpf.Variable `ebpf:"nat_flags_unused"`
-	NatStatUnused      *ebpf.Variable `ebpf:"nat_stat_unused"`
-	PeerFlagsUnused    *ebpf.Variable `ebpf:"peer_flags_unused"`
-	ReasonUnused       *ebpf.Variable `ebpf:"reason_unused"`
-	SvcFlagsUnused     *ebpf.Variable `ebpf:"svc_flags_unused"`
-	SvcScopeUnused     *ebpf.Variable `ebpf:"svc_scope_unused"`
-	TraceCapable       *ebpf.Variable `ebpf:"trace_capable"`
+	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
+	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
+	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
+	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
+	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
+	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
+	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
+	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
+	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
+	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`
+	SvcFlagsUnused        *ebpf.Variable `ebpf:"svc_flags_unused"`
+	SvcScopeUnused        *ebpf.Variable `ebpf:"svc_scope_unused"`
+	TraceCapable          *ebpf.Variable `ebpf:"trace_capable"`
 }
 
 // xdpNetdevDryPrograms contains all programs after they have been loaded into the kernel.

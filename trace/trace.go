@@ -645,6 +645,11 @@ func (t *Tracer) describe(n maps.TraceNote) string {
 		return fmt.Sprintf("fragments: a later fragment, as its first one went (decision %d)", int32(n.A))
 	case maps.TraceFIB:
 		return fmt.Sprintf("FIB: out of %s", t.devName(int(n.A)))
+	case maps.TracePolicy:
+		if n.B == 0 {
+			return fmt.Sprintf("policy: a new connection with identity %d, not allowed", n.A)
+		}
+		return fmt.Sprintf("policy: a new connection with identity %d, allowed", n.A)
 	case maps.TraceRedirect:
 		switch n.B {
 		case maps.TraceRedirectPeer:

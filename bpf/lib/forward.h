@@ -10,17 +10,22 @@
 #include "svc.h"
 #include "peer.h"
 #include "network.h"
+#include "policy.h"
 
 /* forward4 delivers a (possibly translated) packet: into a local pod, on
  * to another node's pod or address (peer.h), out by the FIB for a
  * translated reply, or to the stack. hook says who is asking, for the
  * counters. The caller may have looked the destination up already (known:
  * dst is the result, possibly none); a rewritten destination is looked up
- * here. src_net is the sending pod's network, 0 when the sender is no pod
- * of this node: a local pod of a network src_net does not reach gets
- * nothing, whatever address (a service's) the packet was sent to. */
+ * here. src is the sending pod when it is one of this node's (from_pod),
+ * whose egress policy applies; src_net is its network (or the one the
+ * overlay says the sender is of), 0 for none: a local pod of a network
+ * src_net does not reach gets nothing, whatever address (a service's) the
+ * packet was sent to. A service's reply passes both pods' policies: its
+ * request passed them (lib/policy.h). */
 static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook hook,
-				    int known, struct endpoint_info *dst, __u32 src_net)
+				    int known, struct endpoint_info *dst,
+				    const struct endpoint_info *src, __u32 src_net)
 {
 	enum reason reason = REASON_TO_STACK;
 	struct peer *peer = 0;
@@ -28,18 +33,31 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 	struct iphdr *ip;
 	int ok, ret;
 
-	eth = header_at(skb, 0, struct ethhdr);
+	if (src && src->flags && svc != SVC_REPLY &&
+	    policy_denies4(skb, POLICY_EGRESS, src->flags & ENDPOINT_F_POLICY_EGRESS))
+		return verdict(skb, hook, REASON_DROP_POLICY_EGRESS, TC_ACT_SHOT);
 	ip = header_at(skb, ETH_HLEN, struct iphdr);
-	if (!eth || !ip)
+	if (!ip)
 		return verdict(skb, hook, REASON_DROP_TRUNCATED, TC_ACT_SHOT);
 
 	if (!known || svc == SVC_FORWARD || svc == SVC_REPLY)
 		dst = endpoint_lookup4(ip->daddr);
-	if (!dst) {
+	if (dst) {
+		if (!network_allows(src_net, dst->network))
+			return verdict(skb, hook, REASON_DROP_NETWORK_ISOLATED, TC_ACT_SHOT);
+		if (dst->flags && svc != SVC_REPLY &&
+		    policy_denies4(skb, POLICY_INGRESS, dst->flags & ENDPOINT_F_POLICY_INGRESS))
+			return verdict(skb, hook, REASON_DROP_POLICY_INGRESS, TC_ACT_SHOT);
+	} else {
 		peer = peer_lookup4(ip->daddr);
 		if (!peer && svc != SVC_REPLY)
 			return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
 	}
+	/* The policy's lookups may have pulled the headers in: fetched anew. */
+	eth = header_at(skb, 0, struct ethhdr);
+	ip = header_at(skb, ETH_HLEN, struct iphdr);
+	if (!eth || !ip)
+		return verdict(skb, hook, REASON_DROP_TRUNCATED, TC_ACT_SHOT);
 
 	/* Routed one hop, like the node would: TTL down, gateway MAC as source. */
 	if (ip->ttl <= 1)
@@ -58,8 +76,6 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		}
 		return ret;
 	}
-	if (dst && !network_allows(src_net, dst->network))
-		return verdict(skb, hook, REASON_DROP_NETWORK_ISOLATED, TC_ACT_SHOT);
 	ipv4_decrease_ttl(ip);
 	if (dst) {
 		mac_copy(eth->h_dest, dst->mac);

@@ -20,6 +20,11 @@ struct endpoint_key {
 };
 
 #define ENDPOINT_F_NONE 0
+/* The pod is selected by a policy of that direction: what it receives
+ * (sends) is dropped unless the policy map allows it, or it belongs to a
+ * connection that was allowed (lib/policy.h). */
+#define ENDPOINT_F_POLICY_INGRESS 1
+#define ENDPOINT_F_POLICY_EGRESS 2
 
 /* A pod on this node, written by the CNI plugin at ADD. */
 struct endpoint_info {
@@ -80,6 +85,124 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } network_reach SEC(".maps");
+
+/* ---- Policy ----
+ * Every address the node knows maps to a numeric identity (ipcache, longest
+ * prefix: pods as /32, the CIDRs of ipBlocks as themselves); a pod's
+ * policy is a set of (identity, direction, protocol, port range) it may
+ * exchange packets with (policy). Identities are the node's own numbers:
+ * none travels with a packet. */
+enum identity {
+	IDENTITY_ANY = 0,		/* in a policy key: every identity */
+	IDENTITY_HOST = 1,		/* this node's addresses */
+	IDENTITY_WORLD = 2,		/* an address the ipcache does not know */
+	IDENTITY_REMOTE_NODE = 3,	/* another node's addresses */
+	IDENTITY_FIRST_USER = 256,	/* label sets and CIDRs from here */
+};
+
+struct ipcache_key {
+	__u32 prefixlen;	/* LPM: bits of addr that count */
+	__u32 addr;		/* network byte order */
+};
+
+struct ipcache_entry {
+	__u32 identity;		/* enum identity, or one from 256 up */
+	__u32 flags;		/* reserved, 0 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_entry);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache SEC(".maps");
+
+enum policy_direction {
+	POLICY_INGRESS = 0,
+	POLICY_EGRESS = 1,
+};
+
+/* One allowed (peer, protocol, ports) of one pod in one direction. The
+ * longest-prefix match stops after direction (any protocol and port),
+ * after proto (any port), or inside dport (a port range as prefixes). */
+struct policy_key {
+	__u32 prefixlen;	/* LPM: bits from endpoint on */
+	__u32 endpoint;		/* the pod's address, network byte order */
+	__u32 identity;		/* the peer's; IDENTITY_ANY for all */
+	__u8 direction;		/* enum policy_direction */
+	__u8 proto;		/* IPPROTO_* */
+	__u16 dport;		/* network byte order */
+};
+
+#define POLICY_PREFIX_ANY_PROTO (32 + 32 + 8)
+#define POLICY_PREFIX_FULL (32 + 32 + 8 + 8 + 16)
+
+struct policy_entry {
+	__u64 packets;		/* connections the entry allowed */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
+/* A connection a policy allowed, in the direction it was allowed: its
+ * packets, and its replies (the reverse tuple, the other direction), pass
+ * the endpoint without another lookup. */
+struct policy_ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;		/* ICMP echo: the identifier, as in flow4 */
+	__u16 dport;
+	__u8 proto;
+	__u8 direction;		/* enum policy_direction */
+	__u8 pad[2];
+};
+
+struct policy_ct_entry {
+	__u64 expires;		/* ktime ns */
+	__u8 tcp_flags;		/* seen so far */
+	__u8 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct policy_ct_key);
+	__type(value, struct policy_ct_entry);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_ct SEC(".maps");
+
+/* The ports of a datagram's first fragment, for its later ones, which
+ * carry none, to be checked as the same connection. */
+struct frag_ports_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;		/* IP identification, network byte order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__u64 expires;		/* ktime ns */
+	__u16 sport;
+	__u16 dport;
+	__u8 pad[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_ports_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_frags SEC(".maps");
 
 struct counter_key {
 	__u16 reason;		/* enum reason */
@@ -446,6 +569,8 @@ struct {
  * does not reference them directly. */
 const enum reason reason_unused __attribute__((unused));
 const enum hook hook_unused __attribute__((unused));
+const enum identity identity_unused __attribute__((unused));
+const enum policy_direction policy_direction_unused __attribute__((unused));
 const enum svc_scope svc_scope_unused __attribute__((unused));
 const enum lb_algo lb_algo_unused __attribute__((unused));
 const enum svc_flags svc_flags_unused __attribute__((unused));

@@ -43,7 +43,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 		svc = frag4_translate(skb, &f, hook);
 		if (svc == -2)
 			return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
-		return forward4(skb, svc < 0 ? SVC_UNTOUCHED : svc, hook, 0, 0, src_net);
+		return forward4(skb, svc < 0 ? SVC_UNTOUCHED : svc, hook, 0, 0, 0, src_net);
 	}
 	frag4_key(&first, &f, hook);
 	switch (snat_ingress4(skb, &f)) {
@@ -59,7 +59,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 		}
 		if (f.frag)
 			frag4_record(&first, &f, svc);
-		return forward4(skb, svc, hook, 0, 0, src_net);
+		return forward4(skb, svc, hook, 0, 0, 0, src_net);
 	case -1:
 		return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
 	}
@@ -67,10 +67,10 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 		svc = svc_icmp_error4(skb, &f);
 		if (svc == SVC_DROP)
 			return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
-		return forward4(skb, svc, hook, 0, 0, src_net);
+		return forward4(skb, svc, hook, 0, 0, 0, src_net);
 	}
 	if (!f.has_ports)
-		return forward4(skb, SVC_UNTOUCHED, hook, 0, 0, src_net);
+		return forward4(skb, SVC_UNTOUCHED, hook, 0, 0, 0, src_net);
 
 	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 0, &reason);
 	if (svc == SVC_DROP)
@@ -83,5 +83,5 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 		account(skb, REASON_SVC_REJECT, hook);
 		return redirect_egress(skb->ingress_ifindex);
 	}
-	return forward4(skb, svc, hook, 0, 0, src_net);
+	return forward4(skb, svc, hook, 0, 0, 0, src_net);
 }

@@ -57,6 +57,10 @@ enum reason {
 					 * entry (removed while a slot still named it) */
 	REASON_DROP_NETWORK_ISOLATED = 83, /* between pods of two networks that
 					 * do not reach each other */
+	REASON_DROP_POLICY_INGRESS = 84, /* the receiving pod's policy does not
+					 * allow the packet's connection */
+	REASON_DROP_POLICY_EGRESS = 85,	/* the sending pod's policy does not
+					 * allow the packet's connection */
 };
 
 /* Every reason from here on is a drop. */

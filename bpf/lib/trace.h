@@ -39,6 +39,8 @@ enum trace_kind {
 	TRACE_FRAG = 12,	/* a: decision: a later fragment, as its first went */
 	TRACE_FIB = 13,		/* a: ifindex, b: bpf_fib_lookup's result */
 	TRACE_ENDPOINT = 14,	/* a: ifindex: the destination is a pod of this node */
+	TRACE_POLICY = 15,	/* a: the peer's identity, b: 1 allowed, 0 not: a
+				 * new connection looked up in the policy */
 };
 
 enum trace_redirect {

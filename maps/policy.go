@@ -1,0 +1,249 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Identities every node has, as enum identity in bpf/lib/maps.h; label sets
+// and CIDRs get theirs from IdentityFirstUser up.
+const (
+	IdentityAny        = uint32(fromPodIdentityIDENTITY_ANY)
+	IdentityHost       = uint32(fromPodIdentityIDENTITY_HOST)
+	IdentityWorld      = uint32(fromPodIdentityIDENTITY_WORLD)
+	IdentityRemoteNode = uint32(fromPodIdentityIDENTITY_REMOTE_NODE)
+	IdentityFirstUser  = uint32(fromPodIdentityIDENTITY_FIRST_USER)
+)
+
+// Policy directions, as enum policy_direction.
+const (
+	PolicyIngress = uint8(fromPodPolicyDirectionPOLICY_INGRESS)
+	PolicyEgress  = uint8(fromPodPolicyDirectionPOLICY_EGRESS)
+)
+
+// Endpoint flags: the pod is selected by a policy of that direction.
+const (
+	EndpointPolicyIngress = 1
+	EndpointPolicyEgress  = 2
+)
+
+// Prefix lengths of policy keys (bpf/lib/maps.h): up to the direction
+// (every protocol and port), and the whole key.
+const (
+	policyPrefixAnyProto = 32 + 32 + 8
+	policyPrefixAnyPort  = policyPrefixAnyProto + 8
+	policyPrefixFull     = policyPrefixAnyPort + 16
+)
+
+// NewIPCacheKey is the ipcache key of prefix p (IPv4).
+func NewIPCacheKey(p netip.Prefix) IPCacheKey {
+	a := p.Masked().Addr().As4()
+	return IPCacheKey{Prefixlen: uint32(p.Bits()), Addr: nativeU32(a[:])}
+}
+
+// Prefix is the prefix an ipcache key stands for.
+func (k IPCacheKey) Prefix() netip.Prefix {
+	var a [4]byte
+	putNativeU32(a[:], k.Addr)
+	return netip.PrefixFrom(netip.AddrFrom4(a), int(k.Prefixlen))
+}
+
+// PolicyRule allows a pod's connections in one direction with peers of one
+// identity (IdentityAny: every peer), of one protocol (0: every protocol,
+// and then every port) to destination ports PortFirst..PortLast (0..0 for
+// every port of the protocol).
+type PolicyRule struct {
+	Endpoint  netip.Addr
+	Direction uint8
+	Identity  uint32
+	Proto     uint8
+	PortFirst uint16
+	PortLast  uint16
+}
+
+func (r PolicyRule) String() string {
+	dir := "ingress"
+	if r.Direction == PolicyEgress {
+		dir = "egress"
+	}
+	ports := "any"
+	switch {
+	case r.Proto == 0:
+	case r.PortFirst == 0 && r.PortLast == 0:
+		ports = fmt.Sprintf("proto %d any port", r.Proto)
+	case r.PortFirst == r.PortLast:
+		ports = fmt.Sprintf("proto %d port %d", r.Proto, r.PortFirst)
+	default:
+		ports = fmt.Sprintf("proto %d ports %d-%d", r.Proto, r.PortFirst, r.PortLast)
+	}
+	return fmt.Sprintf("%s %s identity %d %s", r.Endpoint, dir, r.Identity, ports)
+}
+
+// Keys are the policy map keys of r: one per port prefix the range splits
+// into (a range of n ports takes at most 2*16-2 prefixes), one for a rule
+// of every port or protocol.
+func (r PolicyRule) Keys() ([]PolicyKey, error) {
+	if !r.Endpoint.Is4() {
+		return nil, fmt.Errorf("policy rule %s: the endpoint must be an IPv4 address", r)
+	}
+	if r.Direction != PolicyIngress && r.Direction != PolicyEgress {
+		return nil, fmt.Errorf("policy rule %s: direction %d", r, r.Direction)
+	}
+	a := r.Endpoint.As4()
+	base := PolicyKey{Endpoint: nativeU32(a[:]), Identity: r.Identity, Direction: r.Direction, Proto: r.Proto}
+	if r.Proto == 0 {
+		if r.PortFirst != 0 || r.PortLast != 0 {
+			return nil, fmt.Errorf("policy rule %s: ports without a protocol", r)
+		}
+		base.Prefixlen = policyPrefixAnyProto
+		base.Proto = 0
+		return []PolicyKey{base}, nil
+	}
+	if r.PortFirst == 0 && r.PortLast == 0 {
+		base.Prefixlen = policyPrefixAnyPort
+		return []PolicyKey{base}, nil
+	}
+	if r.PortFirst == 0 || r.PortLast < r.PortFirst {
+		return nil, fmt.Errorf("policy rule %s: ports %d-%d", r, r.PortFirst, r.PortLast)
+	}
+	var keys []PolicyKey
+	for _, p := range portPrefixes(r.PortFirst, r.PortLast) {
+		k := base
+		k.Prefixlen = policyPrefixAnyPort + uint32(p.bits)
+		k.Dport = Port(p.first)
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+type portPrefix struct {
+	first uint16
+	bits  int // leading bits of the port that count
+}
+
+// portPrefixes splits first..last into the fewest aligned blocks of 2^k
+// ports, each a prefix of the port's 16 bits.
+func portPrefixes(first, last uint16) []portPrefix {
+	var out []portPrefix
+	lo, hi := uint32(first), uint32(last)
+	for lo <= hi {
+		// The largest block aligned at lo that stays within hi.
+		size := uint32(1) << bits.TrailingZeros32(lo|1<<16)
+		for lo+size-1 > hi {
+			size >>= 1
+		}
+		out = append(out, portPrefix{first: uint16(lo), bits: 16 - bits.TrailingZeros32(size)})
+		lo += size
+	}
+	return out
+}
+
+// Policy gives access to a node's ipcache and policy maps and the
+// endpoints' policy flags.
+type Policy struct {
+	ipcache, policy, endpoints *ebpf.Map
+}
+
+// NewPolicy wraps open ipcache, policy and endpoints maps.
+func NewPolicy(ipcache, policy, endpoints *ebpf.Map) *Policy {
+	return &Policy{ipcache: ipcache, policy: policy, endpoints: endpoints}
+}
+
+// OpenPolicy opens a node's pinned policy maps.
+func OpenPolicy(root string) (*Policy, error) {
+	var ms []*ebpf.Map
+	for _, name := range []string{MapIPCache, MapPolicy, MapEndpoints} {
+		m, err := OpenPinned(root, name)
+		if err != nil {
+			for _, m := range ms {
+				m.Close()
+			}
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	return NewPolicy(ms[0], ms[1], ms[2]), nil
+}
+
+// Close releases the maps.
+func (p *Policy) Close() error {
+	return errors.Join(p.ipcache.Close(), p.policy.Close(), p.endpoints.Close())
+}
+
+// SetIdentity gives the addresses of prefix pfx the identity id.
+func (p *Policy) SetIdentity(pfx netip.Prefix, id uint32) error {
+	if !pfx.Addr().Is4() {
+		return fmt.Errorf("ipcache %s: IPv4 only", pfx)
+	}
+	k := NewIPCacheKey(pfx)
+	if err := p.ipcache.Put(k, IPCacheEntry{Identity: id}); err != nil {
+		return fmt.Errorf("ipcache %s: %w", pfx, mapFull(err, p.ipcache))
+	}
+	return nil
+}
+
+// DeleteIdentity forgets prefix pfx.
+func (p *Policy) DeleteIdentity(pfx netip.Prefix) error {
+	k := NewIPCacheKey(pfx)
+	if err := p.ipcache.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("ipcache %s: %w", pfx, err)
+	}
+	return nil
+}
+
+// Allow writes the keys of rule r.
+func (p *Policy) Allow(r PolicyRule) error {
+	keys, err := r.Keys()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := p.policy.Update(k, PolicyEntry{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("policy %s: %w", r, mapFull(err, p.policy))
+		}
+	}
+	return nil
+}
+
+// Revoke deletes the keys of rule r.
+func (p *Policy) Revoke(r PolicyRule) error {
+	keys, err := r.Keys()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := p.policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("policy %s: %w", r, err)
+		}
+	}
+	return nil
+}
+
+// SetEnforcement sets which directions of the pod at ip its policy
+// decides (EndpointPolicyIngress, EndpointPolicyEgress), keeping the rest
+// of its endpoint entry.
+func (p *Policy) SetEnforcement(ip netip.Addr, flags uint32) error {
+	eps := NewEndpoints(p.endpoints)
+	info, ok, err := eps.Lookup(ip)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("policy enforcement of %s: no such endpoint", ip)
+	}
+	info.Flags = info.Flags&^(EndpointPolicyIngress|EndpointPolicyEgress) | flags
+	return eps.Put(ip, info)
+}
+
+// mapFull names a full map's refusal as ErrMapFull.
+func mapFull(err error, m *ebpf.Map) error {
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOSPC) {
+		return fmt.Errorf("%w (%d entries)", ErrMapFull, m.MaxEntries())
+	}
+	return err
+}
