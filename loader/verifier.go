@@ -72,6 +72,26 @@ func Verify() ([]VerifierStats, error) {
 	return out, nil
 }
 
+// VerifyDryRun loads the programs built for the dry run (podpath trace,
+// loader.LoadDryRun) the same way, one at a time: they must pass on every
+// kernel the node's own do, within the same stack.
+func VerifyDryRun() ([]VerifierStats, error) {
+	specs, err := maps.DrySpecs()
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(specs))
+	for name := range specs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	out := make([]VerifierStats, 0, len(names))
+	for _, name := range names {
+		out = append(out, verifyOne(name, specs[name]))
+	}
+	return out, nil
+}
+
 func verifyOne(name string, spec *ebpf.CollectionSpec) VerifierStats {
 	v := VerifierStats{Program: name}
 	for _, ms := range spec.Maps {

@@ -40,3 +40,23 @@ func TestVerifierBudget(t *testing.T) {
 		}
 	}
 }
+
+// The dry run's objects (podpath trace) load on this kernel too: they carry
+// more state than the node's (the trace log), so their stack is the one to
+// run out first.
+func TestVerifierDryRun(t *testing.T) {
+	stats, err := loader.VerifyDryRun()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stats) < 7 {
+		t.Errorf("verified %d dry-run programs, want every tc and XDP program", len(stats))
+	}
+	for _, s := range stats {
+		if s.Error != "" {
+			t.Errorf("%s (dry run): %s", s.Program, s.Error)
+			continue
+		}
+		t.Logf("%-18s %7d insns (dry run)", s.Program, s.Insns)
+	}
+}
