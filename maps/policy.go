@@ -224,6 +224,9 @@ func (p *Policy) Revoke(r PolicyRule) error {
 	return nil
 }
 
+// ErrNoEndpoint is returned for a pod address with no endpoint entry.
+var ErrNoEndpoint = errors.New("no such endpoint")
+
 // SetEnforcement sets which directions of the pod at ip its policy
 // decides (EndpointPolicyIngress, EndpointPolicyEgress), keeping the rest
 // of its endpoint entry.
@@ -234,7 +237,7 @@ func (p *Policy) SetEnforcement(ip netip.Addr, flags uint32) error {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("policy enforcement of %s: no such endpoint", ip)
+		return fmt.Errorf("policy enforcement of %s: %w", ip, ErrNoEndpoint)
 	}
 	info.Flags = info.Flags&^(EndpointPolicyIngress|EndpointPolicyEgress) | flags
 	return eps.Put(ip, info)
@@ -246,4 +249,76 @@ func mapFull(err error, m *ebpf.Map) error {
 		return fmt.Errorf("%w (%d entries)", ErrMapFull, m.MaxEntries())
 	}
 	return err
+}
+
+// Identities lists the ipcache: prefix to identity.
+func (p *Policy) Identities() (map[netip.Prefix]uint32, error) {
+	out := map[netip.Prefix]uint32{}
+	var (
+		k IPCacheKey
+		v IPCacheEntry
+	)
+	it := p.ipcache.Iterate()
+	for it.Next(&k, &v) {
+		out[k.Prefix()] = v.Identity
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", MapIPCache, err)
+	}
+	return out, nil
+}
+
+// Keys lists the policy map's keys with their counts of connections let in.
+func (p *Policy) Keys() (map[PolicyKey]uint64, error) {
+	out := map[PolicyKey]uint64{}
+	var (
+		k PolicyKey
+		v PolicyEntry
+	)
+	it := p.policy.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v.Packets
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", MapPolicy, err)
+	}
+	return out, nil
+}
+
+// PutKey writes one policy key (a part of a rule, PolicyRule.Keys).
+func (p *Policy) PutKey(k PolicyKey) error {
+	if err := p.policy.Update(k, PolicyEntry{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("policy key of %s: %w", k.EndpointAddr(), mapFull(err, p.policy))
+	}
+	return nil
+}
+
+// DeleteKey removes one policy key.
+func (p *Policy) DeleteKey(k PolicyKey) error {
+	if err := p.policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("policy key of %s: %w", k.EndpointAddr(), err)
+	}
+	return nil
+}
+
+// EndpointAddr is the pod a policy key belongs to.
+func (k PolicyKey) EndpointAddr() netip.Addr {
+	var a [4]byte
+	putNativeU32(a[:], k.Endpoint)
+	return netip.AddrFrom4(a)
+}
+
+// Enforcement lists the endpoints with policy flags.
+func (p *Policy) Enforcement() (map[netip.Addr]uint32, error) {
+	list, err := NewEndpoints(p.endpoints).List()
+	if err != nil {
+		return nil, err
+	}
+	out := map[netip.Addr]uint32{}
+	for _, e := range list {
+		if f := e.Info.Flags & (EndpointPolicyIngress | EndpointPolicyEgress); f != 0 {
+			out[e.IP] = f
+		}
+	}
+	return out, nil
 }

@@ -4,7 +4,13 @@ import (
 	"net/netip"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"github.com/podpath/podpath/maps"
+	"github.com/podpath/podpath/policy"
 )
 
 // Identities the policy tests give pods A, B and C.
@@ -261,4 +267,57 @@ func TestPolicyFragments(t *testing.T) {
 	for _, ip := range dfr {
 		d.expectDrop(t, "a fragment of a denied datagram", podA, ether(podA.NodeMAC, podA.MAC, ethPIPv4, ip), "from_pod/drop_policy_ingress")
 	}
+}
+
+// NetworkPolicies compiled (policy.Compile) and written (policy.Apply) as
+// the agent does: the datapath then lets in what the policy allows and
+// nothing else; a second Apply of the same state writes nothing; the
+// policy removed, the pod is open again.
+func TestPolicyCompiledAndApplied(t *testing.T) {
+	d := newPolicyDatapath(t)
+	pods := []policy.Pod{
+		{Namespace: "shop", Name: "a", Labels: map[string]string{"app": "web"}, IP: podA.IP, Node: "n1"},
+		{Namespace: "shop", Name: "b", Labels: map[string]string{"app": "db"}, IP: podB.IP, Node: "n1",
+			Ports: []policy.NamedPort{{Name: "pg", Proto: protoTCP, Port: 5432}}},
+		{Namespace: "shop", Name: "c", Labels: map[string]string{"app": "batch"}, IP: podC.IP, Node: "n1"},
+	}
+	ns := []policy.Namespace{{Name: "shop"}}
+	tcpProto := corev1.ProtocolTCP
+	pg := intstr.FromString("pg")
+	pol := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcpProto, Port: &pg}},
+			}},
+		},
+	}
+	alloc := policy.NewAllocator()
+	apply := func(pols ...*networkingv1.NetworkPolicy) policy.Changes {
+		t.Helper()
+		ch, err := policy.Apply(d.pol, policy.Compile("n1", pods, ns, pols, alloc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch
+	}
+	if ch := apply(pol); ch.KeysAdded == 0 || ch.EndpointsChanged != 1 {
+		t.Fatalf("first apply: %s", ch)
+	}
+	if ch := apply(pol); ch != (policy.Changes{}) {
+		t.Errorf("the same state again wrote %s", ch)
+	}
+	const drop = "from_pod/drop_policy_ingress"
+	ok := tcpFlow(podA.IP, 42000, podB.IP, 5432, tcpSYN)
+	d.expectPass(t, "web to db's named port", podA, ok.sentBy(podA), ok.routedInto(podB))
+	d.expectDrop(t, "web to another port", podA, tcpFlow(podA.IP, 42001, podB.IP, 5433, tcpSYN).sentBy(podA), drop)
+	d.expectDrop(t, "batch to db", podC, tcpFlow(podC.IP, 42002, podB.IP, 5432, tcpSYN).sentBy(podC), drop)
+
+	if ch := apply(); ch.KeysDeleted == 0 || ch.EndpointsChanged != 1 {
+		t.Errorf("policy removed: %s", ch)
+	}
+	open := tcpFlow(podC.IP, 42003, podB.IP, 5432, tcpSYN)
+	d.expectPass(t, "batch to db, no policy left", podC, open.sentBy(podC), open.routedInto(podB))
 }

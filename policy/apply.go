@@ -1,0 +1,118 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	pmaps "github.com/podpath/podpath/maps"
+)
+
+// Changes counts what Apply wrote.
+type Changes struct {
+	IdentitiesSet, IdentitiesDeleted int
+	KeysAdded, KeysDeleted           int
+	EndpointsChanged                 int
+}
+
+// Apply makes the node's maps hold st, writing only what differs, in an
+// order that never lets through what neither the old nor the new state
+// allows: enforcement is switched on before anything else, stale rules go
+// before new ones come, enforcement is switched off last. A pod whose
+// endpoint is not (yet) on this node is skipped: the next Apply after its
+// CNI ADD writes it.
+func Apply(pol *pmaps.Policy, st State) (Changes, error) {
+	var ch Changes
+	haveIDs, err := pol.Identities()
+	if err != nil {
+		return ch, err
+	}
+	haveKeys, err := pol.Keys()
+	if err != nil {
+		return ch, err
+	}
+	haveFlags, err := pol.Enforcement()
+	if err != nil {
+		return ch, err
+	}
+	wantKeys := map[pmaps.PolicyKey]bool{}
+	for _, ep := range st.Endpoints {
+		for _, r := range ep.Rules {
+			keys, err := r.Keys()
+			if err != nil {
+				return ch, err
+			}
+			for _, k := range keys {
+				wantKeys[k] = true
+			}
+		}
+	}
+	setFlags := func(ip netip.Addr, flags uint32) error {
+		err := pol.SetEnforcement(ip, flags)
+		if err != nil && errors.Is(err, pmaps.ErrNoEndpoint) {
+			return nil
+		}
+		if err == nil {
+			ch.EndpointsChanged++
+		}
+		return err
+	}
+
+	// 1. Enforcement on, where it grows.
+	for ip, ep := range st.Endpoints {
+		if have := haveFlags[ip]; have|ep.Flags != have {
+			if err := setFlags(ip, have|ep.Flags); err != nil {
+				return ch, err
+			}
+		}
+	}
+	// 2. Identities.
+	for pfx, id := range st.Identities {
+		if have, ok := haveIDs[pfx]; !ok || have != id {
+			if err := pol.SetIdentity(pfx, id); err != nil {
+				return ch, err
+			}
+			ch.IdentitiesSet++
+		}
+	}
+	// 3. Stale rules out, then new ones in.
+	for k := range haveKeys {
+		if !wantKeys[k] {
+			if err := pol.DeleteKey(k); err != nil {
+				return ch, err
+			}
+			ch.KeysDeleted++
+		}
+	}
+	for k := range wantKeys {
+		if _, ok := haveKeys[k]; !ok {
+			if err := pol.PutKey(k); err != nil {
+				return ch, err
+			}
+			ch.KeysAdded++
+		}
+	}
+	// 4. Enforcement as wanted (off where no policy selects any more).
+	for ip, have := range haveFlags {
+		if want := st.Endpoints[ip].Flags; want != have {
+			if err := setFlags(ip, want); err != nil {
+				return ch, err
+			}
+		}
+	}
+	// 5. Identities no one has any more.
+	for pfx := range haveIDs {
+		if _, ok := st.Identities[pfx]; !ok {
+			if err := pol.DeleteIdentity(pfx); err != nil {
+				return ch, err
+			}
+			ch.IdentitiesDeleted++
+		}
+	}
+	return ch, nil
+}
+
+func (c Changes) String() string {
+	return fmt.Sprintf("identities +%d -%d, keys +%d -%d, endpoints %d",
+		c.IdentitiesSet, c.IdentitiesDeleted, c.KeysAdded, c.KeysDeleted, c.EndpointsChanged)
+}
