@@ -22,7 +22,7 @@ var (
 		{Name: "shop", Labels: map[string]string{"team": "shop"}},
 		{Name: "ops", Labels: map[string]string{"team": "ops", "tier": "infra"}},
 	}
-	web  = Pod{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"}, IP: netip.MustParseAddr("10.0.1.10"), Node: "n1",
+	web = Pod{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"}, IP: netip.MustParseAddr("10.0.1.10"), Node: "n1",
 		Ports: []NamedPort{{Name: "http", Proto: tcp, Port: 8080}}}
 	web2 = Pod{Namespace: "shop", Name: "web-2", Labels: map[string]string{"app": "web"}, IP: netip.MustParseAddr("10.0.2.10"), Node: "n2",
 		Ports: []NamedPort{{Name: "http", Proto: tcp, Port: 8080}}}
