@@ -1,8 +1,10 @@
 // Package agent is podpath's node daemon: it follows the Kubernetes API
-// (Nodes, Services, EndpointSlices), loads and keeps the datapath, keeps
-// every other Node as a peer (its pod CIDRs reached through it), installs the CNI plugin once the datapath serves, programs
-// Services as kube-proxy would, reaps expired conntrack, affinity and SNAT
-// entries, and serves health and Prometheus metrics.
+// (Nodes, Services, EndpointSlices, Pods, Namespaces, NetworkPolicies),
+// loads and keeps the datapath, keeps every other Node as a peer (its pod
+// CIDRs reached through it), installs the CNI plugin once the datapath
+// serves, programs Services as kube-proxy would and NetworkPolicies into
+// the policy maps, reaps expired conntrack, affinity and SNAT entries, and
+// serves health and Prometheus metrics.
 //
 // Killing the agent leaves the datapath serving: programs, maps and links
 // are pinned. A new agent (the same build or a newer one) re-runs node init
@@ -161,10 +163,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.setPhase(phaseRunning)
 
 	peers := newPeers(a.client, a.cfg.NodeName, node, a.met)
+	netpols := newNetpol(a.client, a.cfg.NodeName, node.PinRoot, a.met)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.proxy.run(ctx) })
 	g.Go(func() error { return peers.run(ctx, a.cfg.SyncPeriod) })
+	g.Go(func() error { return netpols.run(ctx, a.cfg.SyncPeriod) })
 	g.Go(func() error { a.reap(ctx, mgr); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {

@@ -25,6 +25,9 @@ type metrics struct {
 	peers               prometheus.Gauge
 	peersSkipped        prometheus.Gauge
 	peerSyncErrors      prometheus.Counter
+	policyEndpoints     prometheus.Gauge
+	policyIdentities    prometheus.Gauge
+	policySyncErrors    prometheus.Counter
 
 	mu          sync.Mutex
 	skipReasons map[string]bool
@@ -83,10 +86,23 @@ func newMetrics(pinRoot string) *metrics {
 			Name: "podpath_peer_sync_errors_total",
 			Help: "Writes of the peers (map entries, routes) that failed (and were retried).",
 		}),
+		policyEndpoints: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podpath_policy_endpoints",
+			Help: "Pods of this node a NetworkPolicy selects.",
+		}),
+		policyIdentities: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podpath_policy_identities",
+			Help: "Addresses and CIDRs with an identity in the ipcache (every pod of the cluster, every ipBlock).",
+		}),
+		policySyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podpath_policy_sync_errors_total",
+			Help: "Writes of the policy state that failed (and were retried).",
+		}),
 		skipReasons: map[string]bool{},
 	}
 	m.reg.MustRegister(m.servicesProgrammed, m.endpointsProgrammed, m.skipped, m.syncErrors,
 		m.syncDuration, m.programming, m.reaped, m.reapErrors, m.peers, m.peersSkipped, m.peerSyncErrors,
+		m.policyEndpoints, m.policyIdentities, m.policySyncErrors,
 		&datapathCollector{pinRoot: pinRoot},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

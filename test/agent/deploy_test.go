@@ -87,9 +87,13 @@ func TestDeployManifest(t *testing.T) {
 		{"", "services", "watch", true},
 		{"", "nodes", "get", true},
 		{"discovery.k8s.io", "endpointslices", "list", true},
+		{"", "pods", "list", true},
+		{"", "namespaces", "watch", true},
+		{"networking.k8s.io", "networkpolicies", "list", true},
 		{"", "services", "create", false},
 		{"", "secrets", "get", false},
-		{"", "pods", "list", false},
+		{"", "pods", "delete", false},
+		{"networking.k8s.io", "networkpolicies", "create", false},
 	} {
 		r, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{
 			Spec: authzv1.SubjectAccessReviewSpec{User: sa, ResourceAttributes: &authzv1.ResourceAttributes{
