@@ -163,7 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.setPhase(phaseRunning)
 
 	peers := newPeers(a.client, a.cfg.NodeName, node, a.met)
-	netpols := newNetpol(a.client, a.cfg.NodeName, node.PinRoot, a.met)
+	netpols := newNetpol(a.client, a.cfg.NodeName, node.PinRoot, node.StateDir, a.met)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.proxy.run(ctx) })
@@ -202,6 +202,8 @@ func (a *Agent) initNode(ctx context.Context) (loader.Config, error) {
 			slog.Info("uplink from the Node's InternalIP", "node", a.cfg.NodeName, "ip", info.internalIP, "device", dev)
 		}
 	}
+	// New pods start closed until their policy is written (agent/netpol.go).
+	c.PolicyPending = true
 	a.setPhase(phaseDatapath)
 	if err := loader.Init(c); err != nil {
 		return c, fmt.Errorf("load the datapath: %w", err)
@@ -223,14 +225,7 @@ func (a *Agent) initNode(ctx context.Context) (loader.Config, error) {
 // room for new flows without waiting for LRU eviction (SNAT is not LRU:
 // without reaping, its closed flows' ports would stay taken).
 func (a *Agent) reap(ctx context.Context, mgr *services.Manager) {
-	t := time.NewTicker(a.cfg.ReapPeriod)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, a.cfg.ReapPeriod, func() {
 		ct := mgr.Conntrack()
 		for _, r := range []struct {
 			table string
@@ -254,5 +249,19 @@ func (a *Agent) reap(ctx context.Context, mgr *services.Manager) {
 				slog.Debug("reaped", "table", r.table, "entries", n)
 			}
 		}
+	})
+}
+
+// every runs fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"github.com/podpath/podpath/policy"
 )
@@ -24,22 +26,23 @@ const policySyncDelay = 50 * time.Millisecond
 // netpol keeps the datapath's policy state (package policy) in step with
 // the cluster's Pods, Namespaces and NetworkPolicies.
 type netpol struct {
-	self    string
-	pinRoot string
-	met     *metrics
-	pods    func() ([]*corev1.Pod, error)
-	nss     func() ([]*corev1.Namespace, error)
-	pols    func() ([]*networkingv1.NetworkPolicy, error)
-	synced  []cache.InformerSynced
-	start   func(stop <-chan struct{})
-	changed chan struct{}
-	alloc   *policy.Allocator
+	self     string
+	pinRoot  string
+	stateDir string
+	met      *metrics
+	pods     func() ([]*corev1.Pod, error)
+	nss      func() ([]*corev1.Namespace, error)
+	pols     func() ([]*networkingv1.NetworkPolicy, error)
+	synced   []cache.InformerSynced
+	start    func(stop <-chan struct{})
+	changed  chan struct{}
+	alloc    *policy.Allocator
 }
 
-func newNetpol(client kubernetes.Interface, self, pinRoot string, met *metrics) *netpol {
+func newNetpol(client kubernetes.Interface, self, pinRoot, stateDir string, met *metrics) *netpol {
 	f := informers.NewSharedInformerFactory(client, 0)
 	pods, nss, pols := f.Core().V1().Pods(), f.Core().V1().Namespaces(), f.Networking().V1().NetworkPolicies()
-	n := &netpol{self: self, pinRoot: pinRoot, met: met, changed: make(chan struct{}, 1), alloc: policy.NewAllocator(),
+	n := &netpol{self: self, pinRoot: pinRoot, stateDir: stateDir, met: met, changed: make(chan struct{}, 1), alloc: policy.NewAllocator(),
 		pods: func() ([]*corev1.Pod, error) { return pods.Lister().List(labels.Everything()) },
 		nss:  func() ([]*corev1.Namespace, error) { return nss.Lister().List(labels.Everything()) },
 		pols: func() ([]*networkingv1.NetworkPolicy, error) { return pols.Lister().List(labels.Everything()) },
@@ -78,6 +81,7 @@ func (n *netpol) run(ctx context.Context, resync time.Duration) error {
 	}
 	defer pol.Close()
 	n.restore(pol)
+	go n.watchPending(ctx, pol)
 	t := time.NewTicker(resync)
 	defer t.Stop()
 	for {
@@ -94,6 +98,31 @@ func (n *netpol) run(ctx context.Context, resync time.Duration) error {
 			time.Sleep(policySyncDelay)
 		}
 	}
+}
+
+// unknownPodGrace is how long a new pod the CNI plugin recorded stays
+// closed waiting for its Pod object before it is taken as a pod without
+// labels.
+const unknownPodGrace = time.Second
+
+// pendingPoll is how often the endpoints are looked at for new pods the
+// CNI plugin started closed: their ADD waits for the agent.
+const pendingPoll = 20 * time.Millisecond
+
+// watchPending kicks a sync while an endpoint is pending.
+func (n *netpol) watchPending(ctx context.Context, pol *maps.Policy) {
+	every(ctx, pendingPoll, func() {
+		flags, err := pol.Enforcement()
+		if err != nil {
+			return
+		}
+		for _, f := range flags {
+			if f&maps.EndpointPolicyPending != 0 {
+				n.kick()
+				return
+			}
+		}
+	})
 }
 
 // restore gives the pods the identities the pinned ipcache has for their
@@ -139,11 +168,36 @@ func (n *netpol) sync(pol *maps.Policy) error {
 	if err != nil {
 		return err
 	}
+	// A pod kubelet has not reported an address for yet, the CNI plugin
+	// may have recorded one for.
+	recorded, err := loader.RecordedPods(n.stateDir)
+	if err != nil {
+		slog.Warn("policy: read the pods' records", "err", err)
+	}
 	var pp []policy.Pod
 	for _, p := range pods {
+		key := p.Namespace + "/" + p.Name
+		if rec, ok := recorded[key]; ok && p.Spec.NodeName == n.self {
+			delete(recorded, key)
+			if p.Status.PodIP == "" {
+				p = p.DeepCopy()
+				p.Status.PodIP = rec.Addr.String()
+			}
+		}
 		if q, ok := policyPod(p); ok {
 			pp = append(pp, q)
 		}
+	}
+	// A recorded pod the API does not know after a grace (the agent's
+	// watch lags kubelet's by milliseconds): a pod of a runtime's own
+	// (crictl), which no policy can select by its labels; its namespace's
+	// policies for every pod still apply.
+	for key, rec := range recorded {
+		if time.Since(rec.Written) < unknownPodGrace {
+			continue
+		}
+		ns, name, _ := strings.Cut(key, "/")
+		pp = append(pp, policy.Pod{Namespace: ns, Name: name, IP: rec.Addr, Node: n.self})
 	}
 	var ns []policy.Namespace
 	for _, x := range nss {

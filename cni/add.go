@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -184,6 +185,15 @@ func Add(args *skel.CmdArgs) (err error) {
 
 	info := maps.NewEndpointInfo(uint32(hostLink.Attrs().Index), ps.podMAC, hostMAC, ps.cookie)
 	info.Network = network
+	pending := conf.PolicyPending && pa.K8S_POD_NAME != ""
+	if pending {
+		// Closed until the agent has written the pod's policy.
+		info.Flags |= maps.EndpointPolicyIngress | maps.EndpointPolicyEgress | maps.EndpointPolicyPending
+		if err := loader.RecordPod(conf.StateDir, addr, string(pa.K8S_POD_NAMESPACE), string(pa.K8S_POD_NAME)); err != nil {
+			return fmt.Errorf("record pod %s: %w", pa, err)
+		}
+		undo.push(func() { loader.ForgetPod(conf.StateDir, addr) })
+	}
 	if err := eps.Put(addr, info); err != nil {
 		return datapathError(err)
 	}
@@ -212,10 +222,35 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	})
 
+	if pending {
+		waitPolicy(eps, addr, pa.String())
+	}
 	result := buildResult(conf, args, hostName, hostMAC, ps.podMAC, addr)
 	slog.Info("pod added", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName,
 		"ip", addr, "veth", hostName, "ifindex", hostLink.Attrs().Index, "attach", mode)
 	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// policyWait bounds how long ADD waits for the agent to write a new pod's
+// policy. Past it, ADD succeeds and the pod stays closed until the agent
+// catches up: never open.
+const policyWait = 10 * time.Second
+
+// waitPolicy waits until the agent has cleared the endpoint's pending flag.
+func waitPolicy(eps *maps.Endpoints, addr netip.Addr, pod string) {
+	start := time.Now()
+	for {
+		info, ok, err := eps.Lookup(addr)
+		if err != nil || !ok || info.Flags&maps.EndpointPolicyPending == 0 {
+			slog.Debug("policy written", "pod", pod, "ip", addr, "waited", time.Since(start))
+			return
+		}
+		if time.Since(start) > policyWait {
+			slog.Warn("the agent has not written the pod's policy yet; it stays closed until then", "pod", pod, "ip", addr, "waited", time.Since(start))
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // registerNetwork writes the network and what it reaches into the

@@ -62,6 +62,10 @@ type Config struct {
 	MTU     int
 	// Reaches are the networks the network reaches (maps.ReachAll: all).
 	Reaches []string
+	// PolicyPending: the node's agent computes NetworkPolicies, and a
+	// Kubernetes pod starts closed until it has written the pod's
+	// (loader.Config.PolicyPending).
+	PolicyPending bool
 	// TCAttach is the node's tc attach mechanism (loader.Config.TCAttach);
 	// empty when the node recorded none.
 	TCAttach string
@@ -161,6 +165,7 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 		}
 		c.Gateway = node.Gateway
 		c.TCAttach = node.TCAttach
+		c.PolicyPending = node.PolicyPending
 	}
 	if c.PinRoot == "" {
 		c.PinRoot = maps.DefaultPinRoot
@@ -202,7 +207,8 @@ func validPool(p netip.Prefix) error {
 	return nil
 }
 
-// podArgs are the CNI_ARGS a Kubernetes runtime sends; they only label logs.
+// podArgs are the CNI_ARGS a Kubernetes runtime sends: they label logs and
+// name the pod whose policy the agent computes.
 type podArgs struct {
 	types.CommonArgs
 	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // the wire names

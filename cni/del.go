@@ -76,6 +76,9 @@ func Del(args *skel.CmdArgs) error {
 // node route) and the hostPorts.
 func removeAttachment(conf *Config, eps *maps.Endpoints, hostName string, addr netip.Addr) error {
 	var errs []error
+	if addr.IsValid() {
+		errs = append(errs, loader.ForgetPod(conf.StateDir, addr))
+	}
 	hostLink, linkErr := netlink.LinkByName(hostName)
 	if eps != nil {
 		if addr.IsValid() {

@@ -94,6 +94,10 @@ type Config struct {
 	// kernel has it. Init records the resolved choice, and every later
 	// attachment (the CNI plugin's) follows it.
 	TCAttach string `json:"tcAttach"`
+	// PolicyPending makes the CNI plugin start each Kubernetes pod closed
+	// (maps.EndpointPolicyPending) and wait for the agent to write its
+	// policy: set by the agent, which computes NetworkPolicies.
+	PolicyPending bool `json:"policyPending,omitempty"`
 }
 
 // WithDefaults fills unset fields.

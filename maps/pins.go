@@ -42,6 +42,10 @@ const (
 	MapTraceState = "trace_state"
 )
 
+// ScratchMaps are the programs' working memory: per-CPU, unpinned, each
+// program object's own, holding nothing from one packet to the next.
+var ScratchMaps = []string{"policy_scratch", "trace_orig"}
+
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
 const VarMaglevTableSize = "maglev_table_size"
 

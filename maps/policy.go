@@ -30,6 +30,10 @@ const (
 const (
 	EndpointPolicyIngress = 1
 	EndpointPolicyEgress  = 2
+	// EndpointPolicyPending: a new pod whose policy is not computed yet;
+	// set with both directions, so it is closed meanwhile.
+	EndpointPolicyPending = 4
+	endpointPolicyAll     = EndpointPolicyIngress | EndpointPolicyEgress | EndpointPolicyPending
 )
 
 // Prefix lengths of policy keys (bpf/lib/maps.h): up to the direction
@@ -228,8 +232,8 @@ func (p *Policy) Revoke(r PolicyRule) error {
 var ErrNoEndpoint = errors.New("no such endpoint")
 
 // SetEnforcement sets which directions of the pod at ip its policy
-// decides (EndpointPolicyIngress, EndpointPolicyEgress), keeping the rest
-// of its endpoint entry.
+// decides (EndpointPolicyIngress, EndpointPolicyEgress), clearing
+// EndpointPolicyPending, and keeps the rest of its endpoint entry.
 func (p *Policy) SetEnforcement(ip netip.Addr, flags uint32) error {
 	eps := NewEndpoints(p.endpoints)
 	info, ok, err := eps.Lookup(ip)
@@ -239,7 +243,7 @@ func (p *Policy) SetEnforcement(ip netip.Addr, flags uint32) error {
 	if !ok {
 		return fmt.Errorf("policy enforcement of %s: %w", ip, ErrNoEndpoint)
 	}
-	info.Flags = info.Flags&^(EndpointPolicyIngress|EndpointPolicyEgress) | flags
+	info.Flags = info.Flags&^endpointPolicyAll | flags
 	return eps.Put(ip, info)
 }
 
@@ -316,7 +320,7 @@ func (p *Policy) Enforcement() (map[netip.Addr]uint32, error) {
 	}
 	out := map[netip.Addr]uint32{}
 	for _, e := range list {
-		if f := e.Info.Flags & (EndpointPolicyIngress | EndpointPolicyEgress); f != 0 {
+		if f := e.Info.Flags & endpointPolicyAll; f != 0 {
 			out[e.IP] = f
 		}
 	}

@@ -20,7 +20,8 @@ type Changes struct {
 // allows: enforcement is switched on before anything else, stale rules go
 // before new ones come, enforcement is switched off last. A pod whose
 // endpoint is not (yet) on this node is skipped: the next Apply after its
-// CNI ADD writes it.
+// CNI ADD writes it. A new pod's endpoint (pending, closed) is opened to
+// its policy once the state knows the pod.
 func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 	var ch Changes
 	haveIDs, err := pol.Identities()
@@ -92,8 +93,12 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			ch.KeysAdded++
 		}
 	}
-	// 4. Enforcement as wanted (off where no policy selects any more).
+	// 4. Enforcement as wanted (off where no policy selects any more). A
+	// new pod the state does not know yet stays closed.
 	for ip, have := range haveFlags {
+		if have&pmaps.EndpointPolicyPending != 0 && !st.Local[ip] {
+			continue
+		}
 		if want := st.Endpoints[ip].Flags; want != have {
 			if err := setFlags(ip, want); err != nil {
 				return ch, err

@@ -67,6 +67,9 @@ type State struct {
 	// Endpoints are the policies of this node's pods, by address; a pod
 	// no policy selects has none.
 	Endpoints map[netip.Addr]Endpoint
+	// Local are the addresses of this node's pods the computation knew:
+	// a new pod's endpoint stays closed (pending) until it is among them.
+	Local map[netip.Addr]bool
 	// Warnings name what could not be honoured (an unknown protocol, a
 	// named port no pod has), each once.
 	Warnings []string
@@ -155,7 +158,7 @@ type identity struct {
 // Compile computes the state for node from every pod, namespace and
 // NetworkPolicy of the cluster.
 func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networkingv1.NetworkPolicy, alloc *Allocator) State {
-	st := State{Identities: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{}}
+	st := State{Identities: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{}, Local: map[netip.Addr]bool{}}
 	used := map[string]bool{}
 	warned := map[string]bool{}
 	warn := func(format string, args ...any) {
@@ -218,6 +221,7 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 		if p.Node != node || !p.IP.Is4() {
 			continue
 		}
+		st.Local[p.IP] = true
 		var ep Endpoint
 		rules := map[pmaps.PolicyRule]bool{}
 		for _, pol := range pols {

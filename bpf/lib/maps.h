@@ -25,6 +25,10 @@ struct endpoint_key {
  * connection that was allowed (lib/policy.h). */
 #define ENDPOINT_F_POLICY_INGRESS 1
 #define ENDPOINT_F_POLICY_EGRESS 2
+/* A new pod whose policy the agent has yet to compute: the CNI plugin sets
+ * it with both directions above, so the pod sends and receives nothing
+ * (but its node's probes) until the agent writes its policy. */
+#define ENDPOINT_F_POLICY_PENDING 4
 
 /* A pod on this node, written by the CNI plugin at ADD. */
 struct endpoint_info {

@@ -73,7 +73,10 @@ type Pod struct {
 	// PortMappings are the hostPorts the runtime passes (the portMappings
 	// capability), as containerd and Docker do for -p.
 	PortMappings []PortMapping
-	net          *libcni.NetworkConfigList // nil: the node's network
+	// Namespace is the Kubernetes namespace the runtime names in CNI_ARGS
+	// (K8S_POD_NAMESPACE); "sim" unless WithNamespace says otherwise.
+	Namespace string
+	net       *libcni.NetworkConfigList // nil: the node's network
 }
 
 // PortMapping is one entry of the portMappings capability.
@@ -86,6 +89,9 @@ type PortMapping struct {
 
 // PodOption adjusts a pod before its ADD.
 type PodOption func(*Pod)
+
+// WithNamespace names the pod's Kubernetes namespace in CNI_ARGS.
+func WithNamespace(ns string) PodOption { return func(p *Pod) { p.Namespace = ns } }
 
 // WithNetworkList attaches the pod through another network of the node
 // (NewNetworkList) than its own.
@@ -338,6 +344,13 @@ func (n *Node) Pods() []*Pod {
 	return out
 }
 
+func (p *Pod) namespace() string {
+	if p.Namespace == "" {
+		return "sim"
+	}
+	return p.Namespace
+}
+
 // RuntimeConf is what a runtime would pass libcni for the pod.
 func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 	rt := &libcni.RuntimeConf{
@@ -345,7 +358,7 @@ func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 		IfName:      IfName,
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
-			{"K8S_POD_NAMESPACE", "sim"},
+			{"K8S_POD_NAMESPACE", p.namespace()},
 			{"K8S_POD_NAME", p.Name},
 		},
 	}

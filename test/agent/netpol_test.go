@@ -20,25 +20,33 @@ import (
 	pmaps "github.com/podpath/podpath/maps"
 )
 
-// apiPod registers a sim pod with the API server as kubelet would: the
-// Pod object on this node, then its status with the pod's address.
-func (e *env) apiPod(t *testing.T, ns string, p *sim.Pod, lbls map[string]string, ports ...corev1.ContainerPort) {
+// kubePod starts a pod as kubelet does: the Pod object exists (on this
+// node, no address yet), the runtime's CNI ADD connects it, then its status
+// gets the address. It returns the pod and how long ADD took.
+func (e *env) kubePod(t *testing.T, ns, name string, lbls map[string]string, ports ...corev1.ContainerPort) (*sim.Pod, time.Duration) {
 	t.Helper()
 	ctx := context.Background()
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: p.Name, Labels: lbls},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: lbls},
 		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "pause", Ports: ports}}},
 	}
 	pod, err := e.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
+	p, err := e.node.AddPod(ctx, name, sim.WithNamespace(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
 	pod.Status.Phase = corev1.PodRunning
 	pod.Status.PodIP = p.IP.String()
 	pod.Status.PodIPs = []corev1.PodIP{{IP: p.IP.String()}}
 	if _, err := e.client.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return p, took
 }
 
 func (e *env) namespace(t *testing.T, name string, lbls map[string]string) {
@@ -94,18 +102,10 @@ func TestNetworkPolicy(t *testing.T) {
 	e.namespace(t, "shop", map[string]string{"team": "shop"})
 	e.namespace(t, "ops", map[string]string{"team": "ops"})
 
-	add := func(name string) *sim.Pod {
-		p, err := e.node.AddPod(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	web, db, batch, prom := add("web"), add("db"), add("batch"), add("prom")
-	e.apiPod(t, "shop", web, map[string]string{"app": "web"})
-	e.apiPod(t, "shop", db, map[string]string{"app": "db"}, corev1.ContainerPort{Name: "pg", ContainerPort: 7400, Protocol: corev1.ProtocolTCP})
-	e.apiPod(t, "shop", batch, map[string]string{"app": "batch"})
-	e.apiPod(t, "ops", prom, map[string]string{"app": "prom"})
+	web, _ := e.kubePod(t, "shop", "web", map[string]string{"app": "web"})
+	db, _ := e.kubePod(t, "shop", "db", map[string]string{"app": "db"}, corev1.ContainerPort{Name: "pg", ContainerPort: 7400, Protocol: corev1.ProtocolTCP})
+	batch, _ := e.kubePod(t, "shop", "batch", map[string]string{"app": "batch"})
+	prom, _ := e.kubePod(t, "ops", "prom", map[string]string{"app": "prom"})
 	for _, port := range []int{7400, 7401, 9187} {
 		serveOn(t, db, port)
 	}
@@ -201,4 +201,83 @@ func serveOn(t *testing.T, p *sim.Pod, port int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+}
+
+// A new pod is never briefly open: its CNI ADD starts it closed and
+// returns once the agent has written its policy, so its very first packet
+// meets it. A pod no policy selects is open as soon as its ADD returns, and
+// one the API does not know (a runtime's own) after a second's grace.
+func TestNewPodPolicyBeforeFirstPacket(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent(t, e.bin)
+	ctx := context.Background()
+	e.namespace(t, "shop", nil)
+	web, _ := e.kubePod(t, "shop", "web", map[string]string{"app": "web"})
+	batch, _ := e.kubePod(t, "shop", "batch", map[string]string{"app": "batch"})
+	tcp := corev1.ProtocolTCP
+	port := intstr.FromInt32(7500)
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
+			}},
+		},
+	}
+	if _, err := e.client.NetworkingV1().NetworkPolicies("shop").Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the policy object reaches the agent
+
+	for i := range 3 {
+		db, took := e.kubePod(t, "shop", fmt.Sprintf("db-%d", i), map[string]string{"app": "db"})
+		flags := e.endpointFlags(t, db)
+		t.Logf("ADD of %s took %v; flags %d right after", db.Name, took, flags)
+		if flags != pmaps.EndpointPolicyIngress {
+			t.Errorf("%s right after ADD: flags %d, want ingress enforced (%d), not pending", db.Name, flags, pmaps.EndpointPolicyIngress)
+		}
+		serveOn(t, db, 7500)
+		if reaches(batch, db, 7500) {
+			t.Errorf("batch reached the new %s", db.Name)
+		}
+		if !reaches(web, db, 7500) {
+			t.Errorf("web did not reach the new %s", db.Name)
+		}
+	}
+
+	free, took := e.kubePod(t, "shop", "free", map[string]string{"app": "free"})
+	if flags := e.endpointFlags(t, free); flags != 0 {
+		t.Errorf("a pod no policy selects: flags %d after ADD (took %v)", flags, took)
+	}
+	serveOn(t, free, 7500)
+	if !reaches(batch, free, 7500) {
+		t.Error("a pod no policy selects is not reachable right after ADD")
+	}
+
+	start := time.Now()
+	own, err := e.node.AddPod(ctx, "crictl-pod", sim.WithNamespace("shop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags := e.endpointFlags(t, own); flags != 0 {
+		t.Errorf("a pod the API does not know: flags %d after ADD (took %v)", flags, time.Since(start))
+	}
+	t.Logf("ADD of a pod the API does not know took %v", time.Since(start))
+}
+
+// endpointFlags reads a pod's endpoint flags.
+func (e *env) endpointFlags(t *testing.T, p *sim.Pod) uint32 {
+	t.Helper()
+	eps, err := pmaps.OpenEndpoints(e.node.PinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eps.Close()
+	info, ok, err := eps.Lookup(p.IP)
+	if err != nil || !ok {
+		t.Fatalf("endpoint of %s: %v, %v", p.Name, ok, err)
+	}
+	return info.Flags
 }
