@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -37,6 +38,8 @@ type netpol struct {
 	start    func(stop <-chan struct{})
 	changed  chan struct{}
 	alloc    *policy.Allocator
+	// names is what the names file holds, to write it only on a change.
+	names string
 }
 
 func newNetpol(client kubernetes.Interface, self, pinRoot, stateDir string, met *metrics) *netpol {
@@ -215,6 +218,13 @@ func (n *netpol) sync(pol *maps.Policy) error {
 	}
 	if ch != (policy.Changes{}) {
 		slog.Info("policy written", "changes", ch.String(), "policies", len(pols), "took", time.Since(start))
+	}
+	if b, err := json.Marshal(st.Names); err == nil && string(b) != n.names {
+		if err := policy.WriteNames(n.stateDir, st.Names); err != nil {
+			slog.Warn("policy: write the names", "err", err)
+		} else {
+			n.names = string(b)
+		}
 	}
 	return nil
 }

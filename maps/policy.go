@@ -326,3 +326,20 @@ func (p *Policy) Enforcement() (map[netip.Addr]uint32, error) {
 	}
 	return out, nil
 }
+
+// Rule is the rule a policy key is a part of, with the port range of its
+// prefix alone (PolicyRule.Keys split a range into such prefixes).
+func (k PolicyKey) Rule() PolicyRule {
+	r := PolicyRule{Endpoint: k.EndpointAddr(), Direction: k.Direction, Identity: k.Identity}
+	if k.Prefixlen <= policyPrefixAnyProto {
+		return r
+	}
+	r.Proto = k.Proto
+	if k.Prefixlen <= policyPrefixAnyPort {
+		return r
+	}
+	bits := int(k.Prefixlen - policyPrefixAnyPort)
+	r.PortFirst = HostPort(k.Dport)
+	r.PortLast = r.PortFirst | uint16(1<<(16-bits)-1)
+	return r
+}

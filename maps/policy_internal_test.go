@@ -2,6 +2,7 @@ package maps
 
 import (
 	"math/rand/v2"
+	"net/netip"
 	"testing"
 )
 
@@ -39,5 +40,33 @@ func TestPortPrefixes(t *testing.T) {
 	}
 	if got := len(portPrefixes(1, 65535)); got != 16 {
 		t.Errorf("1-65535: %d prefixes, want 16", got)
+	}
+}
+
+// A rule's keys read back (PolicyKey.Rule) as prefixes that tile its
+// port range exactly.
+func TestPolicyKeysReadBack(t *testing.T) {
+	ep := netip.MustParseAddr("10.0.0.1")
+	for _, r := range [][2]uint16{{80, 80}, {8000, 8100}, {1, 65535}, {1024, 2047}} {
+		rule := PolicyRule{Endpoint: ep, Direction: PolicyIngress, Identity: 300, Proto: 6, PortFirst: r[0], PortLast: r[1]}
+		keys, err := rule.Keys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := uint32(r[0])
+		for _, k := range keys {
+			back := k.Rule()
+			if back.Endpoint != ep || back.Identity != 300 || back.Proto != 6 || uint32(back.PortFirst) != next {
+				t.Fatalf("%v: key read back as %s, want ports from %d", r, back, next)
+			}
+			next = uint32(back.PortLast) + 1
+		}
+		if next != uint32(r[1])+1 {
+			t.Errorf("%v: keys end at %d", r, next-1)
+		}
+	}
+	any, _ := PolicyRule{Endpoint: ep, Direction: PolicyEgress, Identity: IdentityAny}.Keys()
+	if back := any[0].Rule(); back.Proto != 0 || back.PortFirst != 0 || back.Direction != PolicyEgress {
+		t.Errorf("every protocol read back as %s", back)
 	}
 }

@@ -70,6 +70,9 @@ type State struct {
 	// Local are the addresses of this node's pods the computation knew:
 	// a new pod's endpoint stays closed (pending) until it is among them.
 	Local map[netip.Addr]bool
+	// Names say what each identity stands for ("shop: app=web", a CIDR)
+	// and which pod each address is ("shop/web-1"), for people.
+	Names Names
 	// Warnings name what could not be honoured (an unknown protocol, a
 	// named port no pod has), each once.
 	Warnings []string
@@ -158,7 +161,8 @@ type identity struct {
 // Compile computes the state for node from every pod, namespace and
 // NetworkPolicy of the cluster.
 func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networkingv1.NetworkPolicy, alloc *Allocator) State {
-	st := State{Identities: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{}, Local: map[netip.Addr]bool{}}
+	st := State{Identities: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{}, Local: map[netip.Addr]bool{},
+		Names: Names{Identities: map[uint32]string{}, Pods: map[netip.Addr]string{}}}
 	used := map[string]bool{}
 	warned := map[string]bool{}
 	warn := func(format string, args ...any) {
@@ -187,7 +191,9 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 			id = &identity{id: alloc.get(k, used), namespace: p.Namespace, labels: labels.Set(p.Labels)}
 			byKey[k] = id
 			idents = append(idents, id)
+			st.Names.Identities[id.id] = p.Namespace + ": " + id.labels.String()
 		}
+		st.Names.Pods[p.IP] = p.Namespace + "/" + p.Name
 		id.pods = append(id.pods, p)
 		st.Identities[netip.PrefixFrom(p.IP, 32)] = id.id
 	}
@@ -208,6 +214,7 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 				pfx = pfx.Masked()
 				if _, ok := st.Identities[pfx]; !ok || pfx.Bits() < 32 {
 					st.Identities[pfx] = alloc.get(cidrKey(pfx), used)
+					st.Names.Identities[st.Identities[pfx]] = "cidr " + pfx.String()
 					cidrs = append(cidrs, pfx)
 				}
 			}

@@ -51,7 +51,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.stateDir, "state-dir", loader.DefaultStateDir, "where the node's configuration and IPAM state live")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newNodeCmd(g), newStatusCmd(g), newEndpointCmd(g), newNetworkCmd(g), newCountersCmd(g), newDemoCmd(g))
+	root.AddCommand(newNodeCmd(g), newStatusCmd(g), newEndpointCmd(g), newNetworkCmd(g), newPolicyCmd(g), newCountersCmd(g), newDemoCmd(g))
 	root.AddCommand(newNATCmd(g))
 	root.AddCommand(newServiceCmd(g), newCTCmd(g), newMonitorCmd(g), newTraceCmd(g))
 	root.AddCommand(newAgentCmd(g))

@@ -129,7 +129,7 @@ func (f *natFilter) match(e maps.NATMapping) bool {
 		(!f.expired || e.ExpiresIn < 0)
 }
 
-var protoNumbers = map[string]uint8{"icmp": 1, "tcp": 6, "udp": 17}
+var protoNumbers = map[string]uint8{"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
 
 func protoName(p uint8) string {
 	for n, v := range protoNumbers {

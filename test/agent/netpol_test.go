@@ -2,10 +2,12 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"syscall"
 	"testing"
@@ -157,6 +159,31 @@ func TestNetworkPolicy(t *testing.T) {
 		return !reaches(batch, db, 7400), "batch still reaches db"
 	})
 	check("with the policy")
+
+	// podpath policy get: the resolved rules, peers by their labels.
+	eventually(t, "podpath policy get names the peers", func() (bool, string) {
+		var out []byte
+		err := e.node.Do(func() error {
+			var err error
+			out, err = exec.Command(e.bin, "--pin-root", e.node.PinRoot, "--state-dir", e.node.StateDir,
+				"policy", "get", "shop/db", "-o", "json").Output()
+			return err
+		})
+		var got struct {
+			Enforced string
+			Ingress  []struct{ Peer, Protocol, Ports string }
+		}
+		if err == nil {
+			err = json.Unmarshal(out, &got)
+		}
+		var rows []string
+		for _, r := range got.Ingress {
+			rows = append(rows, r.Peer+" "+r.Protocol+" "+r.Ports)
+		}
+		slices.Sort(rows)
+		want := []string{"ops: app=prom TCP 9187", "shop: app=web TCP 7400"}
+		return err == nil && got.Enforced == "ingress" && slices.Equal(rows, want), fmt.Sprintf("%v: %q\n%s", err, rows, out)
+	})
 
 	// Killed, the datapath keeps enforcing; restarted, the agent writes
 	// nothing: the same identities, the same keys.
