@@ -51,6 +51,20 @@ var (
 	spoofedIP = netip.MustParseAddr("10.244.0.99")
 	// Pods besides the two, so the endpoints map is not trivially small.
 	otherPods = 254
+	// A pod whose ingress policy applies (its gateway MAC benchSrc's, as
+	// benchDst's), and the identities of the policy paths.
+	benchGuarded = benchPod{IP: netip.MustParseAddr("10.244.0.30"), Ifindex: 30,
+		MAC: mac("02:00:0a:f4:00:1e"), NodeMAC: mac("02:00:0a:f4:00:0a"), Cookie: 0x3000}
+	benchSrcIdentity = maps.IdentityFirstUser + 244
+	benchAllowedPeer = maps.IdentityFirstUser + 245
+)
+
+// The policy paths: a new connection looked up in a policy map of one rule,
+// and of policyManyRules (the target says the cost does not grow with it).
+const (
+	pathPolicyOne   = "from_pod local SYN, destination's policy denies, 1 rule"
+	pathPolicyMany  = "from_pod local SYN, destination's policy denies, 10,000 rules"
+	policyManyRules = 10000
 )
 
 type benchPod struct {
@@ -86,6 +100,69 @@ func progRunTargets(r *results) {
 		Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); medians %s vs %s %s",
 			p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit),
 	})
+	num, den = r.find(famProgRun, "ns_per_packet", pathPolicyMany), r.find(famProgRun, "ns_per_packet", pathPolicyOne)
+	if p, ok = paired(num, den); !ok {
+		return
+	}
+	r.Targets = append(r.Targets, target{
+		Name:  fmt.Sprintf("bpf_prog_run: a policy lookup with %d rules vs 1", policyManyRules),
+		Ratio: round3(p.Median), Want: "no growth with the rules (paired interval reaches 1.00x)", Pass: p.Min <= 1, Paired: &p,
+		Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); medians %s vs %s %s",
+			p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit),
+	})
+}
+
+// benchDport is the destination port of tcpFrame's segments.
+const benchDport = 5201
+
+// policySetup returns the setups of the policy paths: benchGuarded's
+// ingress policy allows benchAllowedPeer TCP benchDport (and, with many, rules for
+// other identities and ports too), never benchSrc, whose SYN every run
+// then looks up in full and drops; or, tracked, allows benchSrc, whose
+// connection the first run starts and the others find.
+func policySetup(pol *maps.Policy, ct *ebpf.Map) (one, many, tracked func() error) {
+	rule := func(id uint32, first, last uint16) maps.PolicyRule {
+		return maps.PolicyRule{Endpoint: benchGuarded.IP, Direction: maps.PolicyIngress, Identity: id, Proto: 6, PortFirst: first, PortLast: last}
+	}
+	reset := func(rules ...maps.PolicyRule) error {
+		// No connection is tracked: the first run of each path decides.
+		var k maps.PolicyCtKey
+		var v maps.PolicyCtEntry
+		var tracked []maps.PolicyCtKey
+		for it := ct.Iterate(); it.Next(&k, &v); {
+			tracked = append(tracked, k)
+		}
+		for _, k := range tracked {
+			if err := ct.Delete(k); err != nil {
+				return err
+			}
+		}
+		keys, err := pol.Keys()
+		if err != nil {
+			return err
+		}
+		for k := range keys {
+			if err := pol.DeleteKey(k); err != nil {
+				return err
+			}
+		}
+		for _, r := range rules {
+			if err := pol.Allow(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	one = func() error { return reset(rule(benchAllowedPeer, benchDport, benchDport)) }
+	many = func() error {
+		rules := []maps.PolicyRule{rule(benchAllowedPeer, benchDport, benchDport)}
+		for i := range policyManyRules - 1 {
+			rules = append(rules, rule(maps.IdentityFirstUser+1000+uint32(i/100), uint16(1+i%100), uint16(1+i%100)))
+		}
+		return reset(rules...)
+	}
+	tracked = func() error { return reset(rule(benchSrcIdentity, benchDport, benchDport)) }
+	return one, many, tracked
 }
 
 // progPath is one program path: a program, a packet, the verdict every run
@@ -104,6 +181,8 @@ type progPath struct {
 	dropEvents uint32
 	// trace is what tracing selects during the path's runs; zero: off.
 	trace maps.Trace
+	// setup, when set, prepares the maps before the path's runs.
+	setup func() error
 }
 
 // runProgRun times every path.
@@ -160,11 +239,20 @@ func (e *env) runProgRun(ctx context.Context) error {
 	tcTraced := traced.Programs[maps.ProgFromPod]
 
 	eps := maps.NewEndpoints(fromPod.Maps[maps.MapEndpoints])
-	for _, p := range []benchPod{benchSrc, benchDst} {
-		if err := eps.Put(p.IP, p.info()); err != nil {
+	for _, p := range []benchPod{benchSrc, benchDst, benchGuarded} {
+		info := p.info()
+		if p.IP == benchGuarded.IP {
+			info.Flags = maps.EndpointPolicyIngress
+		}
+		if err := eps.Put(p.IP, info); err != nil {
 			return err
 		}
 	}
+	pol := maps.NewPolicy(fromPod.Maps[maps.MapIPCache], fromPod.Maps[maps.MapPolicy], fromPod.Maps[maps.MapEndpoints])
+	if err := pol.SetIdentity(netip.PrefixFrom(benchSrc.IP, 32), benchSrcIdentity); err != nil {
+		return err
+	}
+	policyOne, policyMany, policyTracked := policySetup(pol, fromPod.Maps[maps.MapPolicyCT])
 	for i := range otherPods {
 		p := benchPod{IP: netip.AddrFrom4([4]byte{10, 244, 1, byte(i)}), Ifindex: uint32(100 + i),
 			MAC: net.HardwareAddr{2, 0, 10, 244, 1, byte(i)}, NodeMAC: net.HardwareAddr{0xee, 0xee, 0, 0, 1, byte(i)}}
@@ -190,6 +278,7 @@ func (e *env) runProgRun(ctx context.Context) error {
 	toStack := tcpFrame(benchSrc, offNodeIP, 64, false, 1400)
 	spoofed := tcpFrame(benchPod{IP: spoofedIP, MAC: benchSrc.MAC}, benchDst.IP, 64, false, 1400)
 	fromWire := tcpFrame(benchPod{IP: netip.MustParseAddr("192.0.2.1"), MAC: mac("02:00:c0:00:02:01")}, benchDst.IP, 64, false, 1400)
+	guarded := tcpFrame(benchSrc, benchGuarded.IP, 255, true, 0)
 	paths := []progPath{
 		{name: "noop tc (TC_ACT_OK)", prog: noopTC, frame: data, ingress: benchSrc.Ifindex, verdict: tcActOK},
 		{name: pathTracingOff, prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)"},
@@ -212,6 +301,16 @@ func (e *env) runProgRun(ctx context.Context) error {
 			trace: maps.Trace{Addr: offNodeIP}},
 		{name: "from_pod local SYN, tracing this pod", prog: tcTraced, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
 			trace: maps.Trace{Addr: benchSrc.IP}},
+		// Policy: the destination's ingress is enforced. A tracked
+		// connection costs its conntrack lookup; a new one, its identity
+		// and the policy's longest-prefix lookups (a denied SYN is never
+		// tracked, so every run looks it up in full).
+		{name: "from_pod local SYN, destination's policy, a tracked connection", prog: tc, frame: guarded, ingress: benchSrc.Ifindex,
+			verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)", setup: policyTracked},
+		{name: pathPolicyOne, prog: tc, frame: guarded, ingress: benchSrc.Ifindex, verdict: tcActShot,
+			reason: "from_pod/drop_policy_ingress", noop: "noop tc (TC_ACT_OK)", setup: policyOne},
+		{name: pathPolicyMany, prog: tc, frame: guarded, ingress: benchSrc.Ifindex, verdict: tcActShot,
+			reason: "from_pod/drop_policy_ingress", noop: "noop tc (TC_ACT_OK)", setup: policyMany},
 		{name: "noop xdp (XDP_PASS)", prog: noopXDP, frame: fromWire, xdp: true, verdict: xdpPass},
 		{name: "xdp_netdev pass", prog: xp, frame: fromWire, xdp: true, verdict: xdpPass, reason: "xdp/to_stack", noop: "noop xdp (XDP_PASS)"},
 	}
@@ -234,6 +333,11 @@ func (e *env) runProgRun(ctx context.Context) error {
 		for _, p := range rotate(paths, rep) {
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if p.setup != nil {
+				if err := p.setup(); err != nil {
+					return fmt.Errorf("%s: %w", p.name, err)
+				}
 			}
 			before, err := readCounter(counters, p.reason)
 			if err != nil {
@@ -426,7 +530,7 @@ func tcpFrame(src benchPod, dst netip.Addr, ttl uint8, syn bool, ipLen int) []by
 		}
 	}
 	binary.BigEndian.PutUint16(tcp[0:], 40000)
-	binary.BigEndian.PutUint16(tcp[2:], 5201)
+	binary.BigEndian.PutUint16(tcp[2:], benchDport)
 	binary.BigEndian.PutUint32(tcp[4:], 1)
 	binary.BigEndian.PutUint16(tcp[14:], 64240)
 	s, d := src.IP.As4(), dst.As4()

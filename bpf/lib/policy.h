@@ -9,7 +9,7 @@
  * map when its direction is enforced (otherwise it passes) and, allowed,
  * starts tracking. Per packet that is a hash lookup or two; per new
  * connection, an LPM lookup of the peer's identity and at most two in the
- * policy: none of it grows with the number of policies, pods or rules. */
+ * policy, bounded by the keys' length rather than the number of rules. */
 #pragma once
 
 #include "common.h"
