@@ -253,7 +253,9 @@ func DetachTC(root, progName, ifname string, dir Direction) error {
 	}
 	for _, f := range filters {
 		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == legacyFilterName(root, progName) {
-			if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+			// ENODEV: the device went while this ran (its pod's netns
+			// deleted), and its filters with it.
+			if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 				return fmt.Errorf("detach %s from %s: %w", progName, ifname, err)
 			}
 		}
