@@ -70,10 +70,7 @@ func (e *Endpoints) Close() error { return e.m.Close() }
 func (e *Endpoints) Put(ip netip.Addr, info EndpointInfo) error {
 	key := NewEndpointKey(ip)
 	if err := e.m.Update(&key, &info, ebpf.UpdateAny); err != nil {
-		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) {
-			return fmt.Errorf("register endpoint %s: %w (%d entries)", ip, ErrMapFull, e.m.MaxEntries())
-		}
-		return fmt.Errorf("register endpoint %s: %w", ip, err)
+		return fmt.Errorf("register endpoint %s: %w", ip, mapFull(err, e.m))
 	}
 	return nil
 }
