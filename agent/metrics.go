@@ -92,7 +92,7 @@ func newMetrics(pinRoot string) *metrics {
 		}),
 		policyIdentities: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "podpath_policy_identities",
-			Help: "Addresses and CIDRs with an identity in the ipcache (every pod of the cluster, every ipBlock).",
+			Help: "Addresses and CIDRs with an identity (every pod of the cluster, every ipBlock CIDR and except).",
 		}),
 		policySyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podpath_policy_sync_errors_total",

@@ -128,11 +128,16 @@ func (n *netpol) watchPending(ctx context.Context, pol *maps.Policy) {
 	})
 }
 
-// restore gives the pods the identities the pinned ipcache has for their
-// addresses, and the CIDRs theirs: a restarted agent computes the same
-// state it left, and writes nothing.
+// restore gives the pods the identities the pinned identities map has for
+// their addresses, and the CIDRs theirs from the ipcache: a restarted
+// agent computes the same state it left, and writes nothing.
 func (n *netpol) restore(pol *maps.Policy) {
 	have, err := pol.Identities()
+	if err != nil {
+		slog.Warn("policy: read the identities", "err", err)
+		return
+	}
+	cidrs, err := pol.CIDRIdentities()
 	if err != nil {
 		slog.Warn("policy: read the ipcache", "err", err)
 		return
@@ -150,10 +155,8 @@ func (n *netpol) restore(pol *maps.Policy) {
 			n.alloc.Restore(policy.PodKey(pp), id)
 		}
 	}
-	for pfx, id := range have {
-		if pfx.Bits() < 32 {
-			n.alloc.Restore(policy.CIDRKey(pfx), id)
-		}
+	for pfx, id := range cidrs {
+		n.alloc.Restore(policy.CIDRKey(pfx), id)
 	}
 }
 
@@ -212,7 +215,7 @@ func (n *netpol) sync(pol *maps.Policy) error {
 	}
 	ch, err := policy.Apply(pol, st)
 	n.met.policyEndpoints.Set(float64(len(st.Endpoints)))
-	n.met.policyIdentities.Set(float64(len(st.Identities)))
+	n.met.policyIdentities.Set(float64(len(st.Identities) + len(st.CIDRs)))
 	if err != nil {
 		return err
 	}

@@ -248,7 +248,10 @@ func (e *env) runProgRun(ctx context.Context) error {
 			return err
 		}
 	}
-	pol := maps.NewPolicy(fromPod.Maps[maps.MapIPCache], fromPod.Maps[maps.MapPolicy], fromPod.Maps[maps.MapEndpoints])
+	pol, err := maps.NewPolicy(fromPod.Maps)
+	if err != nil {
+		return err
+	}
 	if err := pol.SetIdentity(netip.PrefixFrom(benchSrc.IP, 32), benchSrcIdentity); err != nil {
 		return err
 	}

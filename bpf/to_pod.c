@@ -47,7 +47,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __be32 daddr)
 	struct endpoint_info *ep = endpoint_lookup4(daddr);
 
 	if (ep && ep->flags &&
-	    policy_denies4(skb, POLICY_INGRESS, ep->flags & ENDPOINT_F_POLICY_INGRESS))
+	    policy_denies4(skb, POLICY_INGRESS, ep->flags))
 		return drop(skb, REASON_DROP_POLICY_INGRESS);
 	return pass(skb);
 }

@@ -355,6 +355,9 @@ func Init(c Config) error {
 	if err := configureEvents(c); err != nil {
 		return err
 	}
+	if err := maps.MigratePolicy(c.PinRoot); err != nil {
+		return err
+	}
 	if err := replaceAttached(c.PinRoot, progs); err != nil {
 		return err
 	}

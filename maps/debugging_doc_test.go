@@ -444,14 +444,29 @@ func fillEveryMap(t *testing.T, n *node) {
 	put(maps.MapFrags, fragKey{Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(clusterIP)[0], ID: maps.Port(0x1234), Proto: 17, Hook: uint8(maps.HookFromPod)},
 		fragEntry{Expires: maps.Monotonic() + uint64(30*time.Second), Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(podIP)[0], Decision: 1})
 
-	// Policy: the client's identity, the pod's rule allowing it TCP 8080,
-	// the connection that rule let in, a first fragment's ports.
-	pol := maps.NewPolicy(n.openMap(t, maps.MapIPCache), n.openMap(t, maps.MapPolicy), n.openMap(t, maps.MapEndpoints))
+	// Policy: the client's identity, a CIDR's, the pod's rules allowing it
+	// TCP 8080 and 8192-8447, the connection a rule let in, a first
+	// fragment's ports.
+	ms := map[string]*ebpf.Map{}
+	for _, name := range maps.PolicyMaps {
+		ms[name] = n.openMap(t, name)
+	}
+	pol, err := maps.NewPolicy(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := pol.SetIdentity(netip.PrefixFrom(clientIP, 32), maps.IdentityFirstUser); err != nil {
 		t.Fatal(err)
 	}
 	if err := pol.Allow(maps.PolicyRule{Endpoint: podIP, Direction: maps.PolicyIngress, Identity: maps.IdentityFirstUser,
 		Proto: protoTCP, PortFirst: 8080, PortLast: 8080}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pol.SetCIDRIdentity(netip.MustParsePrefix("192.0.2.0/24"), maps.IdentityFirstUser+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := pol.Allow(maps.PolicyRule{Endpoint: podIP, Direction: maps.PolicyIngress, Identity: maps.IdentityFirstUser,
+		Proto: protoTCP, PortFirst: 8192, PortLast: 8447}); err != nil {
 		t.Fatal(err)
 	}
 	put(maps.MapPolicyCT, maps.PolicyCtKey{Saddr: maps.Addr16(clientIP)[0], Daddr: maps.Addr16(podIP)[0], Sport: maps.Port(clientPort),

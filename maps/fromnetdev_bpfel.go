@@ -25,6 +25,7 @@ const (
 	fromNetdevMapEventState            = "event_state"
 	fromNetdevMapEvents                = "events"
 	fromNetdevMapFrags                 = "frags"
+	fromNetdevMapIdentities            = "identities"
 	fromNetdevMapIpcache               = "ipcache"
 	fromNetdevMapMaglev                = "maglev"
 	fromNetdevMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	fromNetdevMapNodeAddrs             = "node_addrs"
 	fromNetdevMapNonmasq               = "nonmasq"
 	fromNetdevMapPeers                 = "peers"
-	fromNetdevMapPolicy                = "policy"
 	fromNetdevMapPolicyCt              = "policy_ct"
 	fromNetdevMapPolicyFrags           = "policy_frags"
+	fromNetdevMapPolicyRanges          = "policy_ranges"
+	fromNetdevMapPolicyRules           = "policy_rules"
 	fromNetdevMapPolicyScratch         = "policy_scratch"
 	fromNetdevMapServices              = "services"
 	fromNetdevMapSnat                  = "snat"
@@ -121,6 +123,7 @@ type fromNetdevMapSpecs struct {
 	EventState    *ebpf.MapSpec `ebpf:"event_state"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Identities    *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
@@ -130,9 +133,10 @@ type fromNetdevMapSpecs struct {
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers         *ebpf.MapSpec `ebpf:"peers"`
-	Policy        *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
 	Snat          *ebpf.MapSpec `ebpf:"snat"`
@@ -193,6 +197,7 @@ type fromNetdevMaps struct {
 	EventState    *ebpf.Map `ebpf:"event_state"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Frags         *ebpf.Map `ebpf:"frags"`
+	Identities    *ebpf.Map `ebpf:"identities"`
 	Ipcache       *ebpf.Map `ebpf:"ipcache"`
 	Maglev        *ebpf.Map `ebpf:"maglev"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
@@ -202,9 +207,10 @@ type fromNetdevMaps struct {
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
 	Peers         *ebpf.Map `ebpf:"peers"`
-	Policy        *ebpf.Map `ebpf:"policy"`
 	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
 	Services      *ebpf.Map `ebpf:"services"`
 	Snat          *ebpf.Map `ebpf:"snat"`
@@ -226,6 +232,7 @@ func (m *fromNetdevMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -235,9 +242,10 @@ func (m *fromNetdevMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.PolicyScratch,
 		m.Services,
 		m.Snat,

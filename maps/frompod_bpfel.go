@@ -221,6 +221,11 @@ const (
 	fromPodIdentityIDENTITY_FIRST_USER  fromPodIdentity = 256
 )
 
+type fromPodIdentityKey struct {
+	_    structs.HostLayout
+	Addr uint32
+}
+
 type fromPodIpcacheEntry struct {
 	_        structs.HostLayout
 	Identity uint32
@@ -494,6 +499,7 @@ const (
 	fromPodMapEventState            = "event_state"
 	fromPodMapEvents                = "events"
 	fromPodMapFrags                 = "frags"
+	fromPodMapIdentities            = "identities"
 	fromPodMapIpcache               = "ipcache"
 	fromPodMapMaglev                = "maglev"
 	fromPodMapNatConfig             = "nat_config"
@@ -503,9 +509,10 @@ const (
 	fromPodMapNodeAddrs             = "node_addrs"
 	fromPodMapNonmasq               = "nonmasq"
 	fromPodMapPeers                 = "peers"
-	fromPodMapPolicy                = "policy"
 	fromPodMapPolicyCt              = "policy_ct"
 	fromPodMapPolicyFrags           = "policy_frags"
+	fromPodMapPolicyRanges          = "policy_ranges"
+	fromPodMapPolicyRules           = "policy_rules"
 	fromPodMapPolicyScratch         = "policy_scratch"
 	fromPodMapServices              = "services"
 	fromPodMapSnat                  = "snat"
@@ -590,6 +597,7 @@ type fromPodMapSpecs struct {
 	EventState    *ebpf.MapSpec `ebpf:"event_state"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Identities    *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
@@ -599,9 +607,10 @@ type fromPodMapSpecs struct {
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers         *ebpf.MapSpec `ebpf:"peers"`
-	Policy        *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
 	Snat          *ebpf.MapSpec `ebpf:"snat"`
@@ -662,6 +671,7 @@ type fromPodMaps struct {
 	EventState    *ebpf.Map `ebpf:"event_state"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Frags         *ebpf.Map `ebpf:"frags"`
+	Identities    *ebpf.Map `ebpf:"identities"`
 	Ipcache       *ebpf.Map `ebpf:"ipcache"`
 	Maglev        *ebpf.Map `ebpf:"maglev"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
@@ -671,9 +681,10 @@ type fromPodMaps struct {
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
 	Peers         *ebpf.Map `ebpf:"peers"`
-	Policy        *ebpf.Map `ebpf:"policy"`
 	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
 	Services      *ebpf.Map `ebpf:"services"`
 	Snat          *ebpf.Map `ebpf:"snat"`
@@ -695,6 +706,7 @@ func (m *fromPodMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -704,9 +716,10 @@ func (m *fromPodMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.PolicyScratch,
 		m.Services,
 		m.Snat,

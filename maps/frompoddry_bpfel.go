@@ -25,6 +25,7 @@ const (
 	fromPodDryMapEventState            = "event_state"
 	fromPodDryMapEvents                = "events"
 	fromPodDryMapFrags                 = "frags"
+	fromPodDryMapIdentities            = "identities"
 	fromPodDryMapIpcache               = "ipcache"
 	fromPodDryMapMaglev                = "maglev"
 	fromPodDryMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	fromPodDryMapNodeAddrs             = "node_addrs"
 	fromPodDryMapNonmasq               = "nonmasq"
 	fromPodDryMapPeers                 = "peers"
-	fromPodDryMapPolicy                = "policy"
 	fromPodDryMapPolicyCt              = "policy_ct"
 	fromPodDryMapPolicyFrags           = "policy_frags"
+	fromPodDryMapPolicyRanges          = "policy_ranges"
+	fromPodDryMapPolicyRules           = "policy_rules"
 	fromPodDryMapPolicyScratch         = "policy_scratch"
 	fromPodDryMapServices              = "services"
 	fromPodDryMapSnat                  = "snat"
@@ -123,6 +125,7 @@ type fromPodDryMapSpecs struct {
 	EventState    *ebpf.MapSpec `ebpf:"event_state"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Identities    *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
@@ -132,9 +135,10 @@ type fromPodDryMapSpecs struct {
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers         *ebpf.MapSpec `ebpf:"peers"`
-	Policy        *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
 	Snat          *ebpf.MapSpec `ebpf:"snat"`
@@ -197,6 +201,7 @@ type fromPodDryMaps struct {
 	EventState    *ebpf.Map `ebpf:"event_state"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Frags         *ebpf.Map `ebpf:"frags"`
+	Identities    *ebpf.Map `ebpf:"identities"`
 	Ipcache       *ebpf.Map `ebpf:"ipcache"`
 	Maglev        *ebpf.Map `ebpf:"maglev"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
@@ -206,9 +211,10 @@ type fromPodDryMaps struct {
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
 	Peers         *ebpf.Map `ebpf:"peers"`
-	Policy        *ebpf.Map `ebpf:"policy"`
 	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
 	Services      *ebpf.Map `ebpf:"services"`
 	Snat          *ebpf.Map `ebpf:"snat"`
@@ -232,6 +238,7 @@ func (m *fromPodDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -241,9 +248,10 @@ func (m *fromPodDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.PolicyScratch,
 		m.Services,
 		m.Snat,

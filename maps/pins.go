@@ -27,12 +27,18 @@ const (
 	// Networks (isolation domains) and the reaches declared between them.
 	MapNetworks     = "networks"
 	MapNetworkReach = "network_reach"
-	// Network policy: identities of addresses, the allowed peers of each
-	// pod, the connections allowed, first fragments' ports.
-	MapIPCache     = "ipcache"
-	MapPolicy      = "policy"
-	MapPolicyCT    = "policy_ct"
-	MapPolicyFrags = "policy_frags"
+	// Network policy: identities of pods' addresses and of ipBlock CIDRs,
+	// the allowed peers of each pod (exact keys, port ranges), the
+	// connections allowed, first fragments' ports.
+	MapIdentities   = "identities"
+	MapIPCache      = "ipcache"
+	MapPolicyRules  = "policy_rules"
+	MapPolicyRanges = "policy_ranges"
+	MapPolicyCT     = "policy_ct"
+	MapPolicyFrags  = "policy_frags"
+	// MapPolicyLegacy is where older versions kept every policy key, in
+	// one trie; a loader finding it moves its keys (MigratePolicy).
+	MapPolicyLegacy = "policy"
 	// Drop events to user space (podpath monitor), their configuration
 	// and, per CPU, their rate limit's state and accounting.
 	MapEvents      = "events"
@@ -70,7 +76,7 @@ var AllMaps = []string{MapEndpoints, MapCounters, MapServices, MapSvcSlots, MapB
 	MapSvcRR, MapMaglev, MapAffinity, MapConntrack, MapNodeAddrs,
 	MapSNAT, MapNatConfig, MapNonmasq, MapNatStats, MapSockRevNat, MapFrags, MapPeers,
 	MapEvents, MapEventConfig, MapEventState, MapTraceState, MapNetworks, MapNetworkReach,
-	MapIPCache, MapPolicy, MapPolicyCT, MapPolicyFrags}
+	MapIdentities, MapIPCache, MapPolicyRules, MapPolicyRanges, MapPolicyCT, MapPolicyFrags}
 
 // MapPath is the pin of a map.
 func MapPath(root, name string) string { return filepath.Join(root, name) }

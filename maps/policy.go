@@ -33,11 +33,16 @@ const (
 	// EndpointPolicyPending: a new pod whose policy is not computed yet;
 	// set with both directions, so it is closed meanwhile.
 	EndpointPolicyPending = 4
-	endpointPolicyAll     = EndpointPolicyIngress | EndpointPolicyEgress | EndpointPolicyPending
+	// EndpointPolicyRanges: some of the pod's rules are port ranges, kept
+	// in the range trie, which is looked up only for such pods.
+	EndpointPolicyRanges = 8
+	endpointPolicyAll    = EndpointPolicyIngress | EndpointPolicyEgress | EndpointPolicyPending | EndpointPolicyRanges
 )
 
 // Prefix lengths of policy keys (bpf/lib/maps.h): up to the direction
-// (every protocol and port), and the whole key.
+// (every protocol and port), up to the protocol (every port), and the
+// whole key (one port). Keys of these lengths are exact (policy_rules);
+// others are port prefixes of a range (policy_ranges).
 const (
 	policyPrefixAnyProto = 32 + 32 + 8
 	policyPrefixAnyPort  = policyPrefixAnyProto + 8
@@ -88,9 +93,9 @@ func (r PolicyRule) String() string {
 	return fmt.Sprintf("%s %s identity %d %s", r.Endpoint, dir, r.Identity, ports)
 }
 
-// Keys are the policy map keys of r: one per port prefix the range splits
+// Keys are the policy keys of r: one per port prefix the range splits
 // into (a range of n ports takes at most 2*16-2 prefixes), one for a rule
-// of every port or protocol.
+// of one port, of every port or of every protocol.
 func (r PolicyRule) Keys() ([]PolicyKey, error) {
 	if !r.Endpoint.Is4() {
 		return nil, fmt.Errorf("policy rule %s: the endpoint must be an IPv4 address", r)
@@ -125,6 +130,27 @@ func (r PolicyRule) Keys() ([]PolicyKey, error) {
 	return keys, nil
 }
 
+// Ranged says whether some of r's keys are port prefixes shorter than a
+// port, kept in the range trie: the pod's endpoint then needs
+// EndpointPolicyRanges.
+func (r PolicyRule) Ranged() bool {
+	if r.Proto == 0 || r.PortFirst == 0 || r.PortLast <= r.PortFirst {
+		return false
+	}
+	for _, p := range portPrefixes(r.PortFirst, r.PortLast) {
+		if p.bits < 16 {
+			return true
+		}
+	}
+	return false
+}
+
+// Exact says whether k is a key of policy_rules (one port, every port of
+// a protocol, every protocol) rather than a port prefix of policy_ranges.
+func (k PolicyKey) Exact() bool {
+	return k.Prefixlen == policyPrefixAnyProto || k.Prefixlen == policyPrefixAnyPort || k.Prefixlen == policyPrefixFull
+}
+
 type portPrefix struct {
 	first uint16
 	bits  int // leading bits of the port that count
@@ -147,21 +173,31 @@ func portPrefixes(first, last uint16) []portPrefix {
 	return out
 }
 
-// Policy gives access to a node's ipcache and policy maps and the
-// endpoints' policy flags.
+// Policy gives access to a node's policy maps (identities, ipcache,
+// policy_rules, policy_ranges) and the endpoints' policy flags.
 type Policy struct {
-	ipcache, policy, endpoints *ebpf.Map
+	identities, ipcache, rules, ranges, endpoints *ebpf.Map
 }
 
-// NewPolicy wraps open ipcache, policy and endpoints maps.
-func NewPolicy(ipcache, policy, endpoints *ebpf.Map) *Policy {
-	return &Policy{ipcache: ipcache, policy: policy, endpoints: endpoints}
+// PolicyMaps are the maps Policy works on.
+var PolicyMaps = []string{MapIdentities, MapIPCache, MapPolicyRules, MapPolicyRanges, MapEndpoints}
+
+// NewPolicy wraps the open maps named in PolicyMaps, taken from ms;
+// Close closes them.
+func NewPolicy(ms map[string]*ebpf.Map) (*Policy, error) {
+	for _, name := range PolicyMaps {
+		if ms[name] == nil {
+			return nil, fmt.Errorf("policy: no map %s", name)
+		}
+	}
+	return &Policy{identities: ms[MapIdentities], ipcache: ms[MapIPCache], rules: ms[MapPolicyRules],
+		ranges: ms[MapPolicyRanges], endpoints: ms[MapEndpoints]}, nil
 }
 
 // OpenPolicy opens a node's pinned policy maps.
 func OpenPolicy(root string) (*Policy, error) {
-	var ms []*ebpf.Map
-	for _, name := range []string{MapIPCache, MapPolicy, MapEndpoints} {
+	ms := map[string]*ebpf.Map{}
+	for _, name := range PolicyMaps {
 		m, err := OpenPinned(root, name)
 		if err != nil {
 			for _, m := range ms {
@@ -169,35 +205,66 @@ func OpenPolicy(root string) (*Policy, error) {
 			}
 			return nil, err
 		}
-		ms = append(ms, m)
+		ms[name] = m
 	}
-	return NewPolicy(ms[0], ms[1], ms[2]), nil
+	return NewPolicy(ms)
 }
 
 // Close releases the maps.
 func (p *Policy) Close() error {
-	return errors.Join(p.ipcache.Close(), p.policy.Close(), p.endpoints.Close())
+	return errors.Join(p.identities.Close(), p.ipcache.Close(), p.rules.Close(), p.ranges.Close(), p.endpoints.Close())
 }
 
-// SetIdentity gives the addresses of prefix pfx the identity id.
+// SetIdentity gives the addresses of pfx the identity id: a single
+// address (a pod's) in the identities map, a shorter prefix in the
+// ipcache. SetCIDRIdentity puts even a /32 in the ipcache.
 func (p *Policy) SetIdentity(pfx netip.Prefix, id uint32) error {
+	if !pfx.Addr().Is4() {
+		return fmt.Errorf("identity of %s: IPv4 only", pfx)
+	}
+	if pfx.Bits() < 32 {
+		return p.SetCIDRIdentity(pfx, id)
+	}
+	k := newIdentityKey(pfx.Addr())
+	if err := p.identities.Put(k, IPCacheEntry{Identity: id}); err != nil {
+		return fmt.Errorf("identity of %s: %w", pfx.Addr(), mapFull(err, p.identities))
+	}
+	return nil
+}
+
+// DeleteIdentity forgets pfx, as SetIdentity wrote it.
+func (p *Policy) DeleteIdentity(pfx netip.Prefix) error {
+	if pfx.Bits() < 32 {
+		return p.DeleteCIDRIdentity(pfx)
+	}
+	if err := p.identities.Delete(newIdentityKey(pfx.Addr())); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("identity of %s: %w", pfx.Addr(), err)
+	}
+	return nil
+}
+
+// SetCIDRIdentity gives the ipBlock CIDR pfx the identity id.
+func (p *Policy) SetCIDRIdentity(pfx netip.Prefix, id uint32) error {
 	if !pfx.Addr().Is4() {
 		return fmt.Errorf("ipcache %s: IPv4 only", pfx)
 	}
-	k := NewIPCacheKey(pfx)
-	if err := p.ipcache.Put(k, IPCacheEntry{Identity: id}); err != nil {
+	if err := p.ipcache.Put(NewIPCacheKey(pfx), IPCacheEntry{Identity: id}); err != nil {
 		return fmt.Errorf("ipcache %s: %w", pfx, mapFull(err, p.ipcache))
 	}
 	return nil
 }
 
-// DeleteIdentity forgets prefix pfx.
-func (p *Policy) DeleteIdentity(pfx netip.Prefix) error {
-	k := NewIPCacheKey(pfx)
-	if err := p.ipcache.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+// DeleteCIDRIdentity forgets the CIDR pfx.
+func (p *Policy) DeleteCIDRIdentity(pfx netip.Prefix) error {
+	if err := p.ipcache.Delete(NewIPCacheKey(pfx)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("ipcache %s: %w", pfx, err)
 	}
 	return nil
+}
+
+func newIdentityKey(a netip.Addr) IdentityKey {
+	b := a.As4()
+	return IdentityKey{Addr: nativeU32(b[:])}
 }
 
 // Allow writes the keys of rule r.
@@ -207,8 +274,8 @@ func (p *Policy) Allow(r PolicyRule) error {
 		return err
 	}
 	for _, k := range keys {
-		if err := p.policy.Update(k, PolicyEntry{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-			return fmt.Errorf("policy %s: %w", r, mapFull(err, p.policy))
+		if err := p.PutKey(k); err != nil {
+			return fmt.Errorf("policy %s: %w", r, err)
 		}
 	}
 	return nil
@@ -221,7 +288,7 @@ func (p *Policy) Revoke(r PolicyRule) error {
 		return err
 	}
 	for _, k := range keys {
-		if err := p.policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := p.DeleteKey(k); err != nil {
 			return fmt.Errorf("policy %s: %w", r, err)
 		}
 	}
@@ -255,14 +322,37 @@ func mapFull(err error, m *ebpf.Map) error {
 	return err
 }
 
-// Identities lists the ipcache: prefix to identity.
+// Identities lists the pods' addresses' identities, each as a /32.
 func (p *Policy) Identities() (map[netip.Prefix]uint32, error) {
+	out := map[netip.Prefix]uint32{}
+	var (
+		k IdentityKey
+		v IPCacheEntry
+	)
+	it := p.identities.Iterate()
+	for it.Next(&k, &v) {
+		var a [4]byte
+		putNativeU32(a[:], k.Addr)
+		out[netip.PrefixFrom(netip.AddrFrom4(a), 32)] = v.Identity
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", MapIdentities, err)
+	}
+	return out, nil
+}
+
+// CIDRIdentities lists the ipcache: ipBlock CIDR to identity.
+func (p *Policy) CIDRIdentities() (map[netip.Prefix]uint32, error) {
+	return readIPCache(p.ipcache)
+}
+
+func readIPCache(m *ebpf.Map) (map[netip.Prefix]uint32, error) {
 	out := map[netip.Prefix]uint32{}
 	var (
 		k IPCacheKey
 		v IPCacheEntry
 	)
-	it := p.ipcache.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		out[k.Prefix()] = v.Identity
 	}
@@ -272,34 +362,52 @@ func (p *Policy) Identities() (map[netip.Prefix]uint32, error) {
 	return out, nil
 }
 
-// Keys lists the policy map's keys with their counts of connections let in.
+// Keys lists the policy keys, exact and ranges, with their counts of
+// connections let in.
 func (p *Policy) Keys() (map[PolicyKey]uint64, error) {
 	out := map[PolicyKey]uint64{}
-	var (
-		k PolicyKey
-		v PolicyEntry
-	)
-	it := p.policy.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v.Packets
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", MapPolicy, err)
+	for _, m := range []*ebpf.Map{p.rules, p.ranges} {
+		if err := readPolicyKeys(m, out); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
 
+func readPolicyKeys(m *ebpf.Map, out map[PolicyKey]uint64) error {
+	var (
+		k PolicyKey
+		v PolicyEntry
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v.Packets
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read policy keys: %w", err)
+	}
+	return nil
+}
+
+func (p *Policy) keyMap(k PolicyKey) *ebpf.Map {
+	if k.Exact() {
+		return p.rules
+	}
+	return p.ranges
+}
+
 // PutKey writes one policy key (a part of a rule, PolicyRule.Keys).
 func (p *Policy) PutKey(k PolicyKey) error {
-	if err := p.policy.Update(k, PolicyEntry{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("policy key of %s: %w", k.EndpointAddr(), mapFull(err, p.policy))
+	m := p.keyMap(k)
+	if err := m.Update(k, PolicyEntry{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("policy key of %s: %w", k.EndpointAddr(), mapFull(err, m))
 	}
 	return nil
 }
 
 // DeleteKey removes one policy key.
 func (p *Policy) DeleteKey(k PolicyKey) error {
-	if err := p.policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := p.keyMap(k).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("policy key of %s: %w", k.EndpointAddr(), err)
 	}
 	return nil

@@ -25,6 +25,7 @@ const (
 	sockMapEventState            = "event_state"
 	sockMapEvents                = "events"
 	sockMapFrags                 = "frags"
+	sockMapIdentities            = "identities"
 	sockMapIpcache               = "ipcache"
 	sockMapMaglev                = "maglev"
 	sockMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	sockMapNodeAddrs             = "node_addrs"
 	sockMapNonmasq               = "nonmasq"
 	sockMapPeers                 = "peers"
-	sockMapPolicy                = "policy"
 	sockMapPolicyCt              = "policy_ct"
 	sockMapPolicyFrags           = "policy_frags"
+	sockMapPolicyRanges          = "policy_ranges"
+	sockMapPolicyRules           = "policy_rules"
 	sockMapServices              = "services"
 	sockMapSnat                  = "snat"
 	sockMapSockRevNat            = "sock_rev_nat"
@@ -124,6 +126,7 @@ type sockMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Identities   *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
@@ -133,9 +136,10 @@ type sockMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.MapSpec `ebpf:"policy_rules"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -193,6 +197,7 @@ type sockMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Identities   *ebpf.Map `ebpf:"identities"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
@@ -202,9 +207,10 @@ type sockMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
-	Policy       *ebpf.Map `ebpf:"policy"`
 	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.Map `ebpf:"policy_rules"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -224,6 +230,7 @@ func (m *sockMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -233,9 +240,10 @@ func (m *sockMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,

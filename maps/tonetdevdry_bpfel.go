@@ -25,6 +25,7 @@ const (
 	toNetdevDryMapEventState            = "event_state"
 	toNetdevDryMapEvents                = "events"
 	toNetdevDryMapFrags                 = "frags"
+	toNetdevDryMapIdentities            = "identities"
 	toNetdevDryMapIpcache               = "ipcache"
 	toNetdevDryMapMaglev                = "maglev"
 	toNetdevDryMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	toNetdevDryMapNodeAddrs             = "node_addrs"
 	toNetdevDryMapNonmasq               = "nonmasq"
 	toNetdevDryMapPeers                 = "peers"
-	toNetdevDryMapPolicy                = "policy"
 	toNetdevDryMapPolicyCt              = "policy_ct"
 	toNetdevDryMapPolicyFrags           = "policy_frags"
+	toNetdevDryMapPolicyRanges          = "policy_ranges"
+	toNetdevDryMapPolicyRules           = "policy_rules"
 	toNetdevDryMapServices              = "services"
 	toNetdevDryMapSnat                  = "snat"
 	toNetdevDryMapSockRevNat            = "sock_rev_nat"
@@ -122,6 +124,7 @@ type toNetdevDryMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Identities   *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
@@ -131,9 +134,10 @@ type toNetdevDryMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.MapSpec `ebpf:"policy_rules"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -195,6 +199,7 @@ type toNetdevDryMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Identities   *ebpf.Map `ebpf:"identities"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
@@ -204,9 +209,10 @@ type toNetdevDryMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
-	Policy       *ebpf.Map `ebpf:"policy"`
 	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.Map `ebpf:"policy_rules"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -229,6 +235,7 @@ func (m *toNetdevDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -238,9 +245,10 @@ func (m *toNetdevDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,

@@ -25,6 +25,7 @@ const (
 	toOverlayMapEventState            = "event_state"
 	toOverlayMapEvents                = "events"
 	toOverlayMapFrags                 = "frags"
+	toOverlayMapIdentities            = "identities"
 	toOverlayMapIpcache               = "ipcache"
 	toOverlayMapMaglev                = "maglev"
 	toOverlayMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	toOverlayMapNodeAddrs             = "node_addrs"
 	toOverlayMapNonmasq               = "nonmasq"
 	toOverlayMapPeers                 = "peers"
-	toOverlayMapPolicy                = "policy"
 	toOverlayMapPolicyCt              = "policy_ct"
 	toOverlayMapPolicyFrags           = "policy_frags"
+	toOverlayMapPolicyRanges          = "policy_ranges"
+	toOverlayMapPolicyRules           = "policy_rules"
 	toOverlayMapServices              = "services"
 	toOverlayMapSnat                  = "snat"
 	toOverlayMapSockRevNat            = "sock_rev_nat"
@@ -119,6 +121,7 @@ type toOverlayMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Identities   *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
@@ -128,9 +131,10 @@ type toOverlayMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.MapSpec `ebpf:"policy_rules"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -189,6 +193,7 @@ type toOverlayMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Identities   *ebpf.Map `ebpf:"identities"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
@@ -198,9 +203,10 @@ type toOverlayMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
-	Policy       *ebpf.Map `ebpf:"policy"`
 	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.Map `ebpf:"policy_rules"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -221,6 +227,7 @@ func (m *toOverlayMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -230,9 +237,10 @@ func (m *toOverlayMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,

@@ -25,6 +25,7 @@ const (
 	toOverlayDryMapEventState            = "event_state"
 	toOverlayDryMapEvents                = "events"
 	toOverlayDryMapFrags                 = "frags"
+	toOverlayDryMapIdentities            = "identities"
 	toOverlayDryMapIpcache               = "ipcache"
 	toOverlayDryMapMaglev                = "maglev"
 	toOverlayDryMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	toOverlayDryMapNodeAddrs             = "node_addrs"
 	toOverlayDryMapNonmasq               = "nonmasq"
 	toOverlayDryMapPeers                 = "peers"
-	toOverlayDryMapPolicy                = "policy"
 	toOverlayDryMapPolicyCt              = "policy_ct"
 	toOverlayDryMapPolicyFrags           = "policy_frags"
+	toOverlayDryMapPolicyRanges          = "policy_ranges"
+	toOverlayDryMapPolicyRules           = "policy_rules"
 	toOverlayDryMapServices              = "services"
 	toOverlayDryMapSnat                  = "snat"
 	toOverlayDryMapSockRevNat            = "sock_rev_nat"
@@ -121,6 +123,7 @@ type toOverlayDryMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Identities   *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
@@ -130,9 +133,10 @@ type toOverlayDryMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.MapSpec `ebpf:"policy_rules"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -193,6 +197,7 @@ type toOverlayDryMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Identities   *ebpf.Map `ebpf:"identities"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
@@ -202,9 +207,10 @@ type toOverlayDryMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
-	Policy       *ebpf.Map `ebpf:"policy"`
 	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.Map `ebpf:"policy_rules"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -227,6 +233,7 @@ func (m *toOverlayDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -236,9 +243,10 @@ func (m *toOverlayDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,

@@ -25,6 +25,7 @@ const (
 	toPodDryMapEventState            = "event_state"
 	toPodDryMapEvents                = "events"
 	toPodDryMapFrags                 = "frags"
+	toPodDryMapIdentities            = "identities"
 	toPodDryMapIpcache               = "ipcache"
 	toPodDryMapMaglev                = "maglev"
 	toPodDryMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	toPodDryMapNodeAddrs             = "node_addrs"
 	toPodDryMapNonmasq               = "nonmasq"
 	toPodDryMapPeers                 = "peers"
-	toPodDryMapPolicy                = "policy"
 	toPodDryMapPolicyCt              = "policy_ct"
 	toPodDryMapPolicyFrags           = "policy_frags"
+	toPodDryMapPolicyRanges          = "policy_ranges"
+	toPodDryMapPolicyRules           = "policy_rules"
 	toPodDryMapPolicyScratch         = "policy_scratch"
 	toPodDryMapServices              = "services"
 	toPodDryMapSnat                  = "snat"
@@ -123,6 +125,7 @@ type toPodDryMapSpecs struct {
 	EventState    *ebpf.MapSpec `ebpf:"event_state"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Identities    *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev        *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
@@ -132,9 +135,10 @@ type toPodDryMapSpecs struct {
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers         *ebpf.MapSpec `ebpf:"peers"`
-	Policy        *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt      *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
 	Snat          *ebpf.MapSpec `ebpf:"snat"`
@@ -197,6 +201,7 @@ type toPodDryMaps struct {
 	EventState    *ebpf.Map `ebpf:"event_state"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Frags         *ebpf.Map `ebpf:"frags"`
+	Identities    *ebpf.Map `ebpf:"identities"`
 	Ipcache       *ebpf.Map `ebpf:"ipcache"`
 	Maglev        *ebpf.Map `ebpf:"maglev"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
@@ -206,9 +211,10 @@ type toPodDryMaps struct {
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq       *ebpf.Map `ebpf:"nonmasq"`
 	Peers         *ebpf.Map `ebpf:"peers"`
-	Policy        *ebpf.Map `ebpf:"policy"`
 	PolicyCt      *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags   *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges  *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
 	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
 	Services      *ebpf.Map `ebpf:"services"`
 	Snat          *ebpf.Map `ebpf:"snat"`
@@ -232,6 +238,7 @@ func (m *toPodDryMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -241,9 +248,10 @@ func (m *toPodDryMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.PolicyScratch,
 		m.Services,
 		m.Snat,

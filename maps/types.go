@@ -20,6 +20,7 @@ type (
 	EndpointInfo  = fromPodEndpointInfo
 	NetworkInfo   = fromPodNetworkInfo
 	NetworkPair   = fromPodNetworkPair
+	IdentityKey   = fromPodIdentityKey
 	IPCacheKey    = fromPodIpcacheKey
 	IPCacheEntry  = fromPodIpcacheEntry
 	PolicyKey     = fromPodPolicyKey

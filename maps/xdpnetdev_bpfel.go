@@ -25,6 +25,7 @@ const (
 	xdpNetdevMapEventState            = "event_state"
 	xdpNetdevMapEvents                = "events"
 	xdpNetdevMapFrags                 = "frags"
+	xdpNetdevMapIdentities            = "identities"
 	xdpNetdevMapIpcache               = "ipcache"
 	xdpNetdevMapMaglev                = "maglev"
 	xdpNetdevMapNatConfig             = "nat_config"
@@ -34,9 +35,10 @@ const (
 	xdpNetdevMapNodeAddrs             = "node_addrs"
 	xdpNetdevMapNonmasq               = "nonmasq"
 	xdpNetdevMapPeers                 = "peers"
-	xdpNetdevMapPolicy                = "policy"
 	xdpNetdevMapPolicyCt              = "policy_ct"
 	xdpNetdevMapPolicyFrags           = "policy_frags"
+	xdpNetdevMapPolicyRanges          = "policy_ranges"
+	xdpNetdevMapPolicyRules           = "policy_rules"
 	xdpNetdevMapServices              = "services"
 	xdpNetdevMapSnat                  = "snat"
 	xdpNetdevMapSockRevNat            = "sock_rev_nat"
@@ -120,6 +122,7 @@ type xdpNetdevMapSpecs struct {
 	EventState   *ebpf.MapSpec `ebpf:"event_state"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Identities   *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
 	NatConfig    *ebpf.MapSpec `ebpf:"nat_config"`
@@ -129,9 +132,10 @@ type xdpNetdevMapSpecs struct {
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.MapSpec `ebpf:"nonmasq"`
 	Peers        *ebpf.MapSpec `ebpf:"peers"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	PolicyCt     *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.MapSpec `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.MapSpec `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.MapSpec `ebpf:"policy_rules"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Snat         *ebpf.MapSpec `ebpf:"snat"`
 	SockRevNat   *ebpf.MapSpec `ebpf:"sock_rev_nat"`
@@ -191,6 +195,7 @@ type xdpNetdevMaps struct {
 	EventState   *ebpf.Map `ebpf:"event_state"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Frags        *ebpf.Map `ebpf:"frags"`
+	Identities   *ebpf.Map `ebpf:"identities"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Maglev       *ebpf.Map `ebpf:"maglev"`
 	NatConfig    *ebpf.Map `ebpf:"nat_config"`
@@ -200,9 +205,10 @@ type xdpNetdevMaps struct {
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	Nonmasq      *ebpf.Map `ebpf:"nonmasq"`
 	Peers        *ebpf.Map `ebpf:"peers"`
-	Policy       *ebpf.Map `ebpf:"policy"`
 	PolicyCt     *ebpf.Map `ebpf:"policy_ct"`
 	PolicyFrags  *ebpf.Map `ebpf:"policy_frags"`
+	PolicyRanges *ebpf.Map `ebpf:"policy_ranges"`
+	PolicyRules  *ebpf.Map `ebpf:"policy_rules"`
 	Services     *ebpf.Map `ebpf:"services"`
 	Snat         *ebpf.Map `ebpf:"snat"`
 	SockRevNat   *ebpf.Map `ebpf:"sock_rev_nat"`
@@ -223,6 +229,7 @@ func (m *xdpNetdevMaps) Close() error {
 		m.EventState,
 		m.Events,
 		m.Frags,
+		m.Identities,
 		m.Ipcache,
 		m.Maglev,
 		m.NatConfig,
@@ -232,9 +239,10 @@ func (m *xdpNetdevMaps) Close() error {
 		m.NodeAddrs,
 		m.Nonmasq,
 		m.Peers,
-		m.Policy,
 		m.PolicyCt,
 		m.PolicyFrags,
+		m.PolicyRanges,
+		m.PolicyRules,
 		m.Services,
 		m.Snat,
 		m.SockRevNat,

@@ -28,6 +28,10 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 	if err != nil {
 		return ch, err
 	}
+	haveCIDRs, err := pol.CIDRIdentities()
+	if err != nil {
+		return ch, err
+	}
 	haveKeys, err := pol.Keys()
 	if err != nil {
 		return ch, err
@@ -76,6 +80,14 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			ch.IdentitiesSet++
 		}
 	}
+	for pfx, id := range st.CIDRs {
+		if have, ok := haveCIDRs[pfx]; !ok || have != id {
+			if err := pol.SetCIDRIdentity(pfx, id); err != nil {
+				return ch, err
+			}
+			ch.IdentitiesSet++
+		}
+	}
 	// 3. Stale rules out, then new ones in.
 	for k := range haveKeys {
 		if !wantKeys[k] {
@@ -109,6 +121,14 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 	for pfx := range haveIDs {
 		if _, ok := st.Identities[pfx]; !ok {
 			if err := pol.DeleteIdentity(pfx); err != nil {
+				return ch, err
+			}
+			ch.IdentitiesDeleted++
+		}
+	}
+	for pfx := range haveCIDRs {
+		if _, ok := st.CIDRs[pfx]; !ok {
+			if err := pol.DeleteCIDRIdentity(pfx); err != nil {
 				return ch, err
 			}
 			ch.IdentitiesDeleted++

@@ -1,6 +1,6 @@
 // Package policy turns Kubernetes NetworkPolicies into the datapath's
 // policy state (bpf/lib/policy.h): every pod's and every ipBlock CIDR's
-// identity (the ipcache), and for each pod of this node that a policy
+// identity (identities, ipcache), and for each pod of this node that a policy
 // selects, the directions enforced and the (identity, protocol, port
 // range) it may exchange packets with.
 //
@@ -8,7 +8,7 @@
 // the rules of a pod grow with the label sets its policies select, not
 // with their pods. Identities are this node's numbers: an Allocator keeps
 // them stable for as long as their label set exists, and across restarts
-// when restored from the pinned ipcache.
+// when restored from the pinned identities and ipcache.
 package policy
 
 import (
@@ -54,16 +54,19 @@ type Namespace struct {
 // Endpoint is one local pod's policy.
 type Endpoint struct {
 	// Flags are maps.EndpointPolicyIngress and/or EndpointPolicyEgress:
-	// the directions a policy selects the pod for.
+	// the directions a policy selects the pod for, and
+	// EndpointPolicyRanges when some rule is a port range.
 	Flags uint32
 	Rules []pmaps.PolicyRule
 }
 
 // State is what the datapath's maps should hold.
 type State struct {
-	// Identities are the ipcache's entries: every pod's address as a /32,
-	// every ipBlock's CIDR and except.
+	// Identities are every pod's address, as a /32 (the identities map).
 	Identities map[netip.Prefix]uint32
+	// CIDRs are every ipBlock's CIDR and except (the ipcache). A pod's
+	// address has both its own identity and its CIDR's.
+	CIDRs map[netip.Prefix]uint32
 	// Endpoints are the policies of this node's pods, by address; a pod
 	// no policy selects has none.
 	Endpoints map[netip.Addr]Endpoint
@@ -161,7 +164,7 @@ type identity struct {
 // Compile computes the state for node from every pod, namespace and
 // NetworkPolicy of the cluster.
 func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networkingv1.NetworkPolicy, alloc *Allocator) State {
-	st := State{Identities: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{}, Local: map[netip.Addr]bool{},
+	st := State{Identities: map[netip.Prefix]uint32{}, CIDRs: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{}, Local: map[netip.Addr]bool{},
 		Names: Names{Identities: map[uint32]string{}, Pods: map[netip.Addr]string{}}}
 	used := map[string]bool{}
 	warned := map[string]bool{}
@@ -212,9 +215,9 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 					continue // IPv6 or malformed: the API server validates; podpath is IPv4
 				}
 				pfx = pfx.Masked()
-				if _, ok := st.Identities[pfx]; !ok || pfx.Bits() < 32 {
-					st.Identities[pfx] = alloc.get(cidrKey(pfx), used)
-					st.Names.Identities[st.Identities[pfx]] = "cidr " + pfx.String()
+				if _, ok := st.CIDRs[pfx]; !ok {
+					st.CIDRs[pfx] = alloc.get(cidrKey(pfx), used)
+					st.Names.Identities[st.CIDRs[pfx]] = "cidr " + pfx.String()
 					cidrs = append(cidrs, pfx)
 				}
 			}
@@ -243,13 +246,13 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 			if ingress {
 				ep.Flags |= pmaps.EndpointPolicyIngress
 				for _, r := range pol.Spec.Ingress {
-					addRules(rules, p, pmaps.PolicyIngress, pol.Namespace, r.From, r.Ports, idents, nsLabels, cidrs, st.Identities, warn)
+					addRules(rules, p, pmaps.PolicyIngress, pol.Namespace, r.From, r.Ports, idents, nsLabels, cidrs, st.CIDRs, warn)
 				}
 			}
 			if egress {
 				ep.Flags |= pmaps.EndpointPolicyEgress
 				for _, r := range pol.Spec.Egress {
-					addRules(rules, p, pmaps.PolicyEgress, pol.Namespace, r.To, r.Ports, idents, nsLabels, cidrs, st.Identities, warn)
+					addRules(rules, p, pmaps.PolicyEgress, pol.Namespace, r.To, r.Ports, idents, nsLabels, cidrs, st.CIDRs, warn)
 				}
 			}
 		}
@@ -257,6 +260,9 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 			continue
 		}
 		ep.Rules = slices.SortedFunc(maps.Keys(rules), compareRules)
+		if slices.ContainsFunc(ep.Rules, pmaps.PolicyRule.Ranged) {
+			ep.Flags |= pmaps.EndpointPolicyRanges
+		}
 		st.Endpoints[p.IP] = ep
 	}
 	return st
@@ -328,7 +334,8 @@ func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, idents []
 				}
 			}
 			// Every CIDR the ipcache holds inside the block and outside
-			// its excepts: an address matches its longest prefix.
+			// its excepts: an address matches its longest prefix. Pods'
+			// addresses too: each also has the identity of its CIDR.
 			for _, c := range cidrs {
 				if !within(c, block) || slices.ContainsFunc(excepts, func(e netip.Prefix) bool { return within(c, e) }) {
 					continue

@@ -55,6 +55,9 @@ func netpol(ns, name string, podSel *metav1.LabelSelector, spec networkingv1.Net
 // peers named by the pods or CIDR of their identity.
 func rulesOf(st State, ep netip.Addr) []string {
 	names := map[uint32]string{pmaps.IdentityAny: "any"}
+	for pfx, id := range st.CIDRs {
+		names[id] = pfx.String()
+	}
 	for pfx, id := range st.Identities {
 		name := pfx.String()
 		for _, p := range allPods {
@@ -132,7 +135,7 @@ func TestCompile(t *testing.T) {
 							return p
 						}()}},
 				}})},
-			ep: web, flags: pmaps.EndpointPolicyEgress,
+			ep: web, flags: pmaps.EndpointPolicyEgress | pmaps.EndpointPolicyRanges,
 			rules: []string{"out 192.0.2.0/24 6 8000-8100", "out ops/dns 17 53-53"},
 		},
 		{
@@ -185,7 +188,7 @@ func TestCompileIPBlockExcept(t *testing.T) {
 		Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
 			{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12", Except: []string{"172.16.1.0/24"}}}}}}})}
 	st := Compile("n1", allPods, namespaces, pols, NewAllocator())
-	block, except := st.Identities[netip.MustParsePrefix("172.16.0.0/12")], st.Identities[netip.MustParsePrefix("172.16.1.0/24")]
+	block, except := st.CIDRs[netip.MustParsePrefix("172.16.0.0/12")], st.CIDRs[netip.MustParsePrefix("172.16.1.0/24")]
 	if block == 0 || except == 0 || block == except {
 		t.Fatalf("identities: block %d, except %d", block, except)
 	}
@@ -196,6 +199,25 @@ func TestCompileIPBlockExcept(t *testing.T) {
 	}
 	if len(st.Endpoints[db.IP].Rules) != 1 || st.Endpoints[db.IP].Rules[0].Identity != block {
 		t.Errorf("rules %v, want one for the block's identity %d", st.Endpoints[db.IP].Rules, block)
+	}
+}
+
+// An ipBlock holding pods' addresses selects those pods too: a CIDR of
+// one pod's address is an identity of its own, beside the pod's, and a
+// block around pods names the block's identity (the datapath looks up a
+// pod's address's CIDR as well as its own identity).
+func TestCompileIPBlockOfPods(t *testing.T) {
+	one := netip.PrefixFrom(web.IP, 32)
+	pols := []*networkingv1.NetworkPolicy{netpol("shop", "p", sel("app", "db"), networkingv1.NetworkPolicySpec{
+		Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+			{IPBlock: &networkingv1.IPBlock{CIDR: one.String()}}}}}})}
+	st := Compile("n1", allPods, namespaces, pols, NewAllocator())
+	pod, cidr := st.Identities[one], st.CIDRs[one]
+	if pod == 0 || cidr == 0 || pod == cidr {
+		t.Fatalf("%s: pod identity %d, CIDR identity %d: want both, distinct", one, pod, cidr)
+	}
+	if rules := st.Endpoints[db.IP].Rules; len(rules) != 1 || rules[0].Identity != cidr {
+		t.Errorf("rules %v, want one for the CIDR's identity %d", rules, cidr)
 	}
 }
 

@@ -646,10 +646,14 @@ func (t *Tracer) describe(n maps.TraceNote) string {
 	case maps.TraceFIB:
 		return fmt.Sprintf("FIB: out of %s", t.devName(int(n.A)))
 	case maps.TracePolicy:
-		if n.B == 0 {
-			return fmt.Sprintf("policy: a new connection with identity %d, not allowed", n.A)
+		who := fmt.Sprintf("identity %d", n.A)
+		if n.C != 0 {
+			who += fmt.Sprintf(" (CIDR identity %d)", n.C)
 		}
-		return fmt.Sprintf("policy: a new connection with identity %d, allowed", n.A)
+		if n.B == 0 {
+			return "policy: a new connection with " + who + ", not allowed"
+		}
+		return "policy: a new connection with " + who + ", allowed"
 	case maps.TraceRedirect:
 		switch n.B {
 		case maps.TraceRedirectPeer:

@@ -34,7 +34,7 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 	int ok, ret;
 
 	if (src && src->flags && svc != SVC_REPLY &&
-	    policy_denies4(skb, POLICY_EGRESS, src->flags & ENDPOINT_F_POLICY_EGRESS))
+	    policy_denies4(skb, POLICY_EGRESS, src->flags))
 		return verdict(skb, hook, REASON_DROP_POLICY_EGRESS, TC_ACT_SHOT);
 	ip = header_at(skb, ETH_HLEN, struct iphdr);
 	if (!ip)
@@ -46,7 +46,7 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		if (!network_allows(src_net, dst->network))
 			return verdict(skb, hook, REASON_DROP_NETWORK_ISOLATED, TC_ACT_SHOT);
 		if (dst->flags && svc != SVC_REPLY &&
-		    policy_denies4(skb, POLICY_INGRESS, dst->flags & ENDPOINT_F_POLICY_INGRESS))
+		    policy_denies4(skb, POLICY_INGRESS, dst->flags))
 			return verdict(skb, hook, REASON_DROP_POLICY_INGRESS, TC_ACT_SHOT);
 	} else {
 		peer = peer_lookup4(ip->daddr);

@@ -29,6 +29,9 @@ struct endpoint_key {
  * it with both directions above, so the pod sends and receives nothing
  * (but its node's probes) until the agent writes its policy. */
 #define ENDPOINT_F_POLICY_PENDING 4
+/* Some of the pod's rules are port ranges: they are in policy_ranges,
+ * which is looked up only for such pods. */
+#define ENDPOINT_F_POLICY_RANGES 8
 
 /* A pod on this node, written by the CNI plugin at ADD. */
 struct endpoint_info {
@@ -91,17 +94,23 @@ struct {
 } network_reach SEC(".maps");
 
 /* ---- Policy ----
- * Every address the node knows maps to a numeric identity (ipcache, longest
- * prefix: pods as /32, the CIDRs of ipBlocks as themselves); a pod's
- * policy is a set of (identity, direction, protocol, port range) it may
- * exchange packets with (policy). Identities are the node's own numbers:
- * none travels with a packet. */
+ * Every address the node knows maps to a numeric identity: a pod's by its
+ * exact address (identities), and the CIDRs of ipBlocks as themselves
+ * (ipcache, longest prefix), so a pod's address has both. A pod's policy
+ * is a set of (identity, direction, protocol, port) it may exchange
+ * packets with: exact keys in a hash (policy_rules), port ranges as
+ * prefixes in a trie (policy_ranges). Identities are the node's own
+ * numbers: none travels with a packet. */
 enum identity {
 	IDENTITY_ANY = 0,		/* in a policy key: every identity */
 	IDENTITY_HOST = 1,		/* this node's addresses */
-	IDENTITY_WORLD = 2,		/* an address the ipcache does not know */
+	IDENTITY_WORLD = 2,		/* an address the node does not know */
 	IDENTITY_REMOTE_NODE = 3,	/* another node's addresses */
 	IDENTITY_FIRST_USER = 256,	/* label sets and CIDRs from here */
+};
+
+struct identity_key {
+	__u32 addr;		/* network byte order */
 };
 
 struct ipcache_key {
@@ -114,6 +123,17 @@ struct ipcache_entry {
 	__u32 flags;		/* reserved, 0 */
 };
 
+/* Pods' addresses (this node's and others'), by their label set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct identity_key);
+	__type(value, struct ipcache_entry);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} identities SEC(".maps");
+
+/* The CIDRs of ipBlocks and their excepts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct ipcache_key);
@@ -128,9 +148,11 @@ enum policy_direction {
 	POLICY_EGRESS = 1,
 };
 
-/* One allowed (peer, protocol, ports) of one pod in one direction. The
- * longest-prefix match stops after direction (any protocol and port),
- * after proto (any port), or inside dport (a port range as prefixes). */
+/* One allowed (peer, protocol, ports) of one pod in one direction.
+ * prefixlen says what the key covers: every protocol and port (up to
+ * direction), every port of proto (up to proto), one port (the whole
+ * key): such keys are exact, in policy_rules. A port range is split into
+ * prefixes of dport, each a key of policy_ranges. */
 struct policy_key {
 	__u32 prefixlen;	/* LPM: bits from endpoint on */
 	__u32 endpoint;		/* the pod's address, network byte order */
@@ -141,20 +163,30 @@ struct policy_key {
 };
 
 #define POLICY_PREFIX_ANY_PROTO (32 + 32 + 8)
-#define POLICY_PREFIX_FULL (32 + 32 + 8 + 8 + 16)
+#define POLICY_PREFIX_ANY_PORT (POLICY_PREFIX_ANY_PROTO + 8)
+#define POLICY_PREFIX_FULL (POLICY_PREFIX_ANY_PORT + 16)
 
 struct policy_entry {
 	__u64 packets;		/* connections the entry allowed */
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct policy_key);
 	__type(value, struct policy_entry);
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} policy SEC(".maps");
+} policy_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_ranges SEC(".maps");
 
 /* A connection a policy allowed, in the direction it was allowed: its
  * packets, and its replies (the reverse tuple, the other direction), pass

@@ -1,15 +1,22 @@
 /* Network policy, at the two places a pod's packets pass: leaving it
  * (egress, checked in forward4 for what from_pod sends) and entering it
  * (ingress, checked where a packet is delivered into a pod: forward4 and
- * to_pod). Maps: ipcache, policy, policy_ct, policy_frags (maps.h).
+ * to_pod).
  *
- * A pod with either ENDPOINT_F_POLICY_* flag has its connections tracked
- * in both directions. A packet of a tracked connection, or a reply to one,
+ * Maps: identities, ipcache, policy_rules, policy_ranges, policy_ct,
+ * policy_frags (maps.h).
+ *
+ * A pod with any ENDPOINT_F_POLICY_* flag has its connections tracked in
+ * both directions. A packet of a tracked connection, or a reply to one,
  * passes; the first packet of a new connection is looked up in the policy
- * map when its direction is enforced (otherwise it passes) and, allowed,
- * starts tracking. Per packet that is a hash lookup or two; per new
- * connection, an LPM lookup of the peer's identity and at most two in the
- * policy, bounded by the keys' length rather than the number of rules. */
+ * when its direction is enforced (otherwise it passes) and, allowed,
+ * starts tracking. Per packet that is a hash lookup or two. Per new
+ * connection: the peer's identity (a hash lookup) and its CIDR's (one in
+ * the ipBlock trie), then at most three hash lookups per identity (the
+ * port, every port of the protocol, every protocol) for the peer's, its
+ * CIDR's and any identity: a cost that does not grow with the number of
+ * rules, pods or policies. Only a pod with port ranges also has its range
+ * trie looked up, once per identity. */
 #pragma once
 
 #include "common.h"
@@ -37,18 +44,57 @@ struct {
 } policy_scratch SEC(".maps");
 
 /* identity_of4 is the identity of an address: the node's own (node_addrs)
- * are the host; the rest is the ipcache's longest prefix, or the world. */
+ * are the host, pods have theirs (identities), the rest is the world. */
 static __always_inline __u32 identity_of4(__be32 addr)
 {
 	struct endpoint_key nk = { .family = AF_INET };
-	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
+	struct identity_key k = { .addr = addr };
 	struct ipcache_entry *e;
 
 	nk.addr[0] = addr;
 	if (bpf_map_lookup_elem(&node_addrs, &nk))
 		return IDENTITY_HOST;
-	e = bpf_map_lookup_elem(&ipcache, &k);
+	e = bpf_map_lookup_elem(&identities, &k);
 	return e ? e->identity : IDENTITY_WORLD;
+}
+
+/* cidr_identity_of4 is the identity of the longest ipBlock CIDR holding
+ * addr, or IDENTITY_ANY when none does. */
+static __always_inline __u32 cidr_identity_of4(__be32 addr)
+{
+	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
+	struct ipcache_entry *e = bpf_map_lookup_elem(&ipcache, &k);
+
+	return e ? e->identity : IDENTITY_ANY;
+}
+
+/* policy_match looks up what allows k's identity the port dport of proto:
+ * a rule of that port, of every port of proto, of every protocol, or
+ * (ranges: the pod has port ranges) a range holding dport. */
+static __always_inline struct policy_entry *policy_match(struct policy_key *k, __u8 proto, __be16 dport,
+							 int ranges)
+{
+	struct policy_entry *pe;
+
+	k->prefixlen = POLICY_PREFIX_FULL;
+	k->proto = proto;
+	k->dport = dport;
+	pe = bpf_map_lookup_elem(&policy_rules, k);
+	if (pe)
+		return pe;
+	if (ranges) {
+		pe = bpf_map_lookup_elem(&policy_ranges, k);
+		if (pe)
+			return pe;
+	}
+	k->prefixlen = POLICY_PREFIX_ANY_PORT;
+	k->dport = 0;
+	pe = bpf_map_lookup_elem(&policy_rules, k);
+	if (pe)
+		return pe;
+	k->prefixlen = POLICY_PREFIX_ANY_PROTO;
+	k->proto = 0;
+	return bpf_map_lookup_elem(&policy_rules, k);
 }
 
 /* policy_ct_touch refreshes a live entry's expiry (at most once a second)
@@ -128,19 +174,21 @@ static __always_inline int policy_quoted4(struct __sk_buff *skb, const struct fl
 
 /* policy_denies4 decides the packet at ETH_HLEN, in its final addresses,
  * for the pod it leaves (POLICY_EGRESS: the source) or enters
- * (POLICY_INGRESS: the destination). enforce says whether the pod's policy
- * of that direction applies; without it the packet passes and only its
- * connection is tracked, for the replies to pass the other direction's.
+ * (POLICY_INGRESS: the destination), whose endpoint flags are flags: when
+ * the pod's policy of that direction does not apply, the packet passes
+ * and only its connection is tracked, for the replies to pass the other
+ * direction's.
  * Returns 0 to pass, 1 to drop. Not inlined: one copy serves every
  * caller, its stack frame its own. */
-static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 enforce)
+static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 flags)
 {
 	struct policy_scratch *s;
 	struct policy_entry *pe;
 	struct frag_ports *first;
 	struct iphdr *ip;
 	struct flow4 f;
-	__u32 zero = 0, peer;
+	__u32 zero = 0, peer, cidr, addr, ranges;
+	__u32 enforce = flags & (dir == POLICY_INGRESS ? ENDPOINT_F_POLICY_INGRESS : ENDPOINT_F_POLICY_EGRESS);
 	__u64 now = bpf_ktime_get_ns();
 
 	s = bpf_map_lookup_elem(&policy_scratch, &zero);
@@ -183,22 +231,31 @@ static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 enf
 		goto allowed;
 
 	if (enforce) {
-		peer = identity_of4(dir == POLICY_INGRESS ? f.saddr : f.daddr);
+		addr = dir == POLICY_INGRESS ? f.saddr : f.daddr;
+		peer = identity_of4(addr);
 		/* The node reaches its own pods, whatever their policy (kubelet's
 		 * probes). */
 		if (!(peer == IDENTITY_HOST && dir == POLICY_INGRESS)) {
-			s->pk.prefixlen = POLICY_PREFIX_FULL;
+			ranges = flags & ENDPOINT_F_POLICY_RANGES;
+			cidr = cidr_identity_of4(addr);
 			s->pk.endpoint = dir == POLICY_INGRESS ? f.daddr : f.saddr;
-			s->pk.identity = peer;
 			s->pk.direction = dir;
-			s->pk.proto = f.proto;
-			s->pk.dport = f.dport;
-			pe = bpf_map_lookup_elem(&policy, &s->pk);
+			pe = 0;
+			/* No rule names the host or the world: their addresses
+			 * are allowed by CIDR or by every identity. */
+			if (peer >= IDENTITY_FIRST_USER) {
+				s->pk.identity = peer;
+				pe = policy_match(&s->pk, f.proto, f.dport, ranges);
+			}
+			if (!pe && cidr != IDENTITY_ANY) {
+				s->pk.identity = cidr;
+				pe = policy_match(&s->pk, f.proto, f.dport, ranges);
+			}
 			if (!pe) {
 				s->pk.identity = IDENTITY_ANY;
-				pe = bpf_map_lookup_elem(&policy, &s->pk);
+				pe = policy_match(&s->pk, f.proto, f.dport, ranges);
 			}
-			trace_note(TRACE_POLICY, peer, pe != 0, 0);
+			trace_note(TRACE_POLICY, peer, pe != 0, cidr);
 			if (!pe)
 				return 1;
 			if (!DRY_RUN)

@@ -39,8 +39,9 @@ enum trace_kind {
 	TRACE_FRAG = 12,	/* a: decision: a later fragment, as its first went */
 	TRACE_FIB = 13,		/* a: ifindex, b: bpf_fib_lookup's result */
 	TRACE_ENDPOINT = 14,	/* a: ifindex: the destination is a pod of this node */
-	TRACE_POLICY = 15,	/* a: the peer's identity, b: 1 allowed, 0 not: a
-				 * new connection looked up in the policy */
+	TRACE_POLICY = 15,	/* a: the peer's identity, b: 1 allowed, 0 not,
+				 * c: its CIDR's identity (0: none): a new
+				 * connection looked up in the policy */
 };
 
 enum trace_redirect {

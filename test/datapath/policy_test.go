@@ -30,7 +30,10 @@ type policyDatapath struct {
 func newPolicyDatapath(t *testing.T, svcs ...service) *policyDatapath {
 	t.Helper()
 	d := &policyDatapath{svcDatapath: newServiceDatapath(t, svcs...)}
-	d.pol = maps.NewPolicy(d.node.Maps[maps.MapIPCache], d.node.Maps[maps.MapPolicy], d.node.Maps[maps.MapEndpoints])
+	var err error
+	if d.pol, err = maps.NewPolicy(d.node.Maps); err != nil {
+		t.Fatal(err)
+	}
 	for ip, id := range map[netip.Addr]uint32{podA.IP: identityA, podB.IP: identityB, podC.IP: identityC} {
 		if err := d.pol.SetIdentity(netip.PrefixFrom(ip, 32), id); err != nil {
 			t.Fatal(err)
@@ -112,6 +115,13 @@ func TestPolicyIngress(t *testing.T) {
 	d.allow(t, rule(podB, maps.PolicyIngress, identityA, protoTCP, 8000, 8100))
 	d.allow(t, rule(podB, maps.PolicyIngress, maps.IdentityAny, protoUDP, 53, 53))
 	d.expectPass(t, "SYN to an allowed port", podA, syn.sentBy(podA), syn.routedInto(podB))
+	// A range's prefixes are in the range trie, looked up for pods with
+	// the ranges flag only; its single-port ends are exact keys.
+	inRange := tcpFlow(podA.IP, 40009, podB.IP, 8064, tcpSYN)
+	d.expectDrop(t, "SYN into a range, the pod not flagged for ranges", podA, inRange.sentBy(podA), drop)
+	d.expectPass(t, "SYN to a range's single-port end", podA, tcpFlow(podA.IP, 40009, podB.IP, 8100, tcpSYN).sentBy(podA),
+		tcpFlow(podA.IP, 40009, podB.IP, 8100, tcpSYN).routedInto(podB))
+	d.enforce(t, podB, maps.EndpointPolicyIngress|maps.EndpointPolicyRanges)
 	for _, port := range []uint16{8000, 8001, 8064, 8099, 8100} {
 		f := tcpFlow(podA.IP, 40010, podB.IP, port, tcpSYN)
 		d.expectPass(t, "SYN into the allowed range", podA, f.sentBy(podA), f.routedInto(podB))
@@ -238,6 +248,30 @@ func TestPolicyIntoPodsFromTheStack(t *testing.T) {
 	if r.verdict == tcActShot {
 		t.Errorf("the probe's answer was dropped: %s", d.counts(t).since(before))
 	}
+}
+
+// An ipBlock holds pods too: a pod's address has its own identity and its
+// CIDR's, and a rule for either lets it in; the block's except does not.
+func TestPolicyIPBlockHoldsPods(t *testing.T) {
+	d := newPolicyDatapath(t)
+	d.enforce(t, podB, maps.EndpointPolicyIngress)
+	const block, except = 5000, 5001
+	if err := d.pol.SetCIDRIdentity(netip.MustParsePrefix("10.244.1.0/24"), block); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.pol.SetCIDRIdentity(netip.PrefixFrom(podC.IP, 32), except); err != nil {
+		t.Fatal(err)
+	}
+	d.allow(t, rule(podB, maps.PolicyIngress, block, protoTCP, 80, 80))
+	const drop = "from_pod/drop_policy_ingress"
+	fromA := tcpFlow(podA.IP, 41000, podB.IP, 80, tcpSYN)
+	d.expectPass(t, "a pod in the block", podA, fromA.sentBy(podA), fromA.routedInto(podB))
+	d.expectDrop(t, "a pod in the block, another port", podA, tcpFlow(podA.IP, 41001, podB.IP, 81, tcpSYN).sentBy(podA), drop)
+	d.expectDrop(t, "a pod in the block's except", podC, tcpFlow(podC.IP, 41002, podB.IP, 80, tcpSYN).sentBy(podC), drop)
+	// The except's own rule lets it in.
+	d.allow(t, rule(podB, maps.PolicyIngress, except, protoTCP, 80, 80))
+	fromC := tcpFlow(podC.IP, 41003, podB.IP, 80, tcpSYN)
+	d.expectPass(t, "the except, by its own rule", podC, fromC.sentBy(podC), fromC.routedInto(podB))
 }
 
 // A datagram's later fragments carry no ports: they pass as their first
