@@ -59,12 +59,16 @@ var (
 	benchAllowedPeer = maps.IdentityFirstUser + 245
 )
 
-// The policy paths: a new connection looked up in a policy map of one rule,
-// and of policyManyRules (the target says the cost does not grow with it).
+// The policy paths: a new connection looked up in a policy of one rule,
+// and of policyManyRules with policyManyPods pods' identities and
+// policyManyCIDRs ipBlock CIDRs known (the target says the cost does not
+// grow with them).
 const (
 	pathPolicyOne   = "from_pod local SYN, destination's policy denies, 1 rule"
-	pathPolicyMany  = "from_pod local SYN, destination's policy denies, 10,000 rules"
+	pathPolicyMany  = "from_pod local SYN, destination's policy denies, 10,000 rules, 10,000 pods, 1,000 CIDRs"
 	policyManyRules = 10000
+	policyManyPods  = 10000
+	policyManyCIDRs = 1000
 )
 
 type benchPod struct {
@@ -105,8 +109,8 @@ func progRunTargets(r *results) {
 		return
 	}
 	r.Targets = append(r.Targets, target{
-		Name:  fmt.Sprintf("bpf_prog_run: a policy lookup with %d rules vs 1", policyManyRules),
-		Ratio: round3(p.Median), Want: "no growth with the rules (paired interval reaches 1.00x)", Pass: p.Min <= 1, Paired: &p,
+		Name:  fmt.Sprintf("bpf_prog_run: a policy lookup with %d rules, %d pods, %d CIDRs vs 1 rule", policyManyRules, policyManyPods, policyManyCIDRs),
+		Ratio: round3(p.Median), Want: "no growth with rules, pods, CIDRs (paired interval reaches 1.00x)", Pass: p.Min <= 1, Paired: &p,
 		Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); medians %s vs %s %s",
 			p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit),
 	})
@@ -116,10 +120,11 @@ func progRunTargets(r *results) {
 const benchDport = 5201
 
 // policySetup returns the setups of the policy paths: benchGuarded's
-// ingress policy allows benchAllowedPeer TCP benchDport (and, with many, rules for
-// other identities and ports too), never benchSrc, whose SYN every run
-// then looks up in full and drops; or, tracked, allows benchSrc, whose
-// connection the first run starts and the others find.
+// ingress policy allows benchAllowedPeer TCP benchDport (and, with many,
+// rules for other identities and ports too, other pods' identities and
+// ipBlock CIDRs), never benchSrc, whose SYN every run then looks up in
+// full and drops; or, tracked, allows benchSrc, whose connection the first
+// run starts and the others find.
 func policySetup(pol *maps.Policy, ct *ebpf.Map) (one, many, tracked func() error) {
 	rule := func(id uint32, first, last uint16) maps.PolicyRule {
 		return maps.PolicyRule{Endpoint: benchGuarded.IP, Direction: maps.PolicyIngress, Identity: id, Proto: 6, PortFirst: first, PortLast: last}
@@ -153,11 +158,48 @@ func policySetup(pol *maps.Policy, ct *ebpf.Map) (one, many, tracked func() erro
 		}
 		return nil
 	}
-	one = func() error { return reset(rule(benchAllowedPeer, benchDport, benchDport)) }
+	// Other pods' identities (10.100.0.0/16) and CIDRs (/24s of
+	// 172.16.0.0/12), none holding benchSrc.
+	crowd := func(on bool) error {
+		for i := range policyManyPods {
+			pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)}), 32)
+			if !on {
+				if err := pol.DeleteIdentity(pfx); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := pol.SetIdentity(pfx, maps.IdentityFirstUser+1000+uint32(i%100)); err != nil {
+				return err
+			}
+		}
+		for i := range policyManyCIDRs {
+			pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16 + byte(i>>8), byte(i), 0}), 24)
+			if !on {
+				if err := pol.DeleteCIDRIdentity(pfx); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := pol.SetCIDRIdentity(pfx, maps.IdentityFirstUser+2000+uint32(i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	one = func() error {
+		if err := crowd(false); err != nil {
+			return err
+		}
+		return reset(rule(benchAllowedPeer, benchDport, benchDport))
+	}
 	many = func() error {
 		rules := []maps.PolicyRule{rule(benchAllowedPeer, benchDport, benchDport)}
 		for i := range policyManyRules - 1 {
 			rules = append(rules, rule(maps.IdentityFirstUser+1000+uint32(i/100), uint16(1+i%100), uint16(1+i%100)))
+		}
+		if err := crowd(true); err != nil {
+			return err
 		}
 		return reset(rules...)
 	}
@@ -305,8 +347,8 @@ func (e *env) runProgRun(ctx context.Context) error {
 		{name: "from_pod local SYN, tracing this pod", prog: tcTraced, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)",
 			trace: maps.Trace{Addr: benchSrc.IP}},
 		// Policy: the destination's ingress is enforced. A tracked
-		// connection costs its conntrack lookup; a new one, its identity
-		// and the policy's longest-prefix lookups (a denied SYN is never
+		// connection costs its conntrack lookup; a new one, its
+		// identities and the policy's lookups (a denied SYN is never
 		// tracked, so every run looks it up in full).
 		{name: "from_pod local SYN, destination's policy, a tracked connection", prog: tc, frame: guarded, ingress: benchSrc.Ifindex,
 			verdict: tcActRedirect, reason: "from_pod/forward_local", noop: "noop tc (TC_ACT_OK)", setup: policyTracked},
