@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -84,11 +85,12 @@ func (n *netpol) run(ctx context.Context, resync time.Duration) error {
 	}
 	defer pol.Close()
 	n.restore(pol)
+	w := policy.NewWriter(pol)
 	go n.watchPending(ctx, pol)
 	t := time.NewTicker(resync)
 	defer t.Stop()
 	for {
-		if err := n.sync(pol); err != nil {
+		if err := n.sync(w); err != nil {
 			n.met.policySyncErrors.Inc()
 			slog.Warn("policy", "err", err)
 			time.AfterFunc(time.Second, n.kick)
@@ -97,6 +99,9 @@ func (n *netpol) run(ctx context.Context, resync time.Duration) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			// The periodic resync reads the maps back, repairing what
+			// anything else changed.
+			w.Reread()
 		case <-n.changed:
 			time.Sleep(policySyncDelay)
 		}
@@ -108,19 +113,39 @@ func (n *netpol) run(ctx context.Context, resync time.Duration) error {
 // labels.
 const unknownPodGrace = time.Second
 
-// pendingPoll is how often the endpoints are looked at for new pods the
-// CNI plugin started closed: their ADD waits for the agent.
+// pendingPoll is how often the agent looks for new pods the CNI plugin
+// started closed: their ADD waits for the agent.
 const pendingPoll = 20 * time.Millisecond
 
-// watchPending kicks a sync while an endpoint is pending.
+// pendingWindow is how long after the CNI plugin last recorded a pod the
+// endpoints are scanned for pending ones: longer than an ADD waits for
+// its policy.
+const pendingWindow = 15 * time.Second
+
+// watchPending kicks a sync while an endpoint is pending. A pod is
+// recorded (<stateDir>/pods) before its endpoint is written pending, so
+// the endpoints are scanned only within pendingWindow of the records'
+// directory changing, or while one is pending: an idle node costs a stat
+// every pendingPoll, not a walk of the endpoints map.
 func (n *netpol) watchPending(ctx context.Context, pol *maps.Policy) {
+	dir := loader.PodRecordDir(n.stateDir)
+	var lastMod, lastChange time.Time
+	pending := false
 	every(ctx, pendingPoll, func() {
+		if fi, err := os.Stat(dir); err == nil && !fi.ModTime().Equal(lastMod) {
+			lastMod, lastChange = fi.ModTime(), time.Now()
+		}
+		if !pending && time.Since(lastChange) > pendingWindow {
+			return
+		}
 		flags, err := pol.Enforcement()
 		if err != nil {
 			return
 		}
+		pending = false
 		for _, f := range flags {
 			if f&maps.EndpointPolicyPending != 0 {
+				pending = true
 				n.kick()
 				return
 			}
@@ -160,7 +185,7 @@ func (n *netpol) restore(pol *maps.Policy) {
 	}
 }
 
-func (n *netpol) sync(pol *maps.Policy) error {
+func (n *netpol) sync(w *policy.Writer) error {
 	start := time.Now()
 	pods, err := n.pods()
 	if err != nil {
@@ -213,7 +238,7 @@ func (n *netpol) sync(pol *maps.Policy) error {
 	for _, w := range st.Warnings {
 		slog.Warn("policy", "warning", w)
 	}
-	ch, err := policy.Apply(pol, st)
+	ch, err := w.Write(st)
 	n.met.policyEndpoints.Set(float64(len(st.Endpoints)))
 	n.met.policyIdentities.Set(float64(len(st.Identities) + len(st.CIDRs)))
 	if err != nil {

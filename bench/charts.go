@@ -135,6 +135,12 @@ func familyPanels(r *results, fam string) []panel {
 			{title: "TCP_RR (higher is better)", unit: "transactions/s", groups: []string{"rr_rate"}, series: contenders, get: get, ratio: vsRef(cIptables)},
 			{title: "TCP_CRR (higher is better)", unit: "connections/s", groups: []string{"crr_rate"}, series: contenders, get: get, ratio: vsRef(cIptables)},
 		}
+	case famPolicy:
+		return []panel{
+			{title: "TCP_RR (higher is better)", unit: "transactions/s", groups: []string{"rr_rate"}, series: contenders, get: get, ratio: vsRef(cPodpath)},
+			{title: "TCP_CRR (higher is better)", unit: "connections/s", groups: []string{"crr_rate"}, series: contenders, get: get, ratio: vsRef(cPodpath)},
+			{title: "programming 1,000 policies (lower is better)", unit: "ms", groups: []string{"program_all", "program_all_compile", "program_all_apply", "program_one_change"}, series: []string{cPodpathPolicy}, get: get},
+		}
 	case famControlPlane:
 		return controlPlanePanels(r)
 	case famCrossNode:

@@ -338,6 +338,7 @@ func (podpathContender) build(ctx context.Context, e *env) (_ *topology, err err
 	}
 	t.dst = t.server.IP
 	t.info.Notes = append(t.info.Notes, "pin root "+node.PinRoot)
+	t.pinRoot = node.PinRoot
 	cli, err := sim.BuildPodpath(filepath.Join(e.srcDir, ".cache", "podpath-cli"))
 	if err != nil {
 		return nil, err

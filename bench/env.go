@@ -44,6 +44,8 @@ func (e *env) runFamily(ctx context.Context, fam string) error {
 		return e.runControlPlane(ctx)
 	case famSoak:
 		return e.runSoak(ctx)
+	case famPolicy:
+		return e.runPolicy(ctx)
 	}
 	return fmt.Errorf("unknown family %s", fam)
 }

@@ -159,7 +159,7 @@ func (c *config) setSoak(d time.Duration, clients int) {
 }
 
 // families are the measurement families, in the order they run.
-var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT, famCrossNode, famControlPlane}
+var families = []string{famStream, famRR, famCRR, famProgRun, famCNI, famMemory, famServices, famSNAT, famCrossNode, famControlPlane, famPolicy}
 
 // onDemand families run only when -only names them: a soak takes ten
 // minutes of the machine and is a check, not a comparison.

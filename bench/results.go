@@ -241,6 +241,7 @@ func evaluateTargets(r *results) {
 	soakTargets(r)
 	crossNodeTargets(r)
 	progRunTargets(r)
+	policyTargets(r)
 }
 
 // compareTarget adds a target on the ratio of two medians; pass judges

@@ -19,6 +19,7 @@ var familyTitles = map[string]string{
 	famControlPlane: "Control plane: Services and EndpointSlices from a real kube-apiserver to the datapath",
 	famSoak:         "Soak: new masqueraded connections to a host outside the node, as fast as they come, for minutes",
 	famCrossNode:    "Cross-node: a pod to a pod on another node, over a shared underlay",
+	famPolicy:       "NetworkPolicy: two pods of one node, no policy vs allowed among 1,000 policies; programming time",
 }
 
 // references are what each family's ratios are taken against.
@@ -117,6 +118,13 @@ func summary(r *results) string {
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
+		if fam == famPolicy {
+			for _, metric := range []string{"rr_rate", "crr_rate"} {
+				if s := pairedRatios(r.find(fam, metric, cPodpathPolicy), r.find(fam, metric, cPodpath)); s != "" {
+					fmt.Fprintf(&b, "%s %s against podpath with no policy (the same node, paired by repetition): %s.\n\n", cPodpathPolicy, metric, s)
+				}
+			}
+		}
 		if fam == famRR || fam == famCRR {
 			if s := pairedRatios(r.find(fam, "rate", cPodpathTraced), r.find(fam, "rate", cPodpath)); s != "" {
 				fmt.Fprintf(&b, "%s: podpath measured again right after itself in each repetition while `podpath monitor --trace` follows the client pod (each of its packets raises a trace event at each hook, printed as JSON); its rate against podpath's, %s.\n\n", cPodpathTraced, s)

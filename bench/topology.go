@@ -92,6 +92,8 @@ type topology struct {
 	reap func() (int, error)
 	// devices are recorded (MTU, offloads) for the fairness check.
 	devices []nsDevice
+	// pinRoot is podpath's node's pin root (podpath's topologies).
+	pinRoot string
 	// traced, if set, starts what cPodpathTraced measures under (podpath
 	// monitor --trace on the client) and returns how to stop it.
 	traced func(ctx context.Context) (stop func() error, err error)

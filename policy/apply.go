@@ -23,19 +23,69 @@ type Changes struct {
 // CNI ADD writes it. A new pod's endpoint (pending, closed) is opened to
 // its policy once the state knows the pod.
 func Apply(pol *pmaps.Policy, st State) (Changes, error) {
+	w := NewWriter(pol)
+	return w.Write(st)
+}
+
+// view is what the identities, ipcache and policy maps hold, as read back
+// or as last written.
+type view struct {
+	ids, cidrs map[netip.Prefix]uint32
+	keys       map[pmaps.PolicyKey]uint64
+}
+
+// Writer applies states one after another (as Apply does each), writing
+// the difference against what it wrote last: the maps' identities and
+// keys (which only the agent writes) are read back once, and again after
+// Reread or a failed write; endpoints' enforcement flags, which the CNI
+// plugin writes too, are read every time.
+type Writer struct {
+	pol  *pmaps.Policy
+	have *view
+}
+
+// NewWriter is a Writer that reads the maps on its first Write.
+func NewWriter(pol *pmaps.Policy) *Writer { return &Writer{pol: pol} }
+
+// Reread makes the next Write read the maps back (a periodic resync
+// repairs what something else changed).
+func (w *Writer) Reread() { w.have = nil }
+
+func (w *Writer) read() (*view, error) {
+	v := &view{}
+	var err error
+	if v.ids, err = w.pol.Identities(); err != nil {
+		return nil, err
+	}
+	if v.cidrs, err = w.pol.CIDRIdentities(); err != nil {
+		return nil, err
+	}
+	if v.keys, err = w.pol.Keys(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Write makes the maps hold st, as Apply.
+func (w *Writer) Write(st State) (Changes, error) {
+	if w.have == nil {
+		v, err := w.read()
+		if err != nil {
+			return Changes{}, err
+		}
+		w.have = v
+	}
+	ch, err := w.write(st)
+	if err != nil {
+		w.have = nil // what was written is unknown: read it back next time
+	}
+	return ch, err
+}
+
+func (w *Writer) write(st State) (Changes, error) {
 	var ch Changes
-	haveIDs, err := pol.Identities()
-	if err != nil {
-		return ch, err
-	}
-	haveCIDRs, err := pol.CIDRIdentities()
-	if err != nil {
-		return ch, err
-	}
-	haveKeys, err := pol.Keys()
-	if err != nil {
-		return ch, err
-	}
+	pol, have := w.pol, w.have
+	haveIDs, haveCIDRs, haveKeys := have.ids, have.cidrs, have.keys
 	haveFlags, err := pol.Enforcement()
 	if err != nil {
 		return ch, err
@@ -77,6 +127,7 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			if err := pol.SetIdentity(pfx, id); err != nil {
 				return ch, err
 			}
+			haveIDs[pfx] = id
 			ch.IdentitiesSet++
 		}
 	}
@@ -85,6 +136,7 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			if err := pol.SetCIDRIdentity(pfx, id); err != nil {
 				return ch, err
 			}
+			haveCIDRs[pfx] = id
 			ch.IdentitiesSet++
 		}
 	}
@@ -94,6 +146,7 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			if err := pol.DeleteKey(k); err != nil {
 				return ch, err
 			}
+			delete(haveKeys, k)
 			ch.KeysDeleted++
 		}
 	}
@@ -102,6 +155,7 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			if err := pol.PutKey(k); err != nil {
 				return ch, err
 			}
+			haveKeys[k] = 0
 			ch.KeysAdded++
 		}
 	}
@@ -123,6 +177,7 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			if err := pol.DeleteIdentity(pfx); err != nil {
 				return ch, err
 			}
+			delete(haveIDs, pfx)
 			ch.IdentitiesDeleted++
 		}
 	}
@@ -131,6 +186,7 @@ func Apply(pol *pmaps.Policy, st State) (Changes, error) {
 			if err := pol.DeleteCIDRIdentity(pfx); err != nil {
 				return ch, err
 			}
+			delete(haveCIDRs, pfx)
 			ch.IdentitiesDeleted++
 		}
 	}

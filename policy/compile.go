@@ -201,6 +201,7 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 		st.Identities[netip.PrefixFrom(p.IP, 32)] = id.id
 	}
 	sort.Slice(idents, func(i, j int) bool { return idents[i].id < idents[j].id })
+	index := newIdentityIndex(idents, nsLabels)
 
 	// Identities of CIDRs: every ipBlock's CIDR and except.
 	var cidrs []netip.Prefix
@@ -246,13 +247,13 @@ func Compile(node string, pods []Pod, namespaces []Namespace, pols []*networking
 			if ingress {
 				ep.Flags |= pmaps.EndpointPolicyIngress
 				for _, r := range pol.Spec.Ingress {
-					addRules(rules, p, pmaps.PolicyIngress, pol.Namespace, r.From, r.Ports, idents, nsLabels, cidrs, st.CIDRs, warn)
+					addRules(rules, p, pmaps.PolicyIngress, pol.Namespace, r.From, r.Ports, index, cidrs, st.CIDRs, warn)
 				}
 			}
 			if egress {
 				ep.Flags |= pmaps.EndpointPolicyEgress
 				for _, r := range pol.Spec.Egress {
-					addRules(rules, p, pmaps.PolicyEgress, pol.Namespace, r.To, r.Ports, idents, nsLabels, cidrs, st.CIDRs, warn)
+					addRules(rules, p, pmaps.PolicyEgress, pol.Namespace, r.To, r.Ports, index, cidrs, st.CIDRs, warn)
 				}
 			}
 		}
@@ -312,7 +313,7 @@ func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer 
 
 // peerIdentities are the identities a rule's peers select (nil for every
 // peer: a rule with no peers).
-func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, idents []*identity, nsLabels map[string]labels.Set,
+func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *identityIndex,
 	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) (all bool, out []*identity, cidrIDs []uint32) {
 	if len(peers) == 0 {
 		return true, nil, nil
@@ -364,11 +365,15 @@ func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, idents []
 				}
 				nsSel = s
 			}
-			for _, id := range idents {
+			var nsOK map[string]bool
+			if nsSel != nil {
+				nsOK = index.namespaces(nsSel)
+			}
+			for _, id := range index.candidates(ns, nsOK, peer.PodSelector) {
 				if nsSel == nil && id.namespace != ns {
 					continue
 				}
-				if nsSel != nil && !nsSel.Matches(nsLabels[id.namespace]) {
+				if nsSel != nil && !nsOK[id.namespace] {
 					continue
 				}
 				if !podSel.Matches(id.labels) || seen[id.id] {
@@ -382,14 +387,89 @@ func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, idents []
 	return false, out, cidrIDs
 }
 
+// identityIndex finds the pod identities a peer may select without
+// matching every identity of the cluster against it: by namespace, and by
+// each of their labels.
+type identityIndex struct {
+	byNS     map[string][]*identity
+	byLabel  map[string][]*identity // "key=value"
+	nsLabels map[string]labels.Set
+	nsNames  []string
+	// nsMatch caches which namespaces a namespace selector (by its
+	// canonical string) matched.
+	nsMatch map[string]map[string]bool
+}
+
+func newIdentityIndex(idents []*identity, nsLabels map[string]labels.Set) *identityIndex {
+	x := &identityIndex{byNS: map[string][]*identity{}, byLabel: map[string][]*identity{}, nsLabels: nsLabels,
+		nsMatch: map[string]map[string]bool{}}
+	for _, id := range idents {
+		if _, ok := x.byNS[id.namespace]; !ok {
+			x.nsNames = append(x.nsNames, id.namespace)
+		}
+		x.byNS[id.namespace] = append(x.byNS[id.namespace], id)
+		for k, v := range id.labels {
+			x.byLabel[k+"="+v] = append(x.byLabel[k+"="+v], id)
+		}
+	}
+	return x
+}
+
+// namespaces are the namespaces (of pods with an identity) whose labels
+// sel matches, computed once per selector.
+func (x *identityIndex) namespaces(sel labels.Selector) map[string]bool {
+	key := sel.String()
+	if m, ok := x.nsMatch[key]; ok {
+		return m
+	}
+	m := map[string]bool{}
+	for _, n := range x.nsNames {
+		if sel.Matches(x.nsLabels[n]) {
+			m[n] = true
+		}
+	}
+	x.nsMatch[key] = m
+	return m
+}
+
+// candidates are the identities that may match a peer of the policy's
+// namespace ns (nsOK nil: that namespace only, else the namespaces its
+// namespace selector matched) with pod selector podSel: those with the
+// rarest of podSel's matchLabels, else those of the namespaces. The
+// caller still matches each in full.
+func (x *identityIndex) candidates(ns string, nsOK map[string]bool, podSel *metav1.LabelSelector) []*identity {
+	var best []*identity
+	found := false
+	if podSel != nil {
+		for k, v := range podSel.MatchLabels {
+			if l := x.byLabel[k+"="+v]; !found || len(l) < len(best) {
+				best, found = l, true
+			}
+		}
+	}
+	if found {
+		return best
+	}
+	if nsOK == nil {
+		return x.byNS[ns]
+	}
+	var out []*identity
+	for _, n := range x.nsNames {
+		if nsOK[n] {
+			out = append(out, x.byNS[n]...)
+		}
+	}
+	return out
+}
+
 // within says whether prefix c lies inside prefix p.
 func within(c, p netip.Prefix) bool { return c.Bits() >= p.Bits() && p.Contains(c.Addr()) }
 
 // addRules adds what one ingress or egress rule of a policy allows pod p.
 func addRules(rules map[pmaps.PolicyRule]bool, p *Pod, dir uint8, ns string, peers []networkingv1.NetworkPolicyPeer,
-	ports []networkingv1.NetworkPolicyPort, idents []*identity, nsLabels map[string]labels.Set,
+	ports []networkingv1.NetworkPolicyPort, index *identityIndex,
 	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) {
-	all, peerIDs, cidrIDs := peerIdentities(ns, peers, idents, nsLabels, cidrs, ids, warn)
+	all, peerIDs, cidrIDs := peerIdentities(ns, peers, index, cidrs, ids, warn)
 	add := func(id uint32, pps []portRange) {
 		for _, pr := range pps {
 			rules[pmaps.PolicyRule{Endpoint: p.IP, Direction: dir, Identity: id, Proto: pr.proto, PortFirst: pr.first, PortLast: pr.last}] = true

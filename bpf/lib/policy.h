@@ -227,7 +227,11 @@ static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 fla
 		s->k.dport = first->dport;
 		return !policy_tracked(&s->k, &s->r, 0, now);
 	}
-	if (policy_tracked(&s->k, &s->r, f.tcp_flags, now))
+	/* A SYN without ACK opens a connection: the policy decides it as it
+	 * is now, even on the tuple of a tracked or closed one (a client
+	 * reusing its port), so every new connection meets a changed policy. */
+	if ((f.proto != IPPROTO_TCP || (f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) &&
+	    policy_tracked(&s->k, &s->r, f.tcp_flags, now))
 		goto allowed;
 
 	if (enforce) {

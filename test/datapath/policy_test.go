@@ -355,3 +355,69 @@ func TestPolicyCompiledAndApplied(t *testing.T) {
 	open := tcpFlow(podC.IP, 42003, podB.IP, 5432, tcpSYN)
 	d.expectPass(t, "batch to db, no policy left", podC, open.sentBy(podC), open.routedInto(podB))
 }
+
+// A Writer writes each state's difference against what it wrote before,
+// without reading the maps back: a key deleted behind its back stays
+// deleted (and its connection denied) until Reread, after which the next
+// Write repairs it.
+func TestPolicyWriterRepairsAfterReread(t *testing.T) {
+	d := newPolicyDatapath(t)
+	pods := []policy.Pod{
+		{Namespace: "shop", Name: "a", Labels: map[string]string{"app": "web"}, IP: podA.IP, Node: "n1"},
+		{Namespace: "shop", Name: "b", Labels: map[string]string{"app": "db"}, IP: podB.IP, Node: "n1"},
+	}
+	ns := []policy.Namespace{{Name: "shop"}}
+	pol := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+			}},
+		},
+	}
+	st := policy.Compile("n1", pods, ns, []*networkingv1.NetworkPolicy{pol}, policy.NewAllocator())
+	w := policy.NewWriter(d.pol)
+	if ch, err := w.Write(st); err != nil || ch.KeysAdded != 1 {
+		t.Fatalf("first write: %s, %v", ch, err)
+	}
+	keys, err := d.pol.Keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range keys {
+		if err := d.pol.DeleteKey(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const drop = "from_pod/drop_policy_ingress"
+	d.expectDrop(t, "web to db, its key deleted behind the writer", podA, tcpFlow(podA.IP, 43000, podB.IP, 80, tcpSYN).sentBy(podA), drop)
+	if ch, err := w.Write(st); err != nil || ch != (policy.Changes{}) {
+		t.Errorf("the same state again, from what was written: %s, %v (want nothing written)", ch, err)
+	}
+	w.Reread()
+	if ch, err := w.Write(st); err != nil || ch.KeysAdded != 1 {
+		t.Errorf("after Reread: %s, %v (want the key written again)", ch, err)
+	}
+	ok := tcpFlow(podA.IP, 43001, podB.IP, 80, tcpSYN)
+	d.expectPass(t, "web to db, repaired", podA, ok.sentBy(podA), ok.routedInto(podB))
+}
+
+// A policy change leaves established connections alone but meets every
+// new one: a SYN on the tuple of a tracked connection is decided by the
+// policy as it is now.
+func TestPolicyNewSYNOnTrackedTuple(t *testing.T) {
+	d := newPolicyDatapath(t)
+	d.enforce(t, podB, maps.EndpointPolicyIngress)
+	r := rule(podB, maps.PolicyIngress, identityA, protoTCP, 80, 80)
+	d.allow(t, r)
+	syn := tcpFlow(podA.IP, 44000, podB.IP, 80, tcpSYN)
+	d.expectPass(t, "SYN, allowed", podA, syn.sentBy(podA), syn.routedInto(podB))
+	if err := d.pol.Revoke(r); err != nil {
+		t.Fatal(err)
+	}
+	ack := syn
+	ack.TCPFlags = tcpACK
+	d.expectPass(t, "the tracked connection's next segment, the rule revoked", podA, ack.sentBy(podA), ack.routedInto(podB))
+	d.expectDrop(t, "a new SYN on the same tuple, the rule revoked", podA, syn.sentBy(podA), "from_pod/drop_policy_ingress")
+}
