@@ -177,7 +177,10 @@ func TestNode(t *testing.T) {
 	// too: it must not fail when that flow's backend terminates.
 	t.Run("reused tuple", func(t *testing.T) { e.reusedTuple(t, web, client, clientNS, clusterIP) })
 
-	// 7. Deleting the Service makes its ClusterIP refuse at once.
+	// 7. A NetworkPolicy, enforced in eBPF, with kubelet's probes through.
+	e.networkPolicy(t, web, client, clientNS, clusterIP)
+
+	// 8. Deleting the Service makes its ClusterIP refuse at once.
 	e.deleteService(t, svc, clientNS, clusterIP)
 }
 
@@ -774,19 +777,19 @@ func (e *env) deleteService(t *testing.T, svc *corev1.Service, clientNS, cluster
 			}
 		}
 		if first == nil {
-			t.Errorf("7. %s -> deleted ClusterIP %s: not refused within 5 s (%d attempts, the last: %v)", from.name, clusterIP, before, results[i][len(results[i])-1].err)
+			t.Errorf("8. %s -> deleted ClusterIP %s: not refused within 5 s (%d attempts, the last: %v)", from.name, clusterIP, before, results[i][len(results[i])-1].err)
 			continue
 		}
-		t.Logf("7. %s -> ClusterIP %s after the Service's deletion (API call %v): refused after %v (%v; %d attempts before); in the next second %d more refused, %d unanswered, %d answered",
+		t.Logf("8. %s -> ClusterIP %s after the Service's deletion (API call %v): refused after %v (%v; %d attempts before); in the next second %d more refused, %d unanswered, %d answered",
 			from.name, clusterIP, sent.Round(time.Millisecond), first.at.Round(time.Millisecond), first.err, before, refused, unanswered, answered)
 		if first.at > time.Second {
-			t.Errorf("7. %s: the deleted ClusterIP refused only after %v, want within a second", from.name, first.at.Round(time.Millisecond))
+			t.Errorf("8. %s: the deleted ClusterIP refused only after %v, want within a second", from.name, first.at.Round(time.Millisecond))
 		}
 		if answered > 0 {
-			t.Errorf("7. %s: the deleted ClusterIP answered %d connections after it refused one", from.name, answered)
+			t.Errorf("8. %s: the deleted ClusterIP answered %d connections after it refused one", from.name, answered)
 		}
 	}
-	t.Logf("7. the node's ICMP meanwhile: %d destination unreachable sent, %d held back by the per-host rate limit",
+	t.Logf("8. the node's ICMP meanwhile: %d destination unreachable sent, %d held back by the per-host rate limit",
 		icmp1["OutDestUnreachs"]-icmp0["OutDestUnreachs"], icmp1["OutRateLimitHost"]-icmp0["OutRateLimitHost"])
 }
 
