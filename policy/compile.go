@@ -23,6 +23,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	pmaps "github.com/podpath/podpath/maps"
 )
@@ -314,9 +315,9 @@ func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer 
 // peerIdentities are the identities a rule's peers select (nil for every
 // peer: a rule with no peers).
 func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *identityIndex,
-	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) (all bool, out []*identity, cidrIDs []uint32) {
+	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) (all bool, out []*identity, cidrIDs []uint32, cidrPods []*Pod) {
 	if len(peers) == 0 {
-		return true, nil, nil
+		return true, nil, nil, nil
 	}
 	seen := map[uint32]bool{}
 	for _, peer := range peers {
@@ -344,6 +345,14 @@ func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *id
 				if id := ids[c]; !seen[id] {
 					seen[id] = true
 					cidrIDs = append(cidrIDs, id)
+				}
+			}
+			// The pods inside, whose named ports an egress rule names.
+			for _, id := range index.all {
+				for _, pod := range id.pods {
+					if block.Contains(pod.IP) && !slices.ContainsFunc(excepts, func(e netip.Prefix) bool { return e.Contains(pod.IP) }) {
+						cidrPods = append(cidrPods, pod)
+					}
 				}
 			}
 		case peer.PodSelector != nil || peer.NamespaceSelector != nil:
@@ -384,13 +393,14 @@ func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *id
 			}
 		}
 	}
-	return false, out, cidrIDs
+	return false, out, cidrIDs, cidrPods
 }
 
 // identityIndex finds the pod identities a peer may select without
 // matching every identity of the cluster against it: by namespace, and by
 // each of their labels.
 type identityIndex struct {
+	all      []*identity
 	byNS     map[string][]*identity
 	byLabel  map[string][]*identity // "key=value"
 	nsLabels map[string]labels.Set
@@ -402,7 +412,7 @@ type identityIndex struct {
 
 func newIdentityIndex(idents []*identity, nsLabels map[string]labels.Set) *identityIndex {
 	x := &identityIndex{byNS: map[string][]*identity{}, byLabel: map[string][]*identity{}, nsLabels: nsLabels,
-		nsMatch: map[string]map[string]bool{}}
+		nsMatch: map[string]map[string]bool{}, all: idents}
 	for _, id := range idents {
 		if _, ok := x.byNS[id.namespace]; !ok {
 			x.nsNames = append(x.nsNames, id.namespace)
@@ -469,7 +479,7 @@ func within(c, p netip.Prefix) bool { return c.Bits() >= p.Bits() && p.Contains(
 func addRules(rules map[pmaps.PolicyRule]bool, p *Pod, dir uint8, ns string, peers []networkingv1.NetworkPolicyPeer,
 	ports []networkingv1.NetworkPolicyPort, index *identityIndex,
 	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) {
-	all, peerIDs, cidrIDs := peerIdentities(ns, peers, index, cidrs, ids, warn)
+	all, peerIDs, cidrIDs, cidrPods := peerIdentities(ns, peers, index, cidrs, ids, warn)
 	add := func(id uint32, pps []portRange) {
 		for _, pr := range pps {
 			rules[pmaps.PolicyRule{Endpoint: p.IP, Direction: dir, Identity: id, Proto: pr.proto, PortFirst: pr.first, PortLast: pr.last}] = true
@@ -477,16 +487,43 @@ func addRules(rules map[pmaps.PolicyRule]bool, p *Pod, dir uint8, ns string, pee
 	}
 	// Numeric ports are the same whoever the peer is; named ones are the
 	// destination's: p's own for ingress, each peer pod's for egress.
-	if all {
+	if all && (dir == pmaps.PolicyIngress || !slices.ContainsFunc(ports, isNamed)) {
 		add(pmaps.IdentityAny, resolvePorts(ports, destPods(dir, p, nil), warn))
+		return
+	}
+	if all {
+		// Egress to every peer on named ports: each is the destination's,
+		// so every pod identity gets the ports its pods name (and the
+		// world none of them); numeric ports stay for every peer.
+		if numeric := slices.DeleteFunc(slices.Clone(ports), isNamed); len(numeric) > 0 {
+			add(pmaps.IdentityAny, resolvePorts(numeric, nil, warn))
+		}
+		named := slices.DeleteFunc(slices.Clone(ports), func(pp networkingv1.NetworkPolicyPort) bool { return !isNamed(pp) })
+		quiet := func(string, ...any) {}
+		found := false
+		for _, id := range index.all {
+			prs := resolvePorts(named, id.pods, quiet)
+			found = found || len(prs) > 0
+			add(id.id, prs)
+		}
+		if !found {
+			for _, pp := range named {
+				warn("named port %q: no pod has it", pp.Port.StrVal)
+			}
+		}
 		return
 	}
 	for _, id := range peerIDs {
 		add(id.id, resolvePorts(ports, destPods(dir, p, id.pods), warn))
 	}
 	for _, id := range cidrIDs {
-		add(id, resolvePorts(ports, destPods(dir, p, nil), warn))
+		add(id, resolvePorts(ports, destPods(dir, p, cidrPods), warn))
 	}
+}
+
+// isNamed says whether a policy port is a named one.
+func isNamed(pp networkingv1.NetworkPolicyPort) bool {
+	return pp.Port != nil && pp.Port.Type == intstr.String
 }
 
 // destPods are the pods whose named ports a rule's ports name.

@@ -202,6 +202,23 @@ func TestCompileIPBlockExcept(t *testing.T) {
 	}
 }
 
+// An egress rule to every peer on a named port allows, for each pod
+// identity, the port its pods give that name (the name is the
+// destination's), and numeric ports to every peer.
+func TestCompileEgressNamedPortToAll(t *testing.T) {
+	http := intstr.FromString("http")
+	pols := []*networkingv1.NetworkPolicy{netpol("ops", "out", sel("app", "prom"), networkingv1.NetworkPolicySpec{
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+		Egress: []networkingv1.NetworkPolicyEgressRule{{Ports: []networkingv1.NetworkPolicyPort{
+			port(corev1.ProtocolTCP, http), port(corev1.ProtocolUDP, intstr.FromInt32(53))}}}})}
+	st := Compile("n2", allPods, namespaces, pols, NewAllocator())
+	got := rulesOf(st, prom.IP)
+	want := []string{"out any 17 53-53", "out shop/web 6 8080-8080"}
+	if !slices.Equal(got, want) {
+		t.Errorf("rules\n got %q\nwant %q", got, want)
+	}
+}
+
 // An ipBlock holding pods' addresses selects those pods too: a CIDR of
 // one pod's address is an identity of its own, beside the pod's, and a
 // block around pods names the block's identity (the datapath looks up a
