@@ -5,13 +5,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"github.com/podpath/podpath/policy"
 )
@@ -89,6 +93,16 @@ type policyProgrammer struct {
 	alloc   *policy.Allocator
 	cluster policyCluster
 	server  netip.Addr
+	fromPod *ebpf.Program
+}
+
+// runStats is from_pod's accumulated run time and runs.
+func (p *policyProgrammer) runStats() (time.Duration, uint64, error) {
+	st, err := p.fromPod.Stats()
+	if err != nil {
+		return 0, 0, err
+	}
+	return st.Runtime, st.RunCount, nil
 }
 
 // program compiles pols (nil: none) and applies the difference.
@@ -139,6 +153,17 @@ func (e *env) runPolicy(ctx context.Context) error {
 	}
 	defer pol.Close()
 	p := &policyProgrammer{pol: pol, alloc: policy.NewAllocator(), cluster: newPolicyCluster(t.client.IP, t.server.IP), server: t.server.IP}
+	// The kernel's run-time statistics (kernel.bpf_stats_enabled while
+	// the family runs): from_pod's own time per packet, under live traffic.
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		return fmt.Errorf("enable BPF run-time statistics: %w", err)
+	}
+	defer stats.Close()
+	if p.fromPod, err = loader.LoadPinnedProgram(t.pinRoot, maps.ProgFromPod); err != nil {
+		return err
+	}
+	defer p.fromPod.Close()
 	// Every pod's identity, as the agent writes them whether or not a
 	// policy exists.
 	if _, _, ch, err := p.program(nil); err != nil {
@@ -148,8 +173,11 @@ func (e *env) runPolicy(ctx context.Context) error {
 	}
 
 	for rep := range e.cfg.Reps {
-		for _, c := range rotate([]string{cPodpath, cPodpathPolicy}, rep) {
-			if err := e.policyRound(ctx, t, p, c, rep); err != nil {
+		if err := e.policyProgramTimes(p, rep); err != nil {
+			return err
+		}
+		for _, crr := range []bool{false, true} {
+			if err := e.policyRR(ctx, t, p, crr, rep); err != nil {
 				return err
 			}
 		}
@@ -158,79 +186,151 @@ func (e *env) runPolicy(ctx context.Context) error {
 	return err
 }
 
-// policyRound programs contender c's state (timing the programming of the
-// policies), then measures TCP_RR and TCP_CRR through it.
-func (e *env) policyRound(ctx context.Context, t *topology, p *policyProgrammer, c string, rep int) error {
-	if c == cPodpath {
-		if _, _, _, err := p.program(nil); err != nil {
-			return fmt.Errorf("remove the policies: %w", err)
-		}
-	} else {
-		// From no policy, whatever the previous round left.
-		if _, _, _, err := p.program(nil); err != nil {
-			return fmt.Errorf("remove the policies: %w", err)
-		}
-		compile, apply, ch, err := p.program(p.cluster.pols)
-		if err != nil {
-			return fmt.Errorf("program %d policies: %w", policyCount, err)
-		}
-		// Ten identities for each policy but the client's, one for it.
-		if want := (policyCount-1)*10 + 1; ch.KeysAdded != want {
-			return fmt.Errorf("programming %d policies wrote %d keys, want %d", policyCount, ch.KeysAdded, want)
-		}
-		e.res.record(famPolicy, "program_all", cPodpathPolicy, "ms", lower, ms(compile+apply)).addExtra("keys", ch.KeysAdded)
-		e.res.record(famPolicy, "program_all_compile", cPodpathPolicy, "ms", lower, ms(compile))
-		e.res.record(famPolicy, "program_all_apply", cPodpathPolicy, "ms", lower, ms(apply))
-		slog.Info(famPolicy, "rep", rep+1, "program_all_ms", fmt.Sprintf("%.0f", ms(compile+apply)), "keys", ch.KeysAdded)
-		// One policy changed: its port.
-		changed := append([]*networkingv1.NetworkPolicy{}, p.cluster.pols...)
-		np := changed[1].DeepCopy()
-		port := intstr.FromInt32(5999)
-		np.Spec.Ingress[0].Ports[0].Port = &port
-		changed[1] = np
-		compile, apply, _, err = p.program(changed)
-		if err != nil {
-			return err
-		}
-		e.res.record(famPolicy, "program_one_change", cPodpathPolicy, "ms", lower, ms(compile+apply))
-		if _, _, _, err = p.program(p.cluster.pols); err != nil {
-			return err
+// policySlices is how many turns each contender takes in one repetition:
+// the two alternate (ABBAABBAAB...), so the machine's drift within a
+// repetition falls on both alike and their paired ratio holds what
+// differs between them.
+const policySlices = 5
+
+// policyProgramTimes times programming the policies from none, and one
+// policy's change.
+func (e *env) policyProgramTimes(p *policyProgrammer, rep int) error {
+	if _, _, _, err := p.program(nil); err != nil {
+		return fmt.Errorf("remove the policies: %w", err)
+	}
+	compile, apply, ch, err := p.program(p.cluster.pols)
+	if err != nil {
+		return fmt.Errorf("program %d policies: %w", policyCount, err)
+	}
+	// Ten identities for each policy but the client's, one for it.
+	if want := (policyCount-1)*10 + 1; ch.KeysAdded != want {
+		return fmt.Errorf("programming %d policies wrote %d keys, want %d", policyCount, ch.KeysAdded, want)
+	}
+	e.res.record(famPolicy, "program_all", cPodpathPolicy, "ms", lower, ms(compile+apply)).addExtra("keys", ch.KeysAdded)
+	e.res.record(famPolicy, "program_all_compile", cPodpathPolicy, "ms", lower, ms(compile))
+	e.res.record(famPolicy, "program_all_apply", cPodpathPolicy, "ms", lower, ms(apply))
+	slog.Info(famPolicy, "rep", rep+1, "program_all_ms", fmt.Sprintf("%.0f", ms(compile+apply)), "keys", ch.KeysAdded)
+	// One policy changed: its port.
+	changed := append([]*networkingv1.NetworkPolicy{}, p.cluster.pols...)
+	np := changed[1].DeepCopy()
+	port := intstr.FromInt32(5999)
+	np.Spec.Ingress[0].Ports[0].Port = &port
+	changed[1] = np
+	compile, apply, _, err = p.program(changed)
+	if err != nil {
+		return err
+	}
+	e.res.record(famPolicy, "program_one_change", cPodpathPolicy, "ms", lower, ms(compile+apply))
+	return nil
+}
+
+// policyRR measures TCP_RR or TCP_CRR for both contenders in alternating
+// slices, programming each one's state before its slice, and records each
+// contender's rate over all its slices and the median of their p99s.
+func (e *env) policyRR(ctx context.Context, t *topology, p *policyProgrammer, crr bool, rep int) error {
+	kind, unit := rrKind(crr), "transactions/s"
+	if crr {
+		unit = "connections/s"
+	}
+	type total struct {
+		count   int
+		seconds float64
+		p99s    []float64
+		allowed uint64
+		ev      evidence
+		runtime time.Duration
+		runs    uint64
+	}
+	totals := map[string]*total{cPodpath: {}, cPodpathPolicy: {}}
+	order := rotate([]string{cPodpath, cPodpathPolicy}, rep)
+	slice := e.cfg.RRTime / policySlices
+	for i := range policySlices {
+		for j := range order {
+			c := order[j]
+			if i%2 == 1 {
+				c = order[len(order)-1-j]
+			}
+			pols := p.cluster.pols
+			if c == cPodpath {
+				pols = nil
+			}
+			if _, _, _, err := p.program(pols); err != nil {
+				return fmt.Errorf("%s: program %s's state: %w", famPolicy, c, err)
+			}
+			before, err := p.allowed()
+			if err != nil {
+				return err
+			}
+			rt0, runs0, err := p.runStats()
+			if err != nil {
+				return err
+			}
+			var r rrResult
+			ev, err := measurePath(t, func() (err error) {
+				r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup/policySlices, slice)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("%s %s %s: %w", famPolicy, kind, c, err)
+			}
+			after, err := p.allowed()
+			if err != nil {
+				return err
+			}
+			rt1, runs1, err := p.runStats()
+			if err != nil {
+				return err
+			}
+			// With the policies, every new connection is looked up and
+			// let in by the client's rule: its count must rise.
+			if c == cPodpathPolicy && after <= before {
+				return fmt.Errorf("%s %s %s: the allowing rule's count did not rise (%d): the traffic did not meet the policy", famPolicy, kind, c, after)
+			}
+			tt := totals[c]
+			tt.count += r.count
+			tt.seconds += slice.Seconds()
+			tt.p99s = append(tt.p99s, r.p99)
+			tt.allowed += after - before
+			tt.runtime += rt1 - rt0
+			tt.runs += runs1 - runs0
+			tt.ev.path += ev.path
+			tt.ev.backlogDrops += ev.backlogDrops
+			tt.ev.softirqSqueezes += ev.softirqSqueezes
+			tt.ev.serverDrops = addCounts(tt.ev.serverDrops, ev.serverDrops)
+			tt.ev.clientLoss = addCounts(tt.ev.clientLoss, ev.clientLoss)
 		}
 	}
-	for _, crr := range []bool{false, true} {
-		kind, unit := rrKind(crr), "transactions/s"
-		if crr {
-			unit = "connections/s"
+	for _, c := range order {
+		tt := totals[c]
+		rate := float64(tt.count) / tt.seconds
+		m := e.res.record(famPolicy, kind+"_rate", c, unit, higher, rate)
+		m.addExtra("transactions", tt.count)
+		m.addExtra("policy_allowed_connections", tt.allowed)
+		tt.ev.record(m, t)
+		slices.Sort(tt.p99s)
+		p99 := tt.p99s[len(tt.p99s)/2]
+		e.res.record(famPolicy, kind+"_p99", c, "µs", lower, p99)
+		if tt.runs > 0 {
+			ns := float64(tt.runtime.Nanoseconds()) / float64(tt.runs)
+			e.res.record(famPolicy, kind+"_from_pod_ns", c, "ns per packet", lower, ns).addExtra("runs", tt.runs)
 		}
-		before, err := p.allowed()
-		if err != nil {
-			return err
-		}
-		var r rrResult
-		ev, err := measurePath(t, func() (err error) {
-			r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("%s %s %s: %w", famPolicy, kind, c, err)
-		}
-		after, err := p.allowed()
-		if err != nil {
-			return err
-		}
-		// With the policies, every new connection is looked up and let in
-		// by the client's rule: its count must rise.
-		if c == cPodpathPolicy && after <= before {
-			return fmt.Errorf("%s %s %s: the allowing rule's count did not rise (%d): the traffic did not meet the policy", famPolicy, kind, c, after)
-		}
-		m := e.res.record(famPolicy, kind+"_rate", c, unit, higher, r.rate)
-		m.addExtra("transactions", r.count)
-		m.addExtra("policy_allowed_connections", after-before)
-		ev.record(m, t)
-		e.res.record(famPolicy, kind+"_p99", c, "µs", lower, r.p99)
-		slog.Info(famPolicy, "rep", rep+1, "contender", c, "kind", kind, "rate", fmt.Sprintf("%.0f", r.rate), "p99_us", fmt.Sprintf("%.1f", r.p99))
+		slog.Info(famPolicy, "rep", rep+1, "contender", c, "kind", kind, "rate", fmt.Sprintf("%.0f", rate), "p99_us", fmt.Sprintf("%.1f", p99))
 	}
 	return nil
+}
+
+// addCounts adds b's counts to a's.
+func addCounts(a, b map[string]uint64) map[string]uint64 {
+	if len(b) == 0 {
+		return a
+	}
+	if a == nil {
+		a = map[string]uint64{}
+	}
+	for k, v := range b {
+		a[k] += v
+	}
+	return a
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

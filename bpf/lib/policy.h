@@ -115,13 +115,13 @@ static __always_inline int policy_ct_touch(struct policy_ct_entry *e, __u8 proto
 }
 
 /* policy_tracked says whether k is a packet of a connection allowed in
- * its direction, or a reply to one allowed the other way (r: room for the
- * reply's key). */
+ * its direction (1), or a reply to one allowed the other way (2; r: room
+ * for the reply's key, the entry's), or neither (0). reply_first looks
+ * for the reply first: in a direction the pod's policy does not enforce,
+ * its packets are mostly replies (a server's), and one lookup finds them. */
 static __always_inline int policy_tracked(const struct policy_ct_key *k, struct policy_ct_key *r,
-					  __u8 tcp_flags, __u64 now)
+					  __u8 tcp_flags, __u64 now, int reply_first)
 {
-	if (policy_ct_touch(bpf_map_lookup_elem(&policy_ct, k), k->proto, tcp_flags, now))
-		return 1;
 	__builtin_memset(r, 0, sizeof(*r));
 	r->saddr = k->daddr;
 	r->daddr = k->saddr;
@@ -129,7 +129,13 @@ static __always_inline int policy_tracked(const struct policy_ct_key *k, struct 
 	r->dport = k->sport;
 	r->proto = k->proto;
 	r->direction = !k->direction;
-	return policy_ct_touch(bpf_map_lookup_elem(&policy_ct, r), k->proto, tcp_flags, now);
+	if (reply_first && policy_ct_touch(bpf_map_lookup_elem(&policy_ct, r), k->proto, tcp_flags, now))
+		return 2;
+	if (policy_ct_touch(bpf_map_lookup_elem(&policy_ct, k), k->proto, tcp_flags, now))
+		return 1;
+	if (!reply_first && policy_ct_touch(bpf_map_lookup_elem(&policy_ct, r), k->proto, tcp_flags, now))
+		return 2;
+	return 0;
 }
 
 /* policy_quoted4 makes k the packet an ICMP error is about, turned to
@@ -187,7 +193,7 @@ static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 fla
 	struct frag_ports *first;
 	struct iphdr *ip;
 	struct flow4 f;
-	__u32 zero = 0, peer, cidr, addr, ranges;
+	__u32 zero = 0, peer, cidr, addr, ranges, tracked;
 	__u32 enforce = flags & (dir == POLICY_INGRESS ? ENDPOINT_F_POLICY_INGRESS : ENDPOINT_F_POLICY_EGRESS);
 	__u64 now = bpf_ktime_get_ns();
 
@@ -207,7 +213,7 @@ static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 fla
 
 	if (f.icmp == FLOW_ICMP_ERROR) {
 		s->k.direction = dir;
-		if (policy_quoted4(skb, &f, &s->k) == 0 && policy_tracked(&s->k, &s->r, 0, now))
+		if (policy_quoted4(skb, &f, &s->k) == 0 && policy_tracked(&s->k, &s->r, 0, now, 0))
 			return 0;
 		/* Unrelated: decided as any other ICMP packet. */
 		__builtin_memset(&s->k, 0, sizeof(s->k));
@@ -225,14 +231,20 @@ static __noinline int policy_denies4(struct __sk_buff *skb, __u32 dir, __u32 fla
 			return 1;
 		s->k.sport = first->sport;
 		s->k.dport = first->dport;
-		return !policy_tracked(&s->k, &s->r, 0, now);
+		return !policy_tracked(&s->k, &s->r, 0, now, 0);
 	}
 	/* A SYN without ACK opens a connection: the policy decides it as it
 	 * is now, even on the tuple of a tracked or closed one (a client
 	 * reusing its port), so every new connection meets a changed policy. */
-	if ((f.proto != IPPROTO_TCP || (f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) &&
-	    policy_tracked(&s->k, &s->r, f.tcp_flags, now))
-		goto allowed;
+	if (f.proto != IPPROTO_TCP || (f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+		tracked = policy_tracked(&s->k, &s->r, f.tcp_flags, now, !enforce);
+		/* A reset ends the connection: its entry goes, making room at
+		 * once rather than when the LRU evicts it. */
+		if (tracked && (f.tcp_flags & TCP_FLAG_RST) && !DRY_RUN)
+			bpf_map_delete_elem(&policy_ct, tracked == 1 ? &s->k : &s->r);
+		if (tracked)
+			goto allowed;
+	}
 
 	if (enforce) {
 		addr = dir == POLICY_INGRESS ? f.saddr : f.daddr;

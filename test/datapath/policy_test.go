@@ -421,3 +421,40 @@ func TestPolicyNewSYNOnTrackedTuple(t *testing.T) {
 	d.expectPass(t, "the tracked connection's next segment, the rule revoked", podA, ack.sentBy(podA), ack.routedInto(podB))
 	d.expectDrop(t, "a new SYN on the same tuple, the rule revoked", podA, syn.sentBy(podA), "from_pod/drop_policy_ingress")
 }
+
+// A reset ends a tracked connection's entry at once (whichever side sends
+// it), rather than leaving it to the LRU: a later packet is decided by the
+// policy again.
+func TestPolicyResetForgetsConnection(t *testing.T) {
+	d := newPolicyDatapath(t)
+	d.enforce(t, podB, maps.EndpointPolicyIngress)
+	d.allow(t, rule(podB, maps.PolicyIngress, identityA, protoTCP, 80, 80))
+	ct := d.node.Maps[maps.MapPolicyCT]
+	entries := func() int {
+		n := 0
+		var k maps.PolicyCtKey
+		var v maps.PolicyCtEntry
+		for it := ct.Iterate(); it.Next(&k, &v); {
+			n++
+		}
+		return n
+	}
+	for i, byServer := range []bool{false, true} {
+		syn := tcpFlow(podA.IP, uint16(45000+i), podB.IP, 80, tcpSYN)
+		d.expectPass(t, "SYN", podA, syn.sentBy(podA), syn.routedInto(podB))
+		if n := entries(); n != 1 {
+			t.Fatalf("%d policy_ct entries after the SYN, want 1", n)
+		}
+		if byServer {
+			rst := syn.answer(tcpRST | tcpACK)
+			d.expectPass(t, "the server's reset", podB, rst.sentBy(podB), rst.routedInto(podA))
+		} else {
+			rst := syn
+			rst.TCPFlags = tcpRST | tcpACK
+			d.expectPass(t, "the client's reset", podA, rst.sentBy(podA), rst.routedInto(podB))
+		}
+		if n := entries(); n != 0 {
+			t.Errorf("reset (by the server: %v): %d policy_ct entries left, want 0", byServer, n)
+		}
+	}
+}
