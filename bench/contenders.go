@@ -305,11 +305,17 @@ type podpathContender struct{}
 func (podpathContender) name() string { return cPodpath }
 
 func (podpathContender) build(ctx context.Context, e *env) (_ *topology, err error) {
+	return e.podpathTopology(ctx, "pp")
+}
+
+// podpathTopology builds podpath's pod-to-pod topology on a sim node named
+// bench-<name> (families that need one of their own name theirs apart).
+func (e *env) podpathTopology(ctx context.Context, name string) (_ *topology, err error) {
 	bin, err := e.podpathCNI()
 	if err != nil {
 		return nil, err
 	}
-	node, closeNode, err := newSimNode("pp", netip.MustParsePrefix("10.244.0.0/16"), sim.WithCNIBin(bin), sim.WithMTU(mtu))
+	node, closeNode, err := newSimNode(name, netip.MustParsePrefix("10.244.0.0/16"), sim.WithCNIBin(bin), sim.WithMTU(mtu))
 	if err != nil {
 		return nil, err
 	}

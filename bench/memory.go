@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
+	"golang.org/x/sys/unix"
 )
 
 // runMemory loads the datapath with loader.Init into a temporary pin root,
@@ -123,6 +124,12 @@ func mapMemlock(root, name string) (uint64, error) {
 	}
 	b, ok := info.Memlock()
 	if !ok {
+		// A map allocated on demand (BPF_F_NO_PREALLOC) that holds
+		// nothing uses nothing: the kernel reports 0, which reads as
+		// "not reported".
+		if info.Flags&unix.BPF_F_NO_PREALLOC != 0 {
+			return 0, nil
+		}
 		return 0, fmt.Errorf("map %s: kernel reports no memlock", name)
 	}
 	return b, nil

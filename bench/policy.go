@@ -130,7 +130,7 @@ func (p *policyProgrammer) allowed() (uint64, error) {
 }
 
 func (e *env) runPolicy(ctx context.Context) error {
-	t, err := podpathContender{}.build(ctx, e)
+	t, err := e.podpathTopology(ctx, "pol")
 	if err != nil {
 		return fmt.Errorf("build podpath topology: %w", err)
 	}
