@@ -314,7 +314,9 @@ func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer 
 
 // peerIdentities are the identities a rule's peers select (nil for every
 // peer: a rule with no peers).
-func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *identityIndex,
+// blockPods (an egress rule naming ports) asks for the pods inside the
+// rule's ipBlocks too, whose named ports the rule names.
+func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *identityIndex, blockPods bool,
 	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) (all bool, out []*identity, cidrIDs []uint32, cidrPods []*Pod) {
 	if len(peers) == 0 {
 		return true, nil, nil, nil
@@ -348,12 +350,8 @@ func peerIdentities(ns string, peers []networkingv1.NetworkPolicyPeer, index *id
 				}
 			}
 			// The pods inside, whose named ports an egress rule names.
-			for _, id := range index.all {
-				for _, pod := range id.pods {
-					if block.Contains(pod.IP) && !slices.ContainsFunc(excepts, func(e netip.Prefix) bool { return e.Contains(pod.IP) }) {
-						cidrPods = append(cidrPods, pod)
-					}
-				}
+			if blockPods {
+				cidrPods = append(cidrPods, index.podsIn(block, excepts)...)
 			}
 		case peer.PodSelector != nil || peer.NamespaceSelector != nil:
 			podSel := labels.Everything()
@@ -472,6 +470,20 @@ func (x *identityIndex) candidates(ns string, nsOK map[string]bool, podSel *meta
 	return out
 }
 
+// podsIn are the pods with an identity whose address is inside block and
+// outside every except.
+func (x *identityIndex) podsIn(block netip.Prefix, excepts []netip.Prefix) []*Pod {
+	var out []*Pod
+	for _, id := range x.all {
+		for _, pod := range id.pods {
+			if block.Contains(pod.IP) && !slices.ContainsFunc(excepts, func(e netip.Prefix) bool { return e.Contains(pod.IP) }) {
+				out = append(out, pod)
+			}
+		}
+	}
+	return out
+}
+
 // within says whether prefix c lies inside prefix p.
 func within(c, p netip.Prefix) bool { return c.Bits() >= p.Bits() && p.Contains(c.Addr()) }
 
@@ -479,7 +491,8 @@ func within(c, p netip.Prefix) bool { return c.Bits() >= p.Bits() && p.Contains(
 func addRules(rules map[pmaps.PolicyRule]bool, p *Pod, dir uint8, ns string, peers []networkingv1.NetworkPolicyPeer,
 	ports []networkingv1.NetworkPolicyPort, index *identityIndex,
 	cidrs []netip.Prefix, ids map[netip.Prefix]uint32, warn func(string, ...any)) {
-	all, peerIDs, cidrIDs, cidrPods := peerIdentities(ns, peers, index, cidrs, ids, warn)
+	blockPods := dir == pmaps.PolicyEgress && slices.ContainsFunc(ports, isNamed)
+	all, peerIDs, cidrIDs, cidrPods := peerIdentities(ns, peers, index, blockPods, cidrs, ids, warn)
 	add := func(id uint32, pps []portRange) {
 		for _, pr := range pps {
 			rules[pmaps.PolicyRule{Endpoint: p.IP, Direction: dir, Identity: id, Proto: pr.proto, PortFirst: pr.first, PortLast: pr.last}] = true
