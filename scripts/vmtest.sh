@@ -16,6 +16,8 @@
 #                       docs/kernels.md (default: none; best effort: a kernel
 #                       that cannot be fetched is left out, not a failure)
 #   PODPATH_VM_CACHE    where kernels are kept (default /var/cache/podpath-vm)
+#   PODPATH_VM_STALL    how long a guest may write nothing before it is taken
+#                       as hung (default 10m)
 #   PODPATH_VMTEST_OUT  where binaries, logs and results go (default: a new
 #                       directory under /tmp, printed at the end)
 #   PODPATH_CNI_BIN     set by this script for the tests: podpath-cni,
@@ -49,6 +51,11 @@ VM_SKIP_TESTS=(
 PKG_TIMEOUT=20m
 # The whole VM, per kernel.
 VM_TIMEOUT=45m
+# A guest in which no test has written a line for this long is taken as
+# hung: its kernel's blocked tasks and CPU stacks go to the console log
+# (kept in the kernel's results), and the packages it did not finish run
+# again, once, in a new VM. The longest single test takes a few minutes.
+VM_STALL=${PODPATH_VM_STALL:-10m}
 
 # guest PLAN RESULTS PROBE: runs inside the VM. PLAN has one package a line:
 # name, package directory, test binary, import path, tab-separated. Like
@@ -120,6 +127,37 @@ longest_first() {
 	awk -F '\t' 'FILENAME == ARGV[1] { ms[$1] = $2; next }
 		{ printf "%d\t%s\n", ($1 in ms) ? ms[$1] : 1e9, $0 }' "$2" "$1" |
 		sort -t $'\t' -k1,1 -rn | cut -f2-
+}
+
+run_vm() { # KERNEL_DIR RESULTS PLAN CONSOLE OUT: one VM running PLAN's packages
+	"$5/bin/vm-runner" -kernel-dir "$1" -rw "$2" -timeout "$VM_TIMEOUT" \
+		-console "$4" -stall-dir "$2/logs" -stall "$VM_STALL" -- \
+		bash "$PWD/scripts/vmtest.sh" --guest "$3" "$2" "$5/bin/probe"
+}
+
+unfinished() { # PLAN RESULTS: PLAN's lines whose package wrote no exit code
+	local name rest
+	while IFS=$'\t' read -r name rest; do
+		[ -s "$2/logs/$name.rc" ] || printf '%s\t%s\n' "$name" "$rest"
+	done <"$1"
+}
+
+run_vms() { # KERNEL KERNEL_DIR RESULTS OUT: the kernel's plan in a VM; the
+	# packages a failed VM left unfinished (it hung or ran out of time) run
+	# once more, each from the start, in a new VM. Appends to restarted; the
+	# status is the last VM's.
+	local k=$1 kdir=$2 res=$3 out=$4 vm_rc name again
+	run_vm "$kdir" "$res" "$res/plan" "$res/console.log" "$out" && return 0 || vm_rc=$?
+	unfinished "$res/plan" "$res" >"$res/plan-again"
+	[ -s "$res/plan-again" ] || return "$vm_rc"
+	again=$(cut -f1 "$res/plan-again" | paste -sd' ')
+	echo "kernel $k: the VM failed (exit $vm_rc) before $again finished (its console log: $res/console.log); running them again in a new VM"
+	mkdir -p "$res/first-vm"
+	while IFS=$'\t' read -r name _; do
+		[ ! -e "$res/logs/$name.log" ] || mv "$res/logs/$name.log" "$res/first-vm/"
+	done <"$res/plan-again"
+	restarted+=("kernel $k: the first VM hung or failed before $again finished; they ran again in a new VM (the first VM's console log, with the guest kernel's stacks when it hung: $res/console.log; their first logs: $res/first-vm)")
+	run_vm "$kdir" "$res" "$res/plan-again" "$res/console-again.log" "$out"
 }
 
 secs() { # elapsed seconds since an $EPOCHREALTIME
@@ -195,7 +233,7 @@ main() {
 
 	"$out/bin/probe" >"$out/host/probe.json"
 
-	local k kdir res vm_rc failed=0 kernel_dirs=() times ms f
+	local k kdir res vm_rc failed=0 kernel_dirs=() times ms f restarted=()
 	local cache=${PODPATH_VM_CACHE:-/var/cache/podpath-vm}
 	for k in "${kernels[@]}"; do
 		kdir=$("$out/bin/vm-runner" -kernel "$k" -print-kernel-dir)
@@ -207,11 +245,7 @@ main() {
 		longest_first "$plan" "$times" >"$res/plan"
 		echo "kernel $k ($(basename "$kdir")): one VM for $(wc -l <"$plan") packages"
 		local tk=$EPOCHREALTIME
-		set +e
-		"$out/bin/vm-runner" -kernel-dir "$kdir" -rw "$res" -timeout "$VM_TIMEOUT" -- \
-			bash "$PWD/scripts/vmtest.sh" --guest "$res/plan" "$res" "$out/bin/probe"
-		vm_rc=$?
-		set -e
+		run_vms "$k" "$kdir" "$res" "$out" && vm_rc=0 || vm_rc=$?
 		for f in "$res"/logs/*.rc; do
 			[ -e "$f" ] || continue
 			read -r _ ms <"$f"
@@ -287,6 +321,12 @@ main() {
 			echo "=== $name on $k failed (exit $rc); the end of $res/logs/$name.log:"
 			tail -n 60 "$res/logs/$name.log"
 		done <"$plan"
+	done
+
+	local r
+	for r in "${restarted[@]}"; do
+		echo
+		echo "$r"
 	done
 
 	echo

@@ -54,7 +54,9 @@
 //
 // The command's exit code, 128+N when a signal N ended it, and 125 when the
 // VM itself failed: it did not boot within -boot-timeout (3m), ran past
-// -timeout, or powered off without reporting. Then the tail of the guest's
+// -timeout, stalled (-stall: nothing written under -stall-dir for that long;
+// the guest kernel's blocked tasks and CPUs are dumped to the console first),
+// or powered off without reporting. Then the tail of the guest's
 // console log is printed to stderr; -v streams the whole log as it is
 // written.
 //
@@ -104,6 +106,9 @@ func main() {
 		bootLimit = flag.Duration("boot-timeout", 3*time.Minute, "stop the VM if the command has not started after this long")
 		verbose   = flag.Bool("v", false, "stream the guest's console log to stderr")
 		appendArg = flag.String("append", "", "more kernel command line")
+		console   = flag.String("console", "", "keep the guest's console log in this file")
+		stallDir  = flag.String("stall-dir", "", "directory whose writes show the guest is alive (with -stall)")
+		stall     = flag.Duration("stall", 0, "stop the VM when nothing under -stall-dir has been written for this long, after dumping the guest kernel's stacks to the console (0: never)")
 		rw        stringList
 	)
 	flag.Var(&rw, "rw", "host directory to share read-write at the same path (repeatable)")
@@ -135,6 +140,10 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
+	if *stall > 0 && *stallDir == "" {
+		fmt.Fprintln(os.Stderr, "vm runner: -stall needs -stall-dir")
+		os.Exit(2)
+	}
 
 	cwd, err := os.Getwd()
 	if err != nil {
@@ -158,6 +167,9 @@ func main() {
 		Append:      *appendArg,
 		BootTimeout: *bootLimit,
 		RW:          rw,
+		ConsolePath: *console,
+		StallDir:    *stallDir,
+		StallAfter:  *stall,
 		Spec: guestSpec{
 			Args: flag.Args(),
 			Env:  guestEnv(os.Environ()),

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestModuleLoadOrder(t *testing.T) {
@@ -132,5 +134,74 @@ func TestCPIO(t *testing.T) {
 	}
 	if got, want := strings.Fields(string(out)), []string{"bin", "dev/console", "init", "modules/00-a.ko"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("cpio -t: got %v, want %v", got, want)
+	}
+}
+
+func TestLastWrite(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "logs", "a.log")
+	if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	for _, p := range []string{dir, filepath.Join(dir, "logs")} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	when := time.Now().Add(-time.Minute).Truncate(time.Second)
+	if err := os.Chtimes(f, when, when); err != nil {
+		t.Fatal(err)
+	}
+	if got := lastWrite(dir); !got.Equal(when) {
+		t.Errorf("lastWrite = %s, want the nested file's %s", got, when)
+	}
+	if got := lastWrite(filepath.Join(dir, "none")); !got.IsZero() {
+		t.Errorf("lastWrite of a missing directory = %s, want zero", got)
+	}
+}
+
+// TestStalledGuestStopped boots a guest whose command writes nothing: the
+// runner must take it as hung, have its kernel dump the blocked tasks and the
+// CPUs' stacks to the kept console log, and stop it with its own failure.
+func TestStalledGuestStopped(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("booting a VM needs root (the kernel cache, 9p shares)")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "vm-runner")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	console := filepath.Join(dir, "console.log")
+	logs := filepath.Join(dir, "logs")
+	if err := os.Mkdir(logs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	cmd := exec.Command(bin, "-kernel", "6.1", "-console", console,
+		"-stall-dir", logs, "-stall", "20s", "-timeout", "5m", "--", "sleep", "600")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitVMFailed {
+		t.Fatalf("runner: %v, want exit %d\n%s", err, exitVMFailed, out)
+	}
+	if !strings.Contains(string(out), "the guest stalled") {
+		t.Errorf("runner's output does not say the guest stalled:\n%s", out)
+	}
+	if took := time.Since(start); took > 3*time.Minute {
+		t.Errorf("stopped after %s, not after the 20s stall", took)
+	}
+	b, err := os.ReadFile(console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"sysrq: Show Blocked State", "sysrq: Show backtrace of all active CPUs"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("console log lacks %q:\n%s", want, b)
+		}
 	}
 }

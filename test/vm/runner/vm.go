@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,15 @@ type vmConfig struct {
 	BootTimeout time.Duration
 	RW          []string
 	Spec        guestSpec
+	// ConsolePath keeps the guest's console log there (it is otherwise
+	// kept only for the run).
+	ConsolePath string
+	// A guest is taken as hung when nothing under StallDir has been
+	// written for StallAfter (zero: never): the runner asks its kernel for
+	// the blocked tasks' and the CPUs' stacks, which go to the console, and
+	// stops it.
+	StallDir   string
+	StallAfter time.Duration
 }
 
 // runVM boots the kernel, runs cfg.Spec in it and returns its exit code. An
@@ -101,6 +111,13 @@ func runVM(ctx context.Context, cfg vmConfig) (int, error) {
 	}
 	exitPath := filepath.Join(runDir, "exit")
 	consolePath := filepath.Join(runDir, "console.log")
+	if cfg.ConsolePath != "" {
+		if consolePath, err = filepath.Abs(cfg.ConsolePath); err != nil {
+			return 0, err
+		}
+		os.Remove(consolePath)
+	}
+	monitorPath := filepath.Join(runDir, "monitor.sock")
 
 	// Output comes back through pipes: qemu writes the guest's ports into
 	// them and we copy to our own stdout and stderr as it arrives.
@@ -179,13 +196,12 @@ func runVM(ctx context.Context, cfg vmConfig) (int, error) {
 		"-chardev", chardevs[1], "-device", "virtserialport,bus=ports.0,nr=2,chardev=err,name="+portStderr,
 		"-chardev", "file,id=exit,path="+qemuEscape(exitPath),
 		"-device", "virtserialport,bus=ports.0,nr=3,chardev=exit,name="+portExit,
+		"-monitor", "unix:"+qemuEscape(monitorPath)+",server=on,wait=off",
 	)
 	args = append(args, shareArgs...)
 	args = append(args, fdArgs...)
 
-	ctx, kill := context.WithCancel(ctx)
-	defer kill()
-	cmd := exec.CommandContext(ctx, qemu, args...)
+	cmd := exec.Command(qemu, args...)
 	cmd.ExtraFiles = extra
 	var qemuErr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qemuErr, &qemuErr
@@ -196,21 +212,56 @@ func runVM(ctx context.Context, cfg vmConfig) (int, error) {
 	}
 	closeExtra() // qemu holds the write ends now; EOF comes when it exits
 
-	// A guest that hangs while booting would otherwise hang us for good.
-	bootHung := make(chan bool, 1)
+	// The VM is stopped when ctx ends, when the command has not started in
+	// time (a guest that hangs while booting would otherwise hang us for
+	// good) and when the guest stalls.
+	var stopReason error
 	exited := make(chan struct{})
+	watched := make(chan struct{})
 	go func() {
-		select {
-		case <-time.After(cfg.BootTimeout):
-			if !guestStarted(exitPath) {
-				bootHung <- true
-				kill()
+		defer close(watched)
+		boot := time.NewTimer(cfg.BootTimeout)
+		defer boot.Stop()
+		tick := time.NewTicker(10 * time.Second)
+		defer tick.Stop()
+		var started time.Time // when the command was first seen running
+		for {
+			select {
+			case <-exited:
+				return
+			case <-ctx.Done():
+				stopReason = ctx.Err()
+			case <-boot.C:
+				if guestStarted(exitPath) {
+					continue
+				}
+				stopReason = fmt.Errorf("the guest did not start the command within %s", cfg.BootTimeout)
+			case <-tick.C:
+				if cfg.StallAfter == 0 || !guestStarted(exitPath) {
+					continue
+				}
+				if started.IsZero() {
+					started = time.Now()
+				}
+				last := lastWrite(cfg.StallDir)
+				if last.Before(started) {
+					last = started
+				}
+				if time.Since(last) < cfg.StallAfter {
+					continue
+				}
+				stopReason = fmt.Errorf("the guest stalled: nothing written under %s since %s", cfg.StallDir, last.Format(time.TimeOnly))
 			}
-		case <-exited:
+			if guestStarted(exitPath) {
+				dumpGuestStacks(monitorPath)
+			}
+			cmd.Process.Kill()
+			return
 		}
 	}()
 	waitErr := cmd.Wait()
 	close(exited)
+	<-watched
 	copiers.Wait()
 
 	code, ok := readExitCode(exitPath)
@@ -220,11 +271,12 @@ func runVM(ctx context.Context, cfg vmConfig) (int, error) {
 	os.Stderr.Write(qemuErr.Bytes())
 	if !cfg.Verbose {
 		printTail(os.Stderr, consolePath, 40)
+		if cfg.ConsolePath != "" {
+			fmt.Fprintf(os.Stderr, "vm runner: the whole console log: %s\n", consolePath)
+		}
 	}
-	select {
-	case <-bootHung:
-		return 0, fmt.Errorf("the guest did not start the command within %s", cfg.BootTimeout)
-	default:
+	if stopReason != nil {
+		return 0, stopReason
 	}
 	if waitErr != nil {
 		return 0, fmt.Errorf("qemu: %w; the guest reported no exit code", waitErr)
@@ -296,5 +348,36 @@ func printTail(w io.Writer, path string, lines int) {
 	fmt.Fprintf(w, "vm runner: guest console (last %d lines):\n", len(ls))
 	for _, l := range ls {
 		fmt.Fprintf(w, "  %s\n", strings.TrimRight(l, "\r"))
+	}
+}
+
+// lastWrite is the latest modification time of dir or anything under it.
+func lastWrite(dir string) time.Time {
+	var last time.Time
+	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil && fi.ModTime().After(last) {
+			last = fi.ModTime()
+		}
+		return nil
+	})
+	return last
+}
+
+// dumpGuestStacks asks the guest kernel, through qemu's monitor and the
+// magic SysRq key, for the stacks of its blocked tasks (w) and of every
+// CPU (l). They go to the console log: what a hung guest was doing.
+func dumpGuestStacks(monitorPath string) {
+	c, err := net.DialTimeout("unix", monitorPath, 2*time.Second)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	go io.Copy(io.Discard, c)
+	for _, key := range []string{"w", "l"} {
+		fmt.Fprintf(c, "sendkey alt-sysrq-%s\n", key)
+		time.Sleep(3 * time.Second)
 	}
 }
