@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,11 +17,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // CNI contenders: podpath's plugin and the reference plugins most runtimes
@@ -62,17 +69,31 @@ func (e *env) runCNI(ctx context.Context) error {
 	}
 	defer closeBr()
 
+	// podpath-cni writes where each ADD's and DEL's time went.
+	timings := filepath.Join(node.StateDir, "cni-timings.jsonl")
+	os.Setenv(cni.TimingsEnv, timings)
+	defer os.Unsetenv(cni.TimingsEnv)
+
 	targets := []*cniTarget{pp, br}
 	modes := []struct {
 		name    string
 		workers int
 	}{{"seq", 1}, {"par", e.cfg.CNIParallel}}
 	for rep := range e.cfg.CNIReps {
+		if err := e.recordAttachCost(node.NS); err != nil {
+			return err
+		}
 		for _, mode := range modes {
 			for _, t := range rotate(targets, rep) {
+				os.Remove(timings)
 				r, err := cniRound(ctx, t, e.cfg.CNIPods, mode.workers, fmt.Sprintf("%d%s", rep, mode.name))
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", t.name, mode.name, err)
+				}
+				if t == pp {
+					if err := e.recordCNISteps(timings, mode.name, r); err != nil {
+						return err
+					}
 				}
 				for _, v := range []struct {
 					verb string
@@ -95,6 +116,54 @@ func (e *env) runCNI(ctx context.Context) error {
 type cniRoundResult struct {
 	add, del []float64 // ms per pod
 	addWall  time.Duration
+	// containers are the pods' container IDs, in the order of add and del.
+	containers []string
+}
+
+// recordCNISteps records, from the plugin's timings file, the median time
+// of each step of ADD and DEL over a round's pods, and the time outside
+// them: what the runtime's exec of the plugin, the Go runtime's start and
+// libcni cost (a pod's whole latency less the plugin's own total).
+func (e *env) recordCNISteps(path, mode string, r cniRoundResult) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("podpath-cni timings: %w", err)
+	}
+	byCmd := map[string]map[string]cni.Timing{"ADD": {}, "DEL": {}}
+	for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		var t cni.Timing
+		if err := json.Unmarshal(line, &t); err != nil {
+			return fmt.Errorf("podpath-cni timings: %q: %w", line, err)
+		}
+		if m := byCmd[t.Command]; m != nil && !t.Failed {
+			m[t.Container] = t
+		}
+	}
+	for _, v := range []struct {
+		cmd, verb string
+		lat       []float64
+	}{{"ADD", "add", r.add}, {"DEL", "del", r.del}} {
+		steps := map[string][]float64{}
+		var order []string
+		for i, id := range r.containers {
+			t, ok := byCmd[v.cmd][id]
+			if !ok {
+				return fmt.Errorf("podpath-cni timings: no %s of container %s", v.cmd, id)
+			}
+			for _, st := range t.Steps {
+				if _, seen := steps[st.Name]; !seen {
+					order = append(order, st.Name)
+				}
+				steps[st.Name] = append(steps[st.Name], st.US/1e3)
+			}
+			steps["outside_plugin"] = append(steps["outside_plugin"], v.lat[i]-t.TotalUS/1e3)
+		}
+		for _, name := range append(order, "outside_plugin") {
+			_, med, _ := minMedMax(steps[name])
+			e.res.record(famCNI, fmt.Sprintf("%s_%s_step_%s", v.verb, mode, name), cniPodpath, "ms", lower, med)
+		}
+	}
+	return nil
 }
 
 // cniRound adds n pods with `workers` ADDs in flight, then deletes them the
@@ -127,6 +196,9 @@ func cniRound(ctx context.Context, t *cniTarget, n, workers int, tag string) (r 
 				{"K8S_POD_NAME", fmt.Sprintf("pod-%s-%d", tag, i)},
 			},
 		}}
+	}
+	for _, p := range pods {
+		r.containers = append(r.containers, p.rt.ContainerID)
 	}
 	added := make([]bool, n)
 	defer func() {
@@ -289,4 +361,67 @@ func containerID() string {
 	b := make([]byte, 32)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// attachSamples is how many fresh veths each repetition attaches to.
+const attachSamples = 20
+
+// recordAttachCost times attaching a no-op tc program to a fresh veth in
+// the node's namespace, as ADD attaches from_pod and to_pod: by tcx (a BPF
+// link; the kernel waits for an RCU grace period on every attach) and by
+// legacy tc (a clsact qdisc and a cls_bpf filter). Medians of attachSamples.
+func (e *env) recordAttachCost(nodeNS ns.NetNS) error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		return err
+	}
+	defer prog.Close()
+	var tcx, legacy []float64
+	err = nodeNS.Do(func(ns.NetNS) error {
+		for i := range attachSamples {
+			name := fmt.Sprintf("ppattach%d", i)
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+				return fmt.Errorf("veth %s: %w", name, err)
+			}
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			idx := l.Attrs().Index
+			t0 := time.Now()
+			lk, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: prog, Attach: ebpf.AttachTCXIngress})
+			if err != nil {
+				netlink.LinkDel(l)
+				return fmt.Errorf("tcx attach: %w", err)
+			}
+			tcx = append(tcx, float64(time.Since(t0).Microseconds())/1e3)
+			lk.Close()
+			t0 = time.Now()
+			qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+			if err := netlink.QdiscAdd(qdisc); err != nil {
+				netlink.LinkDel(l)
+				return fmt.Errorf("clsact: %w", err)
+			}
+			filter := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
+				Fd: prog.FD(), Name: "noop", DirectAction: true}
+			if err := netlink.FilterAdd(filter); err != nil {
+				netlink.LinkDel(l)
+				return fmt.Errorf("cls_bpf: %w", err)
+			}
+			legacy = append(legacy, float64(time.Since(t0).Microseconds())/1e3)
+			if err := netlink.LinkDel(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("attach cost: %w", err)
+	}
+	_, med, _ := minMedMax(tcx)
+	e.res.record(famCNI, "tcx_attach", "kernel", "ms", lower, med)
+	_, med, _ = minMedMax(legacy)
+	e.res.record(famCNI, "legacy_tc_attach", "kernel", "ms", lower, med)
+	return nil
 }

@@ -69,8 +69,12 @@ type config struct {
 	NftProgram   bool          `json:"serviceProgramNft"`
 	// snat: repetitions (durations as tcp_stream and tcp_rr).
 	SNATReps int `json:"snatRepetitions"`
-	// cross_node: repetitions (durations as tcp_stream and tcp_rr).
-	CrossNodeReps int `json:"crossNodeRepetitions"`
+	// cross_node: repetitions (durations as tcp_stream and tcp_rr), each
+	// measured in this many alternating turns per contender for TCP_RR and
+	// TCP_CRR, and for throughput.
+	CrossNodeReps        int `json:"crossNodeRepetitions"`
+	CrossNodeTurns       int `json:"crossNodeTurns"`
+	CrossNodeStreamTurns int `json:"crossNodeStreamTurns"`
 	// control_plane: Services created (1 to 10 endpoints each), rounds
 	// (each contender once per round), EndpointSlice changes in all,
 	// goroutines and client QPS creating the objects, the contenders'
@@ -118,7 +122,7 @@ func newConfig(quick bool) config {
 		SvcCounts: []int{1, 1000, 10000, 100000}, SvcReps: 5,
 		SvcTime: 2500 * time.Millisecond, SvcWarmup: 500 * time.Millisecond,
 		SvcProgramN: 10000, RestoreLimit: 5 * time.Minute, NftProgram: true,
-		SNATReps: 5, CrossNodeReps: 7,
+		SNATReps: 5, CrossNodeReps: 7, CrossNodeTurns: 5, CrossNodeStreamTurns: 3,
 		CPServices: 10000, CPRounds: 3, CPChanges: 100, CPWorkers: 32, CPQPS: 5000,
 		CPMinSync: time.Millisecond, CPSpacing: 500 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
 		SoakTime: 10 * time.Minute, SoakInterval: 10 * time.Second,
@@ -132,7 +136,7 @@ func newConfig(quick bool) config {
 		c.SvcCounts, c.SvcReps = []int{1, 1000}, 2
 		c.SvcTime, c.SvcWarmup = 1500*time.Millisecond, 300*time.Millisecond
 		c.NftProgram = false
-		c.SNATReps, c.CrossNodeReps = 2, 2
+		c.SNATReps, c.CrossNodeReps, c.CrossNodeTurns, c.CrossNodeStreamTurns = 2, 2, 2, 1
 		c.CPServices, c.CPRounds, c.CPChanges = 1000, 1, 10
 		c.SoakTime = time.Minute
 	}
@@ -314,7 +318,9 @@ func methodNotes(c config) []string {
 		"bpf_prog_run local delivery: from_pod rewrites the frame it forwards and BPF_PROG_RUN reruns it on the rewritten frame, so the destination's gateway MAC is seeded equal to the source pod's MAC and TTL starts at 255: every run takes the forwarding path",
 		fmt.Sprintf("bpf_prog_run drop events: off (rate 0) except on the paths that say \"drop events on\" (%d per second and CPU, bursts of %d, the node default); a flood of drops outruns the limit, so past the first burst each drop takes the token check and is held back", maps.DefaultDropEventRate, maps.DefaultDropEventBurst),
 		"bpf_prog_run tracing: off (the programs as the loader builds them then, trace_capable 0: the verifier removes the hooks) except on the paths that say \"tracing\" (built with trace_capable 1, as while podpath monitor --trace runs): for another pod's address (each run checks the filter and is not selected) or for this pod's (each run raises a trace event); a reader empties the events ring buffer throughout, as podpath monitor would; \"built without tracing\" is from_pod compiled without the hooks (PODPATH_NO_TRACE), the reference of the tracing-off target",
-		fmt.Sprintf("cni: each pod in a fresh netns (made and removed outside the timing), ADD/DEL through libcni in the node's netns, %d pods one at a time then %d at a time; reference: bridge (isGateway, ipMasq false, like podpath sets up no NAT) + host-local, containernetworking/plugins %s", c.CNIPods, c.CNIParallel, cniPluginsVersion),
+		fmt.Sprintf("cni: each pod in a fresh netns (made and removed outside the timing), ADD/DEL through libcni in the node's netns, %d pods one at a time then %d at a time; reference: bridge (isGateway, ipMasq false, like podpath sets up no NAT) + host-local, containernetworking/plugins %s; "+
+			"<verb>_<mode>_step_<step>: the median over a round's pods of each step podpath-cni times itself (PODPATH_CNI_TIMINGS), outside_plugin being a pod's latency less the plugin's own total (exec, the Go runtime's start, libcni); "+
+			"tcx_attach and legacy_tc_attach: attaching a no-op tc program to a fresh veth in the node's netns, by a tcx link and by clsact + cls_bpf, median of %d per repetition", c.CNIPods, c.CNIParallel, cniPluginsVersion, attachSamples),
 		"memory: read once (deterministic) from the kernel, fdinfo memlock via ebpf MapInfo/ProgramInfo, after loader.Init into a temporary pin root",
 		fmt.Sprintf("services: a client pod reaches %s:%d (ClusterIP) whose one backend is a server pod on the same node (port %d), with %v services programmed, the measured one last; the other services have %d backends each on other nodes (never reached). "+
 			"TCP_RR and TCP_CRR as above, %v warm-up, %v measured, %d repetitions; every (contender, N) is a topology of its own, all built first, then measured interleaved (rotated order) so rates at different N are compared within the same minutes",

@@ -108,10 +108,7 @@ func rrKind(crr bool) string {
 // for TCP_CRR, the connections that failed), <kind>_p50 and <kind>_p99;
 // before are t's further counters as they were, returned as they are now.
 func (e *env) measureRequestResponse(ctx context.Context, fam string, t *topology, crr bool, rep int, before map[string]uint64) (rrResult, map[string]uint64, error) {
-	kind, unit := rrKind(crr), "transactions/s"
-	if crr {
-		unit = "connections/s"
-	}
+	kind, unit := rrKind(crr), rrUnit(crr)
 	var r rrResult
 	ev, err := measurePath(t, func() (err error) {
 		r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup, e.cfg.RRTime)
@@ -139,6 +136,14 @@ func (e *env) measureRequestResponse(ctx context.Context, fam string, t *topolog
 	e.res.record(fam, kind+"_p50", t.contender, "µs", lower, r.p50)
 	e.res.record(fam, kind+"_p99", t.contender, "µs", lower, r.p99)
 	return r, now, nil
+}
+
+// rrUnit is the unit of a TCP_RR or TCP_CRR rate.
+func rrUnit(crr bool) string {
+	if crr {
+		return "connections/s"
+	}
+	return "transactions/s"
 }
 
 type rrResult struct {

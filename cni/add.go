@@ -78,6 +78,8 @@ type podSide struct {
 // pod registered in the endpoints map, and from_pod (tc ingress) and to_pod
 // (tc egress) attached to the host end.
 func Add(args *skel.CmdArgs) (err error) {
+	st := newStepTimer("ADD", args.ContainerID)
+	defer func() { st.done(err) }()
 	conf, err := ParseConfig(args.StdinData, true)
 	if err != nil {
 		return err
@@ -98,6 +100,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return newError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS %q: %v", args.Netns, err)
 	}
 	defer podNS.Close()
+	st.step("parse")
 
 	// Open the datapath first: a node without one gets a clear error and
 	// nothing is allocated.
@@ -117,6 +120,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 		defer progs[i].Close()
 	}
+	st.step("open_datapath")
 
 	// Held until ADD returns or dies: a DEL of the attachment waits for it,
 	// and GC leaves alone what it is making.
@@ -126,6 +130,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer lock.Close()
+	st.step("lock")
 
 	var undo undoStack
 	defer func() {
@@ -139,6 +144,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	pauseAt(StepAllocated)
+	st.step("allocate")
 
 	// A repeated ADD replaces the interfaces of the previous one; deleting
 	// the host end takes the pod end and the node route with it.
@@ -167,6 +173,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return fmt.Errorf("find host veth %s: %w", hostName, err)
 	}
 	hostMAC := hostLink.Attrs().HardwareAddr
+	st.step("veth")
 
 	var ps podSide
 	err = podNS.Do(func(ns.NetNS) error {
@@ -182,6 +189,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return fmt.Errorf("add node route %s dev %s: %w", addr, hostName, err)
 	}
 	pauseAt(StepPod)
+	st.step("pod_interface")
 
 	info := maps.NewEndpointInfo(uint32(hostLink.Attrs().Index), ps.podMAC, hostMAC, ps.cookie)
 	info.Network = network
@@ -203,6 +211,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	})
 	pauseAt(StepEndpoint)
+	st.step("endpoint")
 
 	// A failed ADD detaches them again with removeHostSide (undo above).
 	var mode string
@@ -212,6 +221,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	}
 	pauseAt(StepAttached)
+	st.step("attach")
 
 	if err := addHostPorts(conf, hostName, addr); err != nil {
 		return err
@@ -222,8 +232,10 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	})
 
+	st.step("hostports")
 	if pending {
 		waitPolicy(eps, addr, pa.String())
+		st.step("policy_wait")
 	}
 	result := buildResult(conf, args, hostName, hostMAC, ps.podMAC, addr)
 	slog.Info("pod added", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName,

@@ -16,7 +16,9 @@ import (
 // Del disconnects a pod. It needs neither the pod's namespace nor a loaded
 // datapath, and deleting what is already gone succeeds: runtimes send DEL
 // twice, the second time without a namespace, and after failed ADDs.
-func Del(args *skel.CmdArgs) error {
+func Del(args *skel.CmdArgs) (err error) {
+	st := newStepTimer("DEL", args.ContainerID)
+	defer func() { st.done(err) }()
 	conf, err := ParseConfig(args.StdinData, false)
 	if err != nil {
 		return err
@@ -34,6 +36,7 @@ func Del(args *skel.CmdArgs) error {
 	} else {
 		defer eps.Close()
 	}
+	st.step("open_datapath")
 	// Held to the end: an ADD of this attachment still running (its
 	// runtime gave up waiting) finishes first, and GC keeps off.
 	hostName := HostVethName(args.ContainerID, args.IfName)
@@ -42,6 +45,7 @@ func Del(args *skel.CmdArgs) error {
 		return err
 	}
 	defer lock.Close()
+	st.step("lock")
 
 	p, err := openPool(conf.StateDir, conf.Network, netip.Prefix{})
 	if err != nil {
@@ -52,9 +56,11 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	st.step("find_address")
 	if err := removeAttachment(conf, eps, hostName, addr); err != nil {
 		return err
 	}
+	st.step("remove")
 	// The address goes last, so it is never handed to a new pod while the
 	// old one's entry still names it.
 	if held {
@@ -65,6 +71,7 @@ func Del(args *skel.CmdArgs) error {
 		if err := p.release(Allocation{Addr: addr, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
 			return err
 		}
+		st.step("release")
 	}
 	slog.Info("pod deleted", "pod", pa.String(), "container", args.ContainerID, "ifname", args.IfName, "ip", addr)
 	return nil
