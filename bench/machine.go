@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +23,17 @@ type machine struct {
 	LoadBefore string            `json:"loadAverageBefore"`
 	LoadAfter  string            `json:"loadAverageAfter"`
 	Tools      map[string]string `json:"tools"`
+	// Governor is the CPU frequency governor of each CPU that shows one
+	// ("not visible" where cpufreq is absent, as in most VMs).
+	Governor string `json:"cpuFreqGovernor"`
+	// RPSDefaultMask is the receive packet steering mask new devices get
+	// (net.core.rps_default_mask; 0: none). A veth has no interrupt: what
+	// it receives is processed in the softirq of the CPU that sent it,
+	// unless RPS steers it elsewhere.
+	RPSDefaultMask string `json:"rpsDefaultMask"`
+	// Loaded says the machine was busy when the run started: a 1-minute
+	// load average at or above half the cores.
+	Loaded bool `json:"loadedAtStart"`
 }
 
 func readMachine() machine {
@@ -31,6 +44,16 @@ func readMachine() machine {
 		Timestamp:  time.Now().UTC().Format(time.RFC3339),
 		LoadBefore: loadAvg(),
 		Tools:      map[string]string{},
+	}
+	m.Governor = governors()
+	m.RPSDefaultMask = "not visible"
+	if b, err := os.ReadFile("/proc/sys/net/core/rps_default_mask"); err == nil {
+		m.RPSDefaultMask = strings.TrimSpace(string(b))
+	}
+	if f := strings.Fields(m.LoadBefore); len(f) > 0 {
+		if l, err := strconv.ParseFloat(f[0], 64); err == nil && l >= float64(m.Cores)/2 {
+			m.Loaded = true
+		}
 	}
 	var uts unix.Utsname
 	if unix.Uname(&uts) == nil {
@@ -49,6 +72,23 @@ func readMachine() machine {
 		m.Tools[tool] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
 	return m
+}
+
+// governors lists each CPU's cpufreq governor, "cpuN=name", or says there
+// is none to see.
+func governors() string {
+	paths, _ := filepath.Glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor")
+	var out []string
+	for _, p := range paths {
+		if b, err := os.ReadFile(p); err == nil {
+			cpu := filepath.Base(filepath.Dir(filepath.Dir(p)))
+			out = append(out, cpu+"="+strings.TrimSpace(string(b)))
+		}
+	}
+	if len(out) == 0 {
+		return "not visible"
+	}
+	return strings.Join(out, " ")
 }
 
 func cpuModel() string {

@@ -43,6 +43,10 @@ func summary(r *results) string {
 	fmt.Fprintf(&b, "# podpath benchmark (%s run)\n\n", r.Config.Mode)
 	fmt.Fprintf(&b, "%s, %d cores, kernel %s, %s, %s. Load average before %s, after %s. Took %.0f s; %d repetitions per measurement (CNI: %d rounds of %d pods), contenders interleaved.\n\n",
 		m.CPUModel, m.Cores, m.Kernel, m.GoVersion, m.Timestamp, m.LoadBefore, m.LoadAfter, r.DurationS, r.Config.Reps, r.Config.CNIReps, r.Config.CNIPods)
+	if m.Loaded {
+		fmt.Fprintf(&b, "**Started on a loaded machine**: load average %s on %d cores; expect wider spreads.\n\n", m.LoadBefore, m.Cores)
+	}
+	fmt.Fprintf(&b, "CPU frequency governor: %s. Veths have no interrupts: what one receives is processed in the softirq of the CPU that sent it (RPS default mask %s), so with client and server pinned each direction's softirq runs on its sender's CPU.\n\n", m.Governor, m.RPSDefaultMask)
 	fmt.Fprintf(&b, "Tables show the median over repetitions, the min-max range, and ratios of medians from this one run.\n\n")
 
 	if len(r.Targets) > 0 {
