@@ -90,6 +90,21 @@ const (
 	pathNoTrace    = "from_pod local SYN, built without tracing"
 )
 
+// oneRunCalls is how many calls a one-run path makes per 1,000 calls of
+// the others (each of whose calls runs the program ProgRepeat times).
+const oneRunCalls = 4000
+
+// pathBudgets: what a path may cost over a no-op of its program type, in
+// ns per packet under BPF_PROG_RUN, judged per repetition (the path's time
+// less its no-op's in the same repetition), every repetition under it.
+var pathBudgets = []struct {
+	path, label string
+	ns          float64
+}{
+	{pathPodToPodSYN, "pod to pod on the node (from_pod, a SYN forwarded by redirect_peer)", 100},
+	{pathService, "pod to a ClusterIP, local backend (from_pod: conntrack, DNAT, forward)", 150},
+}
+
 // progRunTargets: with tracing off, the hot path costs what it cost before
 // trace events existed: the paired interval of the ratio reaches 1.0.
 func progRunTargets(r *results) {
@@ -104,6 +119,22 @@ func progRunTargets(r *results) {
 		Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); medians %s vs %s %s",
 			p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit),
 	})
+	for _, b := range pathBudgets {
+		m := r.find(famProgRun, "ns_per_packet", b.path)
+		if m == nil || len(m.Extra["baseline"]) == 0 {
+			continue
+		}
+		base := r.find(famProgRun, "ns_per_packet", fmt.Sprint(m.Extra["baseline"][0]))
+		d, ok := pairedDiff(m, base)
+		if !ok {
+			continue
+		}
+		r.Targets = append(r.Targets, target{
+			Name:  "bpf_prog_run budget: " + b.label + ", over a no-op",
+			Ratio: round3(d.Median / b.ns), Want: fmt.Sprintf("< %.0f ns in every repetition (ratio: median / budget)", b.ns), Pass: d.Max < b.ns,
+			Detail: fmt.Sprintf("per repetition: median %.1f ns, %.1f-%.1f ns over %d; medians %s vs %s ns", d.Median, d.Min, d.Max, d.N, formatValue(m.Median), formatValue(base.Median)),
+		})
+	}
 	num, den = r.find(famProgRun, "ns_per_packet", pathPolicyMany), r.find(famProgRun, "ns_per_packet", pathPolicyOne)
 	if p, ok = paired(num, den); !ok {
 		return
@@ -225,6 +256,13 @@ type progPath struct {
 	trace maps.Trace
 	// setup, when set, prepares the maps before the path's runs.
 	setup func() error
+	// counters is where reason is counted (default: the family's own
+	// from_pod collection's).
+	counters *ebpf.Map
+	// oneRun: every call runs the program once on the frame as given. A
+	// path that rewrites its packet into another path's (a Service's
+	// DNAT) must not meet its own output.
+	oneRun bool
 }
 
 // runProgRun times every path.
@@ -317,6 +355,12 @@ func (e *env) runProgRun(ctx context.Context) error {
 	}
 	defer noopXDP.Close()
 
+	svcProg, svcCounters, closeSvc, err := serviceNode(ctx)
+	if err != nil {
+		return fmt.Errorf("the Service path's node: %w", err)
+	}
+	defer closeSvc()
+
 	tc, xp := fromPod.Programs[maps.ProgFromPod], xdp.Programs[maps.ProgXDPNetdev]
 	syn := tcpFrame(benchSrc, benchDst.IP, 255, true, 0)
 	data := tcpFrame(benchSrc, benchDst.IP, 255, false, 1400)
@@ -356,6 +400,13 @@ func (e *env) runProgRun(ctx context.Context) error {
 			reason: "from_pod/drop_policy_ingress", noop: "noop tc (TC_ACT_OK)", setup: policyOne},
 		{name: pathPolicyMany, prog: tc, frame: guarded, ingress: benchSrc.Ifindex, verdict: tcActShot,
 			reason: "from_pod/drop_policy_ingress", noop: "noop tc (TC_ACT_OK)", setup: policyMany},
+		// A Service's packet is translated on its first run: each call
+		// runs it once, against a no-op timed the same way.
+		{name: pathNoopOneRun, prog: noopTC, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActOK, oneRun: true},
+		{name: pathTracingOff + ", one run per call", prog: tc, frame: syn, ingress: benchSrc.Ifindex, verdict: tcActRedirect,
+			reason: "from_pod/forward_local", noop: pathNoopOneRun, oneRun: true},
+		{name: pathService, prog: svcProg, frame: tcpFrame(benchSrc, benchVIP, 64, true, 0), ingress: benchSrc.Ifindex, verdict: tcActRedirect,
+			reason: "from_pod/forward_local", noop: pathNoopOneRun, counters: svcCounters, oneRun: true},
 		{name: "noop xdp (XDP_PASS)", prog: noopXDP, frame: fromWire, xdp: true, verdict: xdpPass},
 		{name: "xdp_netdev pass", prog: xp, frame: fromWire, xdp: true, verdict: xdpPass, reason: "xdp/to_stack", noop: "noop xdp (XDP_PASS)"},
 	}
@@ -384,7 +435,11 @@ func (e *env) runProgRun(ctx context.Context) error {
 					return fmt.Errorf("%s: %w", p.name, err)
 				}
 			}
-			before, err := readCounter(counters, p.reason)
+			pc := counters
+			if p.counters != nil {
+				pc = p.counters
+			}
+			before, err := readCounter(pc, p.reason)
 			if err != nil {
 				return err
 			}
@@ -400,11 +455,14 @@ func (e *env) runProgRun(ctx context.Context) error {
 				// ms, outside the timed loop): the same runs in fewer calls.
 				calls, repeat = xdpCalls, calls*repeat/xdpCalls
 			}
+			if p.oneRun {
+				calls, repeat = oneRunCalls*calls/1000, 1
+			}
 			ns, err := timePath(p, calls, repeat)
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.name, err)
 			}
-			after, err := readCounter(counters, p.reason)
+			after, err := readCounter(pc, p.reason)
 			if err != nil {
 				return err
 			}

@@ -324,6 +324,25 @@ func paired(num, den *measurement) (pairedInterval, bool) {
 	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(rs)}, true
 }
 
+// pairedDiff is num-den repetition by repetition, as paired.
+func pairedDiff(num, den *measurement) (pairedInterval, bool) {
+	if num == nil || den == nil || num.unreliable() || den.unreliable() {
+		return pairedInterval{}, false
+	}
+	na, da := num.attempts(), den.attempts()
+	var ds []float64
+	for _, a := range slices.Sorted(maps.Keys(na)) {
+		if d, ok := da[a]; ok {
+			ds = append(ds, na[a]-d)
+		}
+	}
+	if len(ds) == 0 {
+		return pairedInterval{}, false
+	}
+	lo, med, hi := minMedMax(ds)
+	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(ds)}, true
+}
+
 // verdict says what a paired interval shows: an interval that holds 1.0
 // is no measurable difference.
 func (p pairedInterval) verdict(better string) string {
