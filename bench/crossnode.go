@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -500,27 +501,8 @@ func (e *env) runCrossNode(ctx context.Context) error {
 
 	for rep := range e.cfg.CrossNodeReps {
 		for _, metric := range []string{"throughput", "rr_rate", "crr_rate"} {
-			for _, t := range rotate(topos, rep) {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				before := t.extras()
-				var err error
-				var value string
-				switch metric {
-				case "throughput":
-					var r iperfResult
-					r, _, err = e.measureThroughput(ctx, famCrossNode, t, before)
-					value = fmt.Sprintf("%.2f Gbit/s", r.bitsPerSecond/1e9)
-				default:
-					var r rrResult
-					r, _, err = e.measureRequestResponse(ctx, famCrossNode, t, metric == "crr_rate", rep, before)
-					value = fmt.Sprintf("%.0f/s p99 %.0f µs", r.rate, r.p99)
-				}
-				if err != nil {
-					return err
-				}
-				slog.Info(famCrossNode, "rep", rep+1, "metric", metric, "contender", t.contender, "value", value)
+			if err := e.crossNodeTurns(ctx, topos, metric, rep); err != nil {
+				return err
 			}
 		}
 	}
@@ -528,15 +510,137 @@ func (e *env) runCrossNode(ctx context.Context) error {
 	return nil
 }
 
+// crossNodeTurns measures one metric of one repetition for every contender
+// in alternating turns: the rotated order, then the reverse, and so on, the
+// contender's measured time split evenly over its turns. Two contenders
+// measured minutes apart meet different neighbours on a shared machine;
+// turns a second or two long, each contender's spread over the whole
+// repetition, meet the same ones, so the ratios taken per repetition hold
+// the machine's drift far less. A contender's value is its rate over all
+// its turns (throughput: the mean of its turns'); latency percentiles are
+// the median of its turns'. A turn that fails voids that contender's
+// repetition, recorded with its evidence; the others go on.
+func (e *env) crossNodeTurns(ctx context.Context, topos []*topology, metric string, rep int) error {
+	type total struct {
+		count, failed, retransmits int
+		seconds, bits              float64
+		p50s, p99s                 []float64
+		ev                         evidence
+		peer                       string
+		before                     map[string]uint64
+		err                        error
+	}
+	crr := metric == "crr_rate"
+	turns, turn := e.cfg.CrossNodeTurns, e.cfg.RRTime/time.Duration(e.cfg.CrossNodeTurns)
+	if metric == "throughput" {
+		turns, turn = e.cfg.CrossNodeStreamTurns, e.cfg.StreamTime/time.Duration(e.cfg.CrossNodeStreamTurns)
+		turn = max(time.Second, turn.Round(time.Second)) // iperf3 counts whole seconds
+	}
+	order := rotate(topos, rep)
+	totals := map[*topology]*total{}
+	for _, t := range order {
+		totals[t] = &total{before: t.extras()}
+	}
+	for i := range turns {
+		for j := range order {
+			t := order[j]
+			if i%2 == 1 {
+				t = order[len(order)-1-j]
+			}
+			tt := totals[t]
+			if tt.err != nil {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var ev evidence
+			var err error
+			if metric == "throughput" {
+				var r iperfResult
+				ev, err = measurePath(t, func() (err error) {
+					r, err = iperf(ctx, t, turn, e.cfg.StreamOmit)
+					return err
+				})
+				tt.bits += r.bitsPerSecond * turn.Seconds()
+				tt.retransmits += r.retransmits
+			} else {
+				var r rrResult
+				ev, err = measurePath(t, func() (err error) {
+					r, err = requestResponse(ctx, t, crr, e.cfg.RRWarmup/time.Duration(turns), turn)
+					return err
+				})
+				tt.count += r.count
+				tt.failed += r.failed
+				tt.p50s, tt.p99s = append(tt.p50s, r.p50), append(tt.p99s, r.p99)
+				tt.peer = r.peer.String()
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				tt.err = fmt.Errorf("%s %s %s, turn %d of %d: %w (datapath counters that rose: %v)",
+					famCrossNode, metric, t.contender, i+1, turns, err, rose(tt.before, t.extras()))
+				continue
+			}
+			tt.seconds += turn.Seconds()
+			tt.ev.add(ev)
+		}
+	}
+	for _, t := range order {
+		tt := totals[t]
+		kind := strings.TrimSuffix(metric, "_rate")
+		if tt.err != nil {
+			if metric == "throughput" {
+				e.res.recordFailure(famCrossNode, t.contender, "Gbit/s", higher, tt.err, metric)
+			} else {
+				e.res.recordFailure(famCrossNode, t.contender, rrUnit(crr), higher, tt.err, metric)
+				e.res.recordFailure(famCrossNode, t.contender, "µs", lower, tt.err, kind+"_p50", kind+"_p99")
+			}
+			continue
+		}
+		var m *measurement
+		var value string
+		if metric == "throughput" {
+			gbits := tt.bits / tt.seconds / 1e9
+			m = e.res.record(famCrossNode, metric, t.contender, "Gbit/s", higher, gbits)
+			m.addExtra("retransmits", tt.retransmits)
+			value = fmt.Sprintf("%.2f Gbit/s", gbits)
+		} else {
+			rate := float64(tt.count) / tt.seconds
+			m = e.res.record(famCrossNode, metric, t.contender, rrUnit(crr), higher, rate)
+			m.addExtra("transactions", tt.count)
+			if crr {
+				m.addExtra("failed_connections", tt.failed)
+				e.noteFailures(famCrossNode, t.contender, rep, tt.failed)
+			}
+			m.addExtra("server_saw_client", tt.peer)
+			_, p50, _ := minMedMax(tt.p50s)
+			_, p99, _ := minMedMax(tt.p99s)
+			e.res.record(famCrossNode, kind+"_p50", t.contender, "µs", lower, p50)
+			e.res.record(famCrossNode, kind+"_p99", t.contender, "µs", lower, p99)
+			value = fmt.Sprintf("%.0f/s p99 %.0f µs", rate, p99)
+		}
+		m.addExtra("turns", turns)
+		tt.ev.record(m, t)
+		t.recordExtras(m, tt.before)
+		slog.Info(famCrossNode, "rep", rep+1, "metric", metric, "contender", t.contender, "value", value)
+	}
+	return nil
+}
+
 // crossNodeNote says how the family measures, for the results' notes.
 func crossNodeNote(c config) string {
 	return fmt.Sprintf("cross_node: a pod on node 1 to a pod on node 2, each contender on its own underlay (a Linux bridge in a netns, the same addresses %s and MTU %d for all): "+
-		"iperf3 as tcp_stream, TCP_RR and TCP_CRR as tcp_rr/tcp_crr, %d repetitions; in each repetition throughput, then TCP_RR, then TCP_CRR, every contender in turn (rotated order); "+
+		"iperf3 as tcp_stream, TCP_RR and TCP_CRR as tcp_rr/tcp_crr, %d repetitions; in each repetition throughput, then TCP_RR, then TCP_CRR, each measured in alternating turns: every contender in the rotated order, then in the reverse, %d times for TCP_RR and TCP_CRR (a %v turn after %v of warm-up) and %d for throughput (iperf3 for %v after %v of warm-up), "+
+		"a contender's value being its rate over all its turns (throughput: their mean) and its latency percentiles the median of its turns'; "+
 		"client and server pinned to one CPU each, the same two for every contender; ratios are taken repetition by repetition and reported as median and min-max, "+
 		"a target passes only when the whole min-max interval clears it, and an interval holding 1.0 is no measurable difference; "+
 		"the VXLAN contenders' pods have MTU %d (the underlay's less 50), the others' %d; podpath's from_pod forward_routed/forward_tunnel counter on both nodes, "+
 		"flannel.1's transmitted packets or the FLANNEL-FWD rule on both nodes must rise, and the server must see the client pod's own address",
-		xnUnderlay, mtu, c.CrossNodeReps, mtu-loader.VXLANOverhead, mtu)
+		xnUnderlay, mtu, c.CrossNodeReps, c.CrossNodeTurns, c.RRTime/time.Duration(c.CrossNodeTurns), c.RRWarmup/time.Duration(c.CrossNodeTurns),
+		c.CrossNodeStreamTurns, max(time.Second, (c.StreamTime/time.Duration(c.CrossNodeStreamTurns)).Round(time.Second)), c.StreamOmit,
+		mtu-loader.VXLANOverhead, mtu)
 }
 
 // crossNodeGoals: direct routing within 5% of the limit, and the overlay
@@ -594,7 +698,7 @@ func crossNodeSummary(r *results) string {
 	var b strings.Builder
 	present := crossNodePresent(r)
 	reps := r.Config.CrossNodeReps
-	fmt.Fprintf(&b, "A pod on node 1 to a pod on node 2 over a shared underlay. Median (min-max) over %d repetitions; in each, every contender in turn (rotated order), client and server pinned to one CPU each.\n\n", reps)
+	fmt.Fprintf(&b, "A pod on node 1 to a pod on node 2 over a shared underlay. Median (min-max) over %d repetitions; in each, every contender in alternating turns (the rotated order, then the reverse), client and server pinned to one CPU each.\n\n", reps)
 	b.WriteString("| metric | unit |")
 	for _, c := range present {
 		b.WriteString(" " + c + " |")

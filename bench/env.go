@@ -80,6 +80,31 @@ func (ev evidence) record(m *measurement, t *topology) {
 	m.addExtra("client_tcp_loss_recovery", ev.clientLoss)
 }
 
+// add sums another measurement's evidence into ev: the turns of one
+// contender's repetition.
+func (ev *evidence) add(o evidence) {
+	ev.path += o.path
+	ev.replyPath += o.replyPath
+	ev.backlogDrops += o.backlogDrops
+	ev.softirqSqueezes += o.softirqSqueezes
+	ev.serverDrops = addCounts(ev.serverDrops, o.serverDrops)
+	ev.clientLoss = addCounts(ev.clientLoss, o.clientLoss)
+}
+
+// addCounts adds b's counts to a's.
+func addCounts(a, b map[string]uint64) map[string]uint64 {
+	if len(b) == 0 {
+		return a
+	}
+	if a == nil {
+		a = map[string]uint64{}
+	}
+	for k, v := range b {
+		a[k] += v
+	}
+	return a
+}
+
 // measurePath runs fn on a topology and collects the evidence; a required
 // path counter (or reply path counter) that did not rise means the traffic
 // did not take the contender's path, and the measurement is void.

@@ -293,11 +293,7 @@ func (e *env) policyRR(ctx context.Context, t *topology, p *policyProgrammer, cr
 			tt.allowed += after - before
 			tt.runtime += rt1 - rt0
 			tt.runs += runs1 - runs0
-			tt.ev.path += ev.path
-			tt.ev.backlogDrops += ev.backlogDrops
-			tt.ev.softirqSqueezes += ev.softirqSqueezes
-			tt.ev.serverDrops = addCounts(tt.ev.serverDrops, ev.serverDrops)
-			tt.ev.clientLoss = addCounts(tt.ev.clientLoss, ev.clientLoss)
+			tt.ev.add(ev)
 		}
 	}
 	for _, c := range order {
@@ -317,20 +313,6 @@ func (e *env) policyRR(ctx context.Context, t *topology, p *policyProgrammer, cr
 		slog.Info(famPolicy, "rep", rep+1, "contender", c, "kind", kind, "rate", fmt.Sprintf("%.0f", rate), "p99_us", fmt.Sprintf("%.1f", p99))
 	}
 	return nil
-}
-
-// addCounts adds b's counts to a's.
-func addCounts(a, b map[string]uint64) map[string]uint64 {
-	if len(b) == 0 {
-		return a
-	}
-	if a == nil {
-		a = map[string]uint64{}
-	}
-	for k, v := range b {
-		a[k] += v
-	}
-	return a
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -307,40 +307,33 @@ type pairedInterval struct {
 // have a value for; ok is false when there is none, or either side is
 // unreliable.
 func paired(num, den *measurement) (pairedInterval, bool) {
-	if num == nil || den == nil || num.unreliable() || den.unreliable() {
-		return pairedInterval{}, false
-	}
-	na, da := num.attempts(), den.attempts()
-	var rs []float64
-	for _, a := range slices.Sorted(maps.Keys(na)) {
-		if d, ok := da[a]; ok && d > 0 {
-			rs = append(rs, na[a]/d)
-		}
-	}
-	if len(rs) == 0 {
-		return pairedInterval{}, false
-	}
-	lo, med, hi := minMedMax(rs)
-	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(rs)}, true
+	return pairedBy(num, den, func(n, d float64) (float64, bool) { return n / d, d > 0 })
 }
 
 // pairedDiff is num-den repetition by repetition, as paired.
 func pairedDiff(num, den *measurement) (pairedInterval, bool) {
+	return pairedBy(num, den, func(n, d float64) (float64, bool) { return n - d, true })
+}
+
+// pairedBy combines num's and den's values of each repetition both have.
+func pairedBy(num, den *measurement, combine func(n, d float64) (float64, bool)) (pairedInterval, bool) {
 	if num == nil || den == nil || num.unreliable() || den.unreliable() {
 		return pairedInterval{}, false
 	}
 	na, da := num.attempts(), den.attempts()
-	var ds []float64
+	var vs []float64
 	for _, a := range slices.Sorted(maps.Keys(na)) {
 		if d, ok := da[a]; ok {
-			ds = append(ds, na[a]-d)
+			if v, ok := combine(na[a], d); ok {
+				vs = append(vs, v)
+			}
 		}
 	}
-	if len(ds) == 0 {
+	if len(vs) == 0 {
 		return pairedInterval{}, false
 	}
-	lo, med, hi := minMedMax(ds)
-	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(ds)}, true
+	lo, med, hi := minMedMax(vs)
+	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(vs)}, true
 }
 
 // verdict says what a paired interval shows: an interval that holds 1.0
