@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/podpath/podpath/cni"
 	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 	"github.com/podpath/podpath/services"
@@ -170,6 +171,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return peers.run(ctx, a.cfg.SyncPeriod) })
 	g.Go(func() error { return netpols.run(ctx, a.cfg.SyncPeriod) })
 	g.Go(func() error { a.reap(ctx, mgr); return nil })
+	g.Go(func() error { a.moveToTCX(ctx, node); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -248,6 +250,27 @@ func (a *Agent) reap(ctx context.Context, mgr *services.Manager) {
 			if n > 0 {
 				slog.Debug("reaped", "table", r.table, "entries", n)
 			}
+		}
+	})
+}
+
+// tcxQuiet is how long no pod may have been added before the agent moves
+// pods' programs to tcx links: each move holds the kernel's rtnl lock for
+// two RCU grace periods, which an ADD running meanwhile would wait for.
+const tcxQuiet = time.Second
+
+// moveToTCX moves the programs ADD attached with cls_bpf (the conflist's
+// deferTCX) to tcx links, whenever pods have not been added for tcxQuiet.
+func (a *Agent) moveToTCX(ctx context.Context, node loader.Config) {
+	every(ctx, tcxQuiet/2, func() {
+		n, err := cni.MoveToTCX(node.PinRoot, node.StateDir, tcxQuiet)
+		a.met.tcxMoved.Add(float64(n))
+		if err != nil {
+			a.met.tcxMoveErrors.Inc()
+			slog.Warn("move pods' programs to tcx", "err", err)
+		}
+		if n > 0 {
+			slog.Debug("pods' programs moved to tcx", "pods", n)
 		}
 	})
 }

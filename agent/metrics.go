@@ -22,6 +22,8 @@ type metrics struct {
 	programming         prometheus.Histogram
 	reaped              *prometheus.CounterVec
 	reapErrors          prometheus.Counter
+	tcxMoved            prometheus.Counter
+	tcxMoveErrors       prometheus.Counter
 	peers               prometheus.Gauge
 	peersSkipped        prometheus.Gauge
 	peerSyncErrors      prometheus.Counter
@@ -70,6 +72,14 @@ func newMetrics(pinRoot string) *metrics {
 			Name: "podpath_reaped_entries_total",
 			Help: "Expired entries deleted by the periodic reaper, by table.",
 		}, []string{"table"}),
+		tcxMoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podpath_tcx_moved_total",
+			Help: "Pods whose programs ADD attached with cls_bpf (deferTCX) and the agent moved to tcx links.",
+		}),
+		tcxMoveErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podpath_tcx_move_errors_total",
+			Help: "Rounds of moving pods' programs to tcx links that failed for some pod.",
+		}),
 		reapErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podpath_reap_errors_total",
 			Help: "Reaper runs that failed.",
@@ -101,7 +111,7 @@ func newMetrics(pinRoot string) *metrics {
 		skipReasons: map[string]bool{},
 	}
 	m.reg.MustRegister(m.servicesProgrammed, m.endpointsProgrammed, m.skipped, m.syncErrors,
-		m.syncDuration, m.programming, m.reaped, m.reapErrors, m.peers, m.peersSkipped, m.peerSyncErrors,
+		m.syncDuration, m.programming, m.reaped, m.reapErrors, m.tcxMoved, m.tcxMoveErrors, m.peers, m.peersSkipped, m.peerSyncErrors,
 		m.policyEndpoints, m.policyIdentities, m.policySyncErrors,
 		&datapathCollector{pinRoot: pinRoot},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -47,6 +47,28 @@ type cniTarget struct {
 	nodeNS ns.NetNS
 	cni    *libcni.CNIConfig
 	list   *libcni.NetworkConfigList
+	// beforeDel, when set, runs between a round's ADDs and DELs, untimed.
+	beforeDel func() error
+}
+
+// waitMoved waits until the node's mover has put every pod's programs on
+// tcx links.
+func waitMoved(ctx context.Context, node *sim.Node) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		d, err := cni.Deferred(node.StateDir)
+		if err != nil || len(d) == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d pods still wait for tcx links after 2 minutes", len(d))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // runCNI times CNI ADD and DEL, one pod at a time and CNIParallel at a
@@ -57,12 +79,37 @@ func (e *env) runCNI(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	node, closeNode, err := newSimNode("cni", netip.MustParsePrefix("10.245.0.0/16"), sim.WithCNIBin(bin), sim.WithMTU(mtu))
+	// The conflist as the agent writes it (deferTCX), and the agent's
+	// mover beside: pods' programs go to tcx links once ADDs are quiet.
+	node, closeNode, err := newSimNode("cni", netip.MustParsePrefix("10.245.0.0/16"), sim.WithCNIBin(bin), sim.WithMTU(mtu), sim.WithDeferTCX())
 	if err != nil {
 		return err
 	}
 	defer closeNode()
-	pp := &cniTarget{name: cniPodpath, short: "pp", nodeNS: node.NS, cni: node.CNI(), list: node.NetworkList()}
+	moverCtx, stopMover := context.WithCancel(ctx)
+	moverDone := make(chan struct{})
+	go func() {
+		defer close(moverDone)
+		every := time.NewTicker(500 * time.Millisecond)
+		defer every.Stop()
+		for {
+			select {
+			case <-moverCtx.Done():
+				return
+			case <-every.C:
+			}
+			if err := node.Do(func() error {
+				_, err := cni.MoveToTCX(node.PinRoot, node.StateDir, time.Second)
+				return err
+			}); err != nil {
+				slog.Warn("cni: move to tcx", "err", err)
+			}
+		}
+	}()
+	defer func() { stopMover(); <-moverDone }()
+	pp := &cniTarget{name: cniPodpath, short: "pp", nodeNS: node.NS, cni: node.CNI(), list: node.NetworkList(),
+		// DEL is timed on pods as they live: on tcx links.
+		beforeDel: func() error { return waitMoved(ctx, node) }}
 	br, closeBr, err := e.bridgeTarget(ctx)
 	if err != nil {
 		return err
@@ -266,6 +313,11 @@ func cniRound(ctx context.Context, t *cniTarget, n, workers int, tag string) (r 
 	})
 	if err != nil {
 		return r, fmt.Errorf("ADD: %w", err)
+	}
+	if t.beforeDel != nil {
+		if err := t.beforeDel(); err != nil {
+			return r, err
+		}
 	}
 	r.del, _, err = each(func(i int) error {
 		return t.nodeNS.Do(func(ns.NetNS) error {

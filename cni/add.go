@@ -214,9 +214,21 @@ func Add(args *skel.CmdArgs) (err error) {
 	st.step("endpoint")
 
 	// A failed ADD detaches them again with removeHostSide (undo above).
+	attachMode := conf.TCAttach
+	deferred, err := deferTCX(conf)
+	if err != nil {
+		return err
+	}
+	if deferred {
+		attachMode = loader.ModeLegacyTC
+		if err := recordDeferred(conf.StateDir, conf.Network, hostName); err != nil {
+			return fmt.Errorf("record %s for tcx: %w", hostName, err)
+		}
+		undo.push(func() { forgetDeferred(conf.StateDir, hostName) })
+	}
 	var mode string
 	for i, p := range podPrograms {
-		if mode, err = loader.AttachTC(conf.PinRoot, conf.TCAttach, p.name, progs[i], hostLink.Attrs().Index, p.dir); err != nil {
+		if mode, err = loader.AttachTC(conf.PinRoot, attachMode, p.name, progs[i], hostLink.Attrs().Index, p.dir); err != nil {
 			return err
 		}
 	}

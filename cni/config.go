@@ -34,6 +34,11 @@ type NetConf struct {
 	// network always reach each other; those of two networks neither of
 	// which reaches the other never do.
 	Reaches []string `json:"reaches,omitempty"`
+	// DeferTCX: on a tcx node, ADD attaches the pod's programs with cls_bpf
+	// and the node agent moves them to tcx links once ADDs are quiet
+	// (MoveToTCX): a tcx attach waits for an RCU grace period holding the
+	// kernel's rtnl lock, which pods' start-up then does not pay.
+	DeferTCX bool `json:"deferTCX,omitempty"`
 	// RuntimeConfig carries the capabilities the runtime fills in: with
 	// "capabilities": {"portMappings": true} in the conflist, the pod's
 	// hostPorts (Docker's -p).
@@ -66,6 +71,8 @@ type Config struct {
 	// Kubernetes pod starts closed until it has written the pod's
 	// (loader.Config.PolicyPending).
 	PolicyPending bool
+	// DeferTCX: see NetConf.DeferTCX.
+	DeferTCX bool
 	// TCAttach is the node's tc attach mechanism (loader.Config.TCAttach);
 	// empty when the node recorded none.
 	TCAttach string
@@ -101,6 +108,7 @@ func ParseConfig(stdin []byte, needPod bool) (*Config, error) {
 		DNS:              nc.DNS,
 		ValidAttachments: nc.ValidAttachments,
 		Reaches:          nc.Reaches,
+		DeferTCX:         nc.DeferTCX,
 	}
 	hostPorts, err := hostPortServices(nc.RuntimeConfig.PortMappings)
 	if err != nil {

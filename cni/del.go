@@ -95,7 +95,7 @@ func removeAttachment(conf *Config, eps *maps.Endpoints, hostName string, addr n
 			errs = append(errs, deleteEndpointsOf(eps, hostLink.Attrs().Index))
 		}
 	}
-	errs = append(errs, removeHostSide(conf.PinRoot, hostName))
+	errs = append(errs, removeHostSide(conf.PinRoot, hostName), forgetDeferred(conf.StateDir, hostName))
 	if eps != nil && hasServices(conf.StateDir) {
 		errs = append(errs, removeHostPorts(conf, hostName))
 	}

@@ -243,6 +243,13 @@ func DetachTC(root, progName, ifname string, dir Direction) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		os.Remove(pin)
 	}
+	return DetachLegacyTC(root, progName, ifname, dir)
+}
+
+// DetachLegacyTC removes progName's cls_bpf filter from the device's tc
+// hook and leaves a tcx link there alone. A device or filter that is
+// already gone is not an error.
+func DetachLegacyTC(root, progName, ifname string, dir Direction) error {
 	dev, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return nil

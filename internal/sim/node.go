@@ -52,7 +52,10 @@ type Node struct {
 	tmp     string // owned temporary directory, removed by Close
 	netList *libcni.NetworkConfigList
 	dns     types.DNS
-	cni     *libcni.CNIConfig
+	// deferTCX: the conflist asks ADD to attach with cls_bpf on a tcx
+	// node (cni.NetConf.DeferTCX).
+	deferTCX bool
+	cni      *libcni.CNIConfig
 
 	// Outside is the network behind the node's uplink, when it has one.
 	Outside *Outside
@@ -110,6 +113,7 @@ type options struct {
 	baseDir  string
 	maxEps   uint32
 	tcAttach string
+	deferTCX bool
 	uplink   *uplinkOptions
 	underlay *underlayOptions
 	tweak    func(*loader.Config)
@@ -133,6 +137,11 @@ func WithMTU(mtu int) Option { return func(o *options) { o.mtu = mtu } }
 // WithDNS puts DNS settings in the network configuration; ADD passes them
 // through to the result.
 func WithDNS(dns types.DNS) Option { return func(o *options) { o.dns = dns } }
+
+// WithDeferTCX puts "deferTCX" in the node's conflists: ADD attaches pods'
+// programs with cls_bpf on a tcx node, for cni.MoveToTCX to move to tcx
+// links, as the agent does.
+func WithDeferTCX() Option { return func(o *options) { o.deferTCX = true } }
 
 // WithMaxEndpoints sizes the node's endpoints map (default
 // loader.DefaultMaxEndpoints).
@@ -267,6 +276,7 @@ func NewNode(name string, podCIDR netip.Prefix, opts ...Option) (_ *Node, err er
 	}
 
 	n.dns = o.dns
+	n.deferTCX = o.deferTCX
 	if n.netList, err = n.NewNetworkList(n.NetName); err != nil {
 		return nil, err
 	}
@@ -302,6 +312,9 @@ func (n *Node) NewNetworkList(name string, reaches ...string) (*libcni.NetworkCo
 	}
 	if len(reaches) > 0 {
 		conf["plugins"].([]map[string]any)[0]["reaches"] = reaches
+	}
+	if n.deferTCX {
+		conf["plugins"].([]map[string]any)[0]["deferTCX"] = true
 	}
 	b, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
