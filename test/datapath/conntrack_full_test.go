@@ -30,6 +30,10 @@ func TestConntrackFullEvictsIdleFlows(t *testing.T) {
 	data.TCPFlags = tcpACK | tcpPSH
 	answer := active.to(be.Addr, be.Port).answer(tcpACK)
 
+	// On one CPU: the kernel's LRU keeps free and inactive entries per CPU,
+	// and a test hopping between CPUs under load can leave the oldest entry
+	// on a list no later insert evicts from.
+	defer pinToOneCPU(t)()
 	for i := range flows {
 		syn := tcpFlow(podA.IP, uint16(31000+i), vip, vipPort, tcpSYN)
 		if r := d.send(t, podA, syn.sentBy(podA)); r.verdict != tcActRedirect {
