@@ -13,15 +13,8 @@ import (
 // attachModes lists each attachment as "program@direction@veth mode".
 func attachModes(t *testing.T, n *sim.Node) []string {
 	t.Helper()
-	var atts []loader.Attachment
-	if err := n.Do(func() (err error) {
-		atts, err = loader.Attachments(n.PinRoot)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, a := range atts {
+	for _, a := range nodeAttachments(t, n) {
 		out = append(out, string(a.Program)+"@"+string(a.Direction)+"@"+a.Ifname+" "+a.Mode)
 	}
 	slices.Sort(out)

@@ -162,12 +162,9 @@ func hostVeths(t *testing.T, n *sim.Node) []string {
 // must use the mechanism the loader's probe picks on this kernel, so on a
 // kernel without tcx the test also checks that the plugin fell back to
 // legacy tc.
-func attachedVeths(t *testing.T, n *sim.Node) []string {
+// nodeAttachments lists the programs attached in the node's namespace.
+func nodeAttachments(t *testing.T, n *sim.Node) []loader.Attachment {
 	t.Helper()
-	f, err := loader.Probe()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var atts []loader.Attachment
 	if err := n.Do(func() (err error) {
 		atts, err = loader.Attachments(n.PinRoot)
@@ -175,8 +172,17 @@ func attachedVeths(t *testing.T, n *sim.Node) []string {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return atts
+}
+
+func attachedVeths(t *testing.T, n *sim.Node) []string {
+	t.Helper()
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out []string
-	for _, a := range atts {
+	for _, a := range nodeAttachments(t, n) {
 		if a.Mode != f.TCMechanism() {
 			t.Errorf("%s on %s attached with %q, want %q on kernel %s", a.Program, a.Ifname, a.Mode, f.TCMechanism(), f.Kernel)
 		}
