@@ -56,6 +56,11 @@ VM_TIMEOUT=45m
 # (kept in the kernel's results), and the packages it did not finish run
 # again, once, in a new VM. The longest single test takes a few minutes.
 VM_STALL=${PODPATH_VM_STALL:-10m}
+# Guest memory in MiB. A node's maps at their default sizes take about
+# 140 MiB of kernel memory, and two packages run at once, each with up to
+# three nodes: 1.5 GiB ran out. A test the OOM killer ends leaves its pins
+# (and their memory) behind for the rest of the VM.
+VM_MEM=${PODPATH_VM_MEM:-4096}
 
 # guest PLAN RESULTS PROBE: runs inside the VM. PLAN has one package a line:
 # name, package directory, test binary, import path, tab-separated. Like
@@ -130,7 +135,7 @@ longest_first() {
 }
 
 run_vm() { # KERNEL_DIR RESULTS PLAN CONSOLE OUT: one VM running PLAN's packages
-	"$5/bin/vm-runner" -kernel-dir "$1" -rw "$2" -timeout "$VM_TIMEOUT" \
+	"$5/bin/vm-runner" -kernel-dir "$1" -rw "$2" -timeout "$VM_TIMEOUT" -mem "$VM_MEM" \
 		-console "$4" -stall-dir "$2/logs" -stall "$VM_STALL" -- \
 		bash "$PWD/scripts/vmtest.sh" --guest "$3" "$2" "$5/bin/probe"
 }
@@ -327,6 +332,14 @@ main() {
 	for r in "${restarted[@]}"; do
 		echo
 		echo "$r"
+	done
+	for k in "${kernels[@]}"; do
+		for f in "$out/kernels/$k"/console*.log; do
+			[ -e "$f" ] && grep -q 'Out of memory' "$f" || continue
+			echo
+			echo "kernel $k: the guest ran out of memory ($VM_MEM MiB, PODPATH_VM_MEM); from $f:"
+			grep 'Out of memory' "$f"
+		done
 	done
 
 	echo

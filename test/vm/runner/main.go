@@ -47,8 +47,8 @@
 // makes guest code 10-30 times slower than the host's: loading a BPF program
 // is mostly the verifier's CPU time, and it is what the tests wait for. Build
 // everything on the host and run only the result in the guest. The guest has
-// 2 CPUs and 1.5 GiB unless -cpus and -mem say otherwise; -append adds to
-// the kernel command line.
+// 2 CPUs and 1.5 GiB unless -cpus and -mem say otherwise (scripts/vmtest.sh
+// gives its guests 4 GiB); -append adds to the kernel command line.
 //
 // # Exit status
 //
