@@ -29,18 +29,22 @@ type panel struct {
 
 // seriesColors keeps a contender's colour the same on every chart.
 var seriesColors = map[string]color.Color{
-	cLimit:         color.RGBA{150, 150, 150, 255},
-	cDocker:        color.RGBA{230, 140, 40, 255},
-	cPodpath:       color.RGBA{40, 110, 200, 255},
-	cniBridge:      color.RGBA{230, 140, 40, 255},
-	cniPodpath:     color.RGBA{40, 110, 200, 255},
-	cIptables:      color.RGBA{230, 140, 40, 255},
-	cpKPIptables:   color.RGBA{230, 140, 40, 255},
-	cpKPNftables:   color.RGBA{200, 70, 70, 255},
-	cHostGW:        color.RGBA{230, 140, 40, 255},
-	cFlannelVXLAN:  color.RGBA{200, 70, 70, 255},
-	cPodpathDirect: color.RGBA{40, 110, 200, 255},
-	cPodpathVXLAN:  color.RGBA{110, 170, 230, 255},
+	cLimit:                    color.RGBA{150, 150, 150, 255},
+	cDocker:                   color.RGBA{230, 140, 40, 255},
+	cPodpath:                  color.RGBA{40, 110, 200, 255},
+	cniBridge:                 color.RGBA{230, 140, 40, 255},
+	cniPodpath:                color.RGBA{40, 110, 200, 255},
+	cIptables:                 color.RGBA{230, 140, 40, 255},
+	cNftables:                 color.RGBA{200, 70, 70, 255},
+	cIptables + posMid.suffix: color.RGBA{245, 195, 130, 255},
+	cNftables + posMid.suffix: color.RGBA{230, 150, 150, 255},
+	cPodpath + posMid.suffix:  color.RGBA{130, 175, 230, 255},
+	cpKPIptables:              color.RGBA{230, 140, 40, 255},
+	cpKPNftables:              color.RGBA{200, 70, 70, 255},
+	cHostGW:                   color.RGBA{230, 140, 40, 255},
+	cFlannelVXLAN:             color.RGBA{200, 70, 70, 255},
+	cPodpathDirect:            color.RGBA{40, 110, 200, 255},
+	cPodpathVXLAN:             color.RGBA{110, 170, 230, 255},
 }
 
 var fallbackColors = []color.Color{
@@ -340,16 +344,20 @@ func servicePanels(r *results) []chartPanel {
 		{"rr_rate", "TCP_RR through a ClusterIP (higher is better)", "transactions/s"},
 		{"crr_rate", "TCP_CRR through a ClusterIP (higher is better)", "connections/s"},
 	} {
-		lp := linePanel{title: k.title, unit: k.unit, xLabel: "services programmed (the measured one last)"}
-		for _, c := range []string{cPodpath, cIptables} {
-			var ms []*measurement
-			var xs []float64
-			for _, n := range counts {
-				if m := r.find(famServices, fmt.Sprintf("%s@%d", k.metric, n), c); m != nil {
-					ms, xs = append(ms, m), append(xs, float64(n))
+		lp := linePanel{title: k.title, unit: k.unit, xLabel: "services programmed (the measured one last, or _mid: in the middle)"}
+		for _, pos := range []svcPosition{posLast, posMid} {
+			for _, c := range []string{cPodpath, cIptables, cNftables} {
+				var ms []*measurement
+				var xs []float64
+				for _, n := range counts {
+					if m := r.find(famServices, fmt.Sprintf("%s%s@%d", k.metric, pos.suffix, n), c); m != nil {
+						ms, xs = append(ms, m), append(xs, float64(n))
+					}
+				}
+				if len(ms) > 0 {
+					lp.lines = append(lp.lines, line{name: c + pos.suffix, x: xs, m: ms})
 				}
 			}
-			lp.lines = append(lp.lines, line{name: c, x: xs, m: ms})
 		}
 		out = append(out, lp)
 	}

@@ -235,11 +235,16 @@ func (e *env) runSNAT(ctx context.Context) error {
 			}
 		}
 	}()
+	pin, err := pinnedCPUs()
+	if err != nil {
+		return err
+	}
 	for _, build := range []func(context.Context) (*topology, error){e.snatPodpathTopology, e.snatMasqueradeTopology} {
 		t, err := build(ctx)
 		if err != nil {
 			return err
 		}
+		t.cpus = pin
 		topos = append(topos, t)
 		e.recordTopology(ctx, famSNAT+" "+t.contender, t)
 	}

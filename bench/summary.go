@@ -224,8 +224,19 @@ func formatValue(v float64) string {
 	}
 }
 
-// servicesSummary pivots the services family: one row per service count,
-// podpath and iptables side by side, then the programming times.
+// pairedCell is num's ratio to den taken repetition by repetition:
+// median (min-max), or "-".
+func pairedCell(num, den *measurement) string {
+	p, ok := paired(num, den)
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx (%.2f-%.2f)", p.Median, p.Min, p.Max)
+}
+
+// servicesSummary pivots the services family: per kind (TCP_RR, TCP_CRR)
+// one row per service count and measured position, the contenders side by
+// side with podpath's paired ratios to each; then the programming times.
 func servicesSummary(r *results) string {
 	var b strings.Builder
 	get := func(metric string, n int, c string) *measurement {
@@ -241,22 +252,34 @@ func servicesSummary(r *results) string {
 		return fmt.Sprintf("%s (%s-%s)", formatValue(m.Median), formatValue(m.Min), formatValue(m.Max))
 	}
 	counts := serviceCounts(r)
-	b.WriteString("Median (min-max) over repetitions; every (contender, N) is its own topology, all measured interleaved.\n\n")
-	b.WriteString("| services | podpath TCP_RR /s | iptables TCP_RR /s | podpath vs iptables | podpath vs podpath at 1 | podpath TCP_CRR /s | iptables TCP_CRR /s | podpath vs iptables | podpath vs podpath at 1 |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
-	for _, n := range counts {
-		fmt.Fprintf(&b, "| %d |", n)
-		for _, kind := range []string{"rr_rate", "crr_rate"} {
-			pp, ipt := get(kind, n, cPodpath), get(kind, n, cIptables)
-			fmt.Fprintf(&b, " %s | %s | %s | %s |", med(pp), med(ipt), ratioCell(pp, ipt), ratioCell(pp, get(kind, 1, cPodpath)))
+	b.WriteString("Median (min-max) over repetitions; every (contender, N) is its own topology, all measured interleaved, client and server pinned to a CPU each. " +
+		"Two services are measured in each: the one programmed last (for iptables the last rule of KUBE-SERVICES) and, with three or more, the one in the middle. " +
+		"Ratios are podpath's, taken repetition by repetition: median (min-max); an interval that holds 1.0 is no measurable difference.\n\n")
+	for _, kind := range []struct{ metric, label, unit string }{{"rr_rate", "TCP_RR", "transactions/s"}, {"crr_rate", "TCP_CRR", "connections/s"}} {
+		fmt.Fprintf(&b, "%s (%s):\n\n", kind.label, kind.unit)
+		b.WriteString("| services | measured one | podpath | iptables | nftables | podpath vs iptables | podpath vs nftables | podpath vs podpath at 1 |\n")
+		b.WriteString("|---|---|---|---|---|---|---|---|\n")
+		one := get(kind.metric, 1, cPodpath)
+		for _, n := range counts {
+			for _, pos := range svcPositions(n) {
+				metric := kind.metric + pos.suffix
+				pp, ipt, nft := get(metric, n, cPodpath), get(metric, n, cIptables), get(metric, n, cNftables)
+				vsOne := "-"
+				if n != 1 {
+					vsOne = pairedCell(pp, one)
+				}
+				fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", n, pos.label, med(pp), med(ipt), med(nft),
+					pairedCell(pp, ipt), pairedCell(pp, nft), vsOne)
+			}
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("\nTime to program the services (one run each, as the topologies were built; podpath: services.Manager.Apply; iptables: one " +
-		kpRestore + " --noflush --counters):\n\n| services | podpath | iptables | iptables vs podpath |\n|---|---|---|---|\n")
+	b.WriteString("Time to program the services (one run each, as the topologies were built; podpath: services.Manager.Apply; iptables: one " +
+		kpRestore + " --noflush --counters; nftables: one nft -f of kube-proxy's first sync):\n\n" +
+		"| services | podpath | iptables | nftables | iptables vs podpath | nftables vs podpath |\n|---|---|---|---|---|---|\n")
 	for _, n := range counts {
-		pp, ipt := get("program_all", n, cPodpath), get("program_all", n, cIptables)
-		fmt.Fprintf(&b, "| %d | %s | %s | %s |\n", n, secs(pp), secs(ipt), ratioCell(ipt, pp))
+		pp, ipt, nft := get("program_all", n, cPodpath), get("program_all", n, cIptables), get("program_all", n, cNftables)
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s |\n", n, secs(pp), secs(ipt), secs(nft), ratioCell(ipt, pp), ratioCell(nft, pp))
 	}
 	var prog []*measurement
 	for _, m := range r.family(famServices) {

@@ -349,12 +349,17 @@ func (e *env) buildTopologies(ctx context.Context) ([]*topology, error) {
 	if e.topos != nil {
 		return e.topos, nil
 	}
+	pin, err := pinnedCPUs()
+	if err != nil {
+		return nil, err
+	}
 	for _, c := range contenders {
 		t0 := time.Now()
 		t, err := c.build(ctx, e)
 		if err != nil {
 			return nil, fmt.Errorf("build %s topology: %w", c.name(), err)
 		}
+		t.cpus = pin
 		e.topos = append(e.topos, t)
 		t.info.Client = t.client.IP.String()
 		t.info.Server = t.server.IP.String()

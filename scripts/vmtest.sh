@@ -43,6 +43,7 @@ VM_EXCLUDE=(
 # takes it.
 VM_SKIP_TESTS=(
 	"TestGeneratedReproducible|rebuilds every BPF object with clang and compares bytes: the compiler's output, not the kernel's behaviour (a minute of emulated CPU)"
+	"TestKubeProxyRulesAsKubeProxyWrites|runs a real kube-apiserver, etcd and kube-proxy to check the benchmarks' generated kube-proxy rules against kube-proxy's own: the rules' text, not podpath's kernel paths"
 	"TestEndurance|1,000 pods through the CNI plugin with kills and GCs: two minutes on the host, past the package's 20-minute limit emulated; it tests the plugin's locking and cleanup, and every kernel path it takes (veth, tcx or cls_bpf attach, endpoint map, a killed ADD cleaned by DEL and by GC) runs in the guests in test/cni's other tests"
 )
 
