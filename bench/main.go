@@ -225,6 +225,7 @@ func run(cfg config, outDir, only string, vethGRO bool) error {
 	if err != nil {
 		return err
 	}
+	defaultOut := outDir == ""
 	if outDir == "" {
 		outDir = filepath.Join(src, "results")
 		// A soak alone keeps its results apart, so it never replaces
@@ -280,6 +281,12 @@ func run(cfg config, outDir, only string, vethGRO bool) error {
 	if err := os.WriteFile(filepath.Join(outDir, "latest.md"), []byte(md), 0o644); err != nil {
 		return err
 	}
+	// A full run into bench/results is the README's table.
+	if defaultOut && only != famSoak && cfg.Mode == "full" {
+		if err := updateReadme(filepath.Join(src, "..", "README.md"), res); err != nil {
+			return err
+		}
+	}
 	fmt.Print("\n" + md)
 	fmt.Printf("\nresults in %s (took %s)\n", outDir, time.Since(start).Round(time.Second))
 	return soakVerdict(res)
@@ -304,7 +311,22 @@ func rerender(dir string) error {
 	if err := drawCharts(&res, dir); err != nil {
 		return fmt.Errorf("charts: %w", err)
 	}
-	return os.WriteFile(filepath.Join(dir, "latest.md"), []byte(summary(&res)), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "latest.md"), []byte(summary(&res)), 0o644); err != nil {
+		return err
+	}
+	// bench/results itself: its run is the README's table.
+	src, err := benchDir()
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if abs == filepath.Join(src, "results") && res.Config.Mode == "full" {
+		return updateReadme(filepath.Join(src, "..", "README.md"), &res)
+	}
+	return nil
 }
 
 // methodNotes say how each family measures, in the results themselves.

@@ -202,7 +202,7 @@ func failuresSection(r *results) string {
 }
 
 func ratioCell(m, ref *measurement) string {
-	if ref == nil || ref == m || !ref.trusted() || !m.trusted() || ref.Median == 0 || math.IsNaN(ref.Median) {
+	if m == nil || ref == nil || ref == m || !ref.trusted() || !m.trusted() || ref.Median == 0 || math.IsNaN(ref.Median) {
 		return "-"
 	}
 	return fmt.Sprintf("%.2fx", m.Median/ref.Median)

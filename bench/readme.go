@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// The README's benchmark table is written by the bench, from the latest
+// full run's results, between these markers; nothing between them is
+// edited by hand (TestReadmeTableIsTheLatestRun holds the two together).
+const (
+	readmeBegin = "<!-- bench table: written by `go run ./bench` from bench/results/latest.json; do not edit -->"
+	readmeEnd   = "<!-- end of bench table -->"
+)
+
+// headline is one row of the README's table: podpath's figure against a
+// peer's in the same run. metric may hold %d, the largest service count
+// measured.
+type headline struct {
+	label          string
+	family, metric string
+	num, den       string
+}
+
+var headlines = []headline{
+	{"pod-to-pod TCP throughput vs a bare veth pair", famStream, "throughput", cPodpath, cLimit},
+	{"pod-to-pod TCP throughput vs Docker's bridge", famStream, "throughput", cPodpath, cDocker},
+	{"pod-to-pod 1-byte request/response vs bridge", famRR, "rate", cPodpath, cDocker},
+	{"pod-to-pod new connections vs bridge", famCRR, "rate", cPodpath, cDocker},
+	{"ClusterIP request/response, %d services, the measured one last, vs kube-proxy iptables", famServices, "rr_rate@%d", cPodpath, cIptables},
+	{"ClusterIP request/response, %d services, the measured one in the middle, vs kube-proxy iptables", famServices, "rr_rate_mid@%d", cPodpath, cIptables},
+	{"ClusterIP request/response, %d services, vs kube-proxy nftables", famServices, "rr_rate@%d", cPodpath, cNftables},
+	{"ClusterIP new connections, %d services, the measured one last, vs kube-proxy iptables", famServices, "crr_rate@%d", cPodpath, cIptables},
+	{"ClusterIP new connections, %d services, the measured one in the middle, vs kube-proxy iptables", famServices, "crr_rate_mid@%d", cPodpath, cIptables},
+	{"ClusterIP new connections, %d services, vs kube-proxy nftables", famServices, "crr_rate@%d", cPodpath, cNftables},
+	{"programming 10,000 services into an empty node vs iptables-restore", famServices, "program@10000", cPodpath, cIptables},
+	{"programming 10,000 services into an empty node vs nft", famServices, "program@10000", cPodpath, cNftables},
+	{"pod to outside, masqueraded: throughput vs MASQUERADE", famSNAT, "throughput", cPodpath, cIptables},
+	{"pod to outside, masqueraded: new connections vs MASQUERADE", famSNAT, "crr_rate", cPodpath, cIptables},
+	{"CNI ADD p50, one pod at a time, vs bridge + host-local", famCNI, "add_seq_p50", cniPodpath, cniBridge},
+	{"CNI ADD p99, one pod at a time, vs bridge + host-local", famCNI, "add_seq_p99", cniPodpath, cniBridge},
+	{"CNI ADD p50, 8 at a time, vs bridge + host-local", famCNI, "add_par_p50", cniPodpath, cniBridge},
+}
+
+// readmeTable is the README's section between the markers for r.
+func readmeTable(r *results) string {
+	var b strings.Builder
+	m := r.Machine
+	fmt.Fprintf(&b, "The latest full run (%s; %s, %d cores, kernel %s; load average %s before, %s after; %.0f minutes). "+
+		"Ratios are podpath's, taken repetition by repetition (each pair measured in the same round of the interleaving): "+
+		"median (min-max); an interval that holds 1.0 is no measurable difference. Every figure is in `bench/results/latest.md`.\n\n",
+		m.Timestamp, m.CPUModel, m.Cores, m.Kernel, m.LoadBefore, m.LoadAfter, r.DurationS/60)
+	b.WriteString("| measurement | podpath | peer | ratio | |\n|---|---|---|---|---|\n")
+	most := 0
+	if counts := serviceCounts(r); len(counts) > 0 {
+		most = counts[len(counts)-1]
+	}
+	for _, h := range headlines {
+		label, metric := h.label, h.metric
+		if strings.Contains(metric, "%d") {
+			label, metric = fmt.Sprintf(label, most), fmt.Sprintf(metric, most)
+		}
+		num, den := r.find(h.family, metric, h.num), r.find(h.family, metric, h.den)
+		if num == nil || den == nil || !num.trusted() || !den.trusted() {
+			continue
+		}
+		ratio, verdict := "-", ""
+		if p, ok := paired(num, den); ok {
+			ratio = fmt.Sprintf("%.2fx (%.2f-%.2f)", p.Median, p.Min, p.Max)
+			verdict = p.verdict(num.Better)
+		}
+		fmt.Fprintf(&b, "| %s | %s %s | %s %s | %s | %s |\n", label,
+			formatValue(num.Median), num.Unit, formatValue(den.Median), den.Unit, ratio, verdict)
+	}
+	return b.String()
+}
+
+// updateReadme rewrites the table between the markers of the README at
+// path; a README without both markers is an error.
+func updateReadme(path string, r *results) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	out, err := withReadmeTable(b, readmeTable(r))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return os.WriteFile(path, out, 0o644)
+}
+
+// withReadmeTable is readme with table between the markers.
+func withReadmeTable(readme []byte, table string) ([]byte, error) {
+	i := bytes.Index(readme, []byte(readmeBegin))
+	j := bytes.Index(readme, []byte(readmeEnd))
+	if i < 0 || j < i {
+		return nil, errors.New("no bench table markers")
+	}
+	var out bytes.Buffer
+	out.Write(readme[:i+len(readmeBegin)])
+	out.WriteString("\n" + table)
+	out.Write(readme[j:])
+	return out.Bytes(), nil
+}
