@@ -51,6 +51,9 @@ func installCNI(cfg Config, node loader.Config) error {
 			"pinRoot":      node.PinRoot,
 			"stateDir":     node.StateDir,
 			"capabilities": map[string]bool{"portMappings": true},
+			// ADD attaches with cls_bpf; moveToTCX moves pods to tcx
+			// links once ADDs pause (docs/cni.md).
+			"deferTCX": true,
 		}},
 	}
 	b, err := json.MarshalIndent(list, "", "  ")

@@ -33,6 +33,7 @@ import (
 	"github.com/podpath/podpath/internal/ctrtest"
 	"github.com/podpath/podpath/internal/kubetest"
 	"github.com/podpath/podpath/internal/sim"
+	"github.com/podpath/podpath/loader"
 	"github.com/podpath/podpath/maps"
 )
 
@@ -144,6 +145,46 @@ func TestNode(t *testing.T) {
 	t.Logf("2. client pod %s (%s) -> ClusterIP %s: first answer %v after the pod ran, %d connections from its netns, all answered, by both pods %v; its own wget loop logged %q; in %v",
 		client.Name, client.Status.PodIP, clusterIP, programmed.Round(time.Millisecond), answered, backends, firstOK, time.Since(start).Round(time.Millisecond))
 
+	// 2b. The agent's conflist sets deferTCX: ADD attached the pods'
+	// programs with cls_bpf, and the agent moves them to tcx links once
+	// ADDs pause. On this kernel every pod veth ends on tcx links alone.
+	start = time.Now()
+	var (
+		onTCX int
+		moved float64
+	)
+	waitFor(t, "2b. the agent to move every pod's programs to tcx links", 20*time.Second, func() (bool, string) {
+		var atts []loader.Attachment
+		err := e.nodeNS.Do(func(ns.NetNS) (err error) {
+			atts, err = loader.Attachments(e.pins)
+			return err
+		})
+		if err != nil {
+			return false, err.Error()
+		}
+		legacy, tcx := 0, 0
+		var seen []string
+		for _, a := range atts {
+			if a.Program != "from_pod" && a.Program != "to_pod" {
+				continue
+			}
+			switch a.Mode {
+			case loader.ModeLegacyTC:
+				legacy++
+			case loader.ModeTCX:
+				tcx++
+			}
+			seen = append(seen, a.Program+"@"+a.Ifname+"="+a.Mode)
+		}
+		onTCX = tcx
+		// Two web pods and the client, from_pod and to_pod each, and the
+		// agent says it moved them (ADD did not attach them by tcx).
+		moved = agentMetric(t, e, "podpath_tcx_moved_total")
+		return legacy == 0 && tcx >= 6 && moved >= 3, fmt.Sprintf("%s; podpath_tcx_moved_total %v", strings.Join(seen, " "), moved)
+	})
+	t.Logf("2b. %d pod programs on tcx links, none left on cls_bpf, %v pods moved by the agent, %v after the client pod ran",
+		onTCX, moved, time.Since(start).Round(time.Millisecond))
+
 	// 3. The node itself (this process, in the root cgroup, inside the
 	// node's network namespace) reaches the ClusterIP by socket LB.
 	start = time.Now()
@@ -182,6 +223,30 @@ func TestNode(t *testing.T) {
 
 	// 8. Deleting the Service makes its ClusterIP refuse at once.
 	e.deleteService(t, svc, clientNS, clusterIP)
+}
+
+// agentMetric is the agent's metric name (one sample, no labels) from its
+// /metrics on the node; 0 when absent.
+func agentMetric(t *testing.T, e *env, name string) float64 {
+	t.Helper()
+	resp, err := e.cluster.HTTPClient().Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		t.Fatalf("agent's /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return 0
 }
 
 // checkCNIInstalled checks that the agent installed podpath-cni and the
