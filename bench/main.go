@@ -264,6 +264,7 @@ func run(cfg config, outDir, only string, vethGRO bool) error {
 			return fmt.Errorf("%s: %w", fam, err)
 		}
 		slog.Info("family done", "family", fam, "took", time.Since(t0).Round(time.Millisecond))
+		res.FamilyS = append(res.FamilyS, familyTime{fam, round3(time.Since(t0).Seconds())})
 	}
 	if err := env.close(); err != nil {
 		res.Notes = append(res.Notes, "cleanup: "+err.Error())

@@ -37,12 +37,19 @@ type results struct {
 	Machine      machine                 `json:"machine"`
 	Config       config                  `json:"config"`
 	DurationS    float64                 `json:"durationSeconds"`
+	// FamilyS is how long each family took, in the order they ran.
+	FamilyS []familyTime `json:"familySeconds,omitempty"`
 	Topologies   map[string]topologyInfo `json:"topologies,omitempty"`
 	Measurements []*measurement          `json:"measurements"`
 	Targets      []target                `json:"targets,omitempty"`
 	// Soak is the soak's run, window by window, when it ran.
 	Soak  *soakRun `json:"soak,omitempty"`
 	Notes []string `json:"notes,omitempty"`
+}
+
+type familyTime struct {
+	Family  string  `json:"family"`
+	Seconds float64 `json:"seconds"`
 }
 
 // measurement is one metric of one contender over every repetition.

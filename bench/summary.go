@@ -43,6 +43,13 @@ func summary(r *results) string {
 	fmt.Fprintf(&b, "# podpath benchmark (%s run)\n\n", r.Config.Mode)
 	fmt.Fprintf(&b, "%s, %d cores, kernel %s, %s, %s. Load average before %s, after %s. Took %.0f s; %d repetitions per measurement (CNI: %d rounds of %d pods), contenders interleaved.\n\n",
 		m.CPUModel, m.Cores, m.Kernel, m.GoVersion, m.Timestamp, m.LoadBefore, m.LoadAfter, r.DurationS, r.Config.Reps, r.Config.CNIReps, r.Config.CNIPods)
+	if len(r.FamilyS) > 0 {
+		var parts []string
+		for _, f := range r.FamilyS {
+			parts = append(parts, fmt.Sprintf("%s %.0f s", f.Family, f.Seconds))
+		}
+		fmt.Fprintf(&b, "Time per family: %s.\n\n", strings.Join(parts, ", "))
+	}
 	if m.Loaded {
 		fmt.Fprintf(&b, "**Started on a loaded machine**: load average %s on %d cores; expect wider spreads.\n\n", m.LoadBefore, m.Cores)
 	}
