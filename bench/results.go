@@ -34,11 +34,11 @@ const (
 
 // results is everything one run found; it is written as latest.json.
 type results struct {
-	Machine      machine                 `json:"machine"`
-	Config       config                  `json:"config"`
-	DurationS    float64                 `json:"durationSeconds"`
+	Machine   machine `json:"machine"`
+	Config    config  `json:"config"`
+	DurationS float64 `json:"durationSeconds"`
 	// FamilyS is how long each family took, in the order they ran.
-	FamilyS []familyTime `json:"familySeconds,omitempty"`
+	FamilyS      []familyTime            `json:"familySeconds,omitempty"`
 	Topologies   map[string]topologyInfo `json:"topologies,omitempty"`
 	Measurements []*measurement          `json:"measurements"`
 	Targets      []target                `json:"targets,omitempty"`
