@@ -17,8 +17,8 @@ const (
 )
 
 // headline is one row of the README's table: podpath's figure against a
-// peer's in the same run. metric may hold %d, the largest service count
-// measured.
+// peer's in the same run. metric may hold %d: the largest service count
+// at which both were measured.
 type headline struct {
 	label          string
 	family, metric string
@@ -54,16 +54,22 @@ func readmeTable(r *results) string {
 		"median (min-max); an interval that holds 1.0 is no measurable difference. Every figure is in `bench/results/latest.md`.\n\n",
 		m.Timestamp, m.CPUModel, m.Cores, m.Kernel, m.LoadBefore, m.LoadAfter, r.DurationS/60)
 	b.WriteString("| measurement | podpath | peer | ratio | |\n|---|---|---|---|---|\n")
-	most := 0
-	if counts := serviceCounts(r); len(counts) > 0 {
-		most = counts[len(counts)-1]
-	}
+	counts := serviceCounts(r)
 	for _, h := range headlines {
-		label, metric := h.label, h.metric
-		if strings.Contains(metric, "%d") {
-			label, metric = fmt.Sprintf(label, most), fmt.Sprintf(metric, most)
+		// A row with a service count takes the largest count both
+		// contenders were measured at.
+		var num, den *measurement
+		label := h.label
+		for i := len(counts) - 1; i >= 0 && strings.Contains(h.metric, "%d"); i-- {
+			metric := fmt.Sprintf(h.metric, counts[i])
+			if num, den = r.find(h.family, metric, h.num), r.find(h.family, metric, h.den); num != nil && den != nil {
+				label = fmt.Sprintf(h.label, counts[i])
+				break
+			}
 		}
-		num, den := r.find(h.family, metric, h.num), r.find(h.family, metric, h.den)
+		if !strings.Contains(h.metric, "%d") {
+			num, den = r.find(h.family, h.metric, h.num), r.find(h.family, h.metric, h.den)
+		}
 		if num == nil || den == nil || !num.trusted() || !den.trusted() {
 			continue
 		}
