@@ -174,7 +174,7 @@ func allFamilies() []string { return slices.Concat(families, onDemand) }
 
 func main() {
 	quick := flag.Bool("quick", false, "smoke run: 2 repetitions, 2 s measurements, 20 pods")
-	out := flag.String("out", "", "results directory (default: bench/results in the source tree)")
+	out := flag.String("out", "", "results directory (default: bench/results in the source tree; bench/results/quick with -quick)")
 	only := flag.String("only", "", "comma-separated families to run (default all but "+strings.Join(onDemand, ",")+"): "+strings.Join(allFamilies(), ","))
 	soakTime := flag.Duration("soak-time", 0, "how long the soak sends connections (default 10m, 1m with -quick)")
 	soakClients := flag.Int("soak-clients", 0, fmt.Sprintf("concurrent TCP_CRR clients of the soak (default %d)", defaultSoakClients()))
@@ -228,10 +228,13 @@ func run(cfg config, outDir, only string, vethGRO bool) error {
 	defaultOut := outDir == ""
 	if outDir == "" {
 		outDir = filepath.Join(src, "results")
-		// A soak alone keeps its results apart, so it never replaces
-		// the other families' latest.json.
-		if only == famSoak {
+		// A soak alone, and a quick run, keep their results apart, so
+		// they never replace the full run's latest.json (the README's).
+		switch {
+		case only == famSoak:
 			outDir = filepath.Join(outDir, famSoak)
+		case cfg.Mode == "quick":
+			outDir = filepath.Join(outDir, "quick")
 		}
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {

@@ -117,6 +117,11 @@ static __always_inline __u32 lb_select4(const struct svc_info *svc, __be32 clien
 	 * new one and only slots that exist. */
 	if (!id && svc->backends)
 		id = lb_pick(svc, hash);
+	/* Unless svc is the element an update has replaced since the lookup
+	 * (an update links a new element; this one keeps the old count): slot
+	 * 1 exists in every version of a frontend that has a backend. */
+	if (!id && svc->backends)
+		id = slot_backend(svc->id, 1);
 	if (id && (svc->flags & SVC_F_AFFINITY)) {
 		av.last_used = now;
 		av.backend_id = id;
