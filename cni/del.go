@@ -78,15 +78,18 @@ func Del(args *skel.CmdArgs) (err error) {
 }
 
 // removeAttachment removes what an attachment has on the node but its
-// address: the endpoint entry of addr (when valid) and any other naming its
-// host veth, the attached programs, the host veth (with the pod end and the
-// node route) and the hostPorts.
+// address: the attached programs, the host veth (with the pod end and the
+// node route), then the endpoint entry of addr (when valid) and any other
+// naming the veth, and the hostPorts. The programs go first: a packet the
+// pod still sends (a closing socket's FIN or RST) must not meet from_pod
+// once its entry is gone, which would count it as spoofed.
 func removeAttachment(conf *Config, eps *maps.Endpoints, hostName string, addr netip.Addr) error {
 	var errs []error
 	if addr.IsValid() {
 		errs = append(errs, loader.ForgetPod(conf.StateDir, addr))
 	}
 	hostLink, linkErr := netlink.LinkByName(hostName)
+	errs = append(errs, removeHostSide(conf.PinRoot, hostName), forgetDeferred(conf.StateDir, hostName))
 	if eps != nil {
 		if addr.IsValid() {
 			errs = append(errs, eps.Delete(addr))
@@ -95,7 +98,6 @@ func removeAttachment(conf *Config, eps *maps.Endpoints, hostName string, addr n
 			errs = append(errs, deleteEndpointsOf(eps, hostLink.Attrs().Index))
 		}
 	}
-	errs = append(errs, removeHostSide(conf.PinRoot, hostName), forgetDeferred(conf.StateDir, hostName))
 	if eps != nil && hasServices(conf.StateDir) {
 		errs = append(errs, removeHostPorts(conf, hostName))
 	}
