@@ -111,6 +111,13 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 	trace_note(TRACE_LB_NEW, id, svc->id, 0);
 	b = backend_lookup(id);
 	if (!b) {
+		/* svc, or the Maglev table read through it, may predate an
+		 * update that has deleted that backend since: slot 1 of the
+		 * frontend as it is now names one that exists. */
+		id = slot_backend(svc->id, 1);
+		b = id ? backend_lookup(id) : 0;
+	}
+	if (!b) {
 		*reason = REASON_DROP_BACKEND_GONE;
 		return 0;
 	}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -236,7 +237,8 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 				}
 				packets.Add(1)
 				if ret != tcActOK {
-					errs <- fmt.Errorf("SYN from %s:%d: verdict %d, want %d (TC_ACT_OK: to a backend via the stack)", client, port, ret, tcActOK)
+					errs <- fmt.Errorf("SYN from %s:%d: verdict %d, want %d (TC_ACT_OK: to a backend via the stack); counters: %s",
+						client, port, ret, tcActOK, nonzeroCounters(cfg.PinRoot))
 					return
 				}
 				got := opts.DataOut
@@ -279,4 +281,20 @@ func TestHammerRewriteUnderTraffic(t *testing.T) {
 	if n < updates {
 		t.Fatalf("only %d packets ran during %d updates: the race was hardly exercised", n, updates)
 	}
+}
+
+// nonzeroCounters lists the node's counters that counted packets, for a
+// failure to say which way a packet went.
+func nonzeroCounters(pinRoot string) string {
+	cs, err := maps.ReadPinnedCounters(pinRoot)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, c := range cs {
+		if c.Packets > 0 {
+			out = append(out, fmt.Sprintf("%s/%s %d", c.Hook, c.Reason, c.Packets))
+		}
+	}
+	return strings.Join(out, ", ")
 }
