@@ -37,9 +37,12 @@ func (s kpService) portName() string {
 // kpChain is kube-proxy's chain naming: a prefix and the first 16
 // characters of the base32 SHA-256 of the service port name and protocol
 // (and, for an endpoint chain, the endpoint).
-func kpChain(prefix, key string) string {
-	h := sha256.Sum256([]byte(key))
-	return prefix + base32.StdEncoding.EncodeToString(h[:])[:16]
+func kpChain(prefix, key string) string { return prefix + kpHash(key)[:16] }
+
+// kpHash is the base32 SHA-256 of s, kube-proxy's naming hash in both modes.
+func kpHash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return base32.StdEncoding.EncodeToString(h[:])
 }
 
 func (s kpService) svcChain() string { return kpChain("KUBE-SVC-", s.portName()+"tcp") }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -64,10 +62,7 @@ var kpnLocalhostRejectProtocols = []string{"tcp", "udp", "sctp"}
 // kpnHashName is the proxier's hashAndTruncate: the first 8 characters of
 // the base32 SHA-256 of name, a dash, then name (never truncated here:
 // the names are far below nftables' limit).
-func kpnHashName(name string) string {
-	h := sha256.Sum256([]byte(name))
-	return base32.StdEncoding.EncodeToString(h[:])[:8] + "-" + name
-}
+func kpnHashName(name string) string { return kpHash(name)[:8] + "-" + name }
 
 // nftChain is the service port's cluster-policy chain,
 // service-HASH-namespace/name/tcp/portname.
