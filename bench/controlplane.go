@@ -26,8 +26,8 @@ import (
 //	    endpoints each are created, and their EndpointSlices (written here
 //	    with the trigger-time annotation); from the last create call
 //	    returning to the end of the sync that programmed the last of them.
-//	    Once: this API server creates about 20 Services a second at 10,000
-//	    on two shared cores, so creating them takes minutes.
+//	    Once: the contenders run at nice 19 while the objects are created
+//	    (see cpCreate), at 0 from the last create call on.
 //	(a') then, in rounds, each contender alone (rotated order): started
 //	    fresh with every object already in the API, from its process start
 //	    to everything programmed;
@@ -42,6 +42,10 @@ const famControlPlane = "control_plane"
 // cpResolution is the floor of (a): podpath's sync times come from its
 // log, to the millisecond.
 const cpResolution = 0.001
+
+// cpCreateNice is the contenders' nice value while the objects are
+// created.
+const cpCreateNice = 19
 
 // cpSpecs are the contenders and their nodes.
 func cpSpecs() []cpSpec {
@@ -147,15 +151,31 @@ func (e *env) cpCreate(ctx context.Context, c *cpCluster, specs []cpSpec) (_ []c
 		}
 		nodes, ok = append(nodes, n), append(ok, s)
 	}
+	// In a cluster the API server has machines of its own. Here it shares
+	// two cores with the contenders, whose syncs at up to 10,000 Services
+	// would starve it: creating the objects took 13.5 minutes with every
+	// contender at the same priority, one minute with none running. While
+	// the objects are created every contender runs at nice 19, then all
+	// at 0 again: (a) starts from there, the contenders on equal terms.
+	for _, n := range nodes {
+		if err := n.proc.setNice(cpCreateNice); err != nil {
+			return nil, nil, nil, err
+		}
+	}
 	t0 := time.Now()
 	objs, err := c.create(ctx, cfg.CPServices, cfg.CPWorkers)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	tCreated := time.Now()
+	for _, n := range nodes {
+		if err := n.proc.setNice(0); err != nil {
+			return nil, nil, nil, err
+		}
+	}
 	slog.Info("control plane: created", "services", objs.n, "endpoints", objs.endpoints, "took", tCreated.Sub(t0).Round(time.Millisecond))
-	e.res.Notes = append(e.res.Notes, fmt.Sprintf("control_plane: creating the %d Services and %d EndpointSlices (%d endpoints) took %v with every contender running",
-		objs.n, objs.n, objs.endpoints, tCreated.Sub(t0).Round(time.Second)))
+	e.res.Notes = append(e.res.Notes, fmt.Sprintf("control_plane: creating the %d Services and %d EndpointSlices (%d endpoints) took %v with every contender running at nice %d (0 again from the last create on)",
+		objs.n, objs.n, objs.endpoints, tCreated.Sub(t0).Round(time.Second), cpCreateNice))
 	wants := map[string]cpCounts{}
 	specs = ok[:0:0]
 	for _, n := range nodes {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/podpath/podpath/internal/sim"
 	"github.com/podpath/podpath/maps"
@@ -153,7 +154,9 @@ func startProc(n ns.NetNS, logPath string, env []string, bin string, args ...str
 	}
 	// No Pdeathsig: it fires when the forking thread exits, and Go ends
 	// threads that a namespace switch left locked. The cleanup stack
-	// stops it.
+	// stops it. A process group of its own holds it and what it runs
+	// (iptables-restore, nft), for setNice.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start %s: %w", filepath.Base(bin), err)
@@ -161,6 +164,15 @@ func startProc(n ns.NetNS, logPath string, env []string, bin string, args ...str
 	p := &cpProc{cmd: cmd, path: logPath, log: log, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	return p, nil
+}
+
+// setNice sets the nice value of every thread of the contender and of the
+// processes it started (its process group).
+func (p *cpProc) setNice(nice int) error {
+	if err := unix.Setpriority(unix.PRIO_PGRP, p.cmd.Process.Pid, nice); err != nil {
+		return fmt.Errorf("nice %d for %s: %w", nice, filepath.Base(p.path), err)
+	}
+	return nil
 }
 
 func (p *cpProc) exited() bool {

@@ -634,8 +634,8 @@ func crossNodeNote(c config) string {
 	return fmt.Sprintf("cross_node: a pod on node 1 to a pod on node 2, each contender on its own underlay (a Linux bridge in a netns, the same addresses %s and MTU %d for all): "+
 		"iperf3 as tcp_stream, TCP_RR and TCP_CRR as tcp_rr/tcp_crr, %d repetitions; in each repetition throughput, then TCP_RR, then TCP_CRR, each measured in alternating turns: every contender in the rotated order, then in the reverse, %d times for TCP_RR and TCP_CRR (a %v turn after %v of warm-up) and %d for throughput (iperf3 for %v after %v of warm-up), "+
 		"a contender's value being its rate over all its turns (throughput: their mean) and its latency percentiles the median of its turns'; "+
-		"client and server pinned to one CPU each, the same two for every contender; ratios are taken repetition by repetition and reported as median and min-max, "+
-		"a target passes only when the whole min-max interval clears it, and an interval holding 1.0 is no measurable difference; "+
+		"client and server pinned to one CPU each, the same two for every contender; ratios are taken repetition by repetition and reported as median and 95%% confidence interval of the mean, "+
+		"a target passes only when that whole interval clears it, and an interval holding 1.0 is no measurable difference; "+
 		"the VXLAN contenders' pods have MTU %d (the underlay's less 50), the others' %d; podpath's from_pod forward_routed/forward_tunnel counter on both nodes, "+
 		"flannel.1's transmitted packets or the FLANNEL-FWD rule on both nodes must rise, and the server must see the client pod's own address",
 		xnUnderlay, mtu, c.CrossNodeReps, c.CrossNodeTurns, c.RRTime/time.Duration(c.CrossNodeTurns), c.RRWarmup/time.Duration(c.CrossNodeTurns),
@@ -645,7 +645,7 @@ func crossNodeNote(c config) string {
 
 // crossNodeGoals: direct routing within 5% of the limit, and the overlay
 // 1.2x Flannel's VXLAN on request/response; each judged on the ratio's
-// whole paired interval.
+// whole 95% interval of the paired ratio.
 var crossNodeGoals = []struct {
 	num, den, metric string
 	atLeast          float64
@@ -674,9 +674,8 @@ func crossNodeTargets(r *results) {
 		}
 		r.Targets = append(r.Targets, target{
 			Name:  fmt.Sprintf("cross_node: %s, %s vs %s", crossNodeMetricLabels[g.metric], g.num, g.den),
-			Ratio: round3(p.Median), Want: fmt.Sprintf(">= %.2fx (whole paired interval)", g.atLeast), Pass: p.Min >= g.atLeast, Paired: &p,
-			Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); medians %s vs %s %s",
-				p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit),
+			Ratio: round3(p.Median), Want: fmt.Sprintf(">= %.2fx (whole 95%% interval)", g.atLeast), Pass: p.Lo >= g.atLeast, Paired: &p,
+			Detail: pairedDetail(p, num, den),
 		})
 	}
 }
@@ -727,7 +726,7 @@ func crossNodeSummary(r *results) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", metric, unit, strings.Join(cells, " | "))
 	}
-	b.WriteString("\nRatios taken repetition by repetition: median (min-max); an interval that holds 1.0 is no measurable difference.\n\n")
+	b.WriteString("\nRatios taken repetition by repetition: median (95% confidence interval of the mean); an interval that holds 1.0 is no measurable difference.\n\n")
 	b.WriteString("| ratio | TCP throughput | TCP_RR rate | TCP_CRR rate |\n|---|---|---|---|\n")
 	for _, pair := range crossNodeRatios {
 		fmt.Fprintf(&b, "| %s / %s |", pair[0], pair[1])
@@ -738,7 +737,7 @@ func crossNodeSummary(r *results) string {
 				b.WriteString(" - |")
 				continue
 			}
-			fmt.Fprintf(&b, " %.3fx (%.3f-%.3f) %s |", p.Median, p.Min, p.Max, p.verdict(num.Better))
+			fmt.Fprintf(&b, " %.3fx (%.3f-%.3f) %s |", p.Median, p.Lo, p.Hi, p.verdict(num.Better))
 		}
 		b.WriteString("\n")
 	}

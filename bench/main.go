@@ -14,8 +14,8 @@
 // Every topology is built here, in network namespaces, and removed again,
 // also on failure or Ctrl-C. Run as root from the repository root:
 //
-//	go run ./bench -quick   # smoke run, about 2.5 minutes
-//	go run ./bench          # full run, about 20 minutes
+//	go run ./bench -quick   # smoke run, under 3 minutes
+//	go run ./bench          # full run, under 25 minutes
 //
 // Results go to bench/results: latest.json, latest.md and one PNG chart per
 // measurement family.
@@ -113,18 +113,18 @@ type config struct {
 
 func newConfig(quick bool) config {
 	c := config{
-		Mode: "full", Reps: 7, CNIReps: 5,
-		StreamTime: 5 * time.Second, StreamOmit: time.Second,
-		RRTime: 5 * time.Second, RRWarmup: time.Second,
+		Mode: "full", Reps: 7, CNIReps: 4,
+		StreamTime: 3 * time.Second, StreamOmit: time.Second,
+		RRTime: 2 * time.Second, RRWarmup: 500 * time.Millisecond,
 		CNIPods: 100, CNIParallel: 8,
 		ProgCalls: 5000, ProgRepeat: 200,
 		LargeEps:  1 << 20,
 		SvcCounts: []int{1, 1000, 10000, 100000}, SvcReps: 5,
-		SvcTime: 2 * time.Second, SvcWarmup: 300 * time.Millisecond,
+		SvcTime: time.Second, SvcWarmup: 200 * time.Millisecond,
 		SvcProgramN: 10000, RestoreLimit: 5 * time.Minute, NftProgram: true,
-		SNATReps: 5, CrossNodeReps: 7, CrossNodeTurns: 5, CrossNodeStreamTurns: 3,
+		SNATReps: 5, CrossNodeReps: 5, CrossNodeTurns: 4, CrossNodeStreamTurns: 1,
 		CPServices: 10000, CPRounds: 3, CPChanges: 100, CPWorkers: 32, CPQPS: 5000,
-		CPMinSync: time.Millisecond, CPSpacing: 500 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
+		CPMinSync: time.Millisecond, CPSpacing: 100 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
 		SoakTime: 10 * time.Minute, SoakInterval: 10 * time.Second,
 	}
 	if quick {

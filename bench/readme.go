@@ -51,9 +51,10 @@ func readmeTable(r *results) string {
 	m := r.Machine
 	fmt.Fprintf(&b, "The latest full run (%s; %s, %d cores, kernel %s; load average %s before, %s after; %.0f minutes). "+
 		"Ratios are podpath's, taken repetition by repetition (each pair measured in the same round of the interleaving): "+
-		"median (min-max); an interval that holds 1.0 is no measurable difference. Every figure is in `bench/results/latest.md`.\n\n",
+		"median (95%% confidence interval of the mean ratio, Student's t on the logarithms); an interval that holds 1.0 is no measurable difference, "+
+		"and the last column is the smallest difference the run resolves (half the interval). Every figure, with each ratio's min-max, is in `bench/results/latest.md`.\n\n",
 		m.Timestamp, m.CPUModel, m.Cores, m.Kernel, m.LoadBefore, m.LoadAfter, r.DurationS/60)
-	b.WriteString("| measurement | podpath | peer | ratio | |\n|---|---|---|---|---|\n")
+	b.WriteString("| measurement | podpath | peer | ratio | | resolves |\n|---|---|---|---|---|---|\n")
 	counts := serviceCounts(r)
 	for _, h := range headlines {
 		// A row with a service count takes the largest count both
@@ -73,13 +74,15 @@ func readmeTable(r *results) string {
 		if num == nil || den == nil || !num.trusted() || !den.trusted() {
 			continue
 		}
-		ratio, verdict := "-", ""
+		ratio, verdict, resolves := "-", "", "-"
 		if p, ok := paired(num, den); ok {
-			ratio = fmt.Sprintf("%.2fx (%.2f-%.2f)", p.Median, p.Min, p.Max)
-			verdict = p.verdict(num.Better)
+			ratio, verdict = p.cell(), p.verdict(num.Better)
+			if p.N > 1 {
+				resolves = fmt.Sprintf("±%.1f%%", 100*p.resolves())
+			}
 		}
-		fmt.Fprintf(&b, "| %s | %s %s | %s %s | %s | %s |\n", label,
-			formatValue(num.Median), num.Unit, formatValue(den.Median), den.Unit, ratio, verdict)
+		fmt.Fprintf(&b, "| %s | %s %s | %s %s | %s | %s | %s |\n", label,
+			formatValue(num.Median), num.Unit, formatValue(den.Median), den.Unit, ratio, verdict, resolves)
 	}
 	return b.String()
 }

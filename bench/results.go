@@ -244,8 +244,8 @@ func evaluateTargets(r *results) {
 
 // compareTarget adds a target on the ratio of num to den. Measured over
 // several repetitions, the ratio is taken repetition by repetition and
-// the target passes only if the whole interval passes; otherwise (one
-// repetition) the medians' ratio is judged.
+// the target passes only if the whole 95% confidence interval of its mean
+// passes; otherwise (one repetition) the medians' ratio is judged.
 func (r *results) compareTarget(name, want string, num, den *measurement, numLabel, denLabel string, pass func(float64) bool) {
 	if num == nil || den == nil || den.Median == 0 || math.IsNaN(num.Median) || math.IsNaN(den.Median) {
 		return
@@ -253,8 +253,8 @@ func (r *results) compareTarget(name, want string, num, den *measurement, numLab
 	medians := formatValue(num.Median) + " vs " + formatValue(den.Median) + " " + num.Unit + " (" + numLabel + " vs " + denLabel + ", medians)"
 	if p, ok := paired(num, den); ok && p.N > 1 {
 		r.Targets = append(r.Targets, target{
-			Name: name, Ratio: round3(p.Median), Want: want + " (whole paired interval)", Pass: pass(p.Min) && pass(p.Max), Paired: &p,
-			Detail: fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx over %d (%s); %s", p.Median, p.Min, p.Max, p.N, p.verdict(num.Better), medians),
+			Name: name, Ratio: round3(p.Median), Want: want + " (whole 95% interval)", Pass: pass(p.Lo) && pass(p.Hi), Paired: &p,
+			Detail: fmt.Sprintf("per repetition: %s (%s); %s", p.describe(), p.verdict(num.Better), medians),
 		})
 		return
 	}
@@ -303,32 +303,42 @@ func pairedRatios(num, den *measurement) string {
 	if !ok {
 		return ""
 	}
-	return fmt.Sprintf("per repetition: median %.3fx, %.3fx-%.3fx", p.Median, p.Min, p.Max)
+	return "per repetition: " + p.describe()
 }
 
-// pairedInterval is the ratio of two measurements taken repetition by
-// repetition: its median and its spread (min-max) over the repetitions.
+// pairedInterval is the ratio (or difference) of two measurements taken
+// repetition by repetition: its median and its spread (min-max) over the
+// repetitions, and the 95% confidence interval of its mean, which judges.
 type pairedInterval struct {
 	Median float64 `json:"median"`
 	Min    float64 `json:"min"`
 	Max    float64 `json:"max"`
 	N      int     `json:"n"`
+	// Lo and Hi bound the 95% confidence interval of the mean: of the
+	// logarithms of the ratios (a geometric mean) for a ratio, of the
+	// differences for a difference; Student's t with N-1 degrees of
+	// freedom. Unlike min-max, it narrows as repetitions are added: it
+	// is what a run can resolve. With one repetition both are its value.
+	Lo float64 `json:"ci95Lo"`
+	Hi float64 `json:"ci95Hi"`
+	// Ratio says whether this is a ratio (else a difference).
+	Ratio bool `json:"-"`
 }
 
 // paired is num/den repetition by repetition, over the repetitions both
 // have a value for; ok is false when there is none, or either side is
 // unreliable.
 func paired(num, den *measurement) (pairedInterval, bool) {
-	return pairedBy(num, den, func(n, d float64) (float64, bool) { return n / d, d > 0 })
+	return pairedBy(num, den, true, func(n, d float64) (float64, bool) { return n / d, d > 0 && n > 0 })
 }
 
 // pairedDiff is num-den repetition by repetition, as paired.
 func pairedDiff(num, den *measurement) (pairedInterval, bool) {
-	return pairedBy(num, den, func(n, d float64) (float64, bool) { return n - d, true })
+	return pairedBy(num, den, false, func(n, d float64) (float64, bool) { return n - d, true })
 }
 
 // pairedBy combines num's and den's values of each repetition both have.
-func pairedBy(num, den *measurement, combine func(n, d float64) (float64, bool)) (pairedInterval, bool) {
+func pairedBy(num, den *measurement, ratio bool, combine func(n, d float64) (float64, bool)) (pairedInterval, bool) {
 	if num == nil || den == nil || num.unreliable() || den.unreliable() {
 		return pairedInterval{}, false
 	}
@@ -345,16 +355,92 @@ func pairedBy(num, den *measurement, combine func(n, d float64) (float64, bool))
 		return pairedInterval{}, false
 	}
 	lo, med, hi := minMedMax(vs)
-	return pairedInterval{Median: med, Min: lo, Max: hi, N: len(vs)}, true
+	p := pairedInterval{Median: med, Min: lo, Max: hi, N: len(vs), Ratio: ratio}
+	p.Lo, p.Hi = confidence95(vs, ratio)
+	return p, true
 }
 
-// verdict says what a paired interval shows: an interval that holds 1.0
-// is no measurable difference.
+// confidence95 is the 95% confidence interval of the mean of vs (of their
+// logarithms, given back as ratios, when log is set), by Student's t.
+func confidence95(vs []float64, log bool) (lo, hi float64) {
+	xs := slices.Clone(vs)
+	if log {
+		for i, v := range xs {
+			xs[i] = math.Log(v)
+		}
+	}
+	n := float64(len(xs))
+	var mean float64
+	for _, x := range xs {
+		mean += x / n
+	}
+	half := 0.0
+	if len(xs) > 1 {
+		var ss float64
+		for _, x := range xs {
+			ss += (x - mean) * (x - mean)
+		}
+		half = studentT95(len(xs)-1) * math.Sqrt(ss/(n-1)/n)
+	}
+	lo, hi = mean-half, mean+half
+	if log {
+		lo, hi = math.Exp(lo), math.Exp(hi)
+	}
+	return lo, hi
+}
+
+// studentT95 is the two-sided 95% quantile of Student's t distribution
+// with df degrees of freedom.
+func studentT95(df int) float64 {
+	t := []float64{12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+		2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+		2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042}
+	if df <= len(t) {
+		return t[max(df, 1)-1]
+	}
+	return 1.960 + 2.4/float64(df) // within 0.002 beyond 30
+}
+
+// resolves is the smallest difference the run resolves here: half the
+// confidence interval's width, relative for a ratio (0.05: 5%), in the
+// measurement's unit for a difference. A true difference smaller than
+// this can go unseen.
+func (p pairedInterval) resolves() float64 {
+	if p.Ratio {
+		return math.Sqrt(p.Hi/p.Lo) - 1
+	}
+	return (p.Hi - p.Lo) / 2
+}
+
+// describe is the interval for a reader: median, range, confidence
+// interval and resolution.
+func (p pairedInterval) describe() string {
+	if !p.Ratio {
+		return fmt.Sprintf("median %.1f, range %.1f-%.1f, 95%% CI of the mean %.1f-%.1f over %d (resolves ±%.1f)",
+			p.Median, p.Min, p.Max, p.Lo, p.Hi, p.N, p.resolves())
+	}
+	return fmt.Sprintf("median %.3fx, range %.3fx-%.3fx, 95%% CI of the mean %.3fx-%.3fx over %d (resolves ±%.1f%%)",
+		p.Median, p.Min, p.Max, p.Lo, p.Hi, p.N, 100*p.resolves())
+}
+
+// pairedDetail is a target's detail for the interval of num against den.
+func pairedDetail(p pairedInterval, num, den *measurement) string {
+	return fmt.Sprintf("per repetition: %s (%s); medians %s vs %s %s",
+		p.describe(), p.verdict(num.Better), formatValue(num.Median), formatValue(den.Median), num.Unit)
+}
+
+// cell is the interval in a table: median (95% CI).
+func (p pairedInterval) cell() string {
+	return fmt.Sprintf("%.2fx (%.2f-%.2f)", p.Median, p.Lo, p.Hi)
+}
+
+// verdict says what a paired interval shows: a confidence interval that
+// holds 1.0 is no measurable difference.
 func (p pairedInterval) verdict(better string) string {
 	switch {
-	case p.Min <= 1 && p.Max >= 1:
+	case p.Lo <= 1 && p.Hi >= 1:
 		return "no measurable difference"
-	case (p.Min > 1) == (better == higher):
+	case (p.Lo > 1) == (better == higher):
 		return "better"
 	default:
 		return "worse"

@@ -54,7 +54,10 @@ func summary(r *results) string {
 		fmt.Fprintf(&b, "**Started on a loaded machine**: load average %s on %d cores; expect wider spreads.\n\n", m.LoadBefore, m.Cores)
 	}
 	fmt.Fprintf(&b, "CPU frequency governor: %s. Veths have no interrupts: what one receives is processed in the softirq of the CPU that sent it (RPS default mask %s), so with client and server pinned each direction's softirq runs on its sender's CPU.\n\n", m.Governor, m.RPSDefaultMask)
-	fmt.Fprintf(&b, "Tables show the median over repetitions, the min-max range, and ratios of medians from this one run.\n\n")
+	fmt.Fprintf(&b, "Tables show the median over repetitions and the min-max range. A ratio of two contenders is taken repetition by repetition "+
+		"(each pair measured in the same round of the interleaving); its 95%% confidence interval is that of the mean ratio (Student's t on the logarithms of the "+
+		"ratios), a target passes only when that whole interval clears it, an interval holding 1.0 is no measurable difference, and half its width is the "+
+		"smallest difference the run resolves there (\"resolves\").\n\n")
 
 	if len(r.Targets) > 0 {
 		b.WriteString("## Targets\n\n| target | ratio | want | result | medians |\n|---|---|---|---|---|\n")
@@ -232,13 +235,13 @@ func formatValue(v float64) string {
 }
 
 // pairedCell is num's ratio to den taken repetition by repetition:
-// median (min-max), or "-".
+// median (95% confidence interval of the mean), or "-".
 func pairedCell(num, den *measurement) string {
 	p, ok := paired(num, den)
 	if !ok {
 		return "-"
 	}
-	return fmt.Sprintf("%.2fx (%.2f-%.2f)", p.Median, p.Min, p.Max)
+	return p.cell()
 }
 
 // servicesSummary pivots the services family: per kind (TCP_RR, TCP_CRR)
@@ -261,7 +264,7 @@ func servicesSummary(r *results) string {
 	counts := serviceCounts(r)
 	b.WriteString("Median (min-max) over repetitions; every (contender, N) is its own topology, all measured interleaved, client and server pinned to a CPU each. " +
 		"Two services are measured in each: the one programmed last (for iptables the last rule of KUBE-SERVICES) and, with three or more, the one in the middle. " +
-		"Ratios are podpath's, taken repetition by repetition: median (min-max); an interval that holds 1.0 is no measurable difference.\n\n")
+		"Ratios are podpath's, taken repetition by repetition: median (95% confidence interval of the mean); an interval that holds 1.0 is no measurable difference.\n\n")
 	for _, kind := range []struct{ metric, label, unit string }{{"rr_rate", "TCP_RR", "transactions/s"}, {"crr_rate", "TCP_CRR", "connections/s"}} {
 		fmt.Fprintf(&b, "%s (%s):\n\n", kind.label, kind.unit)
 		b.WriteString("| services | measured one | podpath | iptables | nftables | podpath vs iptables | podpath vs nftables | podpath vs podpath at 1 |\n")
