@@ -58,13 +58,15 @@ type config struct {
 
 	// services: the service counts measured, repetitions, the RR/CRR
 	// durations there, how many services the programming time is taken
-	// for, how long one iptables-restore may take, and whether the
-	// nf_tables backend's restore is timed too.
+	// for and how often, how long one iptables-restore may take, and
+	// whether the nf_tables backend's restore is timed too (-iptables-nft:
+	// 85 s at 10,000 services).
 	SvcCounts    []int         `json:"serviceCounts"`
 	SvcReps      int           `json:"serviceRepetitions"`
 	SvcTime      time.Duration `json:"-"`
 	SvcWarmup    time.Duration `json:"-"`
 	SvcProgramN  int           `json:"serviceProgramCount"`
+	SvcProgReps  int           `json:"serviceProgramRepetitions"`
 	RestoreLimit time.Duration `json:"-"`
 	NftProgram   bool          `json:"serviceProgramNft"`
 	// snat: repetitions (durations as tcp_stream and tcp_rr).
@@ -115,16 +117,16 @@ func newConfig(quick bool) config {
 	c := config{
 		Mode: "full", Reps: 7, CNIReps: 4,
 		StreamTime: 3 * time.Second, StreamOmit: time.Second,
-		RRTime: 2 * time.Second, RRWarmup: 500 * time.Millisecond,
+		RRTime: 2 * time.Second, RRWarmup: 300 * time.Millisecond,
 		CNIPods: 100, CNIParallel: 8,
 		ProgCalls: 5000, ProgRepeat: 200,
 		LargeEps:  1 << 20,
 		SvcCounts: []int{1, 1000, 10000, 100000}, SvcReps: 5,
 		SvcTime: time.Second, SvcWarmup: 200 * time.Millisecond,
-		SvcProgramN: 10000, RestoreLimit: 5 * time.Minute, NftProgram: true,
+		SvcProgramN: 10000, SvcProgReps: 3, RestoreLimit: 5 * time.Minute,
 		SNATReps: 5, CrossNodeReps: 5, CrossNodeTurns: 4, CrossNodeStreamTurns: 1,
 		CPServices: 10000, CPRounds: 3, CPChanges: 100, CPWorkers: 32, CPQPS: 5000,
-		CPMinSync: time.Millisecond, CPSpacing: 100 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
+		CPMinSync: time.Millisecond, CPSpacing: 20 * time.Millisecond, CPSettleLimit: 10 * time.Minute,
 		SoakTime: 10 * time.Minute, SoakInterval: 10 * time.Second,
 	}
 	if quick {
@@ -133,9 +135,8 @@ func newConfig(quick bool) config {
 		c.RRTime, c.RRWarmup = 2*time.Second, 500*time.Millisecond
 		c.CNIPods = 20
 		c.ProgCalls = 1000
-		c.SvcCounts, c.SvcReps = []int{1, 1000}, 2
+		c.SvcCounts, c.SvcReps, c.SvcProgReps = []int{1, 1000}, 2, 2
 		c.SvcTime, c.SvcWarmup = 1500*time.Millisecond, 300*time.Millisecond
-		c.NftProgram = false
 		c.SNATReps, c.CrossNodeReps, c.CrossNodeTurns, c.CrossNodeStreamTurns = 2, 2, 2, 1
 		c.CPServices, c.CPRounds, c.CPChanges = 1000, 1, 10
 		c.SoakTime = time.Minute
@@ -180,6 +181,7 @@ func main() {
 	soakClients := flag.Int("soak-clients", 0, fmt.Sprintf("concurrent TCP_CRR clients of the soak (default %d)", defaultSoakClients()))
 	verbose := flag.Bool("v", false, "log every step")
 	vethGRO := flag.Bool("veth-gro", false, "turn GRO on for every veth of the pod-to-pod topologies (default: kernel defaults, GRO off)")
+	iptNft := flag.Bool("iptables-nft", false, "services: also time iptables-nft-restore of the programmed services, once (85 s at 10,000)")
 	render := flag.String("render", "", "measure nothing: re-evaluate the targets and rewrite latest.md and the charts from DIR/latest.json")
 	flag.Parse()
 	if *render != "" {
@@ -198,6 +200,7 @@ func main() {
 
 	cfg := newConfig(*quick)
 	cfg.setSoak(*soakTime, *soakClients)
+	cfg.NftProgram = *iptNft
 	if err := run(cfg, *out, *only, *vethGRO); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted; everything this run made has been removed")

@@ -225,6 +225,9 @@ func evaluateTargets(r *results) {
 		{name: "TCP_RR rate vs bridge", family: famRR, metric: "rate", num: cPodpath, den: cDocker, atLeast: 1.2, want: ">= 1.20x"},
 		{name: "TCP_CRR rate vs bridge", family: famCRR, metric: "rate", num: cPodpath, den: cDocker, atLeast: 1.3, want: ">= 1.30x"},
 		{name: "CNI ADD p50 (sequential) vs bridge+host-local", family: famCNI, metric: "add_seq_p50", num: cniPodpath, den: cniBridge, atMost: 1.0, want: "<= 1.00x"},
+		{name: "CNI ADD p99 (sequential) vs bridge+host-local", family: famCNI, metric: "add_seq_p99", num: cniPodpath, den: cniBridge, atMost: 1.0, want: "<= 1.00x"},
+		{name: "CNI ADD p50 (8 in parallel) vs bridge+host-local", family: famCNI, metric: "add_par_p50", num: cniPodpath, den: cniBridge, atMost: 1.0, want: "<= 1.00x"},
+		{name: "CNI ADD p99 (8 in parallel) vs bridge+host-local", family: famCNI, metric: "add_par_p99", num: cniPodpath, den: cniBridge, atMost: 1.0, want: "<= 1.00x"},
 	}
 	for _, g := range goals {
 		pass := func(x float64) bool { return x >= g.atLeast }

@@ -636,7 +636,7 @@ func (e *env) programTime(ctx context.Context) error {
 		cIptables: func() (time.Duration, error) { return e.restoreInto(ctx, "kpprog", kpRestore, rules) },
 		cNftables: func() (time.Duration, error) { return e.nftInto(ctx, "kpnprog", nftRules) },
 	}
-	for rep := range e.cfg.SvcReps {
+	for rep := range e.cfg.SvcProgReps {
 		for _, c := range rotate([]string{cPodpath, cIptables, cNftables}, rep) {
 			d, err := programs[c]()
 			if err != nil {

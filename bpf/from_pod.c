@@ -79,7 +79,7 @@ static __always_inline int from_pod_later_fragment(struct __sk_buff *skb, struct
 static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 {
 	enum reason reason = ipv4_check(skb);
-	struct endpoint_info *src, *dst;
+	struct endpoint_info *src, *dst = 0;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct frag_key first;
@@ -110,9 +110,9 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 		return forward4(skb, svc, HOOK_FROM_POD, 0, 0, src, src->network);
 	}
 	frag4_key(&first, &f, HOOK_FROM_POD);
-	dst = endpoint_lookup4(f.daddr);
 	if (f.has_ports) {
-		svc = service_translate(skb, &f, SVC_SCOPE_INTERNAL, dst != 0, &reason);
+		/* Looks the destination up, unless conntrack knows the flow. */
+		svc = service_translate(skb, &f, SVC_SCOPE_INTERNAL, 0, &dst, &reason);
 		if (svc == SVC_DROP)
 			return drop(skb, reason);
 		if (f.frag)
@@ -123,8 +123,10 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb)
 			account(skb, REASON_SVC_REJECT, HOOK_FROM_POD);
 			return redirect_peer(skb->ingress_ifindex);
 		}
-	} else if (f.frag) {
-		frag4_record(&first, &f, svc);
+	} else {
+		dst = endpoint_lookup4(f.daddr);
+		if (f.frag)
+			frag4_record(&first, &f, svc);
 	}
 	return forward4(skb, svc, HOOK_FROM_POD, 1, dst, src, src->network);
 }

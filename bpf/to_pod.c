@@ -101,7 +101,7 @@ int to_pod(struct __sk_buff *skb)
 	/* The destination is this veth's pod, so only the reply lookup is
 	 * done: the same as from_pod's for a packet to a local pod. */
 	frag4_key(&first, &f, HOOK_TO_POD);
-	switch (service_translate(skb, &f, SVC_SCOPE_INTERNAL, 1, &reason)) {
+	switch (service_translate(skb, &f, SVC_SCOPE_INTERNAL, 1, 0, &reason)) {
 	case SVC_REPLY:
 		if (f.frag)
 			frag4_record(&first, &f, SVC_REPLY);

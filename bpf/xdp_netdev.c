@@ -46,6 +46,7 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 {
 	struct svc_info *svc;
 	struct ct_entry *e;
+	__u64 now;
 	struct backend *b;
 	struct ports *ports;
 	__u16 *l4_csum;
@@ -85,14 +86,14 @@ static __always_inline int xdp_service(struct iphdr *ip, void *data_end, __u32 l
 
 	if (masqueraded_reply4(&f))
 		return 0;
-	e = ct_lookup4(&f);
+	e = ct_lookup4(&f, &now);
 	if (e && (e->flags & CT_F_REPLY))
 		return 0;
 	svc = svc_lookup4_node(f.daddr, f.dport, f.proto, SVC_SCOPE_EXTERNAL);
 	if (!svc || (!e && !svc->backends))
 		return 0;
 	trace_note(TRACE_SERVICE, svc->id, svc->backends, svc->algo);
-	b = svc_backend4(&f, svc, e, len, &reason);
+	b = svc_backend4(&f, svc, e, len, now, &reason);
 	/* A backend elsewhere needs the node's address as source too
 	 * (lib/netdev.h): from_netdev does both, finding the backend chosen
 	 * here in conntrack. */

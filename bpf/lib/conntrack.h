@@ -77,29 +77,39 @@ static __always_inline void ct_key4(struct ct_key *k, __be32 saddr, __be32 daddr
 }
 
 /* ct_lookup4 returns the live entry of the flow as seen in f, or NULL.
- * An expired entry is as good as none: the LRU or the reaper removes it. */
-static __always_inline struct ct_entry *ct_lookup4(const struct flow4 *f)
+ * An expired entry is as good as none: the LRU or the reaper removes it.
+ * *now is the time an entry was found at, for ct_touch; 0 when there was
+ * none (the clock is read only then: it costs as much as the lookup). */
+static __always_inline struct ct_entry *ct_lookup4(const struct flow4 *f, __u64 *now)
 {
 	struct ct_key k;
 	struct ct_entry *e;
 
+	*now = 0;
 	ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
 	e = ct_find(&k);
-	if (e && e->expires < bpf_ktime_get_ns())
+	if (!e)
+		return NULL;
+	*now = bpf_ktime_get_ns();
+	if (e->expires < *now)
 		return NULL;
 	return e;
 }
 
 /* ct_touch accounts a packet and pushes the entry's expiry out. Returns 1
- * when it did (at most once per CT_REFRESH, or on a change of lifetime). */
-static __always_inline int ct_touch(struct ct_entry *e, const struct flow4 *f, __u32 bytes)
+ * when it did (at most once per CT_REFRESH, or on a change of lifetime).
+ * The packet and byte counts are added without atomics: one direction of
+ * a flow is nearly always on one CPU, and when two race a count can be
+ * lost, which only the counts themselves show. Two locked additions per
+ * packet cost more than the rest of the entry's upkeep. */
+static __always_inline int ct_touch(struct ct_entry *e, const struct flow4 *f, __u32 bytes, __u64 now)
 {
-	__u64 now = bpf_ktime_get_ns(), expires;
+	__u64 expires;
 
 	if (DRY_RUN)
 		return 0;
-	__sync_fetch_and_add(&e->packets, 1);
-	__sync_fetch_and_add(&e->bytes, bytes);
+	e->packets++;
+	e->bytes += bytes;
 	ct_merge_tcp_flags(&e->tcp_flags, f->tcp_flags);
 	expires = now + ct_lifetime(f->proto, e->tcp_flags);
 	if (expires > e->expires + CT_REFRESH || expires < e->expires) {

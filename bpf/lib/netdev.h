@@ -53,7 +53,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 		 * needs the frontend back as its source. */
 		svc = SVC_UNTOUCHED;
 		if (f.has_ports) {
-			svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 1, &reason);
+			svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 1, 0, &reason);
 			if (svc == SVC_DROP)
 				return verdict(skb, hook, reason, TC_ACT_SHOT);
 		}
@@ -72,7 +72,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 	if (!f.has_ports)
 		return forward4(skb, SVC_UNTOUCHED, hook, 0, 0, 0, src_net);
 
-	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 0, &reason);
+	svc = service_translate(skb, &f, SVC_SCOPE_EXTERNAL, 0, 0, &reason);
 	if (svc == SVC_DROP)
 		return verdict(skb, hook, reason, TC_ACT_SHOT);
 	if (f.frag && svc != SVC_UNTOUCHED)

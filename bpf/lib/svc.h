@@ -6,6 +6,7 @@
 #include "maps.h"
 #include "flow.h"
 #include "conntrack.h"
+#include "endpoints.h"
 #include "lb.h"
 #include "nat.h"
 #include "icmp.h"
@@ -49,13 +50,13 @@ static __always_inline void svc_ct_heal_forward4(const struct flow4 *f, const st
 /* reply_translate restores the frontend as source of a backend's reply,
  * and for a hairpinned flow the client (the backend itself) as destination. */
 static __always_inline int reply_translate(struct __sk_buff *skb, struct flow4 *f,
-					   struct ct_entry *e, enum reason *reason)
+					   struct ct_entry *e, __u64 now, enum reason *reason)
 {
 	__be32 frontend = e->nat_addr[0];
 	__be16 frontend_port = e->nat_port;
 
 	trace_note(TRACE_CT_REPLY, e->backend_id, e->svc_id, frontend);
-	if (ct_touch(e, f, skb->len))
+	if (ct_touch(e, f, skb->len, now))
 		svc_ct_heal_forward4(f, e);
 	if ((e->flags & CT_F_HAIRPIN) &&
 	    nat4_rewrite(skb, f, 1, f->daddr, f->saddr, f->dport, f->dport) < 0)
@@ -83,7 +84,8 @@ fail:
  * made meanwhile takes that entry's backend instead of its own choice, so a
  * connection is never split between backends. */
 static __always_inline struct backend *svc_backend4(const struct flow4 *f, const struct svc_info *svc,
-						    struct ct_entry *e, __u32 bytes, enum reason *reason)
+						    struct ct_entry *e, __u32 bytes, __u64 now,
+						    enum reason *reason)
 {
 	struct ct_entry fwd = {};
 	struct ct_key k;
@@ -98,7 +100,7 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 		if (b && !ct_reopens(e, f, b->flags)) {
 			trace_note(TRACE_CT_FLOW, e->backend_id, e->svc_id, 0);
 			/* The reply entry, if evicted meanwhile, comes back. */
-			if (ct_touch(e, f, bytes))
+			if (ct_touch(e, f, bytes, now))
 				svc_ct_reply4(f, b, e->svc_id, e->backend_id, BPF_NOEXIST);
 			return b;
 		}
@@ -133,9 +135,11 @@ static __always_inline struct backend *svc_backend4(const struct flow4 *f, const
 		 * (ct_lookup4 saw nothing) or lost its backend. */
 		ct_key4(&k, f->saddr, f->daddr, f->sport, f->dport, f->proto);
 		e = ct_find(&k);
-		won = e && e->expires >= bpf_ktime_get_ns() ? backend_lookup(e->backend_id) : 0;
+		if (!now)
+			now = bpf_ktime_get_ns();
+		won = e && e->expires >= now ? backend_lookup(e->backend_id) : 0;
 		if (e && won) {
-			ct_touch(e, f, bytes);
+			ct_touch(e, f, bytes, now);
 			b = won;
 			id = e->backend_id;
 			/* The winner writes the reply entry too: keep its. */
@@ -160,27 +164,40 @@ full:
  * scope) to one of its backends (svc_backend4); a reply of a translated
  * flow gets its frontend back. A destination that is a local pod
  * (to_pod) is no frontend: only the reply lookup is done for it, and the
- * scope is not used (the to_pod program sees nothing else). */
-static __always_inline int service_translate(struct __sk_buff *skb, struct flow4 *f,
-					     __u8 scope, int to_pod, enum reason *reason)
+ * scope is not used (the to_pod program sees nothing else).
+ *
+ * With dst set, the caller has not looked the destination up: it is done
+ * here when needed, its result in *dst, and to_pod follows from it. A
+ * flow conntrack knows goes to a frontend, so its packets skip that
+ * lookup (*dst stays NULL) unless the service has gone since. */
+static __always_inline int service_translate(struct __sk_buff *skb, struct flow4 *f, __u8 scope,
+					     int to_pod, struct endpoint_info **dst, enum reason *reason)
 {
 	struct svc_info *svc;
 	struct ct_entry *e;
 	struct backend *b;
 	__be32 frontend = f->daddr, backend_addr;
 	__be16 backend_port;
+	__u64 now;
 
-	e = ct_lookup4(f);
+	e = ct_lookup4(f, &now);
 	if (e && (e->flags & CT_F_REPLY))
-		return reply_translate(skb, f, e, reason);
+		return reply_translate(skb, f, e, now, reason);
+	if (dst && !e) {
+		*dst = endpoint_lookup4(f->daddr);
+		to_pod = *dst != 0;
+	}
 	if (to_pod)
 		return SVC_UNTOUCHED;
 
 	svc = svc_lookup4_node(f->daddr, f->dport, f->proto, scope);
-	if (!svc)
+	if (!svc) {
+		if (dst && e)
+			*dst = endpoint_lookup4(f->daddr);
 		return SVC_UNTOUCHED;
+	}
 	trace_note(TRACE_SERVICE, svc->id, svc->backends, svc->algo);
-	b = svc_backend4(f, svc, e, skb->len, reason);
+	b = svc_backend4(f, svc, e, skb->len, now, reason);
 	if (!b)
 		return *reason == REASON_UNSPEC ? SVC_REJECT : SVC_DROP;
 
