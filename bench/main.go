@@ -131,13 +131,13 @@ func newConfig(quick bool) config {
 	}
 	if quick {
 		c.Mode, c.Reps, c.CNIReps = "quick", 2, 2
-		c.StreamTime, c.StreamOmit = 2*time.Second, time.Second
-		c.RRTime, c.RRWarmup = 2*time.Second, 500*time.Millisecond
-		c.CNIPods = 20
+		c.StreamTime, c.StreamOmit = time.Second, time.Second
+		c.RRTime, c.RRWarmup = time.Second, 200*time.Millisecond
+		c.CNIPods = 16
 		c.ProgCalls = 1000
-		c.SvcCounts, c.SvcReps, c.SvcProgReps = []int{1, 1000}, 2, 2
-		c.SvcTime, c.SvcWarmup = 1500*time.Millisecond, 300*time.Millisecond
-		c.SNATReps, c.CrossNodeReps, c.CrossNodeTurns, c.CrossNodeStreamTurns = 2, 2, 2, 1
+		c.SvcCounts, c.SvcReps, c.SvcProgReps, c.SvcProgramN = []int{1, 1000}, 2, 2, 1000
+		c.SvcTime, c.SvcWarmup = 600*time.Millisecond, 200*time.Millisecond
+		c.SNATReps, c.CrossNodeReps, c.CrossNodeTurns, c.CrossNodeStreamTurns = 2, 1, 1, 1
 		c.CPServices, c.CPRounds, c.CPChanges = 1000, 1, 10
 		c.SoakTime = time.Minute
 	}
@@ -174,7 +174,7 @@ var onDemand = []string{famSoak}
 func allFamilies() []string { return slices.Concat(families, onDemand) }
 
 func main() {
-	quick := flag.Bool("quick", false, "smoke run: 2 repetitions, 2 s measurements, 20 pods")
+	quick := flag.Bool("quick", false, "smoke run: 2 repetitions (cross_node: 1), 1 s measurements, 16 pods, 1,000 services")
 	out := flag.String("out", "", "results directory (default: bench/results in the source tree; bench/results/quick with -quick)")
 	only := flag.String("only", "", "comma-separated families to run (default all but "+strings.Join(onDemand, ",")+"): "+strings.Join(allFamilies(), ","))
 	soakTime := flag.Duration("soak-time", 0, "how long the soak sends connections (default 10m, 1m with -quick)")
