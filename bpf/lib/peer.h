@@ -70,31 +70,39 @@ static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct 
  * FORWARD_PEER_TUNNEL_FAILED for the caller to drop: the counting, and the
  * events it may raise, run on the caller's frame, not on top of this one.
  *
- * Not inlined: its FIB and tunnel structures would otherwise sit in the
- * frame of every program that can reach a peer, on top of which
- * from_netdev calls snat_new_mapping4, and the two together passed the
- * 512 bytes of stack a call chain may use. */
+ * The two ways are functions of their own, not inlined: the FIB's and the
+ * tunnel's structures would otherwise sit in the frame of every program
+ * that can reach a peer, on top of which from_netdev calls
+ * snat_new_mapping4, and the two together passed the 512 bytes of stack a
+ * call chain may use. Apart, neither frame passes 128 bytes, which 6.1's
+ * verifier adds, rounded up to 32, to from_overlay's 360. */
 #define FORWARD_PEER_TUNNEL_FAILED (-2)
 
-static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
-					 const struct peer *p, enum reason *reason)
+static __noinline __attribute__((unused)) int forward_tunnel4(struct __sk_buff *skb, struct ethhdr *eth,
+							      struct iphdr *ip, const struct peer *p,
+							      enum reason *reason)
+{
+	__u16 tot_len = bpf_ntohs(ip->tot_len);
+
+	if (!skb->gso_size && p->mtu && tot_len > p->mtu) {
+		*reason = REASON_TO_STACK_MTU;
+		return TC_ACT_OK;
+	}
+	overlay_macs(eth, p->node_addr[0]);
+	if (peer_set_tunnel4(skb, p, ip->saddr) < 0)
+		return FORWARD_PEER_TUNNEL_FAILED;
+	*reason = REASON_FORWARD_TUNNEL;
+	return redirect_egress(p->ifindex);
+}
+
+static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *skb, struct ethhdr *eth,
+							      struct iphdr *ip, const struct peer *p,
+							      enum reason *reason)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
 	__u16 tot_len = bpf_ntohs(ip->tot_len);
 	long rc;
-
-	if (p->flags & PEER_F_TUNNEL) {
-		if (!skb->gso_size && p->mtu && tot_len > p->mtu) {
-			*reason = REASON_TO_STACK_MTU;
-			return TC_ACT_OK;
-		}
-		overlay_macs(eth, p->node_addr[0]);
-		if (peer_set_tunnel4(skb, p, ip->saddr) < 0)
-			return FORWARD_PEER_TUNNEL_FAILED;
-		*reason = REASON_FORWARD_TUNNEL;
-		return redirect_egress(p->ifindex);
-	}
 
 	fib.family = AF_INET;
 	fib.ipv4_src = ip->saddr;
@@ -123,4 +131,12 @@ static __noinline __attribute__((unused)) int forward_peer4(struct __sk_buff *sk
 		*reason = REASON_TO_STACK;
 		return TC_ACT_OK;
 	}
+}
+
+static __always_inline int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
+					 const struct peer *p, enum reason *reason)
+{
+	if (p->flags & PEER_F_TUNNEL)
+		return forward_tunnel4(skb, eth, ip, p, reason);
+	return forward_routed4(skb, eth, ip, p, reason);
 }
