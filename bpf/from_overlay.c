@@ -17,20 +17,14 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* from_known_peer says whether the packet came from a node in the peers
- * map: -1 when the tunnel key cannot be read, 0 for no known node, else 1
- * with the sending pod's network, when the VNI carries one (lib/peer.h),
- * in the bits above: (net << 1) | 1. Not inlined: the tunnel key would
- * otherwise sit in from_overlay's frame, which forward_peer4's is added
- * to; and the network comes back in the result, not through a pointer,
- * for the same reason (6.1 adds the two frames rounded up to 32 bytes
- * each, and from_overlay's is at 352 of the 512 with forward_peer4's
- * 160). */
-static __noinline __s64 from_known_peer(struct __sk_buff *skb)
+ * map, and sets *net to the sending pod's network when the VNI carries one
+ * (lib/peer.h). Not inlined: the tunnel key would otherwise sit in
+ * from_overlay's frame, which forward_peer4's is added to. */
+static __noinline int from_known_peer(struct __sk_buff *skb, __u32 *net)
 {
 	struct bpf_tunnel_key key = {};
 	struct peer *p;
 	__be32 remote;
-	__u32 net;
 
 	if (tunnel_key_get(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4)) < 0)
 		return -1;
@@ -38,14 +32,15 @@ static __noinline __s64 from_known_peer(struct __sk_buff *skb)
 	p = peer_lookup4(remote);
 	if (!p || !(p->flags & PEER_F_NODE) || p->node_addr[0] != remote)
 		return 0;
-	net = key.tunnel_id >= NETWORK_VNI_BASE ? key.tunnel_id : 0;
-	return ((__s64)net << 1) | 1;
+	*net = key.tunnel_id >= NETWORK_VNI_BASE ? key.tunnel_id : 0;
+	return 1;
 }
 
 SEC("tc")
 int from_overlay(struct __sk_buff *skb)
 {
-	__s64 known = from_known_peer(skb);
+	__u32 net = 0;
+	int known = from_known_peer(skb, &net);
 
 	if (known < 0)
 		return verdict(skb, HOOK_FROM_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
@@ -55,5 +50,5 @@ int from_overlay(struct __sk_buff *skb)
 	 * its device's MAC as destination, not this one's: what the stack
 	 * gets here is for this host all the same. */
 	bpf_skb_change_type(skb, PACKET_HOST);
-	return netdev_ingress(skb, HOOK_FROM_OVERLAY, (__u32)(known >> 1));
+	return netdev_ingress(skb, HOOK_FROM_OVERLAY, net);
 }

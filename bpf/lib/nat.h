@@ -65,7 +65,6 @@ static __always_inline int nat4_rewrite(struct __sk_buff *skb, const struct flow
 	int fix_l4 = f->has_ports;
 	int set_addr = old_addr != new_addr;
 	int set_port = f->has_ports && old_port != new_port;
-	struct iphdr *ip;
 	__be16 *ports;
 	__u16 udp_csum;
 
@@ -85,16 +84,8 @@ static __always_inline int nat4_rewrite(struct __sk_buff *skb, const struct flow
 	if (set_port && fix_l4 &&
 	    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, (l4_flags & BPF_F_MARK_MANGLED_0) | 2) < 0)
 		return -1;
-	if (set_addr) {
-		ip = header_at(skb, ETH_HLEN, struct iphdr);
-		if (!ip)
-			return -1;
-		csum_replace4(&ip->check, old_addr, new_addr);
-		if (dst)
-			ip->daddr = new_addr;
-		else
-			ip->saddr = new_addr;
-	}
+	if (ip4_set_addr(skb, dst, old_addr, new_addr) < 0)
+		return -1;
 	if (set_port) {
 		ports = l4_ports_at(skb, f->l4_off);
 		if (!ports)
