@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* to_netdev: tc egress on the node's uplink, i.e. every packet leaving the
  * node for the network. Decides:
+ *   0. a pod's packet from_pod sent on to another node (marked, lib/peer.h)
+ *      and the node's own VXLAN packets pass at once: nothing in them is
+ *      to be translated (peers are never masqueraded);
  *   1. a pod's TCP, UDP or ICMP echo to a destination outside the cluster
  *      (not in the nonmasq ranges) leaves with the node's address and a port
  *      allocated without collisions (lib/snat.h); when no port or no map
@@ -25,6 +28,7 @@
 #include "lib/snat.h"
 #include "lib/svc.h"
 #include "lib/frag.h"
+#include "lib/peer.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -35,10 +39,13 @@ int to_netdev(struct __sk_buff *skb)
 	struct frag_key first;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	struct nat_config *cfg;
 	struct flow4 f;
 	int ret, masq;
 
 	trace_begin(skb);
+	if (peer_forwarded(skb))
+		return verdict(skb, HOOK_TO_NETDEV, REASON_PASS, TC_ACT_OK);
 	if (skb_linearize_headers(skb, ETH_HLEN) < 0)
 		return verdict(skb, HOOK_TO_NETDEV, REASON_TO_STACK, TC_ACT_OK);
 	eth = header_at(skb, 0, struct ethhdr);
@@ -52,6 +59,9 @@ int to_netdev(struct __sk_buff *skb)
 	if (!ip || flow4_parse(skb, ip, &f) < 0)
 		return verdict(skb, HOOK_TO_NETDEV, REASON_TO_STACK, TC_ACT_OK);
 
+	cfg = nat_config4();
+	if (cfg && overlay_outer4(&f, cfg->addr[0], 1))
+		return verdict(skb, HOOK_TO_NETDEV, REASON_PASS, TC_ACT_OK);
 	masq = snat_candidate4(&f);
 	if (f.frag == FLOW_FRAG_LATER) {
 		ret = frag4_translate(skb, &f, HOOK_TO_NETDEV);

@@ -6,7 +6,7 @@
  *      and a port of its own (lib/snat.h), as it would through the uplink,
  *      and the later fragments of its datagram with what the first got;
  *   2. pods' packets arrive with their tunnel key already set by from_pod
- *      (lib/peer.h) and pass;
+ *      (lib/peer.h) and pass, at once when from_pod marked them;
  *   3. the node's own packets, routed here by the kernel routes podpath
  *      keeps for other nodes' pod CIDRs, get their key here from the same
  *      peers map (and a pod's packet the stack routed here, too large for
@@ -35,6 +35,8 @@ int to_overlay(struct __sk_buff *skb)
 	int keyed, masq = 0;
 
 	trace_begin(skb);
+	if (peer_forwarded(skb))
+		return verdict(skb, HOOK_TO_OVERLAY, REASON_PASS, TC_ACT_OK);
 	keyed = tunnel_key_get(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4)) == 0;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_UNSUPPORTED_L3, TC_ACT_SHOT);

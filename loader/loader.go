@@ -4,6 +4,7 @@
 package loader
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -424,7 +425,19 @@ func sizeMaps(spec *ebpf.CollectionSpec, c Config) error {
 			return fmt.Errorf("set %s: %w", maps.VarMaglevTableSize, err)
 		}
 	}
+	if v, ok := spec.Variables[maps.VarOverlayPort]; ok && c.Routing == RoutingVXLAN {
+		if err := v.Set(overlayPortBE(c.VXLANPort)); err != nil {
+			return fmt.Errorf("set %s: %w", maps.VarOverlayPort, err)
+		}
+	}
 	return nil
+}
+
+// overlayPortBE is port as the programs compare it, in network byte order.
+func overlayPortBE(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
 }
 
 func isPrime(n uint32) bool {

@@ -55,6 +55,11 @@ var ScratchMaps = []string{"policy_scratch", "trace_orig"}
 // VarMaglevTableSize is the programs' read-only copy of the Maglev table size.
 const VarMaglevTableSize = "maglev_table_size"
 
+// VarOverlayPort is the programs' read-only copy of the node's VXLAN UDP
+// port (network byte order; 0 without the overlay): the uplink's hooks let
+// the node's own VXLAN packets pass at once (bpf/lib/peer.h).
+const VarOverlayPort = "overlay_port"
+
 // VarTraceCapable is the programs' read-only switch of the trace events'
 // hooks (bpf/lib/events.h): 1 while tracing is on.
 const VarTraceCapable = "trace_capable"

@@ -68,6 +68,8 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		if (ret == FORWARD_PEER_TUNNEL_FAILED)
 			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
 		account(skb, reason, hook);
+		if (ret == TC_ACT_REDIRECT && hook == HOOK_FROM_POD)
+			skb->mark = MARK_PEER_FORWARDED;
 		/* Handed to the stack, it is routed there, TTL and all. */
 		if (ret != TC_ACT_OK) {
 			ip = header_at(skb, ETH_HLEN, struct iphdr);

@@ -6,6 +6,7 @@
 #include "maps.h"
 #include "counters.h"
 #include "endpoints.h"
+#include "flow.h"
 
 /* A node's overlay device has MAC 0e:70 followed by its IPv4 address, so a
  * frame encapsulated here can be addressed to the device that receives it.
@@ -27,6 +28,39 @@ static __always_inline void overlay_macs(struct ethhdr *eth, __be32 node)
 	eth->h_source[3] = 0;
 	eth->h_source[4] = 0;
 	eth->h_source[5] = 0;
+}
+
+/* A pod's packet that from_pod sends on to another node carries this mark
+ * from the redirect to the egress hook it meets first (to_netdev on the
+ * uplink, to_overlay on the overlay device), which takes it off and lets
+ * the packet pass: peers are never masqueraded, so nothing is left to
+ * decide, and the hook spares the lookups that would find that out. The
+ * mark lives only between the redirect and that hook: no netfilter hook,
+ * routing decision or other namespace sees it. */
+#define MARK_PEER_FORWARDED 0x50500001
+
+/* Set by the loader on a node with the overlay: its VXLAN UDP port, in
+ * network byte order; 0 without the overlay. */
+volatile const __u16 overlay_port = 0;
+
+/* overlay_outer4 says whether f is the node's own VXLAN traffic on the
+ * uplink: UDP between node's address and the overlay port. Leaving
+ * (to_netdev), nothing there is for podpath to translate; arriving
+ * (from_netdev, once no masqueraded flow claimed it), it is the overlay
+ * device's: the encapsulated packet gets podpath's decisions in
+ * from_overlay, after the kernel took the headers off. */
+static __always_inline int overlay_outer4(const struct flow4 *f, __be32 node, int leaving)
+{
+	return overlay_port && f->proto == IPPROTO_UDP && !f->frag &&
+	       (leaving ? f->saddr : f->daddr) == node && f->dport == overlay_port;
+}
+
+static __always_inline int peer_forwarded(struct __sk_buff *skb)
+{
+	if (skb->mark != MARK_PEER_FORWARDED)
+		return 0;
+	skb->mark = 0;
+	return 1;
 }
 
 static __always_inline struct peer *peer_lookup4(__be32 addr)

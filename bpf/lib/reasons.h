@@ -19,7 +19,8 @@ enum reason {
 					 * into a pod: source restored to the frontend;
 					 * or an ICMP error about the flow leaving the
 					 * uplink, its quote restored likewise */
-	REASON_PASS = 9,		/* let through as it came (to_pod) */
+	REASON_PASS = 9,		/* let through as it came (to_pod; to_netdev, to_overlay:
+				 * a pod's packet from_pod sent to another node) */
 	REASON_FORWARD_ROUTED = 10,	/* to another node's pod, routed out of the
 					 * uplink (direct routing) */
 	REASON_FORWARD_TUNNEL = 11,	/* to another node, encapsulated (VXLAN) */

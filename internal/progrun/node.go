@@ -1,6 +1,8 @@
 package progrun
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -38,6 +40,13 @@ type Node struct {
 // (0: as compiled), in the inner maps and in the programs' copy, as the
 // loader sets both.
 func LoadNode(programs []string, sizes map[string]uint32, maglevSize uint32) (*Node, error) {
+	return LoadNodeVars(programs, sizes, maglevSize, nil)
+}
+
+// LoadNodeVars is LoadNode with the programs' read-only variables set as
+// the loader sets them for a node (maps.VarOverlayPort and the like), each
+// in the objects that have it.
+func LoadNodeVars(programs []string, sizes map[string]uint32, maglevSize uint32, vars map[string]any) (*Node, error) {
 	specs, err := maps.Specs()
 	if err != nil {
 		return nil, err
@@ -71,6 +80,14 @@ func LoadNode(programs []string, sizes map[string]uint32, maglevSize uint32) (*N
 			if err := v.Set(uint32(1)); err != nil {
 				n.Close()
 				return nil, err
+			}
+		}
+		for name, value := range vars {
+			if v := spec.Variables[name]; v != nil {
+				if err := v.Set(value); err != nil {
+					n.Close()
+					return nil, fmt.Errorf("%s: set %s: %w", name, name, err)
+				}
 			}
 		}
 		if v := spec.Variables[maps.VarMaglevTableSize]; v != nil && maglevSize != 0 {
@@ -119,9 +136,25 @@ func RequireIngressIfindex(tb testing.TB, elsewhere string) {
 // and the frame as it leaves the program. A context naming the incoming
 // device fails with ErrNoIngressIfindex where the kernel refuses one.
 func RunTC(prog *ebpf.Program, ctx SkbContext, frame []byte) (uint32, []byte, error) {
+	ret, out, _, err := runTC(prog, ctx, frame, false)
+	return ret, out, err
+}
+
+// RunTCContext is RunTC that also returns the head of the context as the
+// program left it (the mark, the priority: what a program may write).
+func RunTCContext(prog *ebpf.Program, ctx SkbContext, frame []byte) (uint32, []byte, SkbContext, error) {
+	return runTC(prog, ctx, frame, true)
+}
+
+// skbContextOutSize holds a whole __sk_buff: the kernel refuses to copy
+// the context out into less (ENOSPC).
+const skbContextOutSize = 512
+
+func runTC(prog *ebpf.Program, ctx SkbContext, frame []byte, ctxOut bool) (uint32, []byte, SkbContext, error) {
+	var after SkbContext
 	if ctx.IngressIfindex != 0 {
 		if err := IngressIfindex(); err != nil {
-			return 0, nil, err
+			return 0, nil, after, err
 		}
 	}
 	opts := ebpf.RunOptions{
@@ -130,8 +163,16 @@ func RunTC(prog *ebpf.Program, ctx SkbContext, frame []byte) (uint32, []byte, er
 		Context: ctx,
 		Repeat:  1,
 	}
+	var raw []byte
+	if ctxOut {
+		raw = make([]byte, skbContextOutSize)
+		opts.ContextOut = raw
+	}
 	ret, err := prog.Run(&opts)
-	return ret, opts.DataOut, err
+	if err == nil && ctxOut {
+		err = binary.Read(bytes.NewReader(raw), binary.NativeEndian, &after)
+	}
+	return ret, opts.DataOut, after, err
 }
 
 // ethHeaderLen is the least BPF_PROG_RUN takes as an XDP frame.

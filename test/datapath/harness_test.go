@@ -103,8 +103,15 @@ func newDatapath(t *testing.T, pods ...pod) *datapath {
 // closed when the test ends.
 func loadNode(t *testing.T, programs []string, sizes map[string]uint32, maglevSize uint32) *progrun.Node {
 	t.Helper()
+	return loadNodeVars(t, programs, sizes, maglevSize, nil)
+}
+
+// loadNodeVars is loadNode with the programs' read-only variables set as
+// the loader sets them (progrun.LoadNodeVars).
+func loadNodeVars(t *testing.T, programs []string, sizes map[string]uint32, maglevSize uint32, vars map[string]any) *progrun.Node {
+	t.Helper()
 	checkSkbContextLayout(t)
-	n, err := progrun.LoadNode(programs, sizes, maglevSize)
+	n, err := progrun.LoadNodeVars(programs, sizes, maglevSize, vars)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,6 +68,7 @@ type snatSetup struct {
 	Family           uint8  // nat_config's family; default AF_INET
 	MaxMappings      uint32 // the snat map's max_entries; default snatTestMapSize
 	Overlay          bool   // load to_overlay too, sharing the maps
+	OverlayPort      uint16 // the node's VXLAN port, as the loader sets it (0: no overlay)
 }
 
 // snatDatapath is to_netdev and from_netdev (and to_overlay, if asked)
@@ -104,7 +105,11 @@ func newSNATDatapath(t *testing.T, s snatSetup) *snatDatapath {
 	if s.Overlay {
 		progs = append(progs, maps.ProgToOverlay)
 	}
-	n := loadNode(t, progs, sizes, 0)
+	var vars map[string]any
+	if s.OverlayPort != 0 {
+		vars = map[string]any{maps.VarOverlayPort: networkOrder(s.OverlayPort)}
+	}
+	n := loadNodeVars(t, progs, sizes, 0, vars)
 	d := &snatDatapath{
 		datapath: &datapath{
 			endpoints: maps.NewEndpoints(n.Maps[maps.MapEndpoints]),
