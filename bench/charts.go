@@ -45,6 +45,7 @@ var seriesColors = map[string]color.Color{
 	cFlannelVXLAN:             color.RGBA{200, 70, 70, 255},
 	cPodpathDirect:            color.RGBA{40, 110, 200, 255},
 	cPodpathVXLAN:             color.RGBA{110, 170, 230, 255},
+	cVethFloor:                color.RGBA{140, 140, 140, 255},
 }
 
 var fallbackColors = []color.Color{

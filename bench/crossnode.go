@@ -35,6 +35,8 @@ import (
 //     other node's pod CIDR via its underlay address.
 //   - podpath-direct and podpath-vxlan: two sim nodes joined as peers, one
 //     pod each through podpath-cni.
+//   - veth-floor: podpath-direct's topology with the least a BPF datapath
+//     on veth can do in place of podpath's programs (crossfloor.go).
 //
 // Each repetition measures throughput, then TCP_RR, then TCP_CRR, each on
 // every contender in turn (the order rotated every repetition), with client
@@ -53,7 +55,7 @@ const (
 )
 
 // crossNodeContenders in the order they are built and tabulated.
-var crossNodeContenders = []string{cLimit, cFlannelVXLAN, cHostGW, cPodpathDirect, cPodpathVXLAN}
+var crossNodeContenders = []string{cLimit, cFlannelVXLAN, cHostGW, cPodpathDirect, cPodpathVXLAN, cVethFloor}
 
 // The same addresses for every contender: node i (1, 2) is the underlay's
 // .i and owns pod CIDR 10.240.i.0/24; the pod is the first address after
@@ -343,6 +345,12 @@ func linkTxPackets(n ns.NetNS, dev string) (uint64, error) {
 // podpathCrossTopology: two sim nodes on the underlay routing as routing
 // says, one pod each by podpath-cni, peers of each other (sim.JoinAll).
 func (e *env) podpathCrossTopology(ctx context.Context, routing string) (*topology, error) {
+	return e.podpathCrossTopologyNamed(ctx, "", routing)
+}
+
+// podpathCrossTopologyNamed is podpathCrossTopology under another name
+// than its routing's contender (name "": that one).
+func (e *env) podpathCrossTopologyNamed(ctx context.Context, as, routing string) (*topology, error) {
 	name, reason := cPodpathDirect, "forward_routed"
 	desc := "podpath direct routing: two sim nodes (podpath node init --routing direct, ip_forward=1) on the underlay, one pod each by podpath-cni, " +
 		"peers of each other; from_pod routes the pod's packet out of the uplink (bpf_fib_lookup, bpf_redirect / bpf_redirect_neigh), " +
@@ -352,6 +360,9 @@ func (e *env) podpathCrossTopology(ctx context.Context, routing string) (*topolo
 		desc = fmt.Sprintf("podpath VXLAN overlay: two sim nodes (podpath node init --routing vxlan) on the underlay, one pod each by podpath-cni, "+
 			"peers of each other; from_pod sets the tunnel key (bpf_skb_set_tunnel_key) and redirects to %s (external mode, port %d), "+
 			"from_overlay on the other node redirects the decapsulated packet into the pod; pod MTU 1450 (the uplink's less 50)", loader.OverlayDevice, loader.DefaultVXLANPort)
+	}
+	if as != "" {
+		name = as
 	}
 	bin, err := e.podpathCNI()
 	if err != nil {
@@ -469,6 +480,7 @@ func (e *env) runCrossNode(ctx context.Context) error {
 		func(ctx context.Context) (*topology, error) { return e.kernelCrossTopology(ctx, false) },
 		func(ctx context.Context) (*topology, error) { return e.podpathCrossTopology(ctx, loader.RoutingDirect) },
 		func(ctx context.Context) (*topology, error) { return e.podpathCrossTopology(ctx, loader.RoutingVXLAN) },
+		e.floorCrossTopology,
 	}
 	for _, build := range builders {
 		t, err := build(ctx)
@@ -661,6 +673,7 @@ var crossNodeGoals = []struct {
 var crossNodeRatios = [][2]string{
 	{cPodpathDirect, cLimit}, {cPodpathDirect, cHostGW}, {cPodpathVXLAN, cFlannelVXLAN}, {cPodpathVXLAN, cLimit},
 	{cPodpathVXLAN, cPodpathDirect}, {cHostGW, cLimit}, {cFlannelVXLAN, cLimit},
+	{cPodpathDirect, cVethFloor}, {cVethFloor, cLimit},
 }
 
 var crossNodeMetricLabels = map[string]string{"throughput": "TCP throughput", "rr_rate": "TCP_RR rate", "crr_rate": "TCP_CRR rate"}
