@@ -43,8 +43,10 @@ func dialCRI(t *testing.T, cd *ctrtest.Containerd) *criClient {
 		images: runtimeapi.NewImageServiceClient(conn),
 		logDir: filepath.Join(cd.Dir, "pod-logs"),
 	}
+	// containerd loads its plugins before the CRI answers: a few seconds
+	// here, over 20 under the test VMs' emulated CPU on a slow host.
 	var last string
-	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+	for end := time.Now().Add(60 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		select {
 		case <-cd.Exited:
 			t.Fatalf("containerd exited during start-up:\n%s", ctrtest.Tail(cd.Log, 30))
@@ -68,7 +70,7 @@ func dialCRI(t *testing.T, cd *ctrtest.Containerd) *criClient {
 		}
 		last = fmt.Sprint(st.GetStatus().GetConditions())
 	}
-	t.Fatalf("containerd not ready after 20s: %s\n%s", last, ctrtest.Tail(cd.Log, 30))
+	t.Fatalf("containerd not ready after 60s: %s\n%s", last, ctrtest.Tail(cd.Log, 30))
 	return nil
 }
 
