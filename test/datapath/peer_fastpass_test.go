@@ -12,6 +12,8 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/podpath/podpath/internal/progrun"
 )
 
@@ -70,15 +72,7 @@ func TestMarkedPeerForwardPasses(t *testing.T) {
 	in := leaving(f.ip())
 	t.Run("to_netdev", func(t *testing.T) {
 		d := newSNATDatapath(t, snatSetup{})
-		ret, out, after, err := progrun.RunTCContext(d.toNetdev, skbContext{Mark: markPeerForwarded}, in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		expectVerdict(t, run{verdict: ret}, tcActOK)
-		expectBytes(t, "packet", out, in)
-		if after.Mark != 0 {
-			t.Errorf("mark %#x left on the packet, want 0", after.Mark)
-		}
+		expectMarkedPasses(t, d.toNetdev, in)
 		d.expectMappings(t, emptyMapping)
 		d.expectCounts(t, one("to_netdev/pass", in))
 
@@ -89,15 +83,7 @@ func TestMarkedPeerForwardPasses(t *testing.T) {
 	t.Run("to_overlay", func(t *testing.T) {
 		d := newSNATDatapath(t, snatSetup{Overlay: true})
 		pkt := ether(overlayMAC(peerNodeIP), tunnelSrcMAC, ethPIPv4, udpFlow(podA.IP, 40803, remotePodIP, 53).ip())
-		ret, out, after, err := progrun.RunTCContext(d.toOverlay, skbContext{Mark: markPeerForwarded}, pkt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		expectVerdict(t, run{verdict: ret}, tcActOK)
-		expectBytes(t, "packet", out, pkt)
-		if after.Mark != 0 {
-			t.Errorf("mark %#x left on the packet, want 0", after.Mark)
-		}
+		expectMarkedPasses(t, d.toOverlay, pkt)
 		d.expectCounts(t, one("to_overlay/pass", pkt))
 	})
 }
@@ -154,4 +140,19 @@ func TestOverlayOuterPackets(t *testing.T) {
 		expectBytes(t, "reply", r.out, reply.to(podA.IP, podPort).routedInto(podA))
 		expectChecksums(t, r.out)
 	})
+}
+
+// expectMarkedPasses runs prog on a marked packet, which must pass as it
+// came with the mark taken off.
+func expectMarkedPasses(t *testing.T, prog *ebpf.Program, in []byte) {
+	t.Helper()
+	ret, out, after, err := progrun.RunTCContext(prog, skbContext{Mark: markPeerForwarded}, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectVerdict(t, run{verdict: ret}, tcActOK)
+	expectBytes(t, "packet", out, in)
+	if after.Mark != 0 {
+		t.Errorf("mark %#x left on the packet, want 0", after.Mark)
+	}
 }
