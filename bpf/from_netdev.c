@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* from_netdev: tc ingress on the node's uplink, i.e. every packet that
  * arrives from the network. Decides, in order:
+ *   0. with the overlay, a VXLAN packet another node sent to this one loses
+ *      its outer headers here and is decided as from_overlay decides what
+ *      the VXLAN device hands it (lib/decap.h);
  *   1. non-IPv4 traffic (ARP, IPv6) and anything not for a service or a pod
  *      goes to the host stack untouched: the node stays reachable;
  *   2. malformed IPv4 headers are dropped with a reason;
@@ -25,11 +28,18 @@
  * Replies of these flows leave through from_pod, which restores the
  * frontend as their source. */
 #include "lib/netdev.h"
+#include "lib/decap.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
-	return netdev_ingress(skb, HOOK_FROM_NETDEV, 0);
+	__u32 r = HOOK_FROM_NETDEV;
+
+	/* Without the overlay, the verifier walks netdev_ingress with a
+	 * constant hook, as from_overlay does. */
+	if (overlay_port)
+		r = overlay_decap4(skb);
+	return netdev_ingress(skb, r & DECAP_HOOK_MASK, r >> DECAP_NET_SHIFT);
 }

@@ -60,7 +60,7 @@ int to_netdev(struct __sk_buff *skb)
 		return verdict(skb, HOOK_TO_NETDEV, REASON_TO_STACK, TC_ACT_OK);
 
 	cfg = nat_config4();
-	if (cfg && overlay_outer4(&f, cfg->addr[0], 1))
+	if (cfg && overlay_outer4(&f, cfg->addr[0]))
 		return verdict(skb, HOOK_TO_NETDEV, REASON_PASS, TC_ACT_OK);
 	masq = snat_candidate4(&f);
 	if (f.frag == FLOW_FRAG_LATER) {

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -60,6 +61,20 @@ func Verify() ([]VerifierStats, error) {
 		}
 		all[name] = one
 	}
+	// The uplink's programs take other ways with the overlay: verified
+	// as the loader builds them in vxlan mode too, under their name and
+	// OverlaySuffix.
+	for _, name := range []string{maps.ProgFromNetdev, maps.ProgToNetdev} {
+		one := all[name].Copy()
+		v, ok := one.Variables[maps.VarOverlayPort]
+		if !ok {
+			return nil, fmt.Errorf("%s has no variable %s", name, maps.VarOverlayPort)
+		}
+		if err := v.Set(overlayPortBE(DefaultVXLANPort)); err != nil {
+			return nil, fmt.Errorf("set %s: %w", maps.VarOverlayPort, err)
+		}
+		all[name+OverlaySuffix] = one
+	}
 	names := make([]string, 0, len(all))
 	for name := range all {
 		names = append(names, name)
@@ -71,6 +86,10 @@ func Verify() ([]VerifierStats, error) {
 	}
 	return out, nil
 }
+
+// OverlaySuffix marks the statistics of a program verified as it is built
+// for a node with the overlay.
+const OverlaySuffix = " (overlay)"
 
 // VerifyDryRun loads the programs built for the dry run (podpath trace,
 // loader.LoadDryRun) the same way, one at a time: they must pass on every
@@ -94,6 +113,7 @@ func VerifyDryRun() ([]VerifierStats, error) {
 
 func verifyOne(name string, spec *ebpf.CollectionSpec) VerifierStats {
 	v := VerifierStats{Program: name}
+	name = strings.TrimSuffix(name, OverlaySuffix)
 	for _, ms := range spec.Maps {
 		ms.Pinning = ebpf.PinNone
 		if ms.MaxEntries > 1024 && ms.Type != ebpf.Array && ms.Type != ebpf.PerCPUArray && ms.Type != ebpf.RingBuf {

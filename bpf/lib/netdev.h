@@ -63,12 +63,6 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb, enum hook hook,
 	case -1:
 		return verdict(skb, hook, REASON_DROP_NAT_FAILED, TC_ACT_SHOT);
 	}
-	if (hook == HOOK_FROM_NETDEV) {
-		struct nat_config *cfg = nat_config4();
-
-		if (cfg && overlay_outer4(&f, cfg->addr[0], 0))
-			return verdict(skb, hook, REASON_TO_STACK, TC_ACT_OK);
-	}
 	if (f.icmp == FLOW_ICMP_ERROR) {
 		svc = svc_icmp_error4(skb, &f);
 		if (svc == SVC_DROP)

@@ -43,16 +43,14 @@ static __always_inline void overlay_macs(struct ethhdr *eth, __be32 node)
  * network byte order; 0 without the overlay. */
 volatile const __u16 overlay_port = 0;
 
-/* overlay_outer4 says whether f is the node's own VXLAN traffic on the
- * uplink: UDP between node's address and the overlay port. Leaving
- * (to_netdev), nothing there is for podpath to translate; arriving
- * (from_netdev, once no masqueraded flow claimed it), it is the overlay
- * device's: the encapsulated packet gets podpath's decisions in
- * from_overlay, after the kernel took the headers off. */
-static __always_inline int overlay_outer4(const struct flow4 *f, __be32 node, int leaving)
+/* overlay_outer4 says whether f is the node's own VXLAN traffic leaving
+ * on the uplink (to_netdev): UDP from the node's address to the overlay
+ * port, nothing there for podpath to translate. Arriving, such packets
+ * are from_netdev's to decapsulate (lib/decap.h). */
+static __always_inline int overlay_outer4(const struct flow4 *f, __be32 node)
 {
-	return overlay_port && f->proto == IPPROTO_UDP && !f->frag &&
-	       (leaving ? f->saddr : f->daddr) == node && f->dport == overlay_port;
+	return overlay_port && f->proto == IPPROTO_UDP && !f->frag && f->saddr == node &&
+	       f->dport == overlay_port;
 }
 
 static __always_inline int peer_forwarded(struct __sk_buff *skb)

@@ -3,8 +3,7 @@ package datapath_test
 // The short ways through the uplink's hooks: a pod's packet from_pod sent
 // on to another node carries a mark to the egress hook it meets first,
 // which lets it pass and takes the mark off; the node's own VXLAN packets
-// pass to_netdev, and reach the overlay device from from_netdev, without
-// a lookup. Each case here also shows the long way still taken where it
+// pass to_netdev without a lookup. Each case here also shows the long way still taken where it
 // must be: an unmarked packet, a masqueraded flow that was given the
 // overlay port.
 
@@ -90,11 +89,12 @@ func TestMarkedPeerForwardPasses(t *testing.T) {
 
 // The node's own VXLAN packets: leaving from the node's address to the
 // overlay port they pass to_netdev (pass); arriving for the node's address
-// and port they go to the stack, whose VXLAN device takes them
-// (to_stack). A pod's UDP flow to the outside whose mapping was given the
-// overlay port still gets its reply translated back into the pod:
-// from_netdev asks the masquerade first. Without the overlay (port 0),
-// the same packets take the long way and come out the same.
+// and port with no VXLAN packet for a pod inside they go to the stack,
+// whose VXLAN device takes them (to_stack; overlay_decap_test.go has the
+// packets from_netdev decapsulates). A pod's UDP flow to the outside whose
+// mapping was given the overlay port still gets its reply translated back
+// into the pod: it is from no peer. Without the overlay (port 0), the
+// same packets take the long way and come out the same.
 func TestOverlayOuterPackets(t *testing.T) {
 	outer := udpFlow(masqIP, 51000, peerNodeIP, vxlanPort).with("vxlan header and frame")
 	arrivingOuter := udpFlow(peerNodeIP, 52000, masqIP, vxlanPort).with("vxlan header and frame")

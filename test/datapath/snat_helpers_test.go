@@ -79,6 +79,7 @@ type snatDatapath struct {
 	toOverlay            *ebpf.Program // with snatSetup.Overlay
 	snat, natStats       *ebpf.Map
 	peers, conntrack     *ebpf.Map // seeded by the tests that need them
+	nodeAddrs            *ebpf.Map
 	setup                snatSetup
 }
 
@@ -122,6 +123,7 @@ func newSNATDatapath(t *testing.T, s snatSetup) *snatDatapath {
 		natStats:   n.Maps[maps.MapNatStats],
 		peers:      n.Maps[maps.MapPeers],
 		conntrack:  n.Maps[maps.MapConntrack],
+		nodeAddrs:  n.Maps[maps.MapNodeAddrs],
 		setup:      s,
 	}
 	cfg := maps.NatConfig{Addr: maps.Addr16(masqIP), PortMin: s.PortMin, PortMax: s.PortMax, Family: s.Family}
