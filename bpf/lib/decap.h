@@ -46,9 +46,10 @@ struct overlay_headers {
 /* overlay_decap4 takes the outer headers off a VXLAN packet another node
  * sent to this one: IPv4 without options or fragmentation, from an address
  * the peers map names as a node's, to an address of this node (node_addrs)
- * and the overlay port, with a valid VNI and an IPv4 packet for a pod of this node inside
- * (what is for the node itself keeps arriving on the VXLAN device, whose
- * routes and reverse-path checks the stack has). What remains is the
+ * and the overlay port, with a valid VNI and an IPv4 packet for a pod of
+ * this node inside (what is for the node itself keeps arriving on the
+ * VXLAN device, whose routes and reverse-path checks the stack has).
+ * What remains is the
  * outer Ethernet header (the uplink's MAC as destination) and the inner IP
  * packet, to be decided as from_overlay decides it: the result is
  * HOOK_FROM_OVERLAY with the network the VNI carries. Anything else is

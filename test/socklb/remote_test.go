@@ -47,7 +47,10 @@ func TestTCPConnectToOtherNodesBackend(t *testing.T) {
 			cg := f.newCgroup(t, "remote-"+mode)
 			attach(t, local, cg)
 
-			const conns = 10
+			// Each connection's backend is as good as random (its socket
+			// cookie's hash or a random pick): with 40 connections one
+			// backend goes unseen once in 2^39 runs, with 10 once in 512.
+			const conns = 40
 			front := netip.AddrPortFrom(vip, frontendPort)
 			res := client(t, f, cg, local.NS.Path(), clientOp{Kind: opTCP, Addr: front.String(), Count: conns})
 			seen := map[string]int{}
