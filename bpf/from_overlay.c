@@ -23,16 +23,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 static __noinline int from_known_peer(struct __sk_buff *skb, __u32 *net)
 {
 	struct bpf_tunnel_key key = {};
-	struct peer *p;
-	__be32 remote;
 
 	if (tunnel_key_get(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4)) < 0)
 		return -1;
-	remote = bpf_htonl(key.remote_ipv4);
-	p = peer_lookup4(remote);
-	if (!p || !(p->flags & PEER_F_NODE) || p->node_addr[0] != remote)
+	if (!peer_node4(bpf_htonl(key.remote_ipv4)))
 		return 0;
-	*net = key.tunnel_id >= NETWORK_VNI_BASE ? key.tunnel_id : 0;
+	*net = vni_network(key.tunnel_id);
 	return 1;
 }
 

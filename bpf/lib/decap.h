@@ -49,15 +49,15 @@ struct overlay_headers {
  * and the overlay port, with a valid VNI and an IPv4 packet for a pod of
  * this node inside (what is for the node itself keeps arriving on the
  * VXLAN device, whose routes and reverse-path checks the stack has).
- * What remains is the
- * outer Ethernet header (the uplink's MAC as destination) and the inner IP
- * packet, to be decided as from_overlay decides it: the result is
- * HOOK_FROM_OVERLAY with the network the VNI carries. Anything else is
- * left as it came and decided as from the uplink (HOOK_FROM_NETDEV): GSO
- * packets (bpf_skb_adjust_room would have to rewrite their tunnel GSO
- * type, which older kernels cannot), fragments, unknown senders, inner
- * frames that are not IPv4 or not for a local pod: the stack hands those
- * to the VXLAN device, and from_overlay decides them there.
+ * What remains is the outer Ethernet header (the uplink's MAC as
+ * destination) and the inner IP packet, to be decided as from_overlay
+ * decides it: the result is HOOK_FROM_OVERLAY with the network the VNI
+ * carries. Anything else is left as it came and decided as from the
+ * uplink (HOOK_FROM_NETDEV): GSO packets (bpf_skb_adjust_room would have
+ * to rewrite their tunnel GSO type, which older kernels cannot),
+ * fragments, unknown senders, inner frames that are not IPv4 or not for a
+ * local pod: the stack hands those to the VXLAN device, and from_overlay
+ * decides them there.
  *
  * It spares a decapsulated packet the host's UDP socket lookup, the VXLAN
  * device's receive, its GRO cell (another softirq pass) and a second tc
@@ -71,11 +71,10 @@ __noinline int overlay_decap4(struct __sk_buff *skb)
 	struct overlay_outer *o;
 	struct overlay_headers *h;
 	struct endpoint_key node = { .family = AF_INET };
-	struct peer *p;
 	__be32 saddr;
 	__u32 vni;
 
-	if (!skb || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IP))
+	if (skb->gso_size || skb->protocol != bpf_htons(ETH_P_IP))
 		return HOOK_FROM_NETDEV;
 	if (skb_linearize_headers(skb, sizeof(*o)) < 0)
 		return HOOK_FROM_NETDEV;
@@ -103,10 +102,9 @@ __noinline int overlay_decap4(struct __sk_buff *skb)
 	if (!endpoint_lookup4(h->ip.daddr))
 		return HOOK_FROM_NETDEV;
 
-	p = peer_lookup4(saddr);
-	if (!p || !(p->flags & PEER_F_NODE) || p->node_addr[0] != saddr)
+	if (!peer_node4(saddr))
 		return HOOK_FROM_NETDEV;
 	if (bpf_skb_adjust_room(skb, -(int)OVERLAY_POP_LEN, BPF_ADJ_ROOM_MAC, 0) < 0)
 		return HOOK_FROM_NETDEV;
-	return HOOK_FROM_OVERLAY | ((vni >= NETWORK_VNI_BASE ? vni : 0) << DECAP_NET_SHIFT);
+	return HOOK_FROM_OVERLAY | (vni_network(vni) << DECAP_NET_SHIFT);
 }

@@ -69,6 +69,23 @@ static __always_inline struct peer *peer_lookup4(__be32 addr)
 	return bpf_map_lookup_elem(&peers, &k);
 }
 
+/* peer_node4 says whether addr is another node's own address (a
+ * PEER_F_NODE entry of its own, not a pod CIDR that holds it): only those
+ * may send this node encapsulated packets. */
+static __always_inline int peer_node4(__be32 addr)
+{
+	struct peer *p = peer_lookup4(addr);
+
+	return p && (p->flags & PEER_F_NODE) && p->node_addr[0] == addr;
+}
+
+/* vni_network is the sending pod's network a VNI carries (lib/network.h),
+ * 0 for a node's VNI. */
+static __always_inline __u32 vni_network(__u32 vni)
+{
+	return vni >= NETWORK_VNI_BASE ? vni : 0;
+}
+
 /* peer_set_tunnel4 gives the packet its encapsulation towards p: the
  * overlay device's xmit reads the outer destination and VNI from it. A
  * packet from a pod of a network carries the network's id as its VNI

@@ -114,7 +114,7 @@ func TestOverlayDecapLeaves(t *testing.T) {
 	notVXLAN := vxlanFrame(peerNodeIP, masqIP, nodeVNI, toPod)
 	notVXLAN[vxlanOff] = 0 // the VXLAN flags: no VNI
 	innerARP := vxlanFrame(peerNodeIP, masqIP, nodeVNI, toPod)
-	binary.BigEndian.PutUint16(innerARP[vxlanOff+8+12:], 0x0806)
+	binary.BigEndian.PutUint16(innerARP[vxlanOff+8+12:], uint16(ethPARP))
 	otherPort := udpFlow(peerNodeIP, 41234, masqIP, 4789).with(string(vxlanFrame(peerNodeIP, masqIP, nodeVNI, toPod)[vxlanOff:]))
 	for _, tc := range []struct {
 		name  string

@@ -3,9 +3,9 @@ package datapath_test
 // The short ways through the uplink's hooks: a pod's packet from_pod sent
 // on to another node carries a mark to the egress hook it meets first,
 // which lets it pass and takes the mark off; the node's own VXLAN packets
-// pass to_netdev without a lookup. Each case here also shows the long way still taken where it
-// must be: an unmarked packet, a masqueraded flow that was given the
-// overlay port.
+// pass to_netdev without a lookup. Each case here also shows the long way
+// still taken where it must be: an unmarked packet, a masqueraded flow
+// that was given the overlay port.
 
 import (
 	"encoding/binary"
