@@ -673,7 +673,7 @@ var crossNodeGoals = []struct {
 var crossNodeRatios = [][2]string{
 	{cPodpathDirect, cLimit}, {cPodpathDirect, cHostGW}, {cPodpathVXLAN, cFlannelVXLAN}, {cPodpathVXLAN, cLimit},
 	{cPodpathVXLAN, cPodpathDirect}, {cHostGW, cLimit}, {cFlannelVXLAN, cLimit},
-	{cPodpathDirect, cVethFloor}, {cVethFloor, cLimit},
+	{cPodpathDirect, cVethFloor}, {cVethFloor, cLimit}, {cVethFloor, cFlannelVXLAN},
 }
 
 var crossNodeMetricLabels = map[string]string{"throughput": "TCP throughput", "rr_rate": "TCP_RR rate", "crr_rate": "TCP_CRR rate"}

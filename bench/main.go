@@ -182,6 +182,7 @@ func main() {
 	verbose := flag.Bool("v", false, "log every step")
 	vethGRO := flag.Bool("veth-gro", false, "turn GRO on for every veth of the pod-to-pod topologies (default: kernel defaults, GRO off)")
 	iptNft := flag.Bool("iptables-nft", false, "services: also time iptables-nft-restore of the programmed services, once (85 s at 10,000)")
+	xnReps := flag.Int("cross-node-reps", 0, "cross_node: repetitions (default 5, 1 with -quick); more narrow its ratios' intervals")
 	render := flag.String("render", "", "measure nothing: re-evaluate the targets and rewrite latest.md and the charts from DIR/latest.json")
 	flag.Parse()
 	if *render != "" {
@@ -201,6 +202,9 @@ func main() {
 	cfg := newConfig(*quick)
 	cfg.setSoak(*soakTime, *soakClients)
 	cfg.NftProgram = *iptNft
+	if *xnReps > 0 {
+		cfg.CrossNodeReps = *xnReps
+	}
 	if err := run(cfg, *out, *only, *vethGRO); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted; everything this run made has been removed")

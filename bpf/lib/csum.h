@@ -15,6 +15,16 @@ static __always_inline void ipv4_decrease_ttl(struct iphdr *ip)
 	ip->ttl--;
 }
 
+/* csum_fold32 folds a 32-bit one's complement sum (bpf_csum_diff's) into
+ * the 16-bit checksum field's value: 0 when the summed words already
+ * held a correct checksum. */
+static __always_inline __u16 csum_fold32(__u32 csum)
+{
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	return (__u16)~csum;
+}
+
 /* One's complement addition of two 16-bit words. */
 static __always_inline __u16 csum16_add(__u16 a, __u16 b)
 {

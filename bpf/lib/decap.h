@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common.h"
+#include "csum.h"
 #include "parse.h"
 #include "flow.h"
 #include "peer.h"
@@ -55,7 +56,8 @@ struct overlay_headers {
  * carries. Anything else is left as it came and decided as from the
  * uplink (HOOK_FROM_NETDEV): GSO packets (bpf_skb_adjust_room would have
  * to rewrite their tunnel GSO type, which older kernels cannot),
- * fragments, unknown senders, inner frames that are not IPv4 or not for a
+ * fragments, outer headers with a wrong IP checksum or any UDP checksum
+ * (the stack verifies, and drops, them), unknown senders, inner frames that are not IPv4 or not for a
  * local pod: the stack hands those to the VXLAN device, and from_overlay
  * decides them there.
  *
@@ -85,6 +87,11 @@ __noinline int overlay_decap4(struct __sk_buff *skb)
 	    (o->ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) || o->udp.dest != overlay_port)
 		return HOOK_FROM_NETDEV;
 	if (bpf_ntohs(o->ip.tot_len) < sizeof(*h) - ETH_HLEN || ETH_HLEN + bpf_ntohs(o->ip.tot_len) > skb->len)
+		return HOOK_FROM_NETDEV;
+	/* The stack checks what it takes apart; so does this. A UDP
+	 * checksum is left to the stack to verify: podpath's nodes send
+	 * none, as the kernel's VXLAN devices by default. */
+	if (o->udp.check || csum_fold32(bpf_csum_diff(0, 0, (__be32 *)((__u8 *)o + ETH_HLEN), sizeof(o->ip), 0)))
 		return HOOK_FROM_NETDEV;
 	node.addr[0] = o->ip.daddr;
 	saddr = o->ip.saddr;

@@ -22,13 +22,6 @@ struct icmp_unreach {
 	__u8 quote[ICMP_QUOTE_LEN];
 };
 
-static __always_inline __u16 csum_fold32(__u32 csum)
-{
-	csum = (csum & 0xffff) + (csum >> 16);
-	csum = (csum & 0xffff) + (csum >> 16);
-	return (__u16)~csum;
-}
-
 /* icmp4_unreach_reply rewrites skb in place into "port unreachable" from
  * from_addr back to the packet's source, with the Ethernet addresses
  * swapped. The caller sends it back where it came from. Only packets with

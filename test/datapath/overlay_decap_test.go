@@ -24,14 +24,21 @@ const nodeVNI = 1
 
 // vxlanFrame is inner as node from sends it through the overlay to node
 // to: an Ethernet frame to to's overlay device, in a VXLAN header with
-// vni, in UDP to the overlay port, arriving on the uplink.
+// vni, in UDP to the overlay port (without a UDP checksum, as nodes send
+// it), arriving on the uplink.
 func vxlanFrame(from, to netip.Addr, vni uint32, inner []byte) []byte {
+	return ether(uplinkMAC, peerNodeMAC, ethPIPv4, vxlanOuter(from, to, vni, inner).ip())
+}
+
+// vxlanOuter is vxlanFrame's outer IP packet as a flow.
+func vxlanOuter(from, to netip.Addr, vni uint32, inner []byte) flow {
 	hdr := make([]byte, 8)
 	hdr[0] = 0x08 // the I flag: the VNI is valid
 	binary.BigEndian.PutUint32(hdr[4:], vni<<8)
 	outer := udpFlow(from, 41234, to, vxlanPort)
+	outer.NoChecksum = true
 	outer.Payload = append(hdr, ether(overlayMAC(to), tunnelSrcMAC, ethPIPv4, inner)...)
-	return ether(uplinkMAC, peerNodeMAC, ethPIPv4, outer.ip())
+	return outer
 }
 
 // newDecapDatapath is from_netdev of a node with masqIP as its address,
@@ -115,6 +122,12 @@ func TestOverlayDecapLeaves(t *testing.T) {
 	notVXLAN[vxlanOff] = 0 // the VXLAN flags: no VNI
 	innerARP := vxlanFrame(peerNodeIP, masqIP, nodeVNI, toPod)
 	binary.BigEndian.PutUint16(innerARP[vxlanOff+8+12:], uint16(ethPARP))
+	// The outer headers' checksums: a UDP checksum is the stack's to
+	// verify, a wrong IP header checksum the stack's to drop.
+	withUDPSum := vxlanOuter(peerNodeIP, masqIP, nodeVNI, toPod)
+	withUDPSum.NoChecksum = false
+	badIPSum := vxlanFrame(peerNodeIP, masqIP, nodeVNI, toPod)
+	badIPSum[14+10] ^= 0x01 // the outer IP header checksum
 	otherPort := udpFlow(peerNodeIP, 41234, masqIP, 4789).with(string(vxlanFrame(peerNodeIP, masqIP, nodeVNI, toPod)[vxlanOff:]))
 	for _, tc := range []struct {
 		name  string
@@ -128,6 +141,8 @@ func TestOverlayDecapLeaves(t *testing.T) {
 		{"to another port", vxlanPort, arriving(otherPort.ip())},
 		{"without a valid VNI", vxlanPort, notVXLAN},
 		{"not IPv4 inside", vxlanPort, innerARP},
+		{"with a UDP checksum", vxlanPort, ether(uplinkMAC, peerNodeMAC, ethPIPv4, withUDPSum.ip())},
+		{"with a wrong IP header checksum", vxlanPort, badIPSum},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newDecapDatapath(t, tc.port)
