@@ -52,8 +52,11 @@ func extractVmlinux(bzImage, dst string) error {
 		}
 	case bytes.HasPrefix(payload, []byte("\xfd7zXZ\x00")):
 		err = decompressWith(&out, payload, "xz", "-dc", "--single-stream")
-	case bytes.HasPrefix(payload, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		err = decompressWith(&out, payload, "zstd", "-dcq")
+	case bytes.HasPrefix(payload, []byte{0x28, 0xb5, 0x2f, 0xfd}) && len(payload) > 4:
+		// The kernel's build appends the uncompressed size (4 bytes)
+		// after the stream, which xz's --single-stream ignores and zstd
+		// would read as a frame of an unknown format (6.12's images).
+		err = decompressWith(&out, payload[:len(payload)-4], "zstd", "-dcq")
 	default:
 		return fmt.Errorf("unknown compression (magic % x)", payload[:4])
 	}
@@ -334,8 +337,21 @@ func writeInitramfs(path string, k Kernel) error {
 			f.Close()
 			return err
 		}
+		// Compressed modules (6.12's are .ko.xz) go in as plain .ko:
+		// busybox's insmod hands the file to the kernel as it is.
+		base := filepath.Base(m)
+		for ext, tool := range map[string]string{".xz": "xz", ".zst": "zstd"} {
+			if strings.HasSuffix(base, ".ko"+ext) {
+				var out bytes.Buffer
+				if err := decompressWith(&out, data, tool, "-dcq"); err != nil {
+					f.Close()
+					return fmt.Errorf("module %s: %w", m, err)
+				}
+				data, base = out.Bytes(), strings.TrimSuffix(base, ext)
+			}
+		}
 		// The numeric prefix keeps the load order in the shell's glob.
-		names[i] = fmt.Sprintf("modules/%02d-%s", i, filepath.Base(m))
+		names[i] = fmt.Sprintf("modules/%02d-%s", i, base)
 		c.File(names[i], 0o644, data)
 	}
 	if !sort.StringsAreSorted(names) {

@@ -26,8 +26,9 @@
 //
 // # Kernels
 //
-// -kernel SERIES picks the newest cached kernel of that series (6.1 or
-// 5.10), and when none is cached downloads the newest generic
+// -kernel SERIES picks the newest cached kernel of that series (6.1 and
+// 5.10 in the tests; 6.12, from Debian 12's backported images, boots too),
+// and when none is cached downloads the newest generic
 // linux-image-SERIES.*-amd64-unsigned package with apt-get, unpacks it with
 // dpkg-deb, builds modules.dep with busybox depmod and extracts the
 // uncompressed vmlinux (booted through PVH, faster than the bzImage under
@@ -95,7 +96,7 @@ func main() {
 	}
 
 	var (
-		series    = flag.String("kernel", "6.1", "kernel series to boot: 6.1 or 5.10")
+		series    = flag.String("kernel", "6.1", "kernel series to boot: 6.1, 5.10 (the tests' two) or 6.12")
 		kernelDir = flag.String("kernel-dir", "", "prepared kernel directory to boot (overrides -kernel)")
 		refresh   = flag.Bool("refresh", false, "look for a newer kernel package even when one is cached")
 		printDir  = flag.Bool("print-kernel-dir", false, "prepare the kernel, print its directory and exit")
