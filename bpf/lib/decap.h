@@ -57,9 +57,9 @@ struct overlay_headers {
  * uplink (HOOK_FROM_NETDEV): GSO packets (bpf_skb_adjust_room would have
  * to rewrite their tunnel GSO type, which older kernels cannot),
  * fragments, outer headers with a wrong IP checksum or any UDP checksum
- * (the stack verifies, and drops, them), unknown senders, inner frames that are not IPv4 or not for a
- * local pod: the stack hands those to the VXLAN device, and from_overlay
- * decides them there.
+ * (the stack verifies them, and drops what is damaged), unknown senders,
+ * inner frames that are not IPv4 or not for a local pod: the stack hands
+ * those to the VXLAN device, and from_overlay decides them there.
  *
  * It spares a decapsulated packet the host's UDP socket lookup, the VXLAN
  * device's receive, its GRO cell (another softirq pass) and a second tc
@@ -91,7 +91,8 @@ __noinline int overlay_decap4(struct __sk_buff *skb)
 	/* The stack checks what it takes apart; so does this. A UDP
 	 * checksum is left to the stack to verify: podpath's nodes send
 	 * none, as the kernel's VXLAN devices by default. */
-	if (o->udp.check || csum_fold32(bpf_csum_diff(0, 0, (__be32 *)((__u8 *)o + ETH_HLEN), sizeof(o->ip), 0)))
+	if (o->udp.check ||
+	    csum_fold32(bpf_csum_diff(0, 0, (__be32 *)((__u8 *)o + ETH_HLEN), sizeof(o->ip), 0)))
 		return HOOK_FROM_NETDEV;
 	node.addr[0] = o->ip.daddr;
 	saddr = o->ip.saddr;
