@@ -5,8 +5,10 @@
  *      like, externalTrafficPolicy Cluster) leaves with the node's address
  *      and a port of its own (lib/snat.h), as it would through the uplink,
  *      and the later fragments of its datagram with what the first got;
- *   2. pods' packets arrive with their tunnel key already set by from_pod
- *      (lib/peer.h) and pass, at once when from_pod marked them;
+ *   2. pods' packets that from_pod did not encapsulate itself (GSO ones,
+ *      a node whose neighbour is not resolved yet, kernels before 5.11)
+ *      arrive with their tunnel key already set (lib/peer.h) and pass,
+ *      at once when from_pod marked them;
  *   3. the node's own packets, routed here by the kernel routes podpath
  *      keeps for other nodes' pod CIDRs, get their key here from the same
  *      peers map (and a pod's packet the stack routed here, too large for
@@ -69,7 +71,7 @@ int to_overlay(struct __sk_buff *skb)
 		p = peer_lookup4(f.daddr);
 		if (!p || !(p->flags & PEER_F_TUNNEL))
 			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_NO_PEER, TC_ACT_SHOT);
-		if (peer_set_tunnel4(skb, p, f.saddr) < 0)
+		if (peer_set_tunnel4(skb, p, tunnel_vni4(p, f.saddr)) < 0)
 			return verdict(skb, HOOK_TO_OVERLAY, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
 	}
 	if (masq)

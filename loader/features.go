@@ -26,6 +26,11 @@ type Features struct {
 	// (SO_NETNS_COOKIE, Linux 5.14). The socket load balancer needs it to
 	// tell the node's sockets from pods'.
 	NetnsCookie bool `json:"netnsCookie"`
+	// OverlayEncap: bpf_skb_adjust_room makes room for an Ethernet frame
+	// in VXLAN (BPF_F_ADJ_ROOM_ENCAP_L2_ETH, Linux 5.11), so from_pod
+	// puts the overlay's outer headers on itself; without it the VXLAN
+	// device does.
+	OverlayEncap bool `json:"overlayEncap"`
 }
 
 // TCMechanism names how tc programs are attached on this kernel.
@@ -76,7 +81,53 @@ func probe() (Features, error) {
 		return f, err
 	}
 	f.TCX = tcx
+	if f.OverlayEncap, err = probeOverlayEncap(); err != nil {
+		return f, err
+	}
 	return f, nil
+}
+
+// Flags of bpf_skb_adjust_room (linux/bpf.h) as bpf/lib/peer.h makes room
+// for the overlay's headers.
+const (
+	adjRoomMAC           = 1
+	adjRoomEncapL3IPv4   = 1 << 1
+	adjRoomEncapL4UDP    = 1 << 4
+	adjRoomEncapL2Eth    = 1 << 6
+	adjRoomEncapL2Shift  = 56
+	overlayEncapRoom     = 50 // outer IPv4, UDP, VXLAN and the inner Ethernet header
+	overlayEncapL2Length = 14
+)
+
+// probeOverlayEncap runs bpf_skb_adjust_room with the overlay's flags on a
+// small UDP packet: a kernel without one of them refuses them all.
+func probeOverlayEncap() (bool, error) {
+	flags := uint64(adjRoomEncapL3IPv4 | adjRoomEncapL4UDP | adjRoomEncapL2Eth |
+		overlayEncapL2Length<<adjRoomEncapL2Shift)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.SchedCLS,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R2, overlayEncapRoom),
+			asm.Mov.Imm(asm.R3, adjRoomMAC),
+			asm.LoadImm(asm.R4, int64(flags), asm.DWord),
+			asm.FnSkbAdjustRoom.Call(),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return false, fmt.Errorf("probe overlay encapsulation: load probe program: %w", err)
+	}
+	defer prog.Close()
+	// Ethernet, IPv4 (20 bytes, UDP) and UDP headers with 18 bytes of data.
+	frame := make([]byte, 14+20+8+18)
+	frame[12], frame[13] = 0x08, 0x00
+	frame[14], frame[14+3], frame[14+8], frame[14+9] = 0x45, 20+8+18, 64, unix.IPPROTO_UDP
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		return false, fmt.Errorf("probe overlay encapsulation: run probe program: %w", err)
+	}
+	return ret == 0, nil
 }
 
 // probeTCX asks the kernel for a tcx link on interface 0: a kernel with tcx

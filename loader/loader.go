@@ -425,9 +425,33 @@ func sizeMaps(spec *ebpf.CollectionSpec, c Config) error {
 			return fmt.Errorf("set %s: %w", maps.VarMaglevTableSize, err)
 		}
 	}
-	if v, ok := spec.Variables[maps.VarOverlayPort]; ok && c.Routing == RoutingVXLAN {
-		if err := v.Set(overlayPortBE(c.VXLANPort)); err != nil {
+	if c.Routing != RoutingVXLAN {
+		return nil
+	}
+	addr, err := overlayAddr(c)
+	if err != nil {
+		return err
+	}
+	// Where the kernel cannot make the room, from_pod does not try: the
+	// overlay device encapsulates every packet.
+	if f, err := Probe(); err != nil || !f.OverlayEncap {
+		addr = netip.Addr{}
+	}
+	return setOverlayVars(spec, c.VXLANPort, addr)
+}
+
+// setOverlayVars gives the programs of spec that read them the node's
+// VXLAN port and its address in the overlay (none: addr not valid, and
+// from_pod leaves encapsulation to the overlay device).
+func setOverlayVars(spec *ebpf.CollectionSpec, port uint16, addr netip.Addr) error {
+	if v, ok := spec.Variables[maps.VarOverlayPort]; ok {
+		if err := v.Set(overlayPortBE(port)); err != nil {
 			return fmt.Errorf("set %s: %w", maps.VarOverlayPort, err)
+		}
+	}
+	if v, ok := spec.Variables[maps.VarOverlayAddr]; ok && addr.Is4() {
+		if err := v.Set(addr.As4()); err != nil {
+			return fmt.Errorf("set %s: %w", maps.VarOverlayAddr, err)
 		}
 	}
 	return nil

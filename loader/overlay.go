@@ -68,6 +68,22 @@ func overlayMAC(a netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x0e, 0x70, b[0], b[1], b[2], b[3]}
 }
 
+// overlayAddr is the node's address in the overlay: the outer source of
+// what it encapsulates, the address peers know it by (the SNAT address, or
+// else the uplink's first).
+func overlayAddr(c Config) (netip.Addr, error) {
+	if c.SNATAddr.Is4() {
+		return c.SNATAddr, nil
+	}
+	if a, ok := firstUplinkAddr(c); ok && a.Is4() {
+		return a, nil
+	}
+	if len(c.Uplinks) == 0 {
+		return netip.Addr{}, fmt.Errorf("routing %s needs an uplink", RoutingVXLAN)
+	}
+	return netip.Addr{}, fmt.Errorf("routing %s: uplink %s has no IPv4 address", RoutingVXLAN, c.Uplinks[0])
+}
+
 // ensureOverlay creates (or keeps) the overlay device: VXLAN in external
 // mode on the node's port, its MTU the uplink's less the overhead, its MAC
 // derived from the node's address (bpf/lib/peer.h), no ARP (from_overlay
@@ -80,11 +96,9 @@ func ensureOverlay(c Config, progs map[string]*ebpf.Program) error {
 		return fmt.Errorf("routing %s needs an uplink: %w", RoutingVXLAN, err)
 	}
 	mtu -= VXLANOverhead
-	addr, ok := c.SNATAddr, c.SNATAddr.IsValid()
-	if !ok {
-		if addr, ok = firstUplinkAddr(c); !ok {
-			return fmt.Errorf("routing %s: uplink %s has no IPv4 address", RoutingVXLAN, c.Uplinks[0])
-		}
+	addr, err := overlayAddr(c)
+	if err != nil {
+		return err
 	}
 	mac := overlayMAC(addr)
 	if l, err := netlink.LinkByName(OverlayDevice); err == nil {

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
 	"sort"
 	"strconv"
@@ -61,17 +62,16 @@ func Verify() ([]VerifierStats, error) {
 		}
 		all[name] = one
 	}
-	// The uplink's programs take other ways with the overlay: verified
-	// as the loader builds them in vxlan mode too, under their name and
-	// OverlaySuffix.
-	for _, name := range []string{maps.ProgFromNetdev, maps.ProgToNetdev} {
+	// The uplink's programs and from_pod take other ways with the
+	// overlay: verified as the loader builds them in vxlan mode too, under
+	// their name and OverlaySuffix.
+	for _, name := range []string{maps.ProgFromNetdev, maps.ProgToNetdev, maps.ProgFromPod} {
 		one := all[name].Copy()
-		v, ok := one.Variables[maps.VarOverlayPort]
-		if !ok {
+		if _, ok := one.Variables[maps.VarOverlayPort]; !ok {
 			return nil, fmt.Errorf("%s has no variable %s", name, maps.VarOverlayPort)
 		}
-		if err := v.Set(overlayPortBE(DefaultVXLANPort)); err != nil {
-			return nil, fmt.Errorf("set %s: %w", maps.VarOverlayPort, err)
+		if err := setOverlayVars(one, DefaultVXLANPort, netip.MustParseAddr("192.0.2.1")); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		all[name+OverlaySuffix] = one
 	}

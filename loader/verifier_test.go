@@ -19,7 +19,7 @@ func TestVerifierBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"from_netdev", "from_netdev (overlay)", "from_overlay", "from_pod", "sock_connect4", "sock_getpeername4",
+	want := []string{"from_netdev", "from_netdev (overlay)", "from_overlay", "from_pod", "from_pod (overlay)", "sock_connect4", "sock_getpeername4",
 		"sock_recvmsg4", "sock_sendmsg4", "to_netdev", "to_netdev (overlay)", "to_overlay", "to_pod", "xdp_netdev"}
 	if len(stats) != len(want) {
 		t.Errorf("verified %d programs, want %d (%v)", len(stats), len(want), want)

@@ -57,6 +57,7 @@ const (
 	fromNetdevVarMaglevTableSize       = "maglev_table_size"
 	fromNetdevVarNatFlagsUnused        = "nat_flags_unused"
 	fromNetdevVarNatStatUnused         = "nat_stat_unused"
+	fromNetdevVarOverlayAddr           = "overlay_addr"
 	fromNetdevVarOverlayPort           = "overlay_port"
 	fromNetdevVarPeerFlagsUnused       = "peer_flags_unused"
 	fromNetdevVarPolicyDirectionUnused = "policy_direction_unused"
@@ -161,6 +162,7 @@ type fromNetdevVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -272,6 +274,7 @@ type fromNetdevVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

@@ -59,6 +59,7 @@ const (
 	fromNetdevDryVarMaglevTableSize       = "maglev_table_size"
 	fromNetdevDryVarNatFlagsUnused        = "nat_flags_unused"
 	fromNetdevDryVarNatStatUnused         = "nat_stat_unused"
+	fromNetdevDryVarOverlayAddr           = "overlay_addr"
 	fromNetdevDryVarOverlayPort           = "overlay_port"
 	fromNetdevDryVarPeerFlagsUnused       = "peer_flags_unused"
 	fromNetdevDryVarPolicyDirectionUnused = "policy_direction_unused"
@@ -165,6 +166,7 @@ type fromNetdevDryVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -280,6 +282,7 @@ type fromNetdevDryVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

@@ -59,6 +59,7 @@ const (
 	fromOverlayDryVarMaglevTableSize       = "maglev_table_size"
 	fromOverlayDryVarNatFlagsUnused        = "nat_flags_unused"
 	fromOverlayDryVarNatStatUnused         = "nat_stat_unused"
+	fromOverlayDryVarOverlayAddr           = "overlay_addr"
 	fromOverlayDryVarOverlayPort           = "overlay_port"
 	fromOverlayDryVarPeerFlagsUnused       = "peer_flags_unused"
 	fromOverlayDryVarPolicyDirectionUnused = "policy_direction_unused"
@@ -165,6 +166,7 @@ type fromOverlayDryVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -280,6 +282,7 @@ type fromOverlayDryVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

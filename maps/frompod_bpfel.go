@@ -531,6 +531,7 @@ const (
 	fromPodVarMaglevTableSize       = "maglev_table_size"
 	fromPodVarNatFlagsUnused        = "nat_flags_unused"
 	fromPodVarNatStatUnused         = "nat_stat_unused"
+	fromPodVarOverlayAddr           = "overlay_addr"
 	fromPodVarOverlayPort           = "overlay_port"
 	fromPodVarPeerFlagsUnused       = "peer_flags_unused"
 	fromPodVarPolicyDirectionUnused = "policy_direction_unused"
@@ -635,6 +636,7 @@ type fromPodVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -746,6 +748,7 @@ type fromPodVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

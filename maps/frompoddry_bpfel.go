@@ -59,6 +59,7 @@ const (
 	fromPodDryVarMaglevTableSize       = "maglev_table_size"
 	fromPodDryVarNatFlagsUnused        = "nat_flags_unused"
 	fromPodDryVarNatStatUnused         = "nat_stat_unused"
+	fromPodDryVarOverlayAddr           = "overlay_addr"
 	fromPodDryVarOverlayPort           = "overlay_port"
 	fromPodDryVarPeerFlagsUnused       = "peer_flags_unused"
 	fromPodDryVarPolicyDirectionUnused = "policy_direction_unused"
@@ -165,6 +166,7 @@ type fromPodDryVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -280,6 +282,7 @@ type fromPodDryVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

@@ -60,6 +60,11 @@ const VarMaglevTableSize = "maglev_table_size"
 // the node's own VXLAN packets pass at once (bpf/lib/peer.h).
 const VarOverlayPort = "overlay_port"
 
+// VarOverlayAddr is the programs' read-only copy of the node's address in
+// the overlay (network byte order; 0 without the overlay): from_pod puts
+// it on what it encapsulates itself as the outer source (bpf/lib/peer.h).
+const VarOverlayAddr = "overlay_addr"
+
 // VarTraceCapable is the programs' read-only switch of the trace events'
 // hooks (bpf/lib/events.h): 1 while tracing is on.
 const VarTraceCapable = "trace_capable"

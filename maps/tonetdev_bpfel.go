@@ -56,6 +56,7 @@ const (
 	toNetdevVarMaglevTableSize       = "maglev_table_size"
 	toNetdevVarNatFlagsUnused        = "nat_flags_unused"
 	toNetdevVarNatStatUnused         = "nat_stat_unused"
+	toNetdevVarOverlayAddr           = "overlay_addr"
 	toNetdevVarOverlayPort           = "overlay_port"
 	toNetdevVarPeerFlagsUnused       = "peer_flags_unused"
 	toNetdevVarPolicyDirectionUnused = "policy_direction_unused"
@@ -159,6 +160,7 @@ type toNetdevVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -268,6 +270,7 @@ type toNetdevVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

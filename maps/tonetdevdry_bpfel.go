@@ -58,6 +58,7 @@ const (
 	toNetdevDryVarMaglevTableSize       = "maglev_table_size"
 	toNetdevDryVarNatFlagsUnused        = "nat_flags_unused"
 	toNetdevDryVarNatStatUnused         = "nat_stat_unused"
+	toNetdevDryVarOverlayAddr           = "overlay_addr"
 	toNetdevDryVarOverlayPort           = "overlay_port"
 	toNetdevDryVarPeerFlagsUnused       = "peer_flags_unused"
 	toNetdevDryVarPolicyDirectionUnused = "policy_direction_unused"
@@ -163,6 +164,7 @@ type toNetdevDryVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -276,6 +278,7 @@ type toNetdevDryVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

@@ -55,6 +55,7 @@ const (
 	toOverlayVarLbAlgoUnused          = "lb_algo_unused"
 	toOverlayVarNatFlagsUnused        = "nat_flags_unused"
 	toOverlayVarNatStatUnused         = "nat_stat_unused"
+	toOverlayVarOverlayAddr           = "overlay_addr"
 	toOverlayVarOverlayPort           = "overlay_port"
 	toOverlayVarPeerFlagsUnused       = "peer_flags_unused"
 	toOverlayVarPolicyDirectionUnused = "policy_direction_unused"
@@ -157,6 +158,7 @@ type toOverlayVariableSpecs struct {
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -265,6 +267,7 @@ type toOverlayVariables struct {
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

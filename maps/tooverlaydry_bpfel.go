@@ -57,6 +57,7 @@ const (
 	toOverlayDryVarLbAlgoUnused          = "lb_algo_unused"
 	toOverlayDryVarNatFlagsUnused        = "nat_flags_unused"
 	toOverlayDryVarNatStatUnused         = "nat_stat_unused"
+	toOverlayDryVarOverlayAddr           = "overlay_addr"
 	toOverlayDryVarOverlayPort           = "overlay_port"
 	toOverlayDryVarPeerFlagsUnused       = "peer_flags_unused"
 	toOverlayDryVarPolicyDirectionUnused = "policy_direction_unused"
@@ -161,6 +162,7 @@ type toOverlayDryVariableSpecs struct {
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.VariableSpec `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
@@ -273,6 +275,7 @@ type toOverlayDryVariables struct {
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayAddr           *ebpf.Variable `ebpf:"overlay_addr"`
 	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`

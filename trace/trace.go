@@ -91,8 +91,12 @@ type Result struct {
 	Outcome string `json:"outcome"`
 	// Where says where, in words.
 	Where string `json:"where"`
-	// Final is the packet as it ends.
+	// Final is the packet as it ends; the one inside, when it leaves
+	// encapsulated by a program (Outer is then the VXLAN packet's).
 	Final Tuple `json:"final"`
+	// Outer is the VXLAN packet carrying Final, when a program
+	// encapsulated it.
+	Outer *Tuple `json:"outer,omitempty"`
 	// Notes are what a reader should know about this trace.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -267,7 +271,30 @@ func (t *Tracer) Trace(req Request) (*Result, error) {
 		res.Outcome, res.Where = "stopped", fmt.Sprintf("after %d hooks: a loop?", maxHops)
 	}
 	res.Final, _ = parseTuple(frame)
+	if inner := t.overlayInner(frame); inner != nil {
+		outer := res.Final
+		res.Outer = &outer
+		res.Final, _ = parseTuple(inner)
+	}
 	return res, nil
+}
+
+// overlayInner is the frame inside frame when frame is a VXLAN packet of
+// this node's overlay (IPv4 without options, UDP to the overlay's port,
+// the VNI flag set), nil otherwise.
+func (t *Tracer) overlayInner(frame []byte) []byte {
+	const outer = packet.EthHeaderLen + packet.IPv4HeaderLen + 8 + 8
+	if t.overlay == 0 || len(frame) < outer+packet.EthHeaderLen ||
+		binary.BigEndian.Uint16(frame[12:]) != packet.EthPIPv4 {
+		return nil
+	}
+	ip := frame[packet.EthHeaderLen:]
+	udp := ip[packet.IPv4HeaderLen:]
+	if ip[0] != 0x45 || ip[9] != packet.ProtoUDP || binary.BigEndian.Uint16(udp[2:]) != t.cfg.VXLANPort ||
+		udp[8] != 0x08 {
+		return nil
+	}
+	return frame[outer:]
 }
 
 // forget empties the conntrack entries of the previous trace.
@@ -549,7 +576,7 @@ func (t *Tracer) afterRedirect(res *Result, n maps.TraceNote, from stage, tunnel
 func (t *Tracer) egress(res *Result, ifindex, iif int, tunnel [2]uint32) stage {
 	switch {
 	case t.uplinks[ifindex]:
-		return stage{hook: maps.ProgToNetdev, ifindex: ifindex, iif: iif}
+		return stage{hook: maps.ProgToNetdev, ifindex: ifindex, iif: iif, tunnel: tunnel}
 	case ifindex == t.overlay && ifindex != 0:
 		return stage{hook: maps.ProgToOverlay, ifindex: ifindex, iif: iif, tunnel: tunnel}
 	}
@@ -569,6 +596,11 @@ func (t *Tracer) leaves(res *Result, st stage, tunnel [2]uint32) {
 		res.Outcome, res.Where = "delivered", fmt.Sprintf("into pod %s through %s", ep.IP, dev)
 	case maps.ProgToOverlay:
 		res.Outcome, res.Where = "sent", fmt.Sprintf("encapsulated by %s towards node %s (VNI %d)", dev, addrOf(tunnel[0]), tunnel[1])
+	case maps.ProgToNetdev:
+		res.Outcome, res.Where = "sent", "out of "+dev
+		if st.tunnel[0] != 0 {
+			res.Where = fmt.Sprintf("out of %s, encapsulated by %s towards node %s (VNI %d)", dev, maps.ProgFromPod, addrOf(st.tunnel[0]), st.tunnel[1])
+		}
 	default:
 		res.Outcome, res.Where = "sent", "out of "+dev
 	}

@@ -28,13 +28,20 @@ static __always_inline void count(enum reason reason, enum hook hook, __u32 byte
 	val->bytes += bytes;
 }
 
-/* account counts a tc program's packet that reason lets live, and raises
+/* account_bytes counts a tc program's packet that reason lets live as
+ * bytes long (what it was before the program encapsulated it), and raises
  * its trace event when tracing is on (lib/events.h). */
-static __always_inline void account(struct __sk_buff *skb, enum reason reason, enum hook hook)
+static __always_inline void account_bytes(struct __sk_buff *skb, enum reason reason, enum hook hook, __u32 bytes)
 {
-	count(reason, hook, skb->len);
+	count(reason, hook, bytes);
 	if (TRACE_EVENTS && tracing())
 		event_trace_skb(skb, hook, reason);
+}
+
+/* account counts a tc program's packet that reason lets live. */
+static __always_inline void account(struct __sk_buff *skb, enum reason reason, enum hook hook)
+{
+	account_bytes(skb, reason, hook, skb->len);
 }
 
 /* verdict counts the packet, raises a drop event for a drop or a trace

@@ -63,19 +63,15 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 	if (ip->ttl <= 1)
 		return verdict(skb, hook, REASON_DROP_TTL_EXCEEDED, TC_ACT_SHOT);
 	if (peer) {
+		__u32 bytes = skb->len;
+
 		trace_note(TRACE_PEER, peer->node_addr[0], peer->flags, 0);
-		ret = forward_peer4(skb, eth, ip, peer, &reason);
+		ret = forward_peer4(skb, eth, ip, peer, &reason, hook == HOOK_FROM_POD);
 		if (ret == FORWARD_PEER_TUNNEL_FAILED)
 			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
-		account(skb, reason, hook);
+		account_bytes(skb, reason, hook, bytes);
 		if (ret == TC_ACT_REDIRECT && hook == HOOK_FROM_POD)
 			skb->mark = MARK_PEER_FORWARDED;
-		/* Handed to the stack, it is routed there, TTL and all. */
-		if (ret != TC_ACT_OK) {
-			ip = header_at(skb, ETH_HLEN, struct iphdr);
-			if (ip)
-				ipv4_decrease_ttl(ip);
-		}
 		return ret;
 	}
 	ipv4_decrease_ttl(ip);

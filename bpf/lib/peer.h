@@ -7,6 +7,8 @@
 #include "counters.h"
 #include "endpoints.h"
 #include "flow.h"
+#include "csum.h"
+#include "vxlan.h"
 
 /* A node's overlay device has MAC 0e:70 followed by its IPv4 address, so a
  * frame encapsulated here can be addressed to the device that receives it.
@@ -86,29 +88,152 @@ static __always_inline __u32 vni_network(__u32 vni)
 	return vni >= NETWORK_VNI_BASE ? vni : 0;
 }
 
-/* peer_set_tunnel4 gives the packet its encapsulation towards p: the
- * overlay device's xmit reads the outer destination and VNI from it. A
- * packet from a pod of a network carries the network's id as its VNI
- * (NETWORK_VNI_BASE and up), so the receiving node can keep networks
- * apart; any other packet carries the node's VNI. The key's size stops
- * before local_ipv4 (6.0): older kernels accept only their own size, and
- * every kernel the shorter one. */
-static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct peer *p, __be32 saddr)
+/* Set by the loader on a node with the overlay: the node's own address
+ * (network byte order), the outer source of what from_pod encapsulates
+ * itself; 0 leaves all encapsulation to the overlay device. */
+volatile const __u32 overlay_addr = 0;
+
+/* tunnel_vni4 is the VNI a packet from saddr carries to p: a pod of a
+ * network sends the network's id (NETWORK_VNI_BASE and up), so the
+ * receiving node can keep networks apart; any other sender the node's. */
+static __always_inline __u32 tunnel_vni4(const struct peer *p, __be32 saddr)
 {
 	struct endpoint_info *src = endpoint_lookup4(saddr);
+
+	return src && src->network >= NETWORK_VNI_BASE ? src->network : p->vni;
+}
+
+/* peer_set_tunnel4 gives the packet its encapsulation towards p: the
+ * overlay device's xmit reads the outer destination and VNI from it. The
+ * key's size stops before local_ipv4 (6.0): older kernels accept only
+ * their own size, and every kernel the shorter one. */
+static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct peer *p, __u32 vni)
+{
 	struct bpf_tunnel_key key = {};
 
 	key.remote_ipv4 = bpf_ntohl(p->node_addr[0]);
-	key.tunnel_id = src && src->network >= NETWORK_VNI_BASE ? src->network : p->vni;
+	key.tunnel_id = vni;
 	key.tunnel_ttl = 64;
 	trace_note(TRACE_TUNNEL, p->node_addr[0], key.tunnel_id, 0);
 	return (int)bpf_skb_set_tunnel_key(skb, &key, __builtin_offsetof(struct bpf_tunnel_key, local_ipv4),
 					   BPF_F_ZERO_CSUM_TX);
 }
 
-/* forward_peer4 sends a routed (TTL already decremented) packet on to the
- * node p names. Encapsulated: the tunnel key is set and the packet
- * redirected to the overlay device's egress. Routed: the FIB's route
+/* The outer UDP source port spreads a node's flows over the receiver's
+ * queues, as the kernel's VXLAN device does: the flow's hash, scaled into
+ * the default ephemeral range. */
+#define OVERLAY_SPORT_MIN 32768
+#define OVERLAY_SPORT_MAX 61000
+
+static __always_inline __be16 overlay_sport(struct __sk_buff *skb)
+{
+	__u32 hash = bpf_get_hash_recalc(skb);
+
+	hash ^= hash << 16;
+	return bpf_htons((__u16)((((__u64)hash * (OVERLAY_SPORT_MAX - OVERLAY_SPORT_MIN)) >> 32) +
+				 OVERLAY_SPORT_MIN));
+}
+
+/* The room encapsulation makes, described as the overlay device's xmit
+ * leaves an encapsulated packet: outer IPv4 and UDP, then VXLAN and the
+ * inner Ethernet header (its length in the flags), the inner protocol
+ * Ethernet; the packet's inner headers are set from its own, so that a
+ * device offloading the inner checksum finds them.
+ * BPF_F_ADJ_ROOM_ENCAP_L2_ETH is 5.11's: older kernels refuse the flags
+ * (the loader then leaves overlay_addr 0: loader.Features.OverlayEncap). */
+#define OVERLAY_ENCAP_FLAGS                                                                \
+	(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) | \
+	 BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
+
+/* overlay_encap4's answer when the packet is to take the overlay device
+ * instead, untouched:
+ *   - a GSO packet: the device's output segments it and, on a path the
+ *     node knows to be narrower, fragments the segments, where the FIB's
+ *     check cannot see a GSO packet's segment size;
+ *   - no route to the node with its neighbour known (the device's output
+ *     resolves the neighbour, and the packets after it are encapsulated
+ *     here);
+ *   - an outer packet larger than the route to the node takes (the device
+ *     fragments it: the overlay's packets carry no DF);
+ *   - a kernel that refuses the flags. */
+#define ENCAP_USE_DEVICE 1
+
+/* What the forwarding functions return for a packet to be dropped as one
+ * whose encapsulation failed. */
+#define FORWARD_PEER_TUNNEL_FAILED (-2)
+
+/* overlay_encap4 encapsulates a pod's packet towards p in the program
+ * itself and redirects it out of the uplink the FIB gives, sparing it
+ * the overlay device's xmit, its route and the node's IP output (the
+ * output hooks included) and a second tc program. The packet is what the
+ * device would have made of it: the outer source is the node's address,
+ * a random IP id and no DF (the underlay may fragment what does not
+ * fit), TTL 64, the ECN bits of the inner header, the UDP source port
+ * from the flow's hash, no UDP checksum, the VNI vni. The inner Ethernet
+ * header (overlay_macs) is already written. */
+static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct peer *p, __u32 vni,
+					  __u8 tos, __u16 tot_len, enum reason *reason)
+{
+	struct bpf_fib_lookup fib = {};
+	struct overlay_headers *h;
+	__be16 sport;
+	__u32 csum;
+
+	if (skb->gso_size)
+		return ENCAP_USE_DEVICE;
+	fib.family = AF_INET;
+	fib.ipv4_src = overlay_addr;
+	fib.ipv4_dst = p->node_addr[0];
+	fib.ifindex = skb->ingress_ifindex;
+	fib.tot_len = tot_len + OVERLAY_POP_LEN;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return ENCAP_USE_DEVICE;
+	sport = overlay_sport(skb);
+	if (bpf_skb_adjust_room(skb, OVERLAY_POP_LEN, BPF_ADJ_ROOM_MAC, OVERLAY_ENCAP_FLAGS) < 0)
+		return ENCAP_USE_DEVICE;
+	h = header_at(skb, 0, struct overlay_headers);
+	if (!h)
+		return FORWARD_PEER_TUNNEL_FAILED;
+	/* The room opens after the first 14 bytes, the inner Ethernet
+	 * header: copied to the room's end, and the outer headers written
+	 * in front of it. */
+	__builtin_memcpy(&h->eth, &h->outer.eth, ETH_HLEN);
+	__builtin_memcpy(h->outer.eth.h_dest, fib.dmac, ETH_ALEN_BYTES);
+	__builtin_memcpy(h->outer.eth.h_source, fib.smac, ETH_ALEN_BYTES);
+	h->outer.eth.h_proto = bpf_htons(ETH_P_IP);
+	h->outer.ip.version = 4;
+	h->outer.ip.ihl = 5;
+	h->outer.ip.tos = (tos & 3) == 3 ? 2 : tos & 3;
+	h->outer.ip.tot_len = bpf_htons(skb->len - ETH_HLEN);
+	h->outer.ip.id = (__be16)bpf_get_prandom_u32();
+	h->outer.ip.frag_off = 0;
+	h->outer.ip.ttl = 64;
+	h->outer.ip.protocol = IPPROTO_UDP;
+	h->outer.ip.check = 0;
+	h->outer.ip.saddr = overlay_addr;
+	h->outer.ip.daddr = p->node_addr[0];
+	csum = bpf_csum_diff(0, 0, (__be32 *)((__u8 *)h + ETH_HLEN), sizeof(h->outer.ip), 0);
+	h->outer.ip.check = csum_fold32(csum);
+	h->outer.udp.source = sport;
+	h->outer.udp.dest = overlay_port;
+	h->outer.udp.len = bpf_htons(skb->len - ETH_HLEN - sizeof(h->outer.ip));
+	h->outer.udp.check = 0;
+	h->vx.flags = VXLAN_FLAG_VNI;
+	h->vx.reserved[0] = 0;
+	h->vx.reserved[1] = 0;
+	h->vx.reserved[2] = 0;
+	h->vx.vni = bpf_htonl(vni << 8);
+	trace_note(TRACE_TUNNEL, p->node_addr[0], vni, fib.ifindex);
+	*reason = REASON_FORWARD_TUNNEL;
+	return redirect_egress(fib.ifindex);
+}
+
+/* forward_peer4 sends a packet on to the node p names, routed one hop: its
+ * TTL is decremented when it is sent on, not when the stack gets it (and
+ * routes it, TTL and all). Encapsulated: from_pod (encap) puts the outer
+ * headers on itself (overlay_encap4) where it can; otherwise the tunnel
+ * key is set and the packet redirected to the overlay device's egress.
+ * Routed: the FIB's route
  * towards the node gives the device and, with the neighbour known, the
  * MACs; otherwise bpf_redirect_neigh resolves the node's. A packet larger
  * than the path takes (not GSO) goes to the stack instead, which
@@ -125,23 +250,62 @@ static __always_inline int peer_set_tunnel4(struct __sk_buff *skb, const struct 
  * snat_new_mapping4, and the two together passed the 512 bytes of stack a
  * call chain may use. Apart, neither frame passes 128 bytes, which 6.1's
  * verifier adds, rounded up to 32, to from_overlay's 360. */
-#define FORWARD_PEER_TUNNEL_FAILED (-2)
+
+/* tunnel_fits4 says whether a packet of tot_len fits p's overlay MTU; a
+ * GSO packet leaves as segments that do. */
+static __always_inline int tunnel_fits4(struct __sk_buff *skb, const struct peer *p, __u16 tot_len)
+{
+	return skb->gso_size || !p->mtu || tot_len <= p->mtu;
+}
+
+/* tunnel_device4 hands the packet to the overlay device to encapsulate. */
+static __always_inline int tunnel_device4(struct __sk_buff *skb, const struct peer *p, __u32 vni,
+					  enum reason *reason)
+{
+	if (peer_set_tunnel4(skb, p, vni) < 0)
+		return FORWARD_PEER_TUNNEL_FAILED;
+	*reason = REASON_FORWARD_TUNNEL;
+	return redirect_egress(p->ifindex);
+}
 
 static __noinline __attribute__((unused)) int forward_tunnel4(struct __sk_buff *skb, struct ethhdr *eth,
 							      struct iphdr *ip, const struct peer *p,
 							      enum reason *reason)
 {
-	__u16 tot_len = bpf_ntohs(ip->tot_len);
-
-	if (!skb->gso_size && p->mtu && tot_len > p->mtu) {
+	if (!tunnel_fits4(skb, p, bpf_ntohs(ip->tot_len))) {
 		*reason = REASON_TO_STACK_MTU;
 		return TC_ACT_OK;
 	}
+	ipv4_decrease_ttl(ip);
 	overlay_macs(eth, p->node_addr[0]);
-	if (peer_set_tunnel4(skb, p, ip->saddr) < 0)
-		return FORWARD_PEER_TUNNEL_FAILED;
-	*reason = REASON_FORWARD_TUNNEL;
-	return redirect_egress(p->ifindex);
+	return tunnel_device4(skb, p, tunnel_vni4(p, ip->saddr), reason);
+}
+
+/* forward_encap4 is forward_tunnel4 for from_pod: the packet is
+ * encapsulated in the program where the node has its overlay address. */
+static __noinline __attribute__((unused)) int forward_encap4(struct __sk_buff *skb, struct ethhdr *eth,
+							     struct iphdr *ip, const struct peer *p,
+							     enum reason *reason)
+{
+	__u16 tot_len = bpf_ntohs(ip->tot_len);
+	__u32 vni;
+	__u8 tos;
+	int ret;
+
+	if (!tunnel_fits4(skb, p, tot_len)) {
+		*reason = REASON_TO_STACK_MTU;
+		return TC_ACT_OK;
+	}
+	ipv4_decrease_ttl(ip);
+	overlay_macs(eth, p->node_addr[0]);
+	vni = tunnel_vni4(p, ip->saddr);
+	tos = ip->tos;
+	if (overlay_addr) {
+		ret = overlay_encap4(skb, p, vni, tos, tot_len, reason);
+		if (ret != ENCAP_USE_DEVICE)
+			return ret;
+	}
+	return tunnel_device4(skb, p, vni, reason);
 }
 
 static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *skb, struct ethhdr *eth,
@@ -162,11 +326,13 @@ static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
+		ipv4_decrease_ttl(ip);
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN_BYTES);
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN_BYTES);
 		*reason = REASON_FORWARD_ROUTED;
 		return redirect_egress(fib.ifindex);
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		ipv4_decrease_ttl(ip);
 		nh.nh_family = AF_INET;
 		nh.ipv4_nh = p->node_addr[0];
 		*reason = REASON_FORWARD_ROUTED;
@@ -183,8 +349,10 @@ static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *
 }
 
 static __always_inline int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
-					 const struct peer *p, enum reason *reason)
+					 const struct peer *p, enum reason *reason, int encap)
 {
+	if ((p->flags & PEER_F_TUNNEL) && encap)
+		return forward_encap4(skb, eth, ip, p, reason);
 	if (p->flags & PEER_F_TUNNEL)
 		return forward_tunnel4(skb, eth, ip, p, reason);
 	return forward_routed4(skb, eth, ip, p, reason);

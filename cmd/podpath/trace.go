@@ -105,6 +105,9 @@ func printTrace(w io.Writer, r *trace.Result) {
 	}
 	fmt.Fprintf(w, "%s %s\n", r.Outcome, r.Where)
 	fmt.Fprintf(w, "as: %s\n", r.Final)
+	if r.Outer != nil {
+		fmt.Fprintf(w, "in: %s (VXLAN)\n", r.Outer)
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}

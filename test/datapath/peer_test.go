@@ -82,7 +82,14 @@ func putPeers(t *testing.T, m *ebpf.Map, entries ...peerEntry) {
 // newPeerDatapath is from_pod with pods A and B and the given peers.
 func newPeerDatapath(t *testing.T, entries ...peerEntry) *datapath {
 	t.Helper()
-	n := loadNode(t, []string{maps.ProgFromPod}, nil, 0)
+	return newPeerDatapathVars(t, nil, entries...)
+}
+
+// newPeerDatapathVars is newPeerDatapath with from_pod's read-only
+// variables set (loadNodeVars).
+func newPeerDatapathVars(t *testing.T, vars map[string]any, entries ...peerEntry) *datapath {
+	t.Helper()
+	n := loadNodeVars(t, []string{maps.ProgFromPod}, nil, 0, vars)
 	d := &datapath{
 		fromPod:   n.Programs[maps.ProgFromPod],
 		endpoints: maps.NewEndpoints(n.Maps[maps.MapEndpoints]),

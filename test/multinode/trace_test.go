@@ -282,6 +282,9 @@ func TestTraceAgreesWithTraffic(t *testing.T) {
 			if mode == "vxlan" {
 				egress = "to_overlay"
 			}
+			// A pod's packets for another node leave through the uplink
+			// in both modes: from_pod encapsulates them itself.
+			podEgress := "to_netdev"
 			ingress := "from_netdev"
 			if mode == "vxlan" {
 				ingress = "from_overlay"
@@ -290,9 +293,20 @@ func TestTraceAgreesWithTraffic(t *testing.T) {
 			t.Run("pod to pod on another node", func(t *testing.T) {
 				dst := netip.AddrPortFrom(b1.pod.IP, backendPort)
 				r := traceQuiet(t, c, 0, trace.Request{From: client.IP.String(), To: dst, Proto: "tcp"})
-				expectTrace(t, r, "sent", "", "from_pod(redirect) -> "+egress+"(pass)", dst)
+				where := ""
+				if mode == "vxlan" {
+					where = "encapsulated by from_pod towards node " + c.nodes[1].Address.String()
+				}
+				expectTrace(t, r, "sent", where, "from_pod(redirect) -> "+podEgress+"(pass)", dst)
 				if r.Final.Src.Addr() != client.IP {
 					t.Errorf("trace: the packet leaves from %s, want the pod's own %s (no NAT between pods)", r.Final.Src, client.IP)
+				}
+				switch {
+				case mode != "vxlan" && r.Outer != nil:
+					t.Errorf("trace: routed directly, the packet leaves encapsulated in %s", r.Outer)
+				case mode == "vxlan" && (r.Outer == nil || r.Outer.Src.Addr() != c.nodes[0].Address || r.Outer.Dst.Addr() != c.nodes[1].Address ||
+					r.Outer.Dst.Port() != loader.DefaultVXLANPort || r.Outer.Proto != "udp"):
+					t.Errorf("trace: encapsulated as %v, want UDP from %s to %s port %d", r.Outer, c.nodes[0].Address, c.nodes[1].Address, loader.DefaultVXLANPort)
 				}
 				// The same packet as the backend's node receives it.
 				r = traceQuiet(t, c, 1, trace.Request{From: client.IP.String(), To: dst, Proto: "tcp"})
@@ -341,7 +355,7 @@ func TestTraceAgreesWithTraffic(t *testing.T) {
 					if want == nil || r.Final.Dst.Port() != backendPort {
 						t.Fatalf("trace from port %d: ends at %s (%s %s), no backend of the service", sport, r.Final.Dst, r.Outcome, r.Where)
 					}
-					path := "from_pod(redirect) -> " + egress + "(pass)"
+					path := "from_pod(redirect) -> " + podEgress + "(pass)"
 					outcome, where := "sent", ""
 					if want == bLocal {
 						path, outcome, where = "from_pod(redirect)", "delivered", "into pod "+bLocal.pod.IP.String()
