@@ -57,6 +57,7 @@ const (
 	toPodVarMaglevTableSize       = "maglev_table_size"
 	toPodVarNatFlagsUnused        = "nat_flags_unused"
 	toPodVarNatStatUnused         = "nat_stat_unused"
+	toPodVarOverlayPort           = "overlay_port"
 	toPodVarPeerFlagsUnused       = "peer_flags_unused"
 	toPodVarPolicyDirectionUnused = "policy_direction_unused"
 	toPodVarReasonUnused          = "reason_unused"
@@ -160,6 +161,7 @@ type toPodVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
@@ -270,6 +272,7 @@ type toPodVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`

@@ -59,6 +59,7 @@ const (
 	toPodDryVarMaglevTableSize       = "maglev_table_size"
 	toPodDryVarNatFlagsUnused        = "nat_flags_unused"
 	toPodDryVarNatStatUnused         = "nat_stat_unused"
+	toPodDryVarOverlayPort           = "overlay_port"
 	toPodDryVarPeerFlagsUnused       = "peer_flags_unused"
 	toPodDryVarPolicyDirectionUnused = "policy_direction_unused"
 	toPodDryVarReasonUnused          = "reason_unused"
@@ -164,6 +165,7 @@ type toPodDryVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
@@ -278,6 +280,7 @@ type toPodDryVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`

@@ -56,6 +56,7 @@ const (
 	xdpNetdevVarMaglevTableSize       = "maglev_table_size"
 	xdpNetdevVarNatFlagsUnused        = "nat_flags_unused"
 	xdpNetdevVarNatStatUnused         = "nat_stat_unused"
+	xdpNetdevVarOverlayPort           = "overlay_port"
 	xdpNetdevVarPeerFlagsUnused       = "peer_flags_unused"
 	xdpNetdevVarPolicyDirectionUnused = "policy_direction_unused"
 	xdpNetdevVarReasonUnused          = "reason_unused"
@@ -158,6 +159,7 @@ type xdpNetdevVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
@@ -266,6 +268,7 @@ type xdpNetdevVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`

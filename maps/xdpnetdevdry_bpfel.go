@@ -58,6 +58,7 @@ const (
 	xdpNetdevDryVarMaglevTableSize       = "maglev_table_size"
 	xdpNetdevDryVarNatFlagsUnused        = "nat_flags_unused"
 	xdpNetdevDryVarNatStatUnused         = "nat_stat_unused"
+	xdpNetdevDryVarOverlayPort           = "overlay_port"
 	xdpNetdevDryVarPeerFlagsUnused       = "peer_flags_unused"
 	xdpNetdevDryVarPolicyDirectionUnused = "policy_direction_unused"
 	xdpNetdevDryVarReasonUnused          = "reason_unused"
@@ -162,6 +163,7 @@ type xdpNetdevDryVariableSpecs struct {
 	MaglevTableSize       *ebpf.VariableSpec `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.VariableSpec `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.VariableSpec `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.VariableSpec `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.VariableSpec `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.VariableSpec `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.VariableSpec `ebpf:"reason_unused"`
@@ -274,6 +276,7 @@ type xdpNetdevDryVariables struct {
 	MaglevTableSize       *ebpf.Variable `ebpf:"maglev_table_size"`
 	NatFlagsUnused        *ebpf.Variable `ebpf:"nat_flags_unused"`
 	NatStatUnused         *ebpf.Variable `ebpf:"nat_stat_unused"`
+	OverlayPort           *ebpf.Variable `ebpf:"overlay_port"`
 	PeerFlagsUnused       *ebpf.Variable `ebpf:"peer_flags_unused"`
 	PolicyDirectionUnused *ebpf.Variable `ebpf:"policy_direction_unused"`
 	ReasonUnused          *ebpf.Variable `ebpf:"reason_unused"`

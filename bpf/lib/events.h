@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "maps.h"
+#include "vxlan.h"
 
 #define EVENT_NSEC_PER_SEC 1000000000ULL
 /* A bucket refills for at most this long: bounds the arithmetic below
@@ -240,6 +241,35 @@ static __always_inline int tuple_has(const struct event_tuple *t, __be32 addr)
 	return t->saddr == addr || t->daddr == addr;
 }
 
+/* event_l3 is where the IP header a trace event describes starts: the
+ * inner one of a VXLAN packet of the overlay (IPv4 without options or
+ * fragmentation, UDP to the overlay port, an IPv4 frame inside), which
+ * from_pod may have just encapsulated, so that its event names the pods,
+ * as it did before; else the packet's own. */
+static __always_inline __u32 event_l3(struct __sk_buff *skb)
+{
+	__u8 h[sizeof(struct iphdr) + sizeof(struct udphdr)];
+	__be16 inner = 0;
+
+	if (!overlay_port || skb_bytes(skb, ETH_HLEN, h, sizeof(h)) < 0)
+		return ETH_HLEN;
+	if (h[0] != 0x45 || h[9] != IPPROTO_UDP || (h[6] & 0x3f) || h[7] ||
+	    *(__u16 *)&h[sizeof(struct iphdr) + 2] != overlay_port)
+		return ETH_HLEN;
+	if (skb_bytes(skb, ETH_HLEN + OVERLAY_POP_LEN - 2, &inner, 2) < 0 || inner != bpf_htons(ETH_P_IP))
+		return ETH_HLEN;
+	return ETH_HLEN + OVERLAY_POP_LEN;
+}
+
+/* skb_has_addr says whether the IPv4 header at l3 has addr as source or
+ * destination. */
+static __always_inline int skb_has_addr(struct __sk_buff *skb, __u32 l3, __be32 addr)
+{
+	__be32 addrs[2];
+
+	return skb_bytes(skb, l3 + 12, addrs, sizeof(addrs)) == 0 && (addrs[0] == addr || addrs[1] == addr);
+}
+
 /* event_trace_skb raises the trace event of a packet that reason lets
  * live at hook, when the filter selects it and the sample takes it. */
 static __noinline int event_trace_skb(struct __sk_buff *skb, __u32 hook, __u32 reason)
@@ -250,26 +280,27 @@ static __noinline int event_trace_skb(struct __sk_buff *skb, __u32 hook, __u32 r
 	struct event_tuple *orig = bpf_map_lookup_elem(&trace_orig, &zero);
 	struct event_tuple now = {};
 	struct event *e;
-	__be32 addrs[2];
 	__be16 proto = 0;
-	__u32 flags;
+	__u32 flags, l3 = ETH_HLEN;
 	int ip;
 
 	if (!cfg || !st || !orig)
 		return 0;
 	flags = cfg->trace_flags;
 	ip = skb_bytes(skb, 12, &proto, 2) == 0 && proto == bpf_htons(ETH_P_IP);
+	if (ip)
+		l3 = event_l3(skb);
 	/* The filter first, on what it needs: most packets are not traced. */
 	if (!(flags & TRACE_F_ALL) &&
 	    !((flags & TRACE_F_IFINDEX) && (skb->ifindex == cfg->trace_ifindex ||
 					    skb->ingress_ifindex == cfg->trace_ifindex)) &&
 	    !((flags & TRACE_F_ADDR) &&
-	      ((ip && skb_bytes(skb, ETH_HLEN + 12, addrs, 8) == 0 &&
-		(addrs[0] == cfg->trace_addr || addrs[1] == cfg->trace_addr)) ||
+	      ((ip && (skb_has_addr(skb, ETH_HLEN, cfg->trace_addr) ||
+		       (l3 != ETH_HLEN && skb_has_addr(skb, l3, cfg->trace_addr)))) ||
 	       tuple_has(orig, cfg->trace_addr))))
 		return 0;
 	if (ip)
-		event_fill(skb_bytes, skb, &now, ETH_HLEN);
+		event_fill(skb_bytes, skb, &now, l3);
 	st->matched++;
 	if (cfg->trace_sample > 1 && st->matched % cfg->trace_sample) {
 		st->sampled_out++;

@@ -41,10 +41,6 @@ static __always_inline void overlay_macs(struct ethhdr *eth, __be32 node)
  * routing decision or other namespace sees it. */
 #define MARK_PEER_FORWARDED 0x50500001
 
-/* Set by the loader on a node with the overlay: its VXLAN UDP port, in
- * network byte order; 0 without the overlay. */
-volatile const __u16 overlay_port = 0;
-
 /* overlay_outer4 says whether f is the node's own VXLAN traffic leaving
  * on the uplink (to_netdev): UDP from the node's address to the overlay
  * port, nothing there for podpath to translate. Arriving, such packets

@@ -12,6 +12,10 @@ struct vxlan_header {
 
 #define VXLAN_FLAG_VNI 0x08	/* the I flag: the VNI is valid */
 
+/* Set by the loader on a node with the overlay: its VXLAN UDP port, in
+ * network byte order; 0 without the overlay. */
+volatile const __u16 overlay_port = 0;
+
 /* The headers of an overlay packet up to the inner IP header's: the outer
  * Ethernet, IP (without options) and UDP headers, the VXLAN header and the
  * inner Ethernet header. Each part is checked through one pointer: the

@@ -24,6 +24,12 @@ import (
 // the loader sets them on a node whose address is the uplink's.
 func newEncapDatapath(t *testing.T, entries ...peerEntry) *datapath {
 	t.Helper()
+	d, _ := newEncapNode(t, entries...)
+	return d
+}
+
+func newEncapNode(t *testing.T, entries ...peerEntry) (*datapath, *progrun.Node) {
+	t.Helper()
 	vars := map[string]any{
 		maps.VarOverlayPort: networkOrder(vxlanPort),
 		maps.VarOverlayAddr: uplinkAddr.Addr().As4(),
@@ -196,6 +202,55 @@ func TestFromPodEncapsulationLeftToDevice(t *testing.T) {
 			expectBytes(t, "packet", out, tc.f.encapsulated(tc.node))
 			expectChecksums(t, out)
 			d.expectCounts(t, one("from_pod/forward_tunnel", in))
+		})
+	}
+}
+
+// A trace event names what the pod sent, not the VXLAN packet from_pod
+// made of it: tracing a pod's address, its packet to another node's pod
+// raises one event, from_pod forward_tunnel, whose tuple is the inner
+// one (the pods' addresses and ports, no "was": nothing was translated);
+// tracing the other node's address selects it too, by the outer header.
+func TestTraceEventOfEncapsulatedPacket(t *testing.T) {
+	requireIngressIfindex(t)
+	f, err := loader.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.OverlayEncap {
+		t.Skipf("this kernel cannot make the room (%s): from_pod does not encapsulate, and TestTraceEvents covers its events", f.Kernel)
+	}
+	peer := tunnelPeer(peerPodCIDR, peerNodeIP)
+	flow := udpFlow(podA.IP, 40750, remotePodIP, 53)
+	want := maps.Tuple{Src: podA.IP, Dst: remotePodIP, SrcPort: 40750, DstPort: 53, Proto: protoUDP}
+	for _, tc := range []struct {
+		name  string
+		trace maps.Trace
+	}{
+		{"the sending pod's address", maps.Trace{Addr: podA.IP}},
+		{"the receiving pod's address", maps.Trace{Addr: remotePodIP}},
+		{"the other node's address", maps.Trace{Addr: peerNodeIP}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, n := newEncapNode(t, peer, peer.nodeEntry())
+			e := &eventsNode{fromPod: d.fromPod, config: n.Maps[maps.MapEventConfig], state: n.Maps[maps.MapEventState],
+				ring: n.Maps[maps.MapEvents], counters: n.Maps[maps.MapCounters]}
+			e.start(t, 1000, 1000)
+			if err := maps.SetTraceMap(e.config, tc.trace); err != nil {
+				t.Fatal(err)
+			}
+			if ret, _ := d.runInFIBNetns(t, flow.sentBy(podA), func() error { return nil }); ret != tcActRedirect {
+				t.Fatalf("verdict %d, want TC_ACT_REDIRECT (%d)", ret, tcActRedirect)
+			}
+			evs := e.drain(t)
+			if len(evs) != 1 {
+				t.Fatalf("%d events, want 1: %+v", len(evs), evs)
+			}
+			ev := evs[0]
+			if ev.Kind != "trace" || ev.Hook.String() != "from_pod" || ev.Reason.String() != "forward_tunnel" ||
+				ev.Tuple != want || !ev.Orig.IsZero() {
+				t.Errorf("event %s %s %s %s (was %s), want trace from_pod forward_tunnel %s", ev.Kind, ev.Hook, ev.Reason, ev.Tuple, ev.Orig, want)
+			}
 		})
 	}
 }

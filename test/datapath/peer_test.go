@@ -82,12 +82,13 @@ func putPeers(t *testing.T, m *ebpf.Map, entries ...peerEntry) {
 // newPeerDatapath is from_pod with pods A and B and the given peers.
 func newPeerDatapath(t *testing.T, entries ...peerEntry) *datapath {
 	t.Helper()
-	return newPeerDatapathVars(t, nil, entries...)
+	d, _ := newPeerDatapathVars(t, nil, entries...)
+	return d
 }
 
 // newPeerDatapathVars is newPeerDatapath with from_pod's read-only
-// variables set (loadNodeVars).
-func newPeerDatapathVars(t *testing.T, vars map[string]any, entries ...peerEntry) *datapath {
+// variables set (loadNodeVars), and the node for its other maps.
+func newPeerDatapathVars(t *testing.T, vars map[string]any, entries ...peerEntry) (*datapath, *progrun.Node) {
 	t.Helper()
 	n := loadNodeVars(t, []string{maps.ProgFromPod}, nil, 0, vars)
 	d := &datapath{
@@ -101,7 +102,7 @@ func newPeerDatapathVars(t *testing.T, vars map[string]any, entries ...peerEntry
 		}
 	}
 	putPeers(t, n.Maps[maps.MapPeers], entries...)
-	return d
+	return d, n
 }
 
 // overlayMAC is the overlay device's MAC on the node with address a.
