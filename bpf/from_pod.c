@@ -17,6 +17,7 @@
  *      networks do not reach each other (lib/network.h: dropped); a
  *      translated reply to elsewhere is routed out by FIB lookup;
  *   5. everything else goes to the host stack. */
+#define OVERLAY_ENCAP_SELF 1	/* lib/peer.h: a pod's VXLAN packet is encapsulated here */
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/endpoints.h"

@@ -66,7 +66,7 @@ static __always_inline int forward4(struct __sk_buff *skb, int svc, enum hook ho
 		__u32 bytes = skb->len;
 
 		trace_note(TRACE_PEER, peer->node_addr[0], peer->flags, 0);
-		ret = forward_peer4(skb, eth, ip, peer, &reason, hook == HOOK_FROM_POD);
+		ret = forward_peer4(skb, eth, ip, peer, &reason);
 		if (ret == FORWARD_PEER_TUNNEL_FAILED)
 			return verdict(skb, hook, REASON_DROP_TUNNEL_FAILED, TC_ACT_SHOT);
 		account_bytes(skb, reason, hook, bytes);

@@ -89,6 +89,14 @@ static __always_inline __u32 vni_network(__u32 vni)
  * itself; 0 leaves all encapsulation to the overlay device. */
 volatile const __u32 overlay_addr = 0;
 
+/* A program that encapsulates pods' packets itself defines
+ * OVERLAY_ENCAP_SELF 1 before its includes (from_pod). The others leave
+ * encapsulation to the overlay device, whose egress program (to_overlay)
+ * also gives a frontend's packets the node's address. */
+#ifndef OVERLAY_ENCAP_SELF
+#define OVERLAY_ENCAP_SELF 0
+#endif
+
 /* tunnel_vni4 is the VNI a packet from saddr carries to p: a pod of a
  * network sends the network's id (NETWORK_VNI_BASE and up), so the
  * receiving node can keep networks apart; any other sender the node's. */
@@ -194,8 +202,8 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
 	 * header: copied to the room's end, and the outer headers written
 	 * in front of it. */
 	__builtin_memcpy(&h->eth, &h->outer.eth, ETH_HLEN);
-	__builtin_memcpy(h->outer.eth.h_dest, fib.dmac, ETH_ALEN_BYTES);
-	__builtin_memcpy(h->outer.eth.h_source, fib.smac, ETH_ALEN_BYTES);
+	mac_copy(h->outer.eth.h_dest, fib.dmac);
+	mac_copy(h->outer.eth.h_source, fib.smac);
 	h->outer.eth.h_proto = bpf_htons(ETH_P_IP);
 	h->outer.ip.version = 4;
 	h->outer.ip.ihl = 5;
@@ -226,12 +234,11 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
 
 /* forward_peer4 sends a packet on to the node p names, routed one hop: its
  * TTL is decremented when it is sent on, not when the stack gets it (and
- * routes it, TTL and all). Encapsulated: from_pod (encap) puts the outer
- * headers on itself (overlay_encap4) where it can; otherwise the tunnel
- * key is set and the packet redirected to the overlay device's egress.
- * Routed: the FIB's route
- * towards the node gives the device and, with the neighbour known, the
- * MACs; otherwise bpf_redirect_neigh resolves the node's. A packet larger
+ * routes it, TTL and all). Encapsulated: from_pod (OVERLAY_ENCAP_SELF)
+ * puts the outer headers on itself (overlay_encap4) where it can;
+ * otherwise the tunnel key is set and the packet redirected to the
+ * overlay device's egress. Routed: the FIB's route towards the node gives
+ * the device and, with the neighbour known, the MACs; otherwise bpf_redirect_neigh resolves the node's. A packet larger
  * than the path takes (not GSO) goes to the stack instead, which
  * fragments it or answers "fragmentation needed" along its own routes to
  * the peer.
@@ -247,61 +254,30 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
  * call chain may use. Apart, neither frame passes 128 bytes, which 6.1's
  * verifier adds, rounded up to 32, to from_overlay's 360. */
 
-/* tunnel_fits4 says whether a packet of tot_len fits p's overlay MTU; a
- * GSO packet leaves as segments that do. */
-static __always_inline int tunnel_fits4(struct __sk_buff *skb, const struct peer *p, __u16 tot_len)
-{
-	return skb->gso_size || !p->mtu || tot_len <= p->mtu;
-}
-
-/* tunnel_device4 hands the packet to the overlay device to encapsulate. */
-static __always_inline int tunnel_device4(struct __sk_buff *skb, const struct peer *p, __u32 vni,
-					  enum reason *reason)
-{
-	if (peer_set_tunnel4(skb, p, vni) < 0)
-		return FORWARD_PEER_TUNNEL_FAILED;
-	*reason = REASON_FORWARD_TUNNEL;
-	return redirect_egress(p->ifindex);
-}
-
 static __noinline __attribute__((unused)) int forward_tunnel4(struct __sk_buff *skb, struct ethhdr *eth,
 							      struct iphdr *ip, const struct peer *p,
 							      enum reason *reason)
 {
-	if (!tunnel_fits4(skb, p, bpf_ntohs(ip->tot_len))) {
-		*reason = REASON_TO_STACK_MTU;
-		return TC_ACT_OK;
-	}
-	ipv4_decrease_ttl(ip);
-	overlay_macs(eth, p->node_addr[0]);
-	return tunnel_device4(skb, p, tunnel_vni4(p, ip->saddr), reason);
-}
-
-/* forward_encap4 is forward_tunnel4 for from_pod: the packet is
- * encapsulated in the program where the node has its overlay address. */
-static __noinline __attribute__((unused)) int forward_encap4(struct __sk_buff *skb, struct ethhdr *eth,
-							     struct iphdr *ip, const struct peer *p,
-							     enum reason *reason)
-{
 	__u16 tot_len = bpf_ntohs(ip->tot_len);
 	__u32 vni;
-	__u8 tos;
 	int ret;
 
-	if (!tunnel_fits4(skb, p, tot_len)) {
+	if (!skb->gso_size && p->mtu && tot_len > p->mtu) {
 		*reason = REASON_TO_STACK_MTU;
 		return TC_ACT_OK;
 	}
 	ipv4_decrease_ttl(ip);
 	overlay_macs(eth, p->node_addr[0]);
 	vni = tunnel_vni4(p, ip->saddr);
-	tos = ip->tos;
-	if (overlay_addr) {
-		ret = overlay_encap4(skb, p, vni, tos, tot_len, reason);
+	if (OVERLAY_ENCAP_SELF && overlay_addr) {
+		ret = overlay_encap4(skb, p, vni, ip->tos, tot_len, reason);
 		if (ret != ENCAP_USE_DEVICE)
 			return ret;
 	}
-	return tunnel_device4(skb, p, vni, reason);
+	if (peer_set_tunnel4(skb, p, vni) < 0)
+		return FORWARD_PEER_TUNNEL_FAILED;
+	*reason = REASON_FORWARD_TUNNEL;
+	return redirect_egress(p->ifindex);
 }
 
 static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *skb, struct ethhdr *eth,
@@ -345,10 +321,8 @@ static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *
 }
 
 static __always_inline int forward_peer4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
-					 const struct peer *p, enum reason *reason, int encap)
+					 const struct peer *p, enum reason *reason)
 {
-	if ((p->flags & PEER_F_TUNNEL) && encap)
-		return forward_encap4(skb, eth, ip, p, reason);
 	if (p->flags & PEER_F_TUNNEL)
 		return forward_tunnel4(skb, eth, ip, p, reason);
 	return forward_routed4(skb, eth, ip, p, reason);
