@@ -353,13 +353,14 @@ func (e *env) podpathCrossTopology(ctx context.Context, routing string) (*topolo
 func (e *env) podpathCrossTopologyNamed(ctx context.Context, as, routing string) (*topology, error) {
 	name, reason := cPodpathDirect, "forward_routed"
 	desc := "podpath direct routing: two sim nodes (podpath node init --routing direct, ip_forward=1) on the underlay, one pod each by podpath-cni, " +
-		"peers of each other; from_pod routes the pod's packet out of the uplink (bpf_fib_lookup, bpf_redirect / bpf_redirect_neigh), " +
+		"peers of each other; from_pod routes the pod's packet out of the uplink (bpf_fib_lookup, bpf_redirect_neigh), " +
 		"from_netdev on the other node redirects it into the pod; pod MTU 1500 (the uplink's)"
 	if routing == loader.RoutingVXLAN {
 		name, reason = cPodpathVXLAN, "forward_tunnel"
 		desc = fmt.Sprintf("podpath VXLAN overlay: two sim nodes (podpath node init --routing vxlan) on the underlay, one pod each by podpath-cni, "+
-			"peers of each other; from_pod sets the tunnel key (bpf_skb_set_tunnel_key) and redirects to %s (external mode, port %d), "+
-			"from_overlay on the other node redirects the decapsulated packet into the pod; pod MTU 1450 (the uplink's less 50)", loader.OverlayDevice, loader.DefaultVXLANPort)
+			"peers of each other; from_pod encapsulates the pod's packet itself (bpf_skb_adjust_room, outer IPv4/UDP/VXLAN to port %d) and sends it out of the uplink "+
+			"(bpf_redirect_neigh; GSO packets take %s, external mode, with the tunnel key), from_netdev on the other node decapsulates it (bpf_skb_adjust_room) "+
+			"and redirects it into the pod; pod MTU 1450 (the uplink's less 50)", loader.DefaultVXLANPort, loader.OverlayDevice)
 	}
 	if as != "" {
 		name = as

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/podpath/podpath/maps"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,6 +32,10 @@ type Features struct {
 	// puts the overlay's outer headers on itself; without it the VXLAN
 	// device does.
 	OverlayEncap bool `json:"overlayEncap"`
+	// FIBSkipNeigh: bpf_fib_lookup stops at the route when asked
+	// (BPF_FIB_LOOKUP_SKIP_NEIGH, Linux 6.3), sparing the neighbour search
+	// whose answer podpath does not use (bpf/lib/fib.h).
+	FIBSkipNeigh bool `json:"fibSkipNeigh"`
 }
 
 // TCMechanism names how tc programs are attached on this kernel.
@@ -84,7 +89,49 @@ func probe() (Features, error) {
 	if f.OverlayEncap, err = probeOverlayEncap(); err != nil {
 		return f, err
 	}
+	if f.FIBSkipNeigh, err = probeFIBSkipNeigh(); err != nil {
+		return f, err
+	}
 	return f, nil
+}
+
+// probeFIBSkipNeigh runs bpf_fib_lookup with BPF_FIB_LOOKUP_SKIP_NEIGH for
+// 127.0.0.1 on the loopback device: a kernel without the flag answers
+// -EINVAL before looking at anything else; one with it answers with a
+// lookup result (>= 0).
+func probeFIBSkipNeigh() (bool, error) {
+	const (
+		paramsSize = 64 // struct bpf_fib_lookup
+		params     = -paramsSize
+	)
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	for off := int16(params); off < 0; off += 4 {
+		insns = append(insns, asm.StoreImm(asm.RFP, off, 0, asm.Word))
+	}
+	insns = append(insns,
+		asm.StoreImm(asm.RFP, params, unix.AF_INET, asm.Byte),  // family
+		asm.StoreImm(asm.RFP, params+8, 1, asm.Word),           // ifindex: lo
+		asm.StoreImm(asm.RFP, params+32, 0x0100007f, asm.Word), // ipv4_dst 127.0.0.1, network order on little-endian
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, params),
+		asm.Mov.Imm(asm.R3, paramsSize),
+		asm.Mov.Imm(asm.R4, maps.FIBLookupSkipNeigh),
+		asm.FnFibLookup.Call(),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: insns})
+	if err != nil {
+		return false, fmt.Errorf("probe FIB lookup flags: load probe program: %w", err)
+	}
+	defer prog.Close()
+	frame := make([]byte, 14+20)
+	frame[12], frame[13], frame[14] = 0x08, 0x00, 0x45
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		return false, fmt.Errorf("probe FIB lookup flags: run probe program: %w", err)
+	}
+	return int32(ret) != -int32(unix.EINVAL), nil
 }
 
 // Flags of bpf_skb_adjust_room (linux/bpf.h) as bpf/lib/peer.h makes room

@@ -425,6 +425,13 @@ func sizeMaps(spec *ebpf.CollectionSpec, c Config) error {
 			return fmt.Errorf("set %s: %w", maps.VarMaglevTableSize, err)
 		}
 	}
+	if v, ok := spec.Variables[maps.VarFIBLookupFlags]; ok {
+		if f, err := Probe(); err == nil && f.FIBSkipNeigh {
+			if err := v.Set(uint32(maps.FIBLookupSkipNeigh)); err != nil {
+				return fmt.Errorf("set %s: %w", maps.VarFIBLookupFlags, err)
+			}
+		}
+	}
 	if c.Routing != RoutingVXLAN {
 		return nil
 	}

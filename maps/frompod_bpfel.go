@@ -525,6 +525,7 @@ const (
 	fromPodVarBackendFlagsUnused    = "backend_flags_unused"
 	fromPodVarCtFlagsUnused         = "ct_flags_unused"
 	fromPodVarEventLayout           = "event_layout"
+	fromPodVarFibLookupFlags        = "fib_lookup_flags"
 	fromPodVarHookUnused            = "hook_unused"
 	fromPodVarIdentityUnused        = "identity_unused"
 	fromPodVarLbAlgoUnused          = "lb_algo_unused"
@@ -630,6 +631,7 @@ type fromPodVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -742,6 +744,7 @@ type fromPodVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

@@ -53,6 +53,7 @@ const (
 	fromPodDryVarBackendFlagsUnused    = "backend_flags_unused"
 	fromPodDryVarCtFlagsUnused         = "ct_flags_unused"
 	fromPodDryVarEventLayout           = "event_layout"
+	fromPodDryVarFibLookupFlags        = "fib_lookup_flags"
 	fromPodDryVarHookUnused            = "hook_unused"
 	fromPodDryVarIdentityUnused        = "identity_unused"
 	fromPodDryVarLbAlgoUnused          = "lb_algo_unused"
@@ -160,6 +161,7 @@ type fromPodDryVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -276,6 +278,7 @@ type fromPodDryVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

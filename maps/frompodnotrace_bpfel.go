@@ -51,6 +51,7 @@ const (
 	fromPodNoTraceVarBackendFlagsUnused    = "backend_flags_unused"
 	fromPodNoTraceVarCtFlagsUnused         = "ct_flags_unused"
 	fromPodNoTraceVarEventLayout           = "event_layout"
+	fromPodNoTraceVarFibLookupFlags        = "fib_lookup_flags"
 	fromPodNoTraceVarHookUnused            = "hook_unused"
 	fromPodNoTraceVarIdentityUnused        = "identity_unused"
 	fromPodNoTraceVarLbAlgoUnused          = "lb_algo_unused"
@@ -156,6 +157,7 @@ type fromPodNoTraceVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -268,6 +270,7 @@ type fromPodNoTraceVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

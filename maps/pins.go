@@ -65,6 +65,13 @@ const VarOverlayPort = "overlay_port"
 // it on what it encapsulates itself as the outer source (bpf/lib/peer.h).
 const VarOverlayAddr = "overlay_addr"
 
+// VarFIBLookupFlags is the flags the programs give bpf_fib_lookup:
+// BPF_FIB_LOOKUP_SKIP_NEIGH where the kernel has it (bpf/lib/fib.h).
+const VarFIBLookupFlags = "fib_lookup_flags"
+
+// FIBLookupSkipNeigh is BPF_FIB_LOOKUP_SKIP_NEIGH (linux/bpf.h).
+const FIBLookupSkipNeigh = 1 << 2
+
 // VarTraceCapable is the programs' read-only switch of the trace events'
 // hooks (bpf/lib/events.h): 1 while tracing is on.
 const VarTraceCapable = "trace_capable"

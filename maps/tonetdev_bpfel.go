@@ -50,6 +50,7 @@ const (
 	toNetdevVarBackendFlagsUnused    = "backend_flags_unused"
 	toNetdevVarCtFlagsUnused         = "ct_flags_unused"
 	toNetdevVarEventLayout           = "event_layout"
+	toNetdevVarFibLookupFlags        = "fib_lookup_flags"
 	toNetdevVarHookUnused            = "hook_unused"
 	toNetdevVarIdentityUnused        = "identity_unused"
 	toNetdevVarLbAlgoUnused          = "lb_algo_unused"
@@ -154,6 +155,7 @@ type toNetdevVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -264,6 +266,7 @@ type toNetdevVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

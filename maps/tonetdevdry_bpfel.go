@@ -52,6 +52,7 @@ const (
 	toNetdevDryVarBackendFlagsUnused    = "backend_flags_unused"
 	toNetdevDryVarCtFlagsUnused         = "ct_flags_unused"
 	toNetdevDryVarEventLayout           = "event_layout"
+	toNetdevDryVarFibLookupFlags        = "fib_lookup_flags"
 	toNetdevDryVarHookUnused            = "hook_unused"
 	toNetdevDryVarIdentityUnused        = "identity_unused"
 	toNetdevDryVarLbAlgoUnused          = "lb_algo_unused"
@@ -158,6 +159,7 @@ type toNetdevDryVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -272,6 +274,7 @@ type toNetdevDryVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

@@ -50,6 +50,7 @@ const (
 	toOverlayVarBackendFlagsUnused    = "backend_flags_unused"
 	toOverlayVarCtFlagsUnused         = "ct_flags_unused"
 	toOverlayVarEventLayout           = "event_layout"
+	toOverlayVarFibLookupFlags        = "fib_lookup_flags"
 	toOverlayVarHookUnused            = "hook_unused"
 	toOverlayVarIdentityUnused        = "identity_unused"
 	toOverlayVarLbAlgoUnused          = "lb_algo_unused"
@@ -153,6 +154,7 @@ type toOverlayVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -262,6 +264,7 @@ type toOverlayVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

@@ -52,6 +52,7 @@ const (
 	toOverlayDryVarBackendFlagsUnused    = "backend_flags_unused"
 	toOverlayDryVarCtFlagsUnused         = "ct_flags_unused"
 	toOverlayDryVarEventLayout           = "event_layout"
+	toOverlayDryVarFibLookupFlags        = "fib_lookup_flags"
 	toOverlayDryVarHookUnused            = "hook_unused"
 	toOverlayDryVarIdentityUnused        = "identity_unused"
 	toOverlayDryVarLbAlgoUnused          = "lb_algo_unused"
@@ -157,6 +158,7 @@ type toOverlayDryVariableSpecs struct {
 	BackendFlagsUnused    *ebpf.VariableSpec `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.VariableSpec `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.VariableSpec `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.VariableSpec `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.VariableSpec `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.VariableSpec `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.VariableSpec `ebpf:"lb_algo_unused"`
@@ -270,6 +272,7 @@ type toOverlayDryVariables struct {
 	BackendFlagsUnused    *ebpf.Variable `ebpf:"backend_flags_unused"`
 	CtFlagsUnused         *ebpf.Variable `ebpf:"ct_flags_unused"`
 	EventLayout           *ebpf.Variable `ebpf:"event_layout"`
+	FibLookupFlags        *ebpf.Variable `ebpf:"fib_lookup_flags"`
 	HookUnused            *ebpf.Variable `ebpf:"hook_unused"`
 	IdentityUnused        *ebpf.Variable `ebpf:"identity_unused"`
 	LbAlgoUnused          *ebpf.Variable `ebpf:"lb_algo_unused"`

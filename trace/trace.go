@@ -691,7 +691,10 @@ func (t *Tracer) describe(n maps.TraceNote) string {
 		case maps.TraceRedirectPeer:
 			return "redirect into the namespace behind " + t.devName(int(n.A))
 		case maps.TraceRedirectNeigh:
-			return "redirect out of " + t.devName(int(n.A)) + ", next hop from the neighbour table"
+			if n.C != 0 {
+				return fmt.Sprintf("redirect out of %s towards next hop %s, its MAC from the neighbour table", t.devName(int(n.A)), addrOf(n.C))
+			}
+			return "redirect out of " + t.devName(int(n.A)) + ", route and MAC from the kernel's tables"
 		}
 		return "redirect out of " + t.devName(int(n.A))
 	}

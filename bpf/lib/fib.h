@@ -3,6 +3,31 @@
 
 #include "common.h"
 
+/* The flags of every FIB lookup: BPF_FIB_LOOKUP_SKIP_NEIGH where the
+ * kernel has it (6.3; the loader sets it by loader.Features.FIBSkipNeigh).
+ * podpath never takes the neighbour's MAC from the lookup: the packet
+ * leaves by bpf_redirect_neigh towards the next hop the lookup names, so
+ * the neighbour subsystem fills the L2 header, and an entry gone stale
+ * (a node whose MAC changed under the same address) is probed again as
+ * for the node's own packets. Taken from the lookup, a stale MAC would be
+ * used for as long as the entry stays, which, below gc_thresh1 entries,
+ * is for ever. The flag only spares the lookup a neighbour search whose
+ * answer is not used. */
+volatile const __u32 fib_lookup_flags = 0;
+
+/* fib_next_hop4 makes the redirect towards the next hop a successful FIB
+ * lookup p named (a gateway, or the destination itself on a connected
+ * route). Returns 0 when that next hop is not IPv4 (an IPv4 route via an
+ * IPv6 gateway). */
+static __always_inline int fib_next_hop4(const struct bpf_fib_lookup *p, struct bpf_redir_neigh *nh)
+{
+	if (p->family != AF_INET)
+		return 0;
+	nh->nh_family = AF_INET;
+	nh->ipv4_nh = p->ipv4_dst;
+	return 1;
+}
+
 /* fib_redirect4 looks the destination up in the FIB and redirects the packet
  * out of the resulting device, letting the kernel fill in the L2 header
  * from its neighbour table. Used for translated replies whose source is now
@@ -11,6 +36,7 @@
  * usable route (forwarding disabled, unreachable). */
 static __always_inline int fib_redirect4(struct __sk_buff *skb, __be32 saddr, __be32 daddr, int *ok)
 {
+	struct bpf_redir_neigh nh = {};
 	struct bpf_fib_lookup p = {};
 	long rc;
 
@@ -24,12 +50,15 @@ static __always_inline int fib_redirect4(struct __sk_buff *skb, __be32 saddr, __
 	 * device as a GSO packet. */
 	if (!skb->gso_size)
 		p.tot_len = skb->len - ETH_HLEN;
-	rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	rc = bpf_fib_lookup(skb, &p, sizeof(p), fib_lookup_flags);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		*ok = 0;
 		return TC_ACT_SHOT;
 	}
 	*ok = 1;
 	trace_note(TRACE_FIB, p.ifindex, rc, 0);
-	return redirect_neigh(p.ifindex, 0, 0);
+	/* Via an IPv6 gateway: the kernel routes the packet itself. */
+	if (!fib_next_hop4(&p, &nh))
+		return redirect_neigh(p.ifindex, 0, 0);
+	return redirect_neigh(p.ifindex, &nh, sizeof(nh));
 }

@@ -8,6 +8,7 @@
 #include "endpoints.h"
 #include "flow.h"
 #include "csum.h"
+#include "fib.h"
 #include "vxlan.h"
 
 /* A node's overlay device has MAC 0e:70 followed by its IPv4 address, so a
@@ -154,9 +155,7 @@ static __always_inline __be16 overlay_sport(struct __sk_buff *skb)
  *   - a GSO packet: the device's output segments it and, on a path the
  *     node knows to be narrower, fragments the segments, where the FIB's
  *     check cannot see a GSO packet's segment size;
- *   - no route to the node with its neighbour known (the device's output
- *     resolves the neighbour, and the packets after it are encapsulated
- *     here);
+ *   - no route to the node;
  *   - an outer packet larger than the route to the node takes (the device
  *     fragments it: the overlay's packets carry no DF);
  *   - a kernel that refuses the flags. */
@@ -167,21 +166,26 @@ static __always_inline __be16 overlay_sport(struct __sk_buff *skb)
 #define FORWARD_PEER_TUNNEL_FAILED (-2)
 
 /* overlay_encap4 encapsulates a pod's packet towards p in the program
- * itself and redirects it out of the uplink the FIB gives, sparing it
- * the overlay device's xmit, its route and the node's IP output (the
- * output hooks included) and a second tc program. The packet is what the
- * device would have made of it: the outer source is the node's address,
- * a random IP id and no DF (the underlay may fragment what does not
- * fit), TTL 64, the ECN bits of the inner header, the UDP source port
- * from the flow's hash, no UDP checksum, the VNI vni. The inner Ethernet
- * header (overlay_macs) is already written. */
+ * itself and redirects it out of the uplink the FIB gives, towards the
+ * next hop the FIB names (bpf_redirect_neigh: the neighbour subsystem
+ * writes the outer Ethernet header), sparing it the overlay device's
+ * xmit, its route and the node's IP output (the output hooks included)
+ * and a second tc program. The packet is what the device would have made
+ * of it: the outer source is the node's address, a random IP id and no
+ * DF (the underlay may fragment what does not fit), TTL 64, the ECN bits
+ * of the inner header, the UDP source port from the flow's hash, no UDP
+ * checksum, the VNI vni. The inner Ethernet header (overlay_macs) is
+ * already written; the outer one keeps its MACs until the redirect
+ * replaces them. */
 static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct peer *p, __u32 vni,
 					  __u8 tos, __u16 tot_len, enum reason *reason)
 {
+	struct bpf_redir_neigh nh = {};
 	struct bpf_fib_lookup fib = {};
 	struct overlay_headers *h;
 	__be16 sport;
 	__u32 csum;
+	long rc;
 
 	if (skb->gso_size)
 		return ENCAP_USE_DEVICE;
@@ -190,7 +194,8 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
 	fib.ipv4_dst = p->node_addr[0];
 	fib.ifindex = skb->ingress_ifindex;
 	fib.tot_len = tot_len + OVERLAY_POP_LEN;
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), fib_lookup_flags);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || !fib_next_hop4(&fib, &nh))
 		return ENCAP_USE_DEVICE;
 	sport = overlay_sport(skb);
 	if (bpf_skb_adjust_room(skb, OVERLAY_POP_LEN, BPF_ADJ_ROOM_MAC, OVERLAY_ENCAP_FLAGS) < 0)
@@ -202,8 +207,6 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
 	 * header: copied to the room's end, and the outer headers written
 	 * in front of it. */
 	__builtin_memcpy(&h->eth, &h->outer.eth, ETH_HLEN);
-	mac_copy(h->outer.eth.h_dest, fib.dmac);
-	mac_copy(h->outer.eth.h_source, fib.smac);
 	h->outer.eth.h_proto = bpf_htons(ETH_P_IP);
 	h->outer.ip.version = 4;
 	h->outer.ip.ihl = 5;
@@ -229,7 +232,7 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
 	h->vx.vni = bpf_htonl(vni << 8);
 	trace_note(TRACE_TUNNEL, p->node_addr[0], vni, fib.ifindex);
 	*reason = REASON_FORWARD_TUNNEL;
-	return redirect_egress(fib.ifindex);
+	return redirect_neigh(fib.ifindex, &nh, sizeof(nh));
 }
 
 /* forward_peer4 sends a packet on to the node p names, routed one hop: its
@@ -238,10 +241,10 @@ static __always_inline int overlay_encap4(struct __sk_buff *skb, const struct pe
  * puts the outer headers on itself (overlay_encap4) where it can;
  * otherwise the tunnel key is set and the packet redirected to the
  * overlay device's egress. Routed: the FIB's route towards the node gives
- * the device and, with the neighbour known, the MACs; otherwise bpf_redirect_neigh resolves the node's. A packet larger
- * than the path takes (not GSO) goes to the stack instead, which
- * fragments it or answers "fragmentation needed" along its own routes to
- * the peer.
+ * the device and the next hop, and bpf_redirect_neigh the MACs (lib/fib.h
+ * says why never the lookup's). A packet larger than the path takes (not
+ * GSO) goes to the stack instead, which fragments it or answers
+ * "fragmentation needed" along its own routes to the peer.
  *
  * Returns the action with *reason, for the caller to count, or
  * FORWARD_PEER_TUNNEL_FAILED for the caller to drop: the counting, and the
@@ -280,9 +283,8 @@ static __noinline __attribute__((unused)) int forward_tunnel4(struct __sk_buff *
 	return redirect_egress(p->ifindex);
 }
 
-static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *skb, struct ethhdr *eth,
-							      struct iphdr *ip, const struct peer *p,
-							      enum reason *reason)
+static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *skb, struct iphdr *ip,
+							      const struct peer *p, enum reason *reason)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
@@ -295,18 +297,15 @@ static __noinline __attribute__((unused)) int forward_routed4(struct __sk_buff *
 	fib.ifindex = skb->ingress_ifindex;
 	if (!skb->gso_size)
 		fib.tot_len = tot_len;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), fib_lookup_flags);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
-		ipv4_decrease_ttl(ip);
-		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN_BYTES);
-		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN_BYTES);
-		*reason = REASON_FORWARD_ROUTED;
-		return redirect_egress(fib.ifindex);
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		if (!fib_next_hop4(&fib, &nh)) {
+			*reason = REASON_TO_STACK;
+			return TC_ACT_OK;
+		}
 		ipv4_decrease_ttl(ip);
-		nh.nh_family = AF_INET;
-		nh.ipv4_nh = p->node_addr[0];
 		*reason = REASON_FORWARD_ROUTED;
 		return redirect_neigh(fib.ifindex, &nh, sizeof(nh));
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
@@ -325,5 +324,5 @@ static __always_inline int forward_peer4(struct __sk_buff *skb, struct ethhdr *e
 {
 	if (p->flags & PEER_F_TUNNEL)
 		return forward_tunnel4(skb, eth, ip, p, reason);
-	return forward_routed4(skb, eth, ip, p, reason);
+	return forward_routed4(skb, ip, p, reason);
 }

@@ -60,7 +60,7 @@ func summarize(st *loader.Status, root string) summary {
 	f := st.Features
 	s := summary{Loaded: st.Loaded, Kernel: f.Kernel, Config: st.Config, Programs: len(st.Programs), Attached: map[string]int{}}
 	for name, on := range map[string]bool{"tcx": f.TCX, "redirect_peer": f.RedirectPeer, "redirect_neigh": f.RedirectNeigh,
-		"lru_hash": f.LRUHash, "ringbuf": f.RingBuf, "netns_cookie": f.NetnsCookie, "overlay_encap": f.OverlayEncap} {
+		"lru_hash": f.LRUHash, "ringbuf": f.RingBuf, "netns_cookie": f.NetnsCookie, "overlay_encap": f.OverlayEncap, "fib_skip_neigh": f.FIBSkipNeigh} {
 		if on {
 			s.Features = append(s.Features, name)
 		}

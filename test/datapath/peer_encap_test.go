@@ -59,9 +59,11 @@ func (d *datapath) runInFIBNetns(t *testing.T, frame []byte, setup func() error)
 }
 
 // encapsulatedOut is f as from_pod sends it to node out of the uplink:
-// routed one hop inside, in the overlay's headers (the uplink's MAC to
-// the node's; IPv4 from the node's address, TTL 64, tos the inner ECN
-// bits, no DF; UDP to the overlay port without a checksum; VNI 1). The
+// routed one hop inside, in the overlay's headers (an outer Ethernet
+// header still holding the inner one's MACs, which bpf_redirect_neigh
+// replaces as the packet leaves; IPv4 from the node's address, TTL 64,
+// tos the inner ECN bits, no DF; UDP to the overlay port without a
+// checksum; VNI 1). The
 // outer IP id and UDP source port are the packet's own (a random id, the
 // flow's hash): taken from got, and checked apart.
 func encapsulatedOut(f flow, node netip.Addr, tos byte, got []byte) []byte {
@@ -81,7 +83,7 @@ func encapsulatedOut(f flow, node netip.Addr, tos byte, got []byte) []byte {
 	ip[1] = outerECN(tos)
 	ip[6] &^= 0x40 // no DF
 	binary.BigEndian.PutUint16(ip[10:], ipv4HeaderChecksum(ip[:20]))
-	return ether(peerNodeMAC, uplinkMAC, ethPIPv4, ip)
+	return ether(overlayMAC(node), tunnelSrcMAC, ethPIPv4, ip)
 }
 
 // outerECN is the outer tos for an inner one: its ECN bits, CE as ECT(0)
@@ -102,9 +104,10 @@ func withTOS(frame []byte, tos byte) []byte {
 	return out
 }
 
-// A pod's packet to another node's pod or address, with the node's
-// neighbour known: from_pod redirects it (TC_ACT_REDIRECT, out of the
-// uplink) in every byte as the overlay device would have sent it, the
+// A pod's packet to another node's pod or address: from_pod redirects it
+// (TC_ACT_REDIRECT, out of the uplink by bpf_redirect_neigh, the node's
+// neighbour entry at hand or not) in every byte as the overlay device
+// would have sent it but for the outer MACs, which the redirect writes; the
 // inner packet routed one hop (TTL down, checksum updated) and addressed
 // to the receiving node's overlay device; counted as forward_tunnel with
 // the pod's bytes. The outer source port is in the kernel's default
@@ -118,19 +121,21 @@ func TestFromPodEncapsulatesItself(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := tunnelPeer(peerPodCIDR, peerNodeIP)
 	for _, tc := range []struct {
 		name string
+		node netip.Addr
 		f    flow
 		tos  byte
 	}{
-		{"UDP to a pod on the node", udpFlow(podA.IP, 40730, remotePodIP, 53), 0},
-		{"TCP to a pod on the node", tcpFlow(podA.IP, 40731, remotePodIP, 80, tcpSYN), 0},
-		{"TCP to the node's own address", tcpFlow(podA.IP, 40732, peerNodeIP, 10250, tcpSYN), 0},
-		{"DSCP and ECT(1): the ECN bits outside", udpFlow(podA.IP, 40733, remotePodIP, 53), 0xb9},
-		{"congestion experienced: ECT(0) outside", udpFlow(podA.IP, 40734, remotePodIP, 53), 0xbb},
+		{"UDP to a pod on the node", peerNodeIP, udpFlow(podA.IP, 40730, remotePodIP, 53), 0},
+		{"TCP to a pod on the node", peerNodeIP, tcpFlow(podA.IP, 40731, remotePodIP, 80, tcpSYN), 0},
+		{"TCP to the node's own address", peerNodeIP, tcpFlow(podA.IP, 40732, peerNodeIP, 10250, tcpSYN), 0},
+		{"DSCP and ECT(1): the ECN bits outside", peerNodeIP, udpFlow(podA.IP, 40733, remotePodIP, 53), 0xb9},
+		{"congestion experienced: ECT(0) outside", peerNodeIP, udpFlow(podA.IP, 40734, remotePodIP, 53), 0xbb},
+		{"the node's neighbour unknown", silentNodeIP, udpFlow(podA.IP, 40735, remotePodIP, 53), 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			peer := tunnelPeer(peerPodCIDR, tc.node)
 			d := newEncapDatapath(t, peer, peer.nodeEntry())
 			in := tc.f.sentBy(podA)
 			if tc.tos != 0 {
@@ -143,14 +148,14 @@ func TestFromPodEncapsulatesItself(t *testing.T) {
 			d.expectCounts(t, one("from_pod/forward_tunnel", in))
 			if !f.OverlayEncap {
 				t.Logf("this kernel cannot make the room (%s): the overlay device encapsulates", f.Kernel)
-				want := tc.f.encapsulated(peerNodeIP)
+				want := tc.f.encapsulated(tc.node)
 				if tc.tos != 0 {
 					want = withTOS(want, tc.tos)
 				}
 				expectBytes(t, "packet", out, want)
 				return
 			}
-			expectBytes(t, "packet", out, encapsulatedOut(tc.f, peerNodeIP, tc.tos, out))
+			expectBytes(t, "packet", out, encapsulatedOut(tc.f, tc.node, tc.tos, out))
 			expectChecksums(t, out)
 			if len(out) >= 14+20+8 {
 				if sport := binary.BigEndian.Uint16(out[14+20:]); sport < 32768 || sport >= 61000 {
@@ -163,9 +168,8 @@ func TestFromPodEncapsulatesItself(t *testing.T) {
 
 // What from_pod cannot send out of the uplink itself it hands to the
 // overlay device, untouched but for the inner routing (TTL, the overlay
-// MACs), with the tunnel key set: a node whose neighbour entry is
-// missing (the device's output resolves it), a node the FIB has no route
-// to, and a packet that fits the overlay but not the route to the node's
+// MACs), with the tunnel key set: a node the FIB has no route to, and a
+// packet that fits the overlay but not the route to the node's
 // address (mtu 1400, locked, as an administrator narrows a path: the
 // FIB's check heeds a forwarded packet's route MTU only then), which the
 // device sends as fragments.
@@ -180,7 +184,6 @@ func TestFromPodEncapsulationLeftToDevice(t *testing.T) {
 		node netip.Addr
 		f    flow
 	}{
-		{"neighbour unknown", silentNodeIP, udpFlow(podA.IP, 40740, remotePodIP, 53)},
 		{"no route to the node", farNodeIP, udpFlow(podA.IP, 40742, remotePodIP, 53)},
 		{"over the route's MTU, within the overlay's", peerNodeIP, mid},
 	} {

@@ -238,12 +238,11 @@ func fibNetns(fn func() error) error {
 }
 
 // Direct routing: a pod's packet to another node's pod is routed towards
-// the node by FIB lookup. With the node's neighbour entry at hand the
-// packet leaves redirected (TC_ACT_REDIRECT, to the uplink) with the
-// neighbour's MAC as destination and the uplink's as source, one hop
-// routed; without one it is redirected with the node as next hop for the
-// kernel to resolve (bpf_redirect_neigh), its MACs not yet set. Both count
-// as forward_routed. A packet larger than the uplink's MTU (not GSO) and a
+// the node by FIB lookup and leaves redirected (TC_ACT_REDIRECT) by
+// bpf_redirect_neigh, one hop routed (TTL decremented), its MACs as the pod
+// sent them: the neighbour subsystem writes them as the packet leaves,
+// whether the node's neighbour entry is at hand or not (lib/fib.h). Both
+// count as forward_routed. A packet larger than the uplink's MTU (not GSO) and a
 // node the FIB has no route to are the stack's (to_stack_mtu, to_stack),
 // untouched.
 func TestFromPodToPeerRouted(t *testing.T) {
@@ -261,7 +260,7 @@ func TestFromPodToPeerRouted(t *testing.T) {
 		want    []byte
 		reason  string
 	}{
-		{"neighbour known", peerNodeIP, f, tcActRedirect, ether(peerNodeMAC, uplinkMAC, ethPIPv4, routed.ip()), "forward_routed"},
+		{"neighbour known", peerNodeIP, f, tcActRedirect, routed.sentBy(podA), "forward_routed"},
 		{"neighbour unknown", silentNodeIP, f, tcActRedirect, routed.sentBy(podA), "forward_routed"},
 		{"over the uplink's MTU", peerNodeIP, big, tcActOK, big.sentBy(podA), "to_stack_mtu"},
 		{"no route to the node", farNodeIP, f, tcActOK, f.sentBy(podA), "to_stack"},

@@ -313,12 +313,12 @@ func render(host *probe, runs []kernelRun, notInVM [][2]string) []byte {
 	w("by test/vm/runner, and the outcome of the test binaries run there. Do not edit by hand.\n\n")
 
 	w("## Features and the mechanism the loader picks\n\n")
-	w("| kernel | where | tcx | bpf_redirect_peer | bpf_redirect_neigh | LRU hash | ring buffer | SO_NETNS_COOKIE | tc programs attach with | socket LB |\n")
-	w("|---|---|---|---|---|---|---|---|---|---|\n")
+	w("| kernel | where | tcx | bpf_redirect_peer | bpf_redirect_neigh | LRU hash | ring buffer | SO_NETNS_COOKIE | VXLAN encapsulation by from_pod | FIB lookup without the neighbour | tc programs attach with | socket LB |\n")
+	w("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	row := func(p probe, where string) {
-		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Kernel, where, yesNo(p.TCX),
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Kernel, where, yesNo(p.TCX),
 			yesNo(p.RedirectPeer), yesNo(p.RedirectNeigh), yesNo(p.LRUHash), yesNo(p.RingBuf),
-			yesNo(p.NetnsCookie), mechanism(p), socketLB(p))
+			yesNo(p.NetnsCookie), yesNo(p.OverlayEncap), yesNo(p.FIBSkipNeigh), mechanism(p), socketLB(p))
 	}
 	if host != nil {
 		row(*host, "host")

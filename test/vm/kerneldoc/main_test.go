@@ -30,11 +30,11 @@ const loaderEvents = `{"Action":"start","Package":"loader"}
 func TestRender(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "tests"), 0o755)
-	os.WriteFile(filepath.Join(dir, "probe.json"), []byte(`{"kernel":"6.1.0-56-amd64","tcx":false,"redirectPeer":true,"redirectNeigh":true,"lruHash":true,"ringBuf":true,"netnsCookie":true,"tcMechanism":"tc","programs":[{"program":"to_netdev","insns":671330,"states":12418},{"program":"from_pod","insns":0,"error":"load program: permission denied"}]}`+"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "probe.json"), []byte(`{"kernel":"6.1.0-56-amd64","tcx":false,"redirectPeer":true,"redirectNeigh":true,"lruHash":true,"ringBuf":true,"netnsCookie":true,"overlayEncap":true,"tcMechanism":"tc","programs":[{"program":"to_netdev","insns":671330,"states":12418},{"program":"from_pod","insns":0,"error":"load program: permission denied"}]}`+"\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "kernel.json"), []byte(`{"package":"linux-image-6.1.0-56-amd64-unsigned","version":"6.1.192-2"}`), 0o644)
 	os.WriteFile(filepath.Join(dir, "tests", "loader.json"), []byte(loaderEvents), 0o644)
 	host := filepath.Join(dir, "host.json")
-	os.WriteFile(host, []byte(`{"kernel":"6.18.44","tcx":true,"redirectPeer":true,"redirectNeigh":true,"lruHash":true,"ringBuf":true,"netnsCookie":true,"tcMechanism":"tcx","programs":[{"program":"to_netdev","insns":8510,"states":291}]}`), 0o644)
+	os.WriteFile(host, []byte(`{"kernel":"6.18.44","tcx":true,"redirectPeer":true,"redirectNeigh":true,"lruHash":true,"ringBuf":true,"netnsCookie":true,"overlayEncap":true,"fibSkipNeigh":true,"tcMechanism":"tcx","programs":[{"program":"to_netdev","insns":8510,"states":291}]}`), 0o644)
 	out := filepath.Join(dir, "kernels.md")
 	notInVM := filepath.Join(dir, "not-in-vm.tsv")
 	os.WriteFile(notInVM, []byte("package test/runtime\ttoo heavy\nTestGeneratedReproducible\tthe compiler's output\n"), 0o644)
@@ -47,8 +47,8 @@ func TestRender(t *testing.T) {
 	}
 	doc := string(b)
 	for _, want := range []string{
-		"| 6.18.44 | host | yes | yes | yes | yes | yes | yes | tcx (bpf_link) | offered |",
-		"| 6.1.0-56-amd64 | qemu, Debian linux-image-6.1.0-56-amd64-unsigned 6.1.192-2 | no | yes | yes | yes | yes | yes | legacy tc (clsact + cls_bpf) | offered |",
+		"| 6.18.44 | host | yes | yes | yes | yes | yes | yes | yes | yes | tcx (bpf_link) | offered |",
+		"| 6.1.0-56-amd64 | qemu, Debian linux-image-6.1.0-56-amd64-unsigned 6.1.192-2 | no | yes | yes | yes | yes | yes | yes | no | legacy tc (clsact + cls_bpf) | offered |",
 		"| 6.1.0-56-amd64 | loader | 1 | 1 | 1 | FAIL |",
 		"- loader TestReplaceInPlaceTCX: kernel 6.1.0-56-amd64 has no tcx",
 		"| program | 6.18.44 | 6.1.0-56-amd64 |",
