@@ -33,7 +33,7 @@ type Features struct {
 	// device does.
 	OverlayEncap bool `json:"overlayEncap"`
 	// FIBSkipNeigh: bpf_fib_lookup stops at the route when asked
-	// (BPF_FIB_LOOKUP_SKIP_NEIGH, Linux 6.3), sparing the neighbour search
+	// (BPF_FIB_LOOKUP_SKIP_NEIGH, Linux 6.3; Debian's 6.1 has it too), sparing the neighbour search
 	// whose answer podpath does not use (bpf/lib/fib.h).
 	FIBSkipNeigh bool `json:"fibSkipNeigh"`
 }

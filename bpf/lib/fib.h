@@ -4,7 +4,8 @@
 #include "common.h"
 
 /* The flags of every FIB lookup: BPF_FIB_LOOKUP_SKIP_NEIGH where the
- * kernel has it (6.3; the loader sets it by loader.Features.FIBSkipNeigh).
+ * kernel has it (6.3, and 6.1 stable releases that took it back; the
+ * loader sets it by loader.Features.FIBSkipNeigh).
  * podpath never takes the neighbour's MAC from the lookup: the packet
  * leaves by bpf_redirect_neigh towards the next hop the lookup names, so
  * the neighbour subsystem fills the L2 header, and an entry gone stale
